@@ -1,0 +1,241 @@
+//! Stage plans as bytes: datafusion-proto for DataFusion's operators plus
+//! [`ToneCodec`] for tone's own (shuffle reader and writer).
+//!
+//! Every stage that runs, embedded or on a worker, is decoded from these
+//! bytes, so the embedded runtime proves the wire format the cluster uses.
+
+use std::sync::Arc;
+
+use arrow::datatypes::Schema;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, LexOrdering};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
+use datafusion_proto::physical_plan::from_proto::{
+    parse_physical_sort_exprs, parse_protobuf_partitioning,
+};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_partitioning, serialize_physical_sort_exprs,
+};
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf;
+use prost::Message;
+
+use crate::error::{EngineError, Result};
+use crate::ids::{JobId, StageId};
+use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+
+/// Encodes a stage plan (tone nodes included) to bytes.
+pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
+    let bytes =
+        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &ToneCodec)
+            .map_err(|error| EngineError::internal(format!("cannot serialize stage plan: {error}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Decodes a stage plan; `context` supplies the functions and object stores
+/// the plan refers to.
+pub fn decode_plan(bytes: &[u8], context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+        bytes, context, &ToneCodec,
+    )
+    .map_err(|error| EngineError::internal(format!("cannot deserialize stage plan: {error}")))
+}
+
+/// The extension codec for tone's plan nodes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ToneCodec;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ToneNode {
+    #[prost(oneof = "tone_node::Kind", tags = "1, 2")]
+    kind: Option<tone_node::Kind>,
+}
+
+mod tone_node {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Writer(super::WriterNode),
+        #[prost(message, tag = "2")]
+        Reader(super::ReaderNode),
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WriterNode {
+    #[prost(string, tag = "1")]
+    job_id: String,
+    #[prost(uint32, tag = "2")]
+    stage_id: u32,
+    #[prost(message, optional, tag = "3")]
+    partitioning: Option<protobuf::Partitioning>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReaderNode {
+    #[prost(string, tag = "1")]
+    job_id: String,
+    #[prost(uint32, tag = "2")]
+    stage_id: u32,
+    #[prost(uint64, tag = "3")]
+    map_partitions: u64,
+    #[prost(bool, tag = "4")]
+    per_map: bool,
+    #[prost(message, optional, tag = "5")]
+    schema: Option<protobuf::Schema>,
+    #[prost(message, optional, tag = "6")]
+    partitioning: Option<protobuf::Partitioning>,
+    #[prost(message, repeated, tag = "7")]
+    ordering: Vec<protobuf::PhysicalSortExprNode>,
+}
+
+impl PhysicalExtensionCodec for ToneCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let node = ToneNode::decode(buf)
+            .map_err(|error| DataFusionError::Internal(format!("bad tone plan node: {error}")))?;
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+        match node.kind {
+            Some(tone_node::Kind::Writer(writer)) => {
+                decode_writer(writer, inputs, &decode_ctx, proto_converter)
+            }
+            Some(tone_node::Kind::Reader(reader)) => {
+                decode_reader(reader, &decode_ctx, proto_converter)
+            }
+            None => Err(DataFusionError::Internal("empty tone plan node".into())),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let any = node.as_ref() as &dyn std::any::Any;
+        let kind = if let Some(writer) = any.downcast_ref::<ShuffleWriterExec>() {
+            tone_node::Kind::Writer(WriterNode {
+                job_id: writer.job_id().0.clone(),
+                stage_id: writer.stage_id().0,
+                partitioning: Some(serialize_partitioning(
+                    writer.shuffle_partitioning(),
+                    self,
+                    proto_converter,
+                )?),
+            })
+        } else if let Some(reader) = any.downcast_ref::<ShuffleReaderExec>() {
+            tone_node::Kind::Reader(encode_reader(reader, self, proto_converter)?)
+        } else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "tone cannot serialize plan node {}",
+                node.name()
+            )));
+        };
+        ToneNode { kind: Some(kind) }
+            .encode(buf)
+            .map_err(|error| DataFusionError::Internal(format!("encoding tone node: {error}")))
+    }
+}
+
+fn encode_reader(
+    reader: &ShuffleReaderExec,
+    codec: &ToneCodec,
+    proto_converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<ReaderNode> {
+    let properties = reader.properties();
+    let ordering = match properties.output_ordering() {
+        Some(ordering) => {
+            serialize_physical_sort_exprs(ordering.iter().cloned(), codec, proto_converter)?
+        }
+        None => Vec::new(),
+    };
+    Ok(ReaderNode {
+        job_id: reader.job_id().0.clone(),
+        stage_id: reader.stage_id().0,
+        map_partitions: reader.map_partitions() as u64,
+        per_map: reader.mode() == ReadMode::PerMap,
+        schema: Some(protobuf::Schema::try_from(reader.schema().as_ref())?),
+        partitioning: Some(serialize_partitioning(
+            &properties.partitioning,
+            codec,
+            proto_converter,
+        )?),
+        ordering,
+    })
+}
+
+fn decode_writer(
+    node: WriterNode,
+    inputs: &[Arc<dyn ExecutionPlan>],
+    ctx: &PhysicalPlanDecodeContext<'_>,
+    proto_converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let [input] = inputs else {
+        return Err(DataFusionError::Internal(format!(
+            "ShuffleWriterExec has one input, the plan gave {}",
+            inputs.len()
+        )));
+    };
+    let partitioning = parse_protobuf_partitioning(
+        node.partitioning.as_ref(),
+        ctx,
+        input.schema().as_ref(),
+        proto_converter,
+    )?
+    .ok_or_else(|| DataFusionError::Internal("ShuffleWriterExec without partitioning".into()))?;
+    Ok(Arc::new(ShuffleWriterExec::try_new(
+        JobId(node.job_id),
+        StageId(node.stage_id),
+        Arc::clone(input),
+        partitioning,
+    )?))
+}
+
+fn decode_reader(
+    node: ReaderNode,
+    ctx: &PhysicalPlanDecodeContext<'_>,
+    proto_converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = node
+        .schema
+        .as_ref()
+        .ok_or_else(|| DataFusionError::Internal("ShuffleReaderExec without schema".into()))?;
+    let schema = Arc::new(Schema::try_from(schema)?);
+    let partitioning =
+        parse_protobuf_partitioning(node.partitioning.as_ref(), ctx, &schema, proto_converter)?
+            .unwrap_or(Partitioning::UnknownPartitioning(1));
+    let ordering = parse_physical_sort_exprs(&node.ordering, ctx, &schema, proto_converter)?;
+    let mut equivalence = EquivalenceProperties::new(Arc::clone(&schema));
+    if let Some(ordering) = LexOrdering::new(ordering) {
+        equivalence.add_ordering(ordering);
+    }
+    let properties = PlanProperties::new(
+        equivalence,
+        partitioning,
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    );
+    let mode = if node.per_map {
+        ReadMode::PerMap
+    } else {
+        ReadMode::ReducePartition
+    };
+    let map_partitions = usize::try_from(node.map_partitions)
+        .map_err(|_| DataFusionError::Internal("map partition count overflows usize".into()))?;
+    Ok(Arc::new(ShuffleReaderExec::new(
+        JobId(node.job_id),
+        StageId(node.stage_id),
+        map_partitions,
+        mode,
+        properties,
+    )))
+}

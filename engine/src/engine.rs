@@ -1,0 +1,188 @@
+//! [`Engine`]: a session plus the embedded runtime, the entry point for
+//! running SQL and physical plans in this process.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParser, Statement};
+
+use crate::error::{EngineError, Result};
+use crate::ids::JobId;
+use crate::runtime::run_dag;
+use crate::session::{new_session, register_data_dir, register_table};
+use crate::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
+use crate::sql_location::snippet;
+use crate::stage::StageDag;
+
+/// Settings of an embedded engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Partitions per stage (`tone.partitions`); defaults to the core count.
+    pub partitions: usize,
+    /// Shuffle bytes kept in memory before writers spill to disk
+    /// (`tone.shuffle.memory_bytes_max`).
+    pub shuffle_memory_bytes_max: u64,
+    /// Parent directory for spill files; the system temp dir when unset.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            partitions: std::thread::available_parallelism().map_or(2, |count| count.get()),
+            shuffle_memory_bytes_max: 2 * 1024 * 1024 * 1024,
+            spill_dir: None,
+        }
+    }
+}
+
+/// What running one statement produced.
+pub enum StatementOutput {
+    /// A query (or COPY/INSERT): rows to show.
+    Rows(SendableRecordBatchStream),
+    /// DDL or a setting: done, nothing to show.
+    Done,
+}
+
+/// An embedded tone engine: a DataFusion session for planning and the stage
+/// runtime for execution.
+pub struct Engine {
+    context: SessionContext,
+    store: Arc<LocalShuffleStore>,
+    next_job: AtomicU64,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        if config.partitions == 0 {
+            return Err(EngineError::Plan {
+                message: "partitions must be at least 1".into(),
+            });
+        }
+        let store = Arc::new(LocalShuffleStore::new(
+            config.shuffle_memory_bytes_max,
+            config.spill_dir.as_deref(),
+        )?);
+        let env = ShuffleEnv {
+            store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
+        };
+        Ok(Self {
+            context: new_session(config.partitions, env),
+            store,
+            next_job: AtomicU64::new(1),
+        })
+    }
+
+    /// The DataFusion session: catalog, functions, settings.
+    pub fn session(&self) -> &SessionContext {
+        &self.context
+    }
+
+    pub fn shuffle_store(&self) -> &Arc<LocalShuffleStore> {
+        &self.store
+    }
+
+    /// Registers every child of `dir` as a table; returns their names.
+    pub async fn register_data_dir(&self, dir: &Path) -> Result<Vec<String>> {
+        register_data_dir(&self.context, dir).await
+    }
+
+    /// Registers one file or folder as table `name`.
+    pub async fn register_table(&self, name: &str, path: &Path) -> Result<()> {
+        register_table(&self.context, name, path).await
+    }
+
+    /// Splits SQL text into statements; syntax errors point at the position.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        let dialect = self.context.state().config().options().sql_parser.dialect;
+        DFParser::parse_sql_with_dialect(sql, dialect.as_ref())
+            .map(Vec::from)
+            .map_err(|error| with_snippet(EngineError::from(datafusion::error::DataFusionError::from(error)), sql))
+    }
+
+    /// Runs one parsed statement. DDL runs at once; queries run on the stage
+    /// runtime and stream their rows.
+    pub async fn run_statement(&self, statement: Statement) -> Result<StatementOutput> {
+        let state = self.context.state();
+        let plan = state.statement_to_plan(statement).await?;
+        match plan {
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+                self.context.execute_logical_plan(plan).await?;
+                Ok(StatementOutput::Done)
+            }
+            // EXPLAIN describes a plan and reads no data; DataFusion answers
+            // it directly. `tone explain` shows the stage DAG.
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
+                let frame = self.context.execute_logical_plan(plan).await?;
+                Ok(StatementOutput::Rows(frame.execute_stream().await?))
+            }
+            plan => {
+                let frame = self.context.execute_logical_plan(plan).await?;
+                let physical = frame.create_physical_plan().await?;
+                Ok(StatementOutput::Rows(self.execute(physical).await?))
+            }
+        }
+    }
+
+    /// Runs every statement in `sql` and returns the rows of the last one
+    /// that produced rows.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<arrow::array::RecordBatch>> {
+        let mut last = Vec::new();
+        for statement in self.parse(sql)? {
+            if let StatementOutput::Rows(stream) = self.run_statement(statement).await? {
+                last = crate::runtime::collect_stream(stream).await?;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Plans a single SQL query into DataFusion's physical plan.
+    pub async fn physical_plan(&self, sql: &str) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut statements = self.parse(sql)?;
+        if statements.len() != 1 {
+            return Err(EngineError::Plan {
+                message: format!("expected one statement, found {}", statements.len()),
+            });
+        }
+        let statement = statements.remove(0);
+        let plan = self.context.state().statement_to_plan(statement).await?;
+        let frame = self.context.execute_logical_plan(plan).await?;
+        Ok(frame.create_physical_plan().await?)
+    }
+
+    /// Cuts a physical plan into stages under a fresh job id.
+    pub fn stage_dag(&self, plan: Arc<dyn ExecutionPlan>) -> Result<StageDag> {
+        let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        StageDag::split(JobId(format!("job-{job}")), plan)
+    }
+
+    /// Runs a physical plan stage by stage and streams its result.
+    pub async fn execute(&self, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
+        let dag = self.stage_dag(plan)?;
+        let store = Arc::clone(&self.store) as Arc<dyn ShuffleStore>;
+        run_dag(dag, store, self.context.task_ctx()).await
+    }
+}
+
+/// Adds the offending source line to a syntax error.
+fn with_snippet(error: EngineError, sql: &str) -> EngineError {
+    match error {
+        EngineError::SqlSyntax {
+            message,
+            line,
+            column,
+            ..
+        } => EngineError::SqlSyntax {
+            snippet: snippet(sql, line, column),
+            message,
+            line,
+            column,
+        },
+        other => other,
+    }
+}

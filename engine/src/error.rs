@@ -1,0 +1,123 @@
+//! The engine's error type, classified by who is at fault.
+
+use std::path::PathBuf;
+
+use datafusion::error::DataFusionError;
+
+/// Result alias for tone-engine.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while planning or running a job.
+///
+/// Variants say who is at fault, so front ends can pick an exit code or a
+/// status: input errors are the user's to fix; execution errors are the
+/// job's; internal errors are ours.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The SQL text does not parse.
+    #[error("SQL syntax error at line {line}, column {column}: {message}\n{snippet}")]
+    SqlSyntax {
+        message: String,
+        line: usize,
+        column: usize,
+        /// The offending source line with a caret under the column.
+        snippet: String,
+    },
+
+    /// The query or job is well-formed but cannot be planned: unknown table
+    /// or column, type mismatch, unsupported construct.
+    #[error("{message}")]
+    Plan { message: String },
+
+    /// A path the user named does not exist or cannot be read.
+    #[error("cannot read {what} '{path}': {reason}")]
+    InputPath {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
+    /// A data file exists but is not what its name says (corrupt, truncated,
+    /// wrong format).
+    #[error("bad data file '{path}': {reason}")]
+    BadFile { path: PathBuf, reason: String },
+
+    /// The job started and failed while running.
+    #[error("execution failed: {message}")]
+    Execution { message: String },
+
+    /// Memory or disk ran out.
+    #[error("resources exhausted: {message}")]
+    ResourcesExhausted { message: String },
+
+    /// A bug in tone: an invariant did not hold.
+    #[error("internal error (please report): {message}")]
+    Internal { message: String },
+}
+
+impl EngineError {
+    /// True when the user can fix the problem by changing their input.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Self::SqlSyntax { .. }
+                | Self::Plan { .. }
+                | Self::InputPath { .. }
+                | Self::BadFile { .. }
+        )
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::Internal {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn execution(message: impl Into<String>) -> Self {
+        Self::Execution {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DataFusionError> for EngineError {
+    fn from(error: DataFusionError) -> Self {
+        classify(error)
+    }
+}
+
+/// Maps a DataFusion error to the variant that says who must act on it.
+fn classify(error: DataFusionError) -> EngineError {
+    match error.find_root() {
+        DataFusionError::SQL(_, _) => {
+            let message = error.strip_backtrace();
+            match crate::sql_location::locate(&message) {
+                Some((line, column)) => EngineError::SqlSyntax {
+                    message,
+                    line,
+                    column,
+                    snippet: String::new(),
+                },
+                None => EngineError::Plan { message },
+            }
+        }
+        DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(_, _)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_) => EngineError::Plan {
+            message: error.strip_backtrace(),
+        },
+        DataFusionError::ResourcesExhausted(_) => EngineError::ResourcesExhausted {
+            message: error.strip_backtrace(),
+        },
+        DataFusionError::Internal(_) => EngineError::internal(error.strip_backtrace()),
+        _ => EngineError::execution(error.strip_backtrace()),
+    }
+}
+
+/// Converts back at the DataFusion boundary (inside operators).
+impl From<EngineError> for DataFusionError {
+    fn from(error: EngineError) -> Self {
+        DataFusionError::External(Box::new(error))
+    }
+}

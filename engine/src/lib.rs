@@ -1,0 +1,27 @@
+//! tone-engine: everything about computing a job, nothing about networks.
+//!
+//! - [`engine`]: [`Engine`], the embedded entry point (SQL in, rows out).
+//! - [`stage`]: cutting a physical plan into a DAG of stages at exchanges.
+//! - [`shuffle`]: the shuffle writer and reader operators and the store of
+//!   map outputs (Arrow IPC segments in memory, spilled to disk past a budget).
+//! - [`codec`]: stage plans to bytes and back (datafusion-proto + tone nodes).
+//! - [`runtime`]: running a stage DAG in this process.
+//! - [`cpu`]: the rayon pool for CPU-heavy work and its async bridge.
+//! - [`session`]: the DataFusion session and table registration.
+//! - [`error`]: [`EngineError`], classified by who must act.
+
+pub mod codec;
+pub mod cpu;
+pub mod engine;
+pub mod error;
+pub mod ids;
+pub mod runtime;
+pub mod session;
+pub mod shuffle;
+mod sql_location;
+pub mod stage;
+
+pub use engine::{Engine, EngineConfig, StatementOutput};
+pub use error::{EngineError, Result};
+pub use ids::{JobId, StageId};
+pub use stage::{render_dag, Stage, StageDag};

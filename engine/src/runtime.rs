@@ -1,0 +1,193 @@
+//! The embedded runtime: runs a job's stage DAG inside this process.
+//!
+//! Each stage is serialized and deserialized before it runs (the same bytes
+//! a worker would receive), its tasks run concurrently, and a stage starts
+//! once every stage it reads has finished.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::task::JoinSet;
+
+use crate::codec::{decode_plan, encode_plan};
+use crate::cpu::panic_message;
+use crate::error::{EngineError, Result};
+use crate::ids::{JobId, StageId};
+use crate::shuffle::{ShuffleStore, ShuffleWriteSummary, ShuffleWriterExec};
+use crate::stage::{Stage, StageDag};
+
+/// Figures from one finished stage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageReport {
+    pub stage_id: Option<StageId>,
+    pub tasks: usize,
+    pub written: ShuffleWriteSummary,
+}
+
+/// Runs `dag` and streams the final stage's output. Intermediate stages run
+/// to completion first; the final stage runs as the stream is polled.
+/// The job's shuffle data is released when the stream is dropped.
+pub async fn run_dag(
+    dag: StageDag,
+    store: Arc<dyn ShuffleStore>,
+    context: Arc<TaskContext>,
+) -> Result<SendableRecordBatchStream> {
+    let guard = JobGuard {
+        job_id: dag.job_id.clone(),
+        store: Arc::clone(&store),
+    };
+    run_map_stages(&dag, &store, &context).await?;
+    let final_stage = dag.final_stage();
+    let plan = round_trip(&final_stage.plan, &context)?;
+    let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > 1 {
+        Arc::new(CoalescePartitionsExec::new(plan))
+    } else {
+        plan
+    };
+    let stream = plan.execute(0, context)?;
+    Ok(Box::pin(GuardedStream {
+        inner: stream,
+        _guard: guard,
+    }))
+}
+
+/// Runs every stage but the final one, each as soon as its inputs are done.
+async fn run_map_stages(
+    dag: &StageDag,
+    store: &Arc<dyn ShuffleStore>,
+    context: &Arc<TaskContext>,
+) -> Result<Vec<StageReport>> {
+    let map_stages = &dag.stages[..dag.stages.len() - 1];
+    let mut done: HashSet<StageId> = HashSet::new();
+    let mut started: HashSet<StageId> = HashSet::new();
+    let mut running = FuturesUnordered::new();
+    let mut reports = Vec::new();
+    loop {
+        for stage in map_stages {
+            let ready = stage.inputs.iter().all(|input| done.contains(input));
+            if ready && started.insert(stage.id) {
+                running.push(run_map_stage(stage.clone(), Arc::clone(context)));
+            }
+        }
+        let Some(finished) = running.next().await else {
+            break;
+        };
+        let report = finished?;
+        if let Some(id) = report.stage_id {
+            done.insert(id);
+        }
+        reports.push(report);
+        release_consumed(dag, &done, store.as_ref());
+    }
+    if done.len() != map_stages.len() {
+        return Err(EngineError::internal("stage DAG has a cycle or a missing input"));
+    }
+    Ok(reports)
+}
+
+/// Frees the outputs of stages whose consumers have all finished.
+fn release_consumed(dag: &StageDag, done: &HashSet<StageId>, store: &dyn ShuffleStore) {
+    let final_id = dag.final_stage().id;
+    for stage in &dag.stages {
+        let consumers = dag.consumers(stage.id);
+        let all_done = !consumers.is_empty()
+            && consumers.iter().all(|consumer| *consumer != final_id && done.contains(consumer));
+        if all_done {
+            store.remove_stage(&dag.job_id, stage.id);
+        }
+    }
+}
+
+async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageReport> {
+    let plan = round_trip(&stage.plan, &context)?;
+    let tasks = plan.output_partitioning().partition_count();
+    let writer: Arc<dyn ExecutionPlan> = plan;
+    let mut set = JoinSet::new();
+    for partition in 0..tasks {
+        let writer = Arc::clone(&writer);
+        let context = Arc::clone(&context);
+        set.spawn(async move {
+            let writer = (writer.as_ref() as &dyn std::any::Any)
+                .downcast_ref::<ShuffleWriterExec>()
+                .ok_or_else(|| EngineError::internal("map stage without a shuffle writer"))?;
+            writer.write(partition, context).await
+        });
+    }
+    let mut written = ShuffleWriteSummary::default();
+    // Dropping the set on the first error aborts the stage's other tasks.
+    while let Some(joined) = set.join_next().await {
+        let summary = joined.map_err(|error| join_error(stage.id, error))??;
+        written.rows += summary.rows;
+        written.bytes += summary.bytes;
+        written.spilled_bytes += summary.spilled_bytes;
+    }
+    Ok(StageReport {
+        stage_id: Some(stage.id),
+        tasks,
+        written,
+    })
+}
+
+fn join_error(stage: StageId, error: tokio::task::JoinError) -> EngineError {
+    if error.is_panic() {
+        let panic = error.into_panic();
+        EngineError::execution(format!(
+            "a task of stage {stage} panicked: {}",
+            panic_message(&panic)
+        ))
+    } else {
+        EngineError::execution(format!("a task of stage {stage} was cancelled"))
+    }
+}
+
+/// Serializes and deserializes a stage plan: the plan that runs is always
+/// the one decoded from bytes, as on a worker.
+pub fn round_trip(plan: &Arc<dyn ExecutionPlan>, context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    let bytes = encode_plan(Arc::clone(plan))?;
+    decode_plan(&bytes, context)
+}
+
+/// Releases a job's shuffle data when its result stream goes away.
+struct JobGuard {
+    job_id: JobId,
+    store: Arc<dyn ShuffleStore>,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.store.remove_job(&self.job_id);
+    }
+}
+
+struct GuardedStream {
+    inner: SendableRecordBatchStream,
+    _guard: JobGuard,
+}
+
+impl Stream for GuardedStream {
+    type Item = datafusion::error::Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl RecordBatchStream for GuardedStream {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+/// Drains a stream into batches.
+pub async fn collect_stream(stream: SendableRecordBatchStream) -> Result<Vec<RecordBatch>> {
+    Ok(stream.try_collect().await?)
+}

@@ -1,0 +1,219 @@
+//! `ShuffleReaderExec`: the leaf of a stage that consumes another stage.
+
+use std::fmt;
+use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use super::store::{Segment, ShuffleStore};
+use super::writer::shuffle_env;
+use crate::cpu::run_cpu;
+use crate::error::{EngineError, Result};
+use crate::ids::{JobId, StageId};
+
+/// Which map outputs feed each of the reader's output partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Output partition `r` is reduce partition `r` of every map task: the
+    /// far side of a hash, range or round-robin exchange, or of a merge into
+    /// one partition.
+    ReducePartition,
+    /// Output partition `m` is the whole (single-partition) output of map
+    /// task `m`: keeps each map task's sort order for a sort-preserving merge.
+    PerMap,
+}
+
+/// Reads the map outputs of `stage_id`; `map_partitions` tasks wrote them.
+#[derive(Debug)]
+pub struct ShuffleReaderExec {
+    job_id: JobId,
+    stage_id: StageId,
+    map_partitions: usize,
+    mode: ReadMode,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShuffleReaderExec {
+    /// `properties` are those of the plan the reader stands in for, so the
+    /// operators above it see the same partitioning and ordering.
+    pub fn new(
+        job_id: JobId,
+        stage_id: StageId,
+        map_partitions: usize,
+        mode: ReadMode,
+        properties: PlanProperties,
+    ) -> Self {
+        Self {
+            job_id,
+            stage_id,
+            map_partitions,
+            mode,
+            properties: Arc::new(properties),
+        }
+    }
+
+    pub fn job_id(&self) -> &JobId {
+        &self.job_id
+    }
+
+    pub fn stage_id(&self) -> StageId {
+        self.stage_id
+    }
+
+    pub fn map_partitions(&self) -> usize {
+        self.map_partitions
+    }
+
+    pub fn mode(&self) -> ReadMode {
+        self.mode
+    }
+
+    /// The (map task, reduce partition) pairs that make up `partition`.
+    fn sources(&self, partition: usize) -> Vec<(usize, usize)> {
+        match self.mode {
+            ReadMode::ReducePartition => (0..self.map_partitions).map(|map| (map, partition)).collect(),
+            ReadMode::PerMap => vec![(partition, 0)],
+        }
+    }
+}
+
+impl DisplayAs for ShuffleReaderExec {
+    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let mode = match self.mode {
+            ReadMode::ReducePartition => "reduce-partition",
+            ReadMode::PerMap => "per-map",
+        };
+        write!(
+            f,
+            "ShuffleReaderExec: stage={}, maps={}, mode={mode}",
+            self.stage_id, self.map_partitions
+        )
+    }
+}
+
+impl ExecutionPlan for ShuffleReaderExec {
+    fn name(&self) -> &str {
+        "ShuffleReaderExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let store = Arc::clone(&shuffle_env(&context)?.store);
+        let mut segments = Vec::new();
+        for (map, reduce) in self.sources(partition) {
+            segments.extend(store.segments(&self.job_id, self.stage_id, map, reduce)?);
+        }
+        let schema = self.schema();
+        let decode_schema = Arc::clone(&schema);
+        // One segment is decoded at a time, so memory stays bounded by the
+        // segment size however large the partition is.
+        let batches = futures::stream::iter(segments)
+            .then(move |segment| decode_segment(segment, Arc::clone(&decode_schema)))
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten()
+            .map_err(DataFusionError::from);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+/// Decodes one IPC segment on the CPU pool and checks it against what the
+/// writer recorded: same schema, same row count.
+async fn decode_segment(segment: Segment, schema: SchemaRef) -> Result<Vec<RecordBatch>> {
+    run_cpu(move || {
+        let expected_rows = segment.rows();
+        let batches = match &segment {
+            Segment::Memory { bytes, .. } => decode(Cursor::new(bytes.as_slice()))?,
+            Segment::File { file, offset, length, .. } => {
+                let mut reader = std::fs::File::open(&file.path).map_err(|error| {
+                    EngineError::execution(format!(
+                        "cannot open shuffle file {}: {error}",
+                        file.path.display()
+                    ))
+                })?;
+                reader.seek(SeekFrom::Start(*offset)).map_err(|error| {
+                    EngineError::execution(format!("seeking in {}: {error}", file.path.display()))
+                })?;
+                decode(std::io::BufReader::new(reader.take(*length)))?
+            }
+        };
+        let rows: u64 = batches.iter().map(|batch| batch.num_rows() as u64).sum();
+        if rows != expected_rows {
+            return Err(EngineError::internal(format!(
+                "shuffle segment holds {rows} rows, writer recorded {expected_rows}"
+            )));
+        }
+        if let Some(batch) = batches.first() {
+            if batch.schema().fields() != schema.fields() {
+                return Err(EngineError::internal(format!(
+                    "shuffle segment schema {:?} differs from the reader's {:?}",
+                    batch.schema(),
+                    schema
+                )));
+            }
+        }
+        // Readers see the plan's schema (with its metadata), not the one the
+        // IPC stream carried.
+        batches
+            .into_iter()
+            .map(|batch| {
+                RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
+                    .map_err(|error| EngineError::internal(error.to_string()))
+            })
+            .collect()
+    })
+    .await?
+}
+
+fn decode(source: impl Read) -> Result<Vec<RecordBatch>> {
+    let reader = StreamReader::try_new(source, None)
+        .map_err(|error| EngineError::execution(format!("decoding shuffle data: {error}")))?;
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|error| EngineError::execution(format!("decoding shuffle data: {error}")))
+}

@@ -1,0 +1,278 @@
+//! Where map outputs live until their readers are done with them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{EngineError, Result};
+use crate::ids::{JobId, StageId};
+
+/// Bytes of a finished IPC stream, shared between readers without copying.
+pub type IpcBytes = Arc<Vec<u8>>;
+
+/// One complete Arrow IPC stream (schema message, batches, end marker).
+#[derive(Debug, Clone)]
+pub enum Segment {
+    Memory { bytes: IpcBytes, rows: u64 },
+    File {
+        file: Arc<SpillFile>,
+        offset: u64,
+        length: u64,
+        rows: u64,
+    },
+}
+
+impl Segment {
+    pub fn rows(&self) -> u64 {
+        match self {
+            Segment::Memory { rows, .. } | Segment::File { rows, .. } => *rows,
+        }
+    }
+
+    pub fn byte_len(&self) -> u64 {
+        match self {
+            Segment::Memory { bytes, .. } => bytes.len() as u64,
+            Segment::File { length, .. } => *length,
+        }
+    }
+}
+
+/// A map task's spill file; deleted when the last segment that points into
+/// it is dropped.
+#[derive(Debug)]
+pub struct SpillFile {
+    pub path: PathBuf,
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        // Best effort: the spill directory is removed as a whole at the end
+        // anyway.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Everything one map task produced: the segments of each reduce partition.
+#[derive(Debug, Clone, Default)]
+pub struct MapOutput {
+    pub partitions: Vec<Vec<Segment>>,
+}
+
+impl MapOutput {
+    pub fn rows(&self) -> u64 {
+        self.partitions.iter().flatten().map(Segment::rows).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.partitions.iter().flatten().map(Segment::byte_len).sum()
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.partitions
+            .iter()
+            .flatten()
+            .map(|segment| match segment {
+                Segment::Memory { bytes, .. } => bytes.len() as u64,
+                Segment::File { .. } => 0,
+            })
+            .sum()
+    }
+}
+
+/// A byte budget for shuffle data held in memory. Writers that cannot
+/// reserve more spill to disk instead.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit_bytes: u64,
+    used_bytes: AtomicU64,
+    reserved_bytes_total: AtomicU64,
+    spilled_bytes: AtomicU64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit_bytes: u64) -> Self {
+        Self {
+            limit_bytes,
+            used_bytes: AtomicU64::new(0),
+            reserved_bytes_total: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves `bytes` if they fit under the limit.
+    pub fn try_reserve(&self, bytes: u64) -> bool {
+        let reserved = self
+            .used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let wanted = used.checked_add(bytes)?;
+                (wanted <= self.limit_bytes).then_some(wanted)
+            })
+            .is_ok();
+        if reserved {
+            self.reserved_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+        }
+        reserved
+    }
+
+    pub fn release(&self, bytes: u64) {
+        self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    pub fn record_spill(&self, bytes: u64) {
+        self.spilled_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Acquire)
+    }
+
+    /// Total bytes ever kept in memory (a reservation counts once).
+    pub fn reserved_bytes_total(&self) -> u64 {
+        self.reserved_bytes_total.load(Ordering::Relaxed)
+    }
+
+    /// Total bytes ever written to spill files.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Storage of map outputs, addressed by job, stage and map partition.
+pub trait ShuffleStore: Send + Sync + fmt::Debug {
+    /// Records the finished output of one map task.
+    fn put(&self, job: &JobId, stage: StageId, map: usize, output: MapOutput) -> Result<()>;
+
+    /// The segments of reduce partition `reduce` written by map task `map`.
+    fn segments(&self, job: &JobId, stage: StageId, map: usize, reduce: usize)
+        -> Result<Vec<Segment>>;
+
+    /// Drops a stage's outputs once no reader needs them.
+    fn remove_stage(&self, job: &JobId, stage: StageId);
+
+    /// Drops everything a job wrote.
+    fn remove_job(&self, job: &JobId);
+
+    fn budget(&self) -> &MemoryBudget;
+
+    /// Directory where writers put spill files.
+    fn spill_dir(&self) -> &Path;
+}
+
+/// Session extension through which shuffle operators find the store.
+#[derive(Debug, Clone)]
+pub struct ShuffleEnv {
+    pub store: Arc<dyn ShuffleStore>,
+}
+
+/// In-process store: segments in memory up to the budget, then in spill
+/// files under a private temporary directory.
+#[derive(Debug)]
+pub struct LocalShuffleStore {
+    outputs: Mutex<HashMap<(JobId, StageId), HashMap<usize, MapOutput>>>,
+    budget: MemoryBudget,
+    spill_dir: tempfile::TempDir,
+}
+
+impl LocalShuffleStore {
+    pub fn new(memory_budget_bytes: u64, spill_parent: Option<&Path>) -> Result<Self> {
+        let builder = {
+            let mut builder = tempfile::Builder::new();
+            builder.prefix("tone-shuffle-");
+            builder
+        };
+        let spill_dir = match spill_parent {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .map_err(|error| EngineError::InputPath {
+            what: "spill directory",
+            path: spill_parent.map(Path::to_path_buf).unwrap_or_default(),
+            reason: error.to_string(),
+        })?;
+        Ok(Self {
+            outputs: Mutex::new(HashMap::new()),
+            budget: MemoryBudget::new(memory_budget_bytes),
+            spill_dir,
+        })
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(JobId, StageId), HashMap<usize, MapOutput>>> {
+        // A poisoned lock means a thread panicked while inserting or removing
+        // a map entry; the map itself is still consistent.
+        self.outputs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn release_all(&self, outputs: impl IntoIterator<Item = MapOutput>) {
+        for output in outputs {
+            self.budget.release(output.memory_bytes());
+        }
+    }
+}
+
+impl ShuffleStore for LocalShuffleStore {
+    fn put(&self, job: &JobId, stage: StageId, map: usize, output: MapOutput) -> Result<()> {
+        let replaced = self
+            .lock()
+            .entry((job.clone(), stage))
+            .or_default()
+            .insert(map, output);
+        // A re-run task replaces the output of the earlier attempt.
+        self.release_all(replaced);
+        Ok(())
+    }
+
+    fn segments(
+        &self,
+        job: &JobId,
+        stage: StageId,
+        map: usize,
+        reduce: usize,
+    ) -> Result<Vec<Segment>> {
+        let outputs = self.lock();
+        let output = outputs
+            .get(&(job.clone(), stage))
+            .and_then(|maps| maps.get(&map))
+            .ok_or_else(|| {
+                EngineError::internal(format!(
+                    "no shuffle output for job {job} stage {stage} map {map}"
+                ))
+            })?;
+        output.partitions.get(reduce).cloned().ok_or_else(|| {
+            EngineError::internal(format!(
+                "job {job} stage {stage} map {map} has {} partitions, reader asked for {reduce}",
+                output.partitions.len()
+            ))
+        })
+    }
+
+    fn remove_stage(&self, job: &JobId, stage: StageId) {
+        let removed = self.lock().remove(&(job.clone(), stage));
+        if let Some(maps) = removed {
+            self.release_all(maps.into_values());
+        }
+    }
+
+    fn remove_job(&self, job: &JobId) {
+        let removed: Vec<MapOutput> = {
+            let mut outputs = self.lock();
+            let keys: Vec<_> = outputs.keys().filter(|(j, _)| j == job).cloned().collect();
+            keys.iter()
+                .filter_map(|key| outputs.remove(key))
+                .flat_map(HashMap::into_values)
+                .collect()
+        };
+        self.release_all(removed);
+    }
+
+    fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    fn spill_dir(&self) -> &Path {
+        self.spill_dir.path()
+    }
+}

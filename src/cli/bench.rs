@@ -1,0 +1,222 @@
+//! `tone bench tpch`: per-query and total median times, against plain
+//! DataFusion in the same binary as the baseline.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, Subcommand, ValueEnum};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::Serialize;
+use tone_engine::session::{register_data_dir};
+use tone_engine::{Engine, EngineConfig, EngineError};
+
+use super::CliError;
+use crate::tpch::QUERIES;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The 22 TPC-H queries over data made by `tone gen tpch`.
+    #[command(after_help = "Example:\n  tone bench tpch --data /tmp/tpch-sf1 --engine tone --engine datafusion --iterations 3")]
+    Tpch(TpchBenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// tone's stage engine, embedded.
+    Tone,
+    /// Plain single-process DataFusion: the baseline.
+    Datafusion,
+}
+
+#[derive(Debug, Args)]
+pub struct TpchBenchArgs {
+    /// Folder with one sub-folder per TPC-H table.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Folder of q01.sql … q22.sql [default: the built-in TPC-H texts].
+    #[arg(long, value_name = "DIR")]
+    pub queries: Option<PathBuf>,
+    /// Runs per query; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub iterations: usize,
+    /// Engines to run, in order; give it twice to compare in one run.
+    #[arg(long = "engine", value_enum, default_values_t = [EngineKind::Tone])]
+    pub engines: Vec<EngineKind>,
+    /// Partitions per stage [default: number of cores].
+    #[arg(long)]
+    pub partitions: Option<usize>,
+    /// Only these queries (e.g. q01,q18).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Write the figures as JSON (with several engines: one object each, in
+    /// an array).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct QueryFigures {
+    median_s: f64,
+    rows: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct EngineFigures {
+    engine: EngineKind,
+    total_median_s: f64,
+    queries: BTreeMap<String, QueryFigures>,
+}
+
+pub async fn run(command: BenchCommand) -> Result<(), CliError> {
+    let BenchCommand::Tpch(args) = command;
+    if args.iterations == 0 {
+        return Err(CliError::Usage("--iterations must be at least 1".into()));
+    }
+    let queries = load_queries(args.queries.as_deref(), &args.only)?;
+    let mut all = Vec::new();
+    for engine in &args.engines {
+        eprintln!("engine {engine:?}: {} queries × {} iterations", queries.len(), args.iterations);
+        let runner = Runner::new(*engine, &args.data, args.partitions).await?;
+        let mut figures = EngineFigures {
+            engine: *engine,
+            total_median_s: 0.0,
+            queries: BTreeMap::new(),
+        };
+        for (name, sql) in &queries {
+            let mut times = Vec::with_capacity(args.iterations);
+            let mut rows = 0;
+            for _ in 0..args.iterations {
+                let started = Instant::now();
+                rows = runner.run(sql).await.map_err(|error| {
+                    CliError::Usage(format!("{name} failed on {engine:?}: {error}"))
+                })?;
+                times.push(started.elapsed().as_secs_f64());
+            }
+            let median_s = median(&mut times);
+            eprintln!("  {name}: {median_s:.3}s ({rows} rows)");
+            figures.total_median_s += median_s;
+            figures.queries.insert(name.clone(), QueryFigures { median_s, rows });
+        }
+        all.push(figures);
+    }
+    print_report(&all);
+    if let Some(path) = &args.json {
+        let text = if all.len() == 1 {
+            serde_json::to_string_pretty(&all[0])
+        } else {
+            serde_json::to_string_pretty(&all)
+        }
+        .map_err(|error| CliError::Usage(format!("cannot encode JSON: {error}")))?;
+        std::fs::write(path, text).map_err(|source| CliError::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+enum Runner {
+    Tone(Engine),
+    DataFusion(SessionContext),
+}
+
+impl Runner {
+    async fn new(kind: EngineKind, data: &Path, partitions: Option<usize>) -> Result<Self, CliError> {
+        let mut config = EngineConfig::default();
+        if let Some(partitions) = partitions {
+            config.partitions = partitions;
+        }
+        match kind {
+            EngineKind::Tone => {
+                let engine = Engine::new(config)?;
+                engine.register_data_dir(data).await?;
+                Ok(Self::Tone(engine))
+            }
+            EngineKind::Datafusion => {
+                let context = SessionContext::new_with_config(
+                    SessionConfig::new().with_target_partitions(config.partitions),
+                );
+                register_data_dir(&context, data).await?;
+                Ok(Self::DataFusion(context))
+            }
+        }
+    }
+
+    async fn run(&self, sql: &str) -> Result<usize, EngineError> {
+        let batches = match self {
+            Runner::Tone(engine) => engine.sql(sql).await?,
+            Runner::DataFusion(context) => context.sql(sql).await?.collect().await?,
+        };
+        Ok(batches.iter().map(|batch| batch.num_rows()).sum())
+    }
+}
+
+/// The queries to run: from `dir` when given, else the built-in texts.
+fn load_queries(dir: Option<&Path>, only: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    if let Some(unknown) = only.iter().find(|name| !QUERIES.iter().any(|(known, _)| known == *name)) {
+        return Err(CliError::Usage(format!("--only: no query named '{unknown}' (q01 … q22)")));
+    }
+    let mut queries = Vec::new();
+    for (name, builtin) in QUERIES {
+        if !only.is_empty() && !only.iter().any(|wanted| wanted == name) {
+            continue;
+        }
+        let sql = match dir {
+            None => builtin.to_string(),
+            Some(dir) => {
+                let path = dir.join(format!("{name}.sql"));
+                std::fs::read_to_string(&path).map_err(|error| {
+                    CliError::Usage(format!("cannot read query {}: {error}", path.display()))
+                })?
+            }
+        };
+        queries.push((name.to_string(), sql));
+    }
+    Ok(queries)
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let middle = times.len() / 2;
+    if times.len() % 2 == 0 {
+        (times[middle - 1] + times[middle]) / 2.0
+    } else {
+        times[middle]
+    }
+}
+
+fn print_report(all: &[EngineFigures]) {
+    let Some(first) = all.first() else { return };
+    let header: Vec<String> = all.iter().map(|figures| format!("{:?}", figures.engine)).collect();
+    println!("{:<6} {}", "query", header.iter().map(|h| format!("{h:>12}")).collect::<String>());
+    for name in first.queries.keys() {
+        let cells: String = all
+            .iter()
+            .map(|figures| {
+                figures
+                    .queries
+                    .get(name)
+                    .map_or_else(|| format!("{:>12}", "-"), |q| format!("{:>11.3}s", q.median_s))
+            })
+            .collect();
+        println!("{name:<6} {cells}");
+    }
+    let totals: String = all
+        .iter()
+        .map(|figures| format!("{:>11.3}s", figures.total_median_s))
+        .collect();
+    println!("{:<6} {totals}", "total");
+    if all.len() > 1 {
+        let baseline = all[all.len() - 1].total_median_s;
+        for figures in &all[..all.len() - 1] {
+            println!(
+                "ratio {:?}/{:?}: {:.2}×",
+                figures.engine,
+                all[all.len() - 1].engine,
+                figures.total_median_s / baseline
+            );
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The `tone` command line: argument structs (clap derive) and dispatch.
+//!
+//! Exit codes: 0 success, 1 the job failed, 2 bad usage or bad input.
+//! Results go to stdout; progress, logs and errors to stderr.
+
+mod bench;
+mod explain;
+mod gen;
+mod output;
+mod shell;
+mod sql;
+mod tables;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use tone_engine::EngineError;
+
+/// tone: a dataflow batch compute engine. Runs embedded in this process by
+/// default; the same jobs run on a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "tone", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SQL statements and print their results.
+    Sql(sql::SqlArgs),
+    /// Show how a query is split into stages, without running it.
+    Explain(explain::ExplainArgs),
+    /// Generate benchmark data.
+    #[command(subcommand)]
+    Gen(gen::GenCommand),
+    /// Interactive SQL shell with line editing and history.
+    Shell(shell::ShellArgs),
+    /// Run benchmarks and report timings.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Why a command failed, and so which exit code it returns.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Engine(error) if !error.is_user_error() => 1,
+            CliError::Io { .. } => 1,
+            _ => 2,
+        }
+    }
+
+    fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Runs a parsed command line and maps the outcome to an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tone: error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tone: error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Sql(args) => sql::run(args).await,
+        Command::Explain(args) => explain::run(args).await,
+        Command::Gen(command) => gen::run(command),
+        Command::Shell(args) => shell::run(args).await,
+        Command::Bench(command) => bench::run(command).await,
+    }
+}

@@ -1,0 +1,55 @@
+//! The table flags shared by every command that reads data.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tone_engine::{Engine, EngineConfig};
+
+use super::CliError;
+
+#[derive(Debug, Clone, Args)]
+pub struct TableArgs {
+    /// Register each child of DIR (a Parquet/CSV/JSON file, or a folder of
+    /// them) as a table named after it.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Register one table: NAME=PATH (a file or a folder of files).
+    #[arg(long = "table", value_name = "NAME=PATH")]
+    pub tables: Vec<String>,
+    /// Partitions per stage [default: number of cores].
+    #[arg(long, value_name = "N")]
+    pub partitions: Option<usize>,
+}
+
+impl TableArgs {
+    /// An embedded engine with the requested tables registered.
+    pub async fn engine(&self) -> Result<Engine, CliError> {
+        let mut config = EngineConfig::default();
+        if let Some(partitions) = self.partitions {
+            if partitions == 0 {
+                return Err(CliError::Usage("--partitions must be at least 1".into()));
+            }
+            config.partitions = partitions;
+        }
+        let engine = Engine::new(config)?;
+        if let Some(dir) = &self.data {
+            if !dir.is_dir() {
+                return Err(CliError::Usage(format!(
+                    "--data folder '{}' does not exist or is not a folder",
+                    dir.display()
+                )));
+            }
+            engine.register_data_dir(dir).await?;
+        }
+        for table in &self.tables {
+            let (name, path) = table.split_once('=').ok_or_else(|| {
+                CliError::Usage(format!("--table expects NAME=PATH, got '{table}'"))
+            })?;
+            if name.is_empty() {
+                return Err(CliError::Usage(format!("--table '{table}' has an empty name")));
+            }
+            engine.register_table(name, std::path::Path::new(path)).await?;
+        }
+        Ok(engine)
+    }
+}

@@ -1,0 +1,16 @@
+//! The `tone` binary: parse arguments, set up logging, run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tone::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TONE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    tone::cli::main(cli)
+}

@@ -1,0 +1,85 @@
+//! Fixtures shared by the integration tests: generated TPC-H data, the
+//! oracle (plain DataFusion) and result comparison.
+
+pub mod compare;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
+use tone::{Engine, EngineConfig};
+
+/// Scale of the TPC-H data the tests use.
+pub const TPCH_SCALE: &str = "0.1";
+
+/// The `tone` binary under test.
+pub fn tone() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tone"))
+}
+
+/// Runs `tone` with `args` and returns its output.
+pub fn run_tone(args: &[&str]) -> Output {
+    tone().args(args).output().expect("the tone binary runs")
+}
+
+/// TPC-H data at [`TPCH_SCALE`], generated once by `tone gen tpch` and kept
+/// under the cargo target tmp dir between runs.
+pub fn tpch_data() -> &'static Path {
+    static DATA: OnceLock<PathBuf> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tpch-sf{TPCH_SCALE}"));
+        let done = dir.join(".complete");
+        if !done.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            let out = dir.to_str().expect("utf-8 temp path");
+            let output = run_tone(&["gen", "tpch", "--scale", TPCH_SCALE, "--out", out, "--parts", "2"]);
+            assert!(
+                output.status.success(),
+                "tone gen failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::fs::write(&done, b"").expect("mark data complete");
+        }
+        dir
+    })
+}
+
+/// The 22 TPC-H query texts.
+pub fn tpch_queries() -> Vec<(String, String)> {
+    tone::tpch::QUERIES
+        .iter()
+        .map(|(name, sql)| (name.to_string(), sql.to_string()))
+        .collect()
+}
+
+/// An embedded tone engine over the TPC-H tables.
+pub async fn tone_engine(partitions: usize) -> Engine {
+    let config = EngineConfig {
+        partitions,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(config).expect("engine starts");
+    engine.register_data_dir(tpch_data()).await.expect("tables register");
+    engine
+}
+
+/// The oracle: plain single-process DataFusion over the same tables.
+pub async fn oracle_context() -> SessionContext {
+    let context = SessionContext::new();
+    tone_engine::session::register_data_dir(&context, tpch_data())
+        .await
+        .expect("tables register");
+    context
+}
+
+pub async fn oracle_answer(context: &SessionContext, sql: &str) -> Vec<RecordBatch> {
+    context
+        .sql(sql)
+        .await
+        .expect("oracle plans")
+        .collect()
+        .await
+        .expect("oracle runs")
+}

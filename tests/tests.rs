@@ -1,0 +1,9 @@
+//! tone's integration tests: one binary, a module per topic.
+
+mod common;
+
+mod cli;
+mod oracle_tpch;
+mod roundtrip;
+mod shuffle;
+mod sql_beyond_tpch;
