@@ -16,6 +16,5 @@ pub mod cli;
 pub mod tpch;
 
 pub use tone_engine::{
-    render_dag, Engine, EngineConfig, EngineError, JobId, Stage, StageDag, StageId,
-    StatementOutput,
+    render_dag, Engine, EngineConfig, EngineError, JobId, Stage, StageDag, StageId, StatementOutput,
 };

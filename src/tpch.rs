@@ -68,12 +68,21 @@ pub struct GenerateError {
 
 /// Writes every table at `scale` under `out/<table>/<table>.<part>.<ext>`.
 /// Small tables (nation, region) get one file; the others `parts` files.
-pub fn generate(scale: f64, out: &Path, format: DataFormat, parts: usize) -> Result<(), GenerateError> {
+pub fn generate(
+    scale: f64,
+    out: &Path,
+    format: DataFormat,
+    parts: usize,
+) -> Result<(), GenerateError> {
     let parts = parts.max(1);
     let jobs: Vec<(&str, usize, usize)> = TABLES
         .iter()
         .flat_map(|table| {
-            let count = if matches!(*table, "nation" | "region") { 1 } else { parts };
+            let count = if matches!(*table, "nation" | "region") {
+                1
+            } else {
+                parts
+            };
             (1..=count).map(move |part| (*table, part, count))
         })
         .collect();
@@ -112,14 +121,22 @@ fn write_part(
 
 fn table_batches(table: &str, scale: f64, part: i32, count: i32) -> Box<dyn RecordBatchIterator> {
     match table {
-        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(scale, part, count))),
-        "lineitem" => Box::new(LineItemArrow::new(LineItemGenerator::new(scale, part, count))),
+        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(
+            scale, part, count,
+        ))),
+        "lineitem" => Box::new(LineItemArrow::new(LineItemGenerator::new(
+            scale, part, count,
+        ))),
         "nation" => Box::new(NationArrow::new(NationGenerator::new(scale, part, count))),
         "orders" => Box::new(OrderArrow::new(OrderGenerator::new(scale, part, count))),
         "part" => Box::new(PartArrow::new(PartGenerator::new(scale, part, count))),
-        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(scale, part, count))),
+        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(
+            scale, part, count,
+        ))),
         "region" => Box::new(RegionArrow::new(RegionGenerator::new(scale, part, count))),
-        _ => Box::new(SupplierArrow::new(SupplierGenerator::new(scale, part, count))),
+        _ => Box::new(SupplierArrow::new(SupplierGenerator::new(
+            scale, part, count,
+        ))),
     }
 }
 

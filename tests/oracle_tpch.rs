@@ -21,9 +21,16 @@ async fn check_all_queries(partitions: usize) {
             failures.push(format!("{name}: {difference}"));
         }
         let rows: usize = actual.iter().map(|batch| batch.num_rows()).sum();
-        assert!(rows > 0 || name == "q20" || name == "q15", "{name} returned no rows");
+        assert!(
+            rows > 0 || name == "q20" || name == "q15",
+            "{name} returned no rows"
+        );
     }
-    assert!(failures.is_empty(), "partitions={partitions}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "partitions={partitions}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,9 +20,18 @@ async fn every_tpch_stage_round_trips() {
             let decoded = decode_plan(&bytes, &task_context).expect("decodes");
             let before = displayable(stage.plan.as_ref()).indent(true).to_string();
             let after = displayable(decoded.as_ref()).indent(true).to_string();
-            assert_eq!(before, after, "{name} stage {} changed in the round trip", stage.id);
+            assert_eq!(
+                before, after,
+                "{name} stage {} changed in the round trip",
+                stage.id
+            );
             let again = encode_plan(decoded).expect("re-encodes");
-            assert_eq!(bytes.len(), again.len(), "{name} stage {} re-encodes differently", stage.id);
+            assert_eq!(
+                bytes.len(),
+                again.len(),
+                "{name} stage {} re-encodes differently",
+                stage.id
+            );
             stages_checked += 1;
         }
     }

@@ -17,7 +17,10 @@ async fn engine_with_budget(partitions: usize, shuffle_memory_bytes_max: u64) ->
         spill_dir: None,
     })
     .expect("engine starts");
-    engine.register_data_dir(tpch_data()).await.expect("tables register");
+    engine
+        .register_data_dir(tpch_data())
+        .await
+        .expect("tables register");
     engine
 }
 
@@ -33,13 +36,19 @@ async fn aggregate_is_split_at_the_hash_exchange() {
     let writer = first.writer().expect("the first stage feeds another");
     assert_eq!(writer.output_partition_count(), 4);
     assert!(
-        writer.shuffle_partitioning().to_string().starts_with("Hash"),
+        writer
+            .shuffle_partitioning()
+            .to_string()
+            .starts_with("Hash"),
         "got {}",
         writer.shuffle_partitioning()
     );
     let rendered = tone::render_dag(&dag);
     assert!(rendered.contains("ShuffleReaderExec"), "{rendered}");
-    assert!(rendered.contains("AggregateExec: mode=Partial"), "{rendered}");
+    assert!(
+        rendered.contains("AggregateExec: mode=Partial"),
+        "{rendered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,9 +68,19 @@ async fn shuffle_spills_past_the_memory_budget_and_stays_correct() {
 async fn shuffle_memory_is_released_after_the_job() {
     let engine = engine_with_budget(2, u64::MAX).await;
     let actual = engine.sql(GROUPED_SQL).await.expect("runs");
-    assert_eq!(actual.iter().map(|batch| batch.num_rows()).sum::<usize>(), 50);
+    assert_eq!(
+        actual.iter().map(|batch| batch.num_rows()).sum::<usize>(),
+        50
+    );
     let budget = engine.shuffle_store().budget();
-    assert!(budget.reserved_bytes_total() > 0, "no shuffle data was written");
-    assert_eq!(budget.spilled_bytes(), 0, "nothing should spill with an unlimited budget");
+    assert!(
+        budget.reserved_bytes_total() > 0,
+        "no shuffle data was written"
+    );
+    assert_eq!(
+        budget.spilled_bytes(),
+        0,
+        "nothing should spill with an unlimited budget"
+    );
     assert_eq!(budget.used_bytes(), 0, "shuffle data outlived its job");
 }

@@ -36,7 +36,11 @@ async fn check(partitions: usize) {
             Err(error) => failures.push(format!("{name}: tone failed: {error}")),
         }
     }
-    assert!(failures.is_empty(), "partitions={partitions}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "partitions={partitions}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

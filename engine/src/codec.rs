@@ -32,7 +32,9 @@ use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
     let bytes =
         datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &ToneCodec)
-            .map_err(|error| EngineError::internal(format!("cannot serialize stage plan: {error}")))?;
+            .map_err(|error| {
+                EngineError::internal(format!("cannot serialize stage plan: {error}"))
+            })?;
     Ok(bytes.to_vec())
 }
 

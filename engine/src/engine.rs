@@ -99,10 +99,12 @@ impl Engine {
 
     /// Splits SQL text into statements; syntax errors point at the position.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        let dialect = self.context.state().config().options().sql_parser.dialect;
-        DFParser::parse_sql_with_dialect(sql, dialect.as_ref())
-            .map(Vec::from)
-            .map_err(|error| with_snippet(EngineError::from(datafusion::error::DataFusionError::from(error)), sql))
+        DFParser::parse_sql(sql).map(Vec::from).map_err(|error| {
+            with_snippet(
+                EngineError::from(datafusion::error::DataFusionError::from(error)),
+                sql,
+            )
+        })
     }
 
     /// Runs one parsed statement. DDL runs at once; queries run on the stage

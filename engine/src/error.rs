@@ -12,7 +12,7 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 /// Variants say who is at fault, so front ends can pick an exit code or a
 /// status: input errors are the user's to fix; execution errors are the
 /// job's; internal errors are ours.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// The SQL text does not parse.
     #[error("SQL syntax error at line {line}, column {column}: {message}\n{snippet}")]
@@ -89,8 +89,13 @@ impl From<DataFusionError> for EngineError {
 /// Maps a DataFusion error to the variant that says who must act on it.
 fn classify(error: DataFusionError) -> EngineError {
     match error.find_root() {
-        DataFusionError::SQL(_, _) => {
-            let message = error.strip_backtrace();
+        // An engine error that crossed an operator boundary keeps its type.
+        DataFusionError::External(inner) => match inner.downcast_ref::<EngineError>() {
+            Some(engine_error) => engine_error.clone(),
+            None => EngineError::execution(error.strip_backtrace()),
+        },
+        DataFusionError::SQL(parser_error, _) => {
+            let message = parser_error.to_string();
             match crate::sql_location::locate(&message) {
                 Some((line, column)) => EngineError::SqlSyntax {
                     message,

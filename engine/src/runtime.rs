@@ -89,7 +89,9 @@ async fn run_map_stages(
         release_consumed(dag, &done, store.as_ref());
     }
     if done.len() != map_stages.len() {
-        return Err(EngineError::internal("stage DAG has a cycle or a missing input"));
+        return Err(EngineError::internal(
+            "stage DAG has a cycle or a missing input",
+        ));
     }
     Ok(reports)
 }
@@ -100,7 +102,9 @@ fn release_consumed(dag: &StageDag, done: &HashSet<StageId>, store: &dyn Shuffle
     for stage in &dag.stages {
         let consumers = dag.consumers(stage.id);
         let all_done = !consumers.is_empty()
-            && consumers.iter().all(|consumer| *consumer != final_id && done.contains(consumer));
+            && consumers
+                .iter()
+                .all(|consumer| *consumer != final_id && done.contains(consumer));
         if all_done {
             store.remove_stage(&dag.job_id, stage.id);
         }
@@ -151,7 +155,10 @@ fn join_error(stage: StageId, error: tokio::task::JoinError) -> EngineError {
 
 /// Serializes and deserializes a stage plan: the plan that runs is always
 /// the one decoded from bytes, as on a worker.
-pub fn round_trip(plan: &Arc<dyn ExecutionPlan>, context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+pub fn round_trip(
+    plan: &Arc<dyn ExecutionPlan>,
+    context: &TaskContext,
+) -> Result<Arc<dyn ExecutionPlan>> {
     let bytes = encode_plan(Arc::clone(plan))?;
     decode_plan(&bytes, context)
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::datasource::file_format::options::{
-    CsvReadOptions, NdJsonReadOptions, ParquetReadOptions,
+    CsvReadOptions, JsonReadOptions, ParquetReadOptions,
 };
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -76,7 +76,10 @@ pub async fn register_data_dir(ctx: &SessionContext, dir: &Path) -> Result<Vec<S
 
 /// A table's name for a path: the file or folder name without extension.
 pub fn table_name(path: &Path) -> String {
-    let stem = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("table");
+    let stem = path
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or("table");
     stem.to_string()
 }
 
@@ -111,8 +114,12 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &Path) -> Re
             ctx.register_csv(name, location, options).await
         }
         FileFormat::Json => {
-            let extension = if metadata.is_dir() { json_extension(path) } else { extension_of(path) };
-            let options = NdJsonReadOptions::default().file_extension(&extension);
+            let extension = if metadata.is_dir() {
+                json_extension(path)
+            } else {
+                extension_of(path)
+            };
+            let options = JsonReadOptions::default().file_extension(&extension);
             ctx.register_json(name, location, options).await
         }
     };
@@ -178,14 +185,21 @@ fn is_hidden(path: &Path) -> bool {
 }
 
 /// Turns a failed registration into an error that names the bad file.
-fn explain_registration_failure(path: &Path, format: FileFormat, error: EngineError) -> EngineError {
+fn explain_registration_failure(
+    path: &Path,
+    format: FileFormat,
+    error: EngineError,
+) -> EngineError {
     if format == FileFormat::Parquet {
         let files = if path.is_dir() {
             data_files(path).unwrap_or_default()
         } else {
             vec![path.to_path_buf()]
         };
-        if let Some((file, reason)) = files.iter().find_map(|file| parquet_problem(file).map(|reason| (file, reason))) {
+        if let Some((file, reason)) = files
+            .iter()
+            .find_map(|file| parquet_problem(file).map(|reason| (file, reason)))
+        {
             return EngineError::BadFile {
                 path: file.clone(),
                 reason,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand, ValueEnum};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Serialize;
-use tone_engine::session::{register_data_dir};
+use tone_engine::session::register_data_dir;
 use tone_engine::{Engine, EngineConfig, EngineError};
 
 use super::CliError;
@@ -17,7 +17,9 @@ use crate::tpch::QUERIES;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The 22 TPC-H queries over data made by `tone gen tpch`.
-    #[command(after_help = "Example:\n  tone bench tpch --data /tmp/tpch-sf1 --engine tone --engine datafusion --iterations 3")]
+    #[command(
+        after_help = "Example:\n  tone bench tpch --data /tmp/tpch-sf1 --engine tone --engine datafusion --iterations 3"
+    )]
     Tpch(TpchBenchArgs),
 }
 
@@ -77,7 +79,11 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
     let queries = load_queries(args.queries.as_deref(), &args.only)?;
     let mut all = Vec::new();
     for engine in &args.engines {
-        eprintln!("engine {engine:?}: {} queries × {} iterations", queries.len(), args.iterations);
+        eprintln!(
+            "engine {engine:?}: {} queries × {} iterations",
+            queries.len(),
+            args.iterations
+        );
         let runner = Runner::new(*engine, &args.data, args.partitions).await?;
         let mut figures = EngineFigures {
             engine: *engine,
@@ -97,7 +103,9 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
             let median_s = median(&mut times);
             eprintln!("  {name}: {median_s:.3}s ({rows} rows)");
             figures.total_median_s += median_s;
-            figures.queries.insert(name.clone(), QueryFigures { median_s, rows });
+            figures
+                .queries
+                .insert(name.clone(), QueryFigures { median_s, rows });
         }
         all.push(figures);
     }
@@ -123,7 +131,11 @@ enum Runner {
 }
 
 impl Runner {
-    async fn new(kind: EngineKind, data: &Path, partitions: Option<usize>) -> Result<Self, CliError> {
+    async fn new(
+        kind: EngineKind,
+        data: &Path,
+        partitions: Option<usize>,
+    ) -> Result<Self, CliError> {
         let mut config = EngineConfig::default();
         if let Some(partitions) = partitions {
             config.partitions = partitions;
@@ -155,8 +167,13 @@ impl Runner {
 
 /// The queries to run: from `dir` when given, else the built-in texts.
 fn load_queries(dir: Option<&Path>, only: &[String]) -> Result<Vec<(String, String)>, CliError> {
-    if let Some(unknown) = only.iter().find(|name| !QUERIES.iter().any(|(known, _)| known == *name)) {
-        return Err(CliError::Usage(format!("--only: no query named '{unknown}' (q01 … q22)")));
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !QUERIES.iter().any(|(known, _)| known == *name))
+    {
+        return Err(CliError::Usage(format!(
+            "--only: no query named '{unknown}' (q01 … q22)"
+        )));
     }
     let mut queries = Vec::new();
     for (name, builtin) in QUERIES {
@@ -189,16 +206,26 @@ fn median(times: &mut [f64]) -> f64 {
 
 fn print_report(all: &[EngineFigures]) {
     let Some(first) = all.first() else { return };
-    let header: Vec<String> = all.iter().map(|figures| format!("{:?}", figures.engine)).collect();
-    println!("{:<6} {}", "query", header.iter().map(|h| format!("{h:>12}")).collect::<String>());
+    let header: Vec<String> = all
+        .iter()
+        .map(|figures| format!("{:?}", figures.engine))
+        .collect();
+    println!(
+        "{:<6} {}",
+        "query",
+        header
+            .iter()
+            .map(|h| format!("{h:>12}"))
+            .collect::<String>()
+    );
     for name in first.queries.keys() {
         let cells: String = all
             .iter()
             .map(|figures| {
-                figures
-                    .queries
-                    .get(name)
-                    .map_or_else(|| format!("{:>12}", "-"), |q| format!("{:>11.3}s", q.median_s))
+                figures.queries.get(name).map_or_else(
+                    || format!("{:>12}", "-"),
+                    |q| format!("{:>11.3}s", q.median_s),
+                )
             })
             .collect();
         println!("{name:<6} {cells}");

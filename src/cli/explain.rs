@@ -7,7 +7,9 @@ use super::tables::TableArgs;
 use super::CliError;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  tone explain --data /tmp/tpch \"select l_returnflag, count(*) from lineitem group by 1\"")]
+#[command(
+    after_help = "Example:\n  tone explain --data /tmp/tpch \"select l_returnflag, count(*) from lineitem group by 1\""
+)]
 pub struct ExplainArgs {
     #[command(flatten)]
     pub tables: TableArgs,

@@ -36,15 +36,20 @@ pub fn run(command: GenCommand) -> Result<(), CliError> {
     match command {
         GenCommand::Tpch(args) => {
             if !(args.scale > 0.0 && args.scale.is_finite()) {
-                return Err(CliError::Usage(format!("--scale must be positive, got {}", args.scale)));
+                return Err(CliError::Usage(format!(
+                    "--scale must be positive, got {}",
+                    args.scale
+                )));
             }
             if args.parts == 0 {
                 return Err(CliError::Usage("--parts must be at least 1".into()));
             }
             let started = Instant::now();
-            generate(args.scale, &args.out, args.format, args.parts).map_err(|error| CliError::Io {
-                context: format!("generating TPC-H data into {}", args.out.display()),
-                source: std::io::Error::other(error.to_string()),
+            generate(args.scale, &args.out, args.format, args.parts).map_err(|error| {
+                CliError::Io {
+                    context: format!("generating TPC-H data into {}", args.out.display()),
+                    source: std::io::Error::other(error.to_string()),
+                }
             })?;
             eprintln!(
                 "TPC-H scale {} written to {} in {:.1}s",

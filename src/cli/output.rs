@@ -36,13 +36,17 @@ pub async fn print_stream(
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(EngineError::from)?;
                 rows += batch.num_rows() as u64;
-                writer.write(&batch).map_err(|error| write_error(error.to_string()))?;
+                writer
+                    .write(&batch)
+                    .map_err(|error| write_error(error.to_string()))?;
                 wrote_any = true;
             }
             if !wrote_any {
                 // An empty result still gets its header row.
                 let empty = RecordBatch::new_empty(stream.schema());
-                writer.write(&empty).map_err(|error| write_error(error.to_string()))?;
+                writer
+                    .write(&empty)
+                    .map_err(|error| write_error(error.to_string()))?;
             }
             drop(writer);
         }
@@ -70,7 +74,9 @@ pub async fn print_stream(
                 writer
                     .write_batches(&refs)
                     .map_err(|error| write_error(error.to_string()))?;
-                writer.finish().map_err(|error| write_error(error.to_string()))?;
+                writer
+                    .finish()
+                    .map_err(|error| write_error(error.to_string()))?;
                 drop(writer);
                 writeln!(out).map_err(io)?;
             }

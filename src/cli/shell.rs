@@ -13,7 +13,9 @@ use super::tables::TableArgs;
 use super::CliError;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Inside the shell: end a statement with ';'. \\q or quit leaves; \\d lists tables.")]
+#[command(
+    after_help = "Inside the shell: end a statement with ';'. \\q or quit leaves; \\d lists tables."
+)]
 pub struct ShellArgs {
     #[command(flatten)]
     pub tables: TableArgs,
@@ -33,7 +35,11 @@ pub async fn run(args: ShellArgs) -> Result<(), CliError> {
     }
     let mut pending = String::new();
     loop {
-        let prompt = if pending.is_empty() { "tone> " } else { "  ... " };
+        let prompt = if pending.is_empty() {
+            "tone> "
+        } else {
+            "  ... "
+        };
         let line = match editor.readline(prompt) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {

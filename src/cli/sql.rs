@@ -19,7 +19,12 @@ pub struct SqlArgs {
     #[command(flatten)]
     pub tables: TableArgs,
     /// Read statements from FILE (several may be separated by ';').
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "query")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "query"
+    )]
     pub file: Option<PathBuf>,
     /// Output format of result rows.
     #[arg(long, value_enum, default_value = "table")]
@@ -31,7 +36,10 @@ pub struct SqlArgs {
 pub async fn run(args: SqlArgs) -> Result<(), CliError> {
     let sql = match (&args.file, &args.query) {
         (Some(file), _) => std::fs::read_to_string(file).map_err(|error| {
-            CliError::Usage(format!("cannot read SQL file '{}': {error}", file.display()))
+            CliError::Usage(format!(
+                "cannot read SQL file '{}': {error}",
+                file.display()
+            ))
         })?,
         (None, Some(query)) => query.clone(),
         (None, None) => {
@@ -52,7 +60,11 @@ pub async fn run_script(engine: &Engine, sql: &str, format: OutputFormat) -> Res
         match engine.run_statement(statement).await? {
             StatementOutput::Rows(stream) => {
                 let rows = print_stream(stream, format).await?;
-                tracing::info!(rows, elapsed_ms = started.elapsed().as_millis() as u64, "statement done");
+                tracing::info!(
+                    rows,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "statement done"
+                );
                 if format == OutputFormat::Table {
                     eprintln!("{rows} row(s) in {:.3}s", started.elapsed().as_secs_f64());
                 }

@@ -46,9 +46,13 @@ impl TableArgs {
                 CliError::Usage(format!("--table expects NAME=PATH, got '{table}'"))
             })?;
             if name.is_empty() {
-                return Err(CliError::Usage(format!("--table '{table}' has an empty name")));
+                return Err(CliError::Usage(format!(
+                    "--table '{table}' has an empty name"
+                )));
             }
-            engine.register_table(name, std::path::Path::new(path)).await?;
+            engine
+                .register_table(name, std::path::Path::new(path))
+                .await?;
         }
         Ok(engine)
     }

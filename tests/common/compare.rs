@@ -27,7 +27,10 @@ fn rows(batches: &[RecordBatch]) -> Vec<Row> {
                 .columns()
                 .iter()
                 .zip(&formatters)
-                .map(|(column, formatter)| float_at(column.as_ref(), row).map_or_else(|| Cell::Text(formatter.value(row).to_string()), Cell::Float))
+                .map(|(column, formatter)| {
+                    float_at(column.as_ref(), row)
+                        .map_or_else(|| Cell::Text(formatter.value(row).to_string()), Cell::Float)
+                })
                 .collect();
             rows.push(cells);
         }
@@ -66,16 +69,29 @@ fn close(a: f64, b: f64) -> bool {
 pub fn same_rows(expected: &[RecordBatch], actual: &[RecordBatch]) -> Result<(), String> {
     if let (Some(e), Some(a)) = (expected.first(), actual.first()) {
         let names = |batch: &RecordBatch| -> Vec<String> {
-            batch.schema().fields().iter().map(|f| f.name().clone()).collect()
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
         };
         if names(e) != names(a) {
-            return Err(format!("columns differ: expected {:?}, got {:?}", names(e), names(a)));
+            return Err(format!(
+                "columns differ: expected {:?}, got {:?}",
+                names(e),
+                names(a)
+            ));
         }
     }
     let mut expected = rows(expected);
     let mut actual = rows(actual);
     if expected.len() != actual.len() {
-        return Err(format!("expected {} rows, got {}", expected.len(), actual.len()));
+        return Err(format!(
+            "expected {} rows, got {}",
+            expected.len(),
+            actual.len()
+        ));
     }
     expected.sort_by_cached_key(sort_key);
     actual.sort_by_cached_key(sort_key);
@@ -86,7 +102,9 @@ pub fn same_rows(expected: &[RecordBatch], actual: &[RecordBatch]) -> Result<(),
                 _ => x == y,
             });
         if !equal {
-            return Err(format!("row {index} differs:\n  expected {e:?}\n  got      {a:?}"));
+            return Err(format!(
+                "row {index} differs:\n  expected {e:?}\n  got      {a:?}"
+            ));
         }
     }
     Ok(())
@@ -99,7 +117,9 @@ pub fn same_rows_in_order(expected: &[RecordBatch], actual: &[RecordBatch]) -> R
     let actual = rows(actual);
     for (index, (e, a)) in expected.iter().zip(&actual).enumerate() {
         if sort_key(e) != sort_key(a) {
-            return Err(format!("row {index} out of order:\n  expected {e:?}\n  got      {a:?}"));
+            return Err(format!(
+                "row {index} out of order:\n  expected {e:?}\n  got      {a:?}"
+            ));
         }
     }
     Ok(())
@@ -107,8 +127,8 @@ pub fn same_rows_in_order(expected: &[RecordBatch], actual: &[RecordBatch]) -> R
 
 #[test]
 fn float_noise_is_tolerated_but_real_differences_are_not() {
-    use std::sync::Arc;
     use arrow::array::{Float64Array, StringArray};
+    use std::sync::Arc;
     let batch = |values: Vec<f64>, names: Vec<&str>| {
         RecordBatch::try_from_iter(vec![
             ("name", Arc::new(StringArray::from(names)) as _),
@@ -135,7 +155,11 @@ pub fn has_final_order_by(sql: &str) -> bool {
 }
 
 /// Compares in order when the query fixes the order, as a multiset otherwise.
-pub fn same_answer(sql: &str, expected: &[RecordBatch], actual: &[RecordBatch]) -> Result<(), String> {
+pub fn same_answer(
+    sql: &str,
+    expected: &[RecordBatch],
+    actual: &[RecordBatch],
+) -> Result<(), String> {
     if has_final_order_by(sql) {
         same_rows_in_order(expected, actual)
     } else {

@@ -34,7 +34,9 @@ pub fn tpch_data() -> &'static Path {
         if !done.exists() {
             let _ = std::fs::remove_dir_all(&dir);
             let out = dir.to_str().expect("utf-8 temp path");
-            let output = run_tone(&["gen", "tpch", "--scale", TPCH_SCALE, "--out", out, "--parts", "2"]);
+            let output = run_tone(&[
+                "gen", "tpch", "--scale", TPCH_SCALE, "--out", out, "--parts", "2",
+            ]);
             assert!(
                 output.status.success(),
                 "tone gen failed: {}",
@@ -61,7 +63,10 @@ pub async fn tone_engine(partitions: usize) -> Engine {
         ..EngineConfig::default()
     };
     let engine = Engine::new(config).expect("engine starts");
-    engine.register_data_dir(tpch_data()).await.expect("tables register");
+    engine
+        .register_data_dir(tpch_data())
+        .await
+        .expect("tables register");
     engine
 }
 

@@ -1,7 +1,7 @@
 //! tone-worker: the worker daemon.
 //!
 //! A worker registers with the coordinator over one long-lived
-//! `WorkerControl.Connect` stream (see tone-proto), runs the stage tasks it
+//! `WorkerControl.Session` stream (see tone-proto), runs the stage tasks it
 //! is assigned with tone-engine, keeps their shuffle output on local disk,
 //! and serves it to other workers over Arrow Flight.
 //!
@@ -64,7 +64,10 @@ mod tests {
 
     #[test]
     fn refuses_zero_slots_and_bad_urls() {
-        assert!(matches!(config("http://x:1", 0).validate(), Err(WorkerConfigError::NoSlots)));
+        assert!(matches!(
+            config("http://x:1", 0).validate(),
+            Err(WorkerConfigError::NoSlots)
+        ));
         assert!(matches!(
             config("x:1", 2).validate(),
             Err(WorkerConfigError::BadCoordinatorUrl { .. })

@@ -18,7 +18,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::store::{Segment, ShuffleStore};
+use super::store::Segment;
 use super::writer::shuffle_env;
 use crate::cpu::run_cpu;
 use crate::error::{EngineError, Result};
@@ -84,7 +84,9 @@ impl ShuffleReaderExec {
     /// The (map task, reduce partition) pairs that make up `partition`.
     fn sources(&self, partition: usize) -> Vec<(usize, usize)> {
         match self.mode {
-            ReadMode::ReducePartition => (0..self.map_partitions).map(|map| (map, partition)).collect(),
+            ReadMode::ReducePartition => (0..self.map_partitions)
+                .map(|map| (map, partition))
+                .collect(),
             ReadMode::PerMap => vec![(partition, 0)],
         }
     }
@@ -155,7 +157,7 @@ impl ExecutionPlan for ShuffleReaderExec {
         // segment size however large the partition is.
         let batches = futures::stream::iter(segments)
             .then(move |segment| decode_segment(segment, Arc::clone(&decode_schema)))
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)))
             .try_flatten()
             .map_err(DataFusionError::from);
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
@@ -169,7 +171,12 @@ async fn decode_segment(segment: Segment, schema: SchemaRef) -> Result<Vec<Recor
         let expected_rows = segment.rows();
         let batches = match &segment {
             Segment::Memory { bytes, .. } => decode(Cursor::new(bytes.as_slice()))?,
-            Segment::File { file, offset, length, .. } => {
+            Segment::File {
+                file,
+                offset,
+                length,
+                ..
+            } => {
                 let mut reader = std::fs::File::open(&file.path).map_err(|error| {
                     EngineError::execution(format!(
                         "cannot open shuffle file {}: {error}",

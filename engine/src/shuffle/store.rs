@@ -15,7 +15,10 @@ pub type IpcBytes = Arc<Vec<u8>>;
 /// One complete Arrow IPC stream (schema message, batches, end marker).
 #[derive(Debug, Clone)]
 pub enum Segment {
-    Memory { bytes: IpcBytes, rows: u64 },
+    Memory {
+        bytes: IpcBytes,
+        rows: u64,
+    },
     File {
         file: Arc<SpillFile>,
         offset: u64,
@@ -66,7 +69,11 @@ impl MapOutput {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.partitions.iter().flatten().map(Segment::byte_len).sum()
+        self.partitions
+            .iter()
+            .flatten()
+            .map(Segment::byte_len)
+            .sum()
     }
 
     fn memory_bytes(&self) -> u64 {
@@ -111,7 +118,8 @@ impl MemoryBudget {
             })
             .is_ok();
         if reserved {
-            self.reserved_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+            self.reserved_bytes_total
+                .fetch_add(bytes, Ordering::Relaxed);
         }
         reserved
     }
@@ -145,8 +153,13 @@ pub trait ShuffleStore: Send + Sync + fmt::Debug {
     fn put(&self, job: &JobId, stage: StageId, map: usize, output: MapOutput) -> Result<()>;
 
     /// The segments of reduce partition `reduce` written by map task `map`.
-    fn segments(&self, job: &JobId, stage: StageId, map: usize, reduce: usize)
-        -> Result<Vec<Segment>>;
+    fn segments(
+        &self,
+        job: &JobId,
+        stage: StageId,
+        map: usize,
+        reduce: usize,
+    ) -> Result<Vec<Segment>>;
 
     /// Drops a stage's outputs once no reader needs them.
     fn remove_stage(&self, job: &JobId, stage: StageId);
@@ -203,7 +216,9 @@ impl LocalShuffleStore {
     ) -> std::sync::MutexGuard<'_, HashMap<(JobId, StageId), HashMap<usize, MapOutput>>> {
         // A poisoned lock means a thread panicked while inserting or removing
         // a map entry; the map itself is still consistent.
-        self.outputs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.outputs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn release_all(&self, outputs: impl IntoIterator<Item = MapOutput>) {

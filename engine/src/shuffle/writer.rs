@@ -18,9 +18,8 @@ use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder,
 use datafusion::physical_plan::repartition::BatchPartitioner;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan,
-    ExecutionPlanProperties, Partitioning, PlanProperties, ReplaceChildrenOptions,
-    SendableRecordBatchStream,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
 use rayon::prelude::*;
@@ -325,7 +324,8 @@ impl MapOutputWriter {
 
     fn spill_segment(&mut self, bytes: &[u8], rows: u64) -> Result<Segment> {
         if self.spill.is_none() {
-            let file = File::create(&self.spill_path).map_err(|error| spill_error(&self.spill_path, error))?;
+            let file = File::create(&self.spill_path)
+                .map_err(|error| spill_error(&self.spill_path, error))?;
             let guard = Arc::new(SpillFile {
                 path: self.spill_path.clone(),
             });
@@ -335,7 +335,8 @@ impl MapOutputWriter {
         let Some((guard, file, offset)) = self.spill.as_mut() else {
             return Err(EngineError::internal("spill file vanished after creation"));
         };
-        file.write_all(bytes).map_err(|error| spill_error(path, error))?;
+        file.write_all(bytes)
+            .map_err(|error| spill_error(path, error))?;
         let segment = Segment::File {
             file: Arc::clone(guard),
             offset: *offset,
@@ -374,7 +375,10 @@ fn arrow_error(error: arrow::error::ArrowError) -> EngineError {
 
 fn spill_error(path: &std::path::Path, error: std::io::Error) -> EngineError {
     EngineError::ResourcesExhausted {
-        message: format!("cannot write shuffle spill file {}: {error}", path.display()),
+        message: format!(
+            "cannot write shuffle spill file {}: {error}",
+            path.display()
+        ),
     }
 }
 
@@ -388,7 +392,12 @@ fn summary_schema() -> SchemaRef {
 
 impl DisplayAs for ShuffleWriterExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "ShuffleWriterExec: stage={}, partitioning={}", self.stage_id, describe(&self.partitioning))
+        write!(
+            f,
+            "ShuffleWriterExec: stage={}, partitioning={}",
+            self.stage_id,
+            describe(&self.partitioning)
+        )
     }
 }
 

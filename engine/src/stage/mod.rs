@@ -24,7 +24,7 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
-    with_new_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties,
 };
 
@@ -117,7 +117,7 @@ impl Splitter {
             .into_iter()
             .map(|child| self.cut(Arc::clone(child)))
             .collect::<Result<Vec<_>>>()?;
-        let plan = with_new_children_if_necessary(plan, children)?;
+        let plan = replace_children_if_necessary(plan, children)?;
         let any = plan.as_ref() as &dyn std::any::Any;
 
         if let Some(repartition) = any.downcast_ref::<RepartitionExec>() {
@@ -157,7 +157,10 @@ impl Splitter {
         }
     }
 
-    fn cut_coalesce(&mut self, coalesce: &CoalescePartitionsExec) -> Result<Arc<dyn ExecutionPlan>> {
+    fn cut_coalesce(
+        &mut self,
+        coalesce: &CoalescePartitionsExec,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = Arc::clone(coalesce.input());
         let stage_id = self.push_stage(Arc::clone(&input), Partitioning::UnknownPartitioning(1))?;
         let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
@@ -194,7 +197,10 @@ impl Splitter {
             ReadMode::PerMap,
             properties,
         ));
-        Ok(with_new_children_if_necessary(Arc::clone(plan), vec![reader])?)
+        Ok(replace_children_if_necessary(
+            Arc::clone(plan),
+            vec![reader],
+        )?)
     }
 
     fn push_stage(
@@ -215,7 +221,10 @@ impl Splitter {
 }
 
 /// Properties of a reader that yields rows in no particular order.
-fn unordered_properties(input: &Arc<dyn ExecutionPlan>, partitioning: Partitioning) -> PlanProperties {
+fn unordered_properties(
+    input: &Arc<dyn ExecutionPlan>,
+    partitioning: Partitioning,
+) -> PlanProperties {
     PlanProperties::new(
         EquivalenceProperties::new(input.schema()),
         partitioning,
@@ -232,7 +241,8 @@ pub fn reader_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<StageId> {
 }
 
 fn collect_readers(plan: &Arc<dyn ExecutionPlan>, found: &mut BTreeSet<StageId>) {
-    if let Some(reader) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<ShuffleReaderExec>() {
+    if let Some(reader) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<ShuffleReaderExec>()
+    {
         found.insert(reader.stage_id());
     }
     for child in plan.children() {
