@@ -7,19 +7,24 @@
 use std::sync::Arc;
 
 use arrow::datatypes::Schema;
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::{EquivalenceProperties, LexOrdering};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
 use datafusion_proto::physical_plan::from_proto::{
-    parse_physical_sort_exprs, parse_protobuf_partitioning,
+    parse_physical_expr_with_converter, parse_physical_sort_exprs, parse_protobuf_partitioning,
 };
 use datafusion_proto::physical_plan::to_proto::{
-    serialize_partitioning, serialize_physical_sort_exprs,
+    serialize_partitioning, serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
 };
 use datafusion_proto::physical_plan::{
-    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalPlanNodeExt,
+    PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf;
 use prost::Message;
@@ -29,13 +34,71 @@ use crate::ids::{JobId, StageId};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 
 /// Encodes a stage plan (tone nodes included) to bytes.
+///
+/// Scalar subqueries that already ran travel as literals of their value, so
+/// a stage needs no access to the subquery that produced them.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
-    let bytes =
-        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &ToneCodec)
-            .map_err(|error| {
-                EngineError::internal(format!("cannot serialize stage plan: {error}"))
-            })?;
+    let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+        plan,
+        &ToneCodec,
+        &ToneProtoConverter,
+    )
+    .map_err(|error| EngineError::internal(format!("cannot serialize stage plan: {error}")))?;
     Ok(bytes.to_vec())
+}
+
+/// datafusion-proto's default conversion, except that a scalar subquery
+/// whose value is known is written as that value.
+struct ToneProtoConverter;
+
+impl PhysicalProtoConverterExtension for ToneProtoConverter {
+    fn proto_to_execution_plan(
+        &self,
+        proto: &protobuf::PhysicalPlanNode,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        proto.try_into_physical_plan_with_context(ctx, self)
+    }
+
+    fn execution_plan_to_proto(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> DfResult<protobuf::PhysicalPlanNode> {
+        protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
+            Arc::clone(plan),
+            codec,
+            self,
+        )
+    }
+
+    fn proto_to_physical_expr(
+        &self,
+        proto: &protobuf::PhysicalExprNode,
+        input_schema: &Schema,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> DfResult<Arc<dyn PhysicalExpr>> {
+        parse_physical_expr_with_converter(proto, input_schema, ctx, self)
+    }
+
+    fn physical_expr_to_proto(
+        &self,
+        expr: &Arc<dyn PhysicalExpr>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> DfResult<protobuf::PhysicalExprNode> {
+        if let Some(value) = known_subquery_value(expr) {
+            let literal: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(value));
+            return serialize_physical_expr_with_converter(&literal, codec, self);
+        }
+        serialize_physical_expr_with_converter(expr, codec, self)
+    }
+}
+
+fn known_subquery_value(expr: &Arc<dyn PhysicalExpr>) -> Option<ScalarValue> {
+    let subquery = (expr.as_ref() as &dyn std::any::Any).downcast_ref::<ScalarSubqueryExpr>()?;
+    #[allow(deprecated)] // `index` is the only way to find the value in the shared results.
+    let index = subquery.index();
+    subquery.results().get(index)
 }
 
 /// Decodes a stage plan; `context` supplies the functions and object stores

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use datafusion::common::ScalarValue;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
+use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement};
 
@@ -165,9 +167,68 @@ impl Engine {
 
     /// Runs a physical plan stage by stage and streams its result.
     pub async fn execute(&self, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
+        let plan = self.resolve_scalar_subqueries(plan).await?;
         let dag = self.stage_dag(plan)?;
         let store = Arc::clone(&self.store) as Arc<dyn ShuffleStore>;
         run_dag(dag, store, self.context.task_ctx()).await
+    }
+
+    /// Runs each uncorrelated scalar subquery as a job of its own, records
+    /// its value where the plan's expressions read it, and removes the
+    /// `ScalarSubqueryExec` that would have run it. The codec then ships the
+    /// value as a literal, so no stage depends on another stage's subquery.
+    pub fn resolve_scalar_subqueries(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> futures::future::BoxFuture<'_, Result<Arc<dyn ExecutionPlan>>> {
+        Box::pin(async move {
+            let any = plan.as_ref() as &dyn std::any::Any;
+            if let Some(exec) = any.downcast_ref::<ScalarSubqueryExec>() {
+                for link in exec.subqueries() {
+                    let value = self.scalar_value(Arc::clone(&link.plan)).await?;
+                    exec.results().set(link.index, value)?;
+                }
+                return self
+                    .resolve_scalar_subqueries(Arc::clone(exec.input()))
+                    .await;
+            }
+            let mut children = Vec::new();
+            for child in plan.children() {
+                children.push(self.resolve_scalar_subqueries(Arc::clone(child)).await?);
+            }
+            Ok(replace_children_if_necessary(plan, children)?)
+        })
+    }
+
+    /// The single value a scalar subquery returns: NULL for no rows, an
+    /// error for more than one.
+    async fn scalar_value(&self, plan: Arc<dyn ExecutionPlan>) -> Result<ScalarValue> {
+        let schema = plan.schema();
+        let [field] = schema.fields().as_ref() else {
+            return Err(EngineError::Plan {
+                message: format!(
+                    "a scalar subquery must return one column, not {}",
+                    schema.fields().len()
+                ),
+            });
+        };
+        let batches = crate::runtime::collect_stream(self.execute(plan).await?).await?;
+        let rows: usize = batches.iter().map(|batch| batch.num_rows()).sum();
+        match rows {
+            0 => Ok(ScalarValue::try_from(field.data_type())?),
+            1 => {
+                let batch = batches
+                    .iter()
+                    .find(|batch| batch.num_rows() == 1)
+                    .ok_or_else(|| EngineError::internal("scalar subquery row vanished"))?;
+                Ok(ScalarValue::try_from_array(batch.column(0), 0)?)
+            }
+            _ => Err(EngineError::Execution {
+                message: format!(
+                    "a scalar subquery returned {rows} rows; it may return at most one"
+                ),
+            }),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -196,7 +196,14 @@ async fn decode_segment(segment: Segment, schema: SchemaRef) -> Result<Vec<Recor
             )));
         }
         if let Some(batch) = batches.first() {
-            if batch.schema().fields() != schema.fields() {
+            let types = |schema: &arrow::datatypes::Schema| -> Vec<arrow::datatypes::DataType> {
+                schema
+                    .fields()
+                    .iter()
+                    .map(|field| field.data_type().clone())
+                    .collect()
+            };
+            if types(&batch.schema()) != types(&schema) {
                 return Err(EngineError::internal(format!(
                     "shuffle segment schema {:?} differs from the reader's {:?}",
                     batch.schema(),
@@ -209,8 +216,15 @@ async fn decode_segment(segment: Segment, schema: SchemaRef) -> Result<Vec<Recor
         batches
             .into_iter()
             .map(|batch| {
-                RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
-                    .map_err(|error| EngineError::internal(error.to_string()))
+                // The row count is explicit: a batch may have no columns
+                // (e.g. the input of `count(*)`).
+                let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                RecordBatch::try_new_with_options(
+                    Arc::clone(&schema),
+                    batch.columns().to_vec(),
+                    &options,
+                )
+                .map_err(|error| EngineError::internal(error.to_string()))
             })
             .collect()
     })
