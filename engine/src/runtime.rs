@@ -112,6 +112,7 @@ fn release_consumed(dag: &StageDag, done: &HashSet<StageId>, store: &dyn Shuffle
 }
 
 async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageReport> {
+    let started = std::time::Instant::now();
     let plan = round_trip(&stage.plan, &context)?;
     let tasks = plan.output_partitioning().partition_count();
     let writer: Arc<dyn ExecutionPlan> = plan;
@@ -134,6 +135,15 @@ async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageR
         written.bytes += summary.bytes;
         written.spilled_bytes += summary.spilled_bytes;
     }
+    tracing::info!(
+        stage_id = stage.id.0,
+        tasks,
+        rows = written.rows,
+        bytes = written.bytes,
+        spilled_bytes = written.spilled_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "stage done"
+    );
     Ok(StageReport {
         stage_id: Some(stage.id),
         tasks,

@@ -1,6 +1,6 @@
 //! `tone sql`: run SQL statements from the command line or a file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
@@ -30,6 +30,7 @@ pub struct SqlArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
     /// The SQL to run (several statements may be separated by ';').
+    #[arg(allow_hyphen_values = true)]
     pub query: Option<String>,
 }
 
@@ -50,6 +51,22 @@ pub async fn run(args: SqlArgs) -> Result<(), CliError> {
     };
     let engine = args.tables.engine().await?;
     run_script(&engine, &sql, args.format).await
+}
+
+/// The SQL text from `-f FILE` or the QUERY argument.
+pub fn read_sql(file: Option<&Path>, query: Option<&str>) -> Result<String, CliError> {
+    match (file, query) {
+        (Some(file), _) => std::fs::read_to_string(file).map_err(|error| {
+            CliError::Usage(format!(
+                "cannot read SQL file '{}': {error}",
+                file.display()
+            ))
+        }),
+        (None, Some(query)) => Ok(query.to_string()),
+        (None, None) => Err(CliError::Usage(
+            "give a query or -f FILE (see --help)".into(),
+        )),
+    }
 }
 
 /// Runs each statement of `sql` in order, printing the rows of those that

@@ -6,7 +6,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt64Array};
+use arrow::array::{
+    ArrayRef, AsArray, GenericByteViewArray, RecordBatch, RecordBatchOptions, UInt64Array,
+};
+use arrow::datatypes::ByteViewType;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -275,7 +278,9 @@ impl MapOutputWriter {
             .par_iter_mut()
             .zip(pieces)
             .try_for_each(|(open, piece)| match piece {
-                Some(piece) if piece.num_rows() > 0 => append(open, piece, schema, options),
+                Some(piece) if piece.num_rows() > 0 => {
+                    append(open, compact_views(piece)?, schema, options)
+                }
                 _ => Ok(()),
             })?;
         for index in 0..self.open.len() {
@@ -348,6 +353,45 @@ impl MapOutputWriter {
         self.store.budget().record_spill(bytes.len() as u64);
         Ok(segment)
     }
+}
+
+/// String and binary views that point into buffers much larger than the
+/// bytes they use (typical after a filter, join or partitioning `take`) are
+/// copied compactly first: IPC writes every buffer a view array references,
+/// so one small piece could otherwise carry its whole source batch.
+fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    let needs_compaction = |column: &ArrayRef| match column.data_type() {
+        DataType::Utf8View => wasteful(column.as_string_view()),
+        DataType::BinaryView => wasteful(column.as_binary_view()),
+        _ => false,
+    };
+    if !batch.columns().iter().any(needs_compaction) {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| match column.data_type() {
+            DataType::Utf8View if needs_compaction(column) => {
+                Arc::new(column.as_string_view().gc()) as ArrayRef
+            }
+            DataType::BinaryView if needs_compaction(column) => {
+                Arc::new(column.as_binary_view().gc()) as ArrayRef
+            }
+            _ => Arc::clone(column),
+        })
+        .collect();
+    RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(arrow_error)
+}
+
+fn wasteful<T: ByteViewType + ?Sized>(array: &GenericByteViewArray<T>) -> bool {
+    let held: usize = array.data_buffers().iter().map(|buffer| buffer.len()).sum();
+    held > 2 * array.total_buffer_bytes_used() + 1024
 }
 
 fn append(
@@ -487,5 +531,42 @@ impl ExecutionPlan for ShuffleWriterExec {
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringViewArray;
+
+    #[test]
+    fn view_arrays_are_compacted_before_encoding() {
+        let long: Vec<String> = (0..10_000)
+            .map(|row| format!("a string long enough to not be inlined {row}"))
+            .collect();
+        let array = StringViewArray::from_iter_values(long.iter());
+        let batch =
+            RecordBatch::try_from_iter([("s", Arc::new(array) as ArrayRef)]).expect("batch");
+        let piece = batch.slice(10, 5);
+        let held = |batch: &RecordBatch| -> usize {
+            batch
+                .column(0)
+                .as_string_view()
+                .data_buffers()
+                .iter()
+                .map(|b| b.len())
+                .sum()
+        };
+        assert!(
+            held(&piece) > 100_000,
+            "the slice still holds the whole buffer"
+        );
+        let compacted = compact_views(piece.clone()).expect("compacts");
+        assert!(held(&compacted) < 1_000, "held {} bytes", held(&compacted));
+        assert_eq!(
+            compacted.column(0).as_string_view().value(0),
+            piece.column(0).as_string_view().value(0)
+        );
+        assert_eq!(compacted.num_rows(), 5);
     }
 }
