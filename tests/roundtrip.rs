@@ -17,10 +17,7 @@ async fn every_tpch_stage_round_trips() {
         let plan = engine.physical_plan(&sql).await.expect("plans");
         // Scalar subqueries run first (q11, q15, q22); their values travel
         // as literals.
-        let plan = engine
-            .resolve_scalar_subqueries(plan)
-            .await
-            .expect("subqueries run");
+        let plan = engine.prepare_plan(plan).await.expect("subqueries run");
         let dag = engine.stage_dag(plan).expect("splits");
         assert!(dag.stages.len() > 1, "{name} should have exchanges");
         for stage in &dag.stages {

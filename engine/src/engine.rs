@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::collect;
+use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
 use datafusion::prelude::SessionContext;
@@ -167,17 +170,24 @@ impl Engine {
 
     /// Runs a physical plan stage by stage and streams its result.
     pub async fn execute(&self, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
-        let plan = self.resolve_scalar_subqueries(plan).await?;
+        let plan = self.prepare_plan(plan).await?;
         let dag = self.stage_dag(plan)?;
         let store = Arc::clone(&self.store) as Arc<dyn ShuffleStore>;
         run_dag(dag, store, self.context.task_ctx()).await
     }
 
-    /// Runs each uncorrelated scalar subquery as a job of its own, records
-    /// its value where the plan's expressions read it, and removes the
-    /// `ScalarSubqueryExec` that would have run it. The codec then ships the
-    /// value as a literal, so no stage depends on another stage's subquery.
-    pub fn resolve_scalar_subqueries(
+    /// Runs the parts of a plan that cannot be cut into stages before the
+    /// rest, and puts their results in their place:
+    ///
+    /// - Each uncorrelated scalar subquery runs as a job of its own; its value
+    ///   is recorded where the plan's expressions read it, and the
+    ///   `ScalarSubqueryExec` that would have run it is removed. The codec
+    ///   then ships the value as a literal, so no stage depends on another
+    ///   stage's subquery.
+    /// - A recursive CTE iterates over a work table shared in memory between
+    ///   its terms, which no stage boundary or serialization can carry; it
+    ///   runs in this process and its rows replace it as an in-memory scan.
+    pub fn prepare_plan(
         &self,
         plan: Arc<dyn ExecutionPlan>,
     ) -> futures::future::BoxFuture<'_, Result<Arc<dyn ExecutionPlan>>> {
@@ -188,13 +198,18 @@ impl Engine {
                     let value = self.scalar_value(Arc::clone(&link.plan)).await?;
                     exec.results().set(link.index, value)?;
                 }
-                return self
-                    .resolve_scalar_subqueries(Arc::clone(exec.input()))
-                    .await;
+                return self.prepare_plan(Arc::clone(exec.input())).await;
+            }
+            if any.downcast_ref::<RecursiveQueryExec>().is_some() {
+                let schema = plan.schema();
+                let batches = collect(plan, self.context.task_ctx()).await?;
+                let scan: Arc<dyn ExecutionPlan> =
+                    MemorySourceConfig::try_new_exec(&[batches], schema, None)?;
+                return Ok(scan);
             }
             let mut children = Vec::new();
             for child in plan.children() {
-                children.push(self.resolve_scalar_subqueries(Arc::clone(child)).await?);
+                children.push(self.prepare_plan(Arc::clone(child)).await?);
             }
             Ok(replace_children_if_necessary(plan, children)?)
         })

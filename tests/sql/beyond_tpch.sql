@@ -177,3 +177,25 @@ from nation;
 select ps_suppkey, count(*) as items, sum(l_quantity) as quantity
 from partsupp join lineitem on ps_partkey = l_partkey and ps_suppkey = l_suppkey
 group by ps_suppkey order by quantity desc, ps_suppkey limit 20;
+
+-- name: recursive_cte
+with recursive chain(n, total) as (
+  select 1, cast(0 as bigint)
+  union all
+  select n + 1, total + n from chain where n < 20
+)
+select n, total from chain order by n;
+
+-- name: recursive_cte_joined_to_a_table
+with recursive keys(k) as (select 0 union all select k + 3 from keys where k < 21)
+select n_name from nation join keys on n_nationkey = k order by n_name;
+
+-- name: table_functions_and_unnest
+select value * 2 as doubled, unnest([value, value + 100]) as spread
+from generate_series(1, 4) order by doubled, spread;
+
+-- name: scalar_subquery_in_projection_and_nested
+select n_name,
+       (select max(r_name) from region) as last_region,
+       (select count(*) from supplier where s_acctbal > (select avg(s_acctbal) from supplier)) as rich
+from nation where n_nationkey < 4 order by n_name;
