@@ -84,3 +84,20 @@ async fn shuffle_memory_is_released_after_the_job() {
     );
     assert_eq!(budget.used_bytes(), 0, "shuffle data outlived its job");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_without_an_exchange_is_one_stage() {
+    let engine = engine_with_budget(1, u64::MAX).await;
+    let plan = engine
+        .physical_plan("select r_name from region where r_regionkey > 1")
+        .await
+        .expect("plans");
+    let dag = engine.stage_dag(plan).expect("splits");
+    assert_eq!(dag.stages.len(), 1, "{}", tone::render_dag(&dag));
+    assert!(dag.final_stage().writer().is_none());
+    let rows = engine
+        .sql("select r_name from region where r_regionkey > 1")
+        .await
+        .expect("runs");
+    assert_eq!(rows.iter().map(|batch| batch.num_rows()).sum::<usize>(), 3);
+}
