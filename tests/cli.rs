@@ -186,8 +186,10 @@ fn gen_writes_csv_tables() {
 
 #[test]
 fn shell_runs_multi_line_statements_and_survives_errors() {
+    let home = tempfile::tempdir().expect("temp home");
     let mut child = tone()
         .args(["shell", "--data", data(), "--format", "csv"])
+        .env("HOME", home.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -211,6 +213,8 @@ fn shell_runs_multi_line_statements_and_survives_errors() {
         "{}",
         stderr_of(&output)
     );
+    let history = std::fs::read_to_string(home.path().join(".tone_history")).expect("history");
+    assert!(history.contains("from region;"), "{history}");
 }
 
 #[test]
