@@ -13,6 +13,7 @@
 //! ```
 
 pub mod cli;
+pub mod cluster;
 pub mod tpch;
 
 pub use tone_engine::{

@@ -1,14 +1,27 @@
 //! tone-coordinator: the coordinator daemon.
 //!
-//! The coordinator takes jobs from clients, plans them into stage DAGs with
-//! tone-engine, schedules their tasks on workers' free slots, tracks worker
-//! membership through heartbeats, and keeps job and catalog state durable.
-//!
-//! This crate holds the coordinator's validated configuration; the event
-//! loop and services arrive with the cluster runtime.
+//! - [`run`]: serves the `Jobs` API (clients) and `WorkerControl` sessions
+//!   (workers) on one address until shutdown.
+//! - `planner`: SQL → stage DAG with tone-engine, against the coordinator's
+//!   catalog (tables registered by jobs or by `CREATE EXTERNAL TABLE` stay).
+//! - `scheduler`: one event loop over a closed `Event` enum owns all job and
+//!   worker state: stages start when their inputs are done, tasks go to free
+//!   slots (round robin across jobs, FIFO within one, preferring the worker
+//!   that holds the task's input), status is published on watch channels.
+//! - `service`: the gRPC services, translating messages to events.
+
+mod planner;
+mod scheduler;
+mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tone_proto::v1::jobs_server::JobsServer;
+use tone_proto::v1::worker_control_server::WorkerControlServer;
+use tone_proto::MAX_MESSAGE_BYTES;
 
 /// The coordinator's default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50050";
@@ -29,6 +42,73 @@ impl Default for CoordinatorConfig {
             state_dir: None,
         }
     }
+}
+
+/// Why the coordinator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: SocketAddr, reason: String },
+    #[error("cannot set up the planner: {reason}")]
+    Planner { reason: String },
+    #[error("the gRPC server failed: {reason}")]
+    Serve { reason: String },
+}
+
+/// Binds `config.listen` and returns the bound address with the server's
+/// future; the caller learns the port before serving starts (port 0).
+pub async fn bind(
+    config: &CoordinatorConfig,
+) -> Result<(SocketAddr, TcpListener), CoordinatorError> {
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| CoordinatorError::Listen {
+                address: config.listen,
+                reason: error.to_string(),
+            })?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| CoordinatorError::Listen {
+            address: config.listen,
+            reason: error.to_string(),
+        })?;
+    Ok((address, listener))
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    let planner = Arc::new(
+        planner::Planner::new().map_err(|error| CoordinatorError::Planner {
+            reason: error.to_string(),
+        })?,
+    );
+    let events = scheduler::spawn();
+    let jobs = service::JobsService::new(events.clone(), planner);
+    let control = service::ControlService::new(events);
+    tracing::info!(address = ?listener.local_addr().ok(), "coordinator listening");
+    tonic::transport::Server::builder()
+        .add_service(
+            JobsServer::new(jobs)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            WorkerControlServer::new(control)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|error| CoordinatorError::Serve {
+            reason: error.to_string(),
+        })
 }
 
 #[cfg(test)]

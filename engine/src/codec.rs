@@ -156,6 +156,8 @@ struct ReaderNode {
     partitioning: Option<protobuf::Partitioning>,
     #[prost(message, repeated, tag = "7")]
     ordering: Vec<protobuf::PhysicalSortExprNode>,
+    #[prost(string, repeated, tag = "8")]
+    locations: Vec<String>,
 }
 
 impl PhysicalExtensionCodec for ToneCodec {
@@ -235,6 +237,7 @@ fn encode_reader(
             proto_converter,
         )?),
         ordering,
+        locations: reader.locations().to_vec(),
     })
 }
 
@@ -296,11 +299,12 @@ fn decode_reader(
     };
     let map_partitions = usize::try_from(node.map_partitions)
         .map_err(|_| DataFusionError::Internal("map partition count overflows usize".into()))?;
-    Ok(Arc::new(ShuffleReaderExec::new(
+    let reader = ShuffleReaderExec::new(
         JobId(node.job_id),
         StageId(node.stage_id),
         map_partitions,
         mode,
         properties,
-    )))
+    );
+    Ok(Arc::new(reader.with_locations(node.locations)?))
 }

@@ -73,9 +73,7 @@ impl Engine {
             config.shuffle_memory_bytes_max,
             config.spill_dir.as_deref(),
         )?);
-        let env = ShuffleEnv {
-            store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
-        };
+        let env = ShuffleEnv::local(Arc::clone(&store) as Arc<dyn ShuffleStore>);
         Ok(Self {
             context: new_session(config.partitions, env),
             store,
@@ -160,6 +158,35 @@ impl Engine {
         let plan = self.context.state().statement_to_plan(statement).await?;
         let frame = self.context.execute_logical_plan(plan).await?;
         Ok(frame.create_physical_plan().await?)
+    }
+
+    /// Plans one statement with `partitions` per stage. DDL and settings run
+    /// at once and give `None`; anything that produces rows gives its
+    /// physical plan.
+    pub async fn plan_statement(
+        &self,
+        sql: &str,
+        partitions: usize,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let mut statements = self.parse(sql)?;
+        if statements.len() != 1 {
+            return Err(EngineError::Plan {
+                message: format!("expected one statement, found {}", statements.len()),
+            });
+        }
+        let mut state = self.context.state();
+        state.config_mut().options_mut().execution.target_partitions = partitions.max(1);
+        let plan = state.statement_to_plan(statements.remove(0)).await?;
+        match plan {
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+                self.context.execute_logical_plan(plan).await?;
+                Ok(None)
+            }
+            plan => {
+                let frame = datafusion::dataframe::DataFrame::new(state, plan);
+                Ok(Some(frame.create_physical_plan().await?))
+            }
+        }
     }
 
     /// Cuts a physical plan into stages under a fresh job id.

@@ -1,11 +1,20 @@
 //! tone-proto: the wire protocol between clients, the coordinator and
-//! workers, generated from `proto/tone.proto` by tonic/prost at build time.
+//! workers, generated from `proto/tone.proto` by tonic/prost at build time,
+//! plus the Arrow Flight client every process uses to fetch shuffle data
+//! and results ([`flight`]).
 //!
 //! Only the worker, the coordinator and the client edge use these types;
 //! they convert them to domain types at the boundary.
+
+pub mod flight;
 
 /// Generated messages and service stubs of package `tone.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("tone.v1");
 }
+
+/// Largest gRPC message any tone service accepts or sends. Plans and data
+/// are streamed in pieces well below it; anything larger is refused with
+/// `RESOURCE_EXHAUSTED` instead of being buffered.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,22 +1,36 @@
 //! tone-worker: the worker daemon.
 //!
-//! A worker registers with the coordinator over one long-lived
-//! `WorkerControl.Session` stream (see tone-proto), runs the stage tasks it
-//! is assigned with tone-engine, keeps their shuffle output on local disk,
-//! and serves it to other workers over Arrow Flight.
+//! - [`run`]: binds the Flight shuffle service, then keeps a session with
+//!   the coordinator (reconnecting if it drops) until shutdown.
+//! - `control`: the `WorkerControl.Session` stream: register, heartbeats,
+//!   assignments in, task status out.
+//! - `tasks`: runs one assigned task: decode the stage plan, run its
+//!   shuffle writer, report rows/bytes and the shuffle bytes fetched.
+//! - `flight`: serves this worker's map outputs with Flight `DoGet`.
+//! - `remote`: the engine's `RemoteShuffle`, fetching from other workers.
 //!
-//! This crate holds the worker's validated configuration; the daemon loop
-//! arrives with the cluster runtime.
+//! Map outputs are written LZ4-compressed to files under the work dir (one
+//! file per map task, an index of byte ranges per reduce partition).
+
+mod control;
+mod flight;
+mod remote;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::prelude::{SessionConfig, SessionContext};
+use tokio::net::TcpListener;
+use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
 
 /// Validated settings of a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Coordinator URL, e.g. `http://127.0.0.1:50050`.
     pub coordinator_url: String,
-    /// Address the worker's Flight service listens on.
+    /// Address the worker's Flight service listens on (port 0: any free).
     pub listen: SocketAddr,
     /// Tasks run at once; defaults to the core count.
     pub slots: usize,
@@ -24,29 +38,104 @@ pub struct WorkerConfig {
     pub work_dir: PathBuf,
 }
 
-/// Why a worker configuration was refused.
+/// Why a worker configuration was refused or the worker stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerConfigError {
+pub enum WorkerError {
     #[error("--slots must be at least 1")]
     NoSlots,
     #[error("coordinator URL '{url}' must start with http:// or https://")]
     BadCoordinatorUrl { url: String },
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: SocketAddr, reason: String },
+    #[error("work dir {path}: {reason}")]
+    WorkDir { path: PathBuf, reason: String },
+    #[error("shuffle service failed: {reason}")]
+    Serve { reason: String },
 }
 
 impl WorkerConfig {
-    pub fn validate(self) -> Result<Self, WorkerConfigError> {
+    pub fn validate(self) -> Result<Self, WorkerError> {
         if self.slots == 0 {
-            return Err(WorkerConfigError::NoSlots);
+            return Err(WorkerError::NoSlots);
         }
         let scheme_ok = self.coordinator_url.starts_with("http://")
             || self.coordinator_url.starts_with("https://");
         if !scheme_ok {
-            return Err(WorkerConfigError::BadCoordinatorUrl {
+            return Err(WorkerError::BadCoordinatorUrl {
                 url: self.coordinator_url,
             });
         }
         Ok(self)
     }
+}
+
+/// Runs a worker until `shutdown` resolves.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let config = config.validate()?;
+    std::fs::create_dir_all(&config.work_dir).map_err(|error| WorkerError::WorkDir {
+        path: config.work_dir.clone(),
+        reason: error.to_string(),
+    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| WorkerError::Listen {
+            address: config.listen,
+            reason: error.to_string(),
+        })?;
+    let address = listener.local_addr().map_err(|error| WorkerError::Listen {
+        address: config.listen,
+        reason: error.to_string(),
+    })?;
+    // Budget zero: every segment goes to the map task's file, which the
+    // Flight service serves and which outlives memory pressure.
+    let store = Arc::new(
+        LocalShuffleStore::new(0, Some(&config.work_dir)).map_err(|error| {
+            WorkerError::WorkDir {
+                path: config.work_dir.clone(),
+                reason: error.to_string(),
+            }
+        })?,
+    );
+    let env = ShuffleEnv {
+        store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
+        remote: Some(Arc::new(remote::FlightRemote::default())),
+        local_address: Some(address.to_string()),
+        compression: Some(arrow::ipc::CompressionType::LZ4_FRAME),
+    };
+    let session =
+        SessionContext::new_with_config(SessionConfig::new().with_extension(Arc::new(env)));
+    tracing::info!(%address, slots = config.slots, "worker listening");
+
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let flight = tokio::spawn(flight::serve(
+        listener,
+        Arc::clone(&store) as Arc<dyn ShuffleStore>,
+        wait_for_stop(stop_receiver.clone()),
+    ));
+    let control = tokio::spawn(control::run(
+        config.clone(),
+        address.to_string(),
+        session,
+        store,
+        wait_for_stop(stop_receiver),
+    ));
+    shutdown.await;
+    let _ = stop_sender.send(true);
+    let _ = control.await;
+    match flight.await {
+        Ok(outcome) => outcome,
+        Err(error) => Err(WorkerError::Serve {
+            reason: error.to_string(),
+        }),
+    }
+}
+
+async fn wait_for_stop(mut receiver: tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = receiver.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]
@@ -66,11 +155,11 @@ mod tests {
     fn refuses_zero_slots_and_bad_urls() {
         assert!(matches!(
             config("http://x:1", 0).validate(),
-            Err(WorkerConfigError::NoSlots)
+            Err(WorkerError::NoSlots)
         ));
         assert!(matches!(
             config("x:1", 2).validate(),
-            Err(WorkerConfigError::BadCoordinatorUrl { .. })
+            Err(WorkerError::BadCoordinatorUrl { .. })
         ));
         assert!(config("http://127.0.0.1:50050", 2).validate().is_ok());
     }

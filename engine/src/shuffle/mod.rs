@@ -13,6 +13,6 @@ mod reader;
 mod store;
 mod writer;
 
-pub use reader::{ReadMode, ShuffleReaderExec};
+pub use reader::{read_local_partition, PartitionKey, ReadMode, RemoteShuffle, ShuffleReaderExec};
 pub use store::{LocalShuffleStore, MapOutput, MemoryBudget, Segment, ShuffleEnv, ShuffleStore};
 pub use writer::{describe as describe_partitioning, ShuffleWriteSummary, ShuffleWriterExec};

@@ -11,14 +11,16 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
     SendableRecordBatchStream,
 };
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use super::store::Segment;
+use super::store::{Segment, ShuffleStore};
 use super::writer::shuffle_env;
 use crate::cpu::run_cpu;
 use crate::error::{EngineError, Result};
@@ -44,6 +46,10 @@ pub struct ShuffleReaderExec {
     map_partitions: usize,
     mode: ReadMode,
     properties: Arc<PlanProperties>,
+    /// Where each map task's output lives (a shuffle service address), set
+    /// by a cluster scheduler; empty when every output is in this process.
+    locations: Vec<String>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl ShuffleReaderExec {
@@ -62,7 +68,34 @@ impl ShuffleReaderExec {
             map_partitions,
             mode,
             properties: Arc::new(properties),
+            locations: Vec::new(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// The same reader with the address of each map task's output.
+    pub fn with_locations(&self, locations: Vec<String>) -> Result<Self> {
+        if !locations.is_empty() && locations.len() != self.map_partitions {
+            return Err(EngineError::internal(format!(
+                "stage {} has {} map outputs, got {} locations",
+                self.stage_id,
+                self.map_partitions,
+                locations.len()
+            )));
+        }
+        Ok(Self {
+            job_id: self.job_id.clone(),
+            stage_id: self.stage_id,
+            map_partitions: self.map_partitions,
+            mode: self.mode,
+            properties: Arc::clone(&self.properties),
+            locations,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    pub fn locations(&self) -> &[String] {
+        &self.locations
     }
 
     pub fn job_id(&self) -> &JobId {
@@ -141,32 +174,126 @@ impl ExecutionPlan for ShuffleReaderExec {
         Ok(self)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let store = Arc::clone(&shuffle_env(&context)?.store);
-        let mut segments = Vec::new();
-        for (map, reduce) in self.sources(partition) {
-            segments.extend(store.segments(&self.job_id, self.stage_id, map, reduce)?);
-        }
+        let env = shuffle_env(&context)?;
         let schema = self.schema();
-        let decode_schema = Arc::clone(&schema);
-        // One segment is decoded at a time, so memory stays bounded by the
-        // segment size however large the partition is.
-        let batches = futures::stream::iter(segments)
-            .then(move |segment| decode_segment(segment, Arc::clone(&decode_schema)))
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)))
-            .try_flatten()
+        let mut parts: Vec<BoxStream<'static, Result<RecordBatch>>> = Vec::new();
+        for (map, reduce) in self.sources(partition) {
+            let key = PartitionKey {
+                job_id: self.job_id.clone(),
+                stage_id: self.stage_id,
+                map,
+                reduce,
+            };
+            let remote_address = self
+                .locations
+                .get(map)
+                .filter(|address| env.local_address.as_deref() != Some(address.as_str()));
+            let part = match (remote_address, &env.remote) {
+                (Some(address), Some(remote)) => {
+                    let schema = Arc::clone(&schema);
+                    let fetched =
+                        MetricBuilder::new(&self.metrics).counter("remote_fetch_bytes", partition);
+                    remote
+                        .fetch(address, &key)
+                        .inspect_ok(move |batch| fetched.add(batch.get_array_memory_size()))
+                        .and_then(move |batch| futures::future::ready(conform(batch, &schema)))
+                        .boxed()
+                }
+                (Some(address), None) => {
+                    return Err(EngineError::internal(format!(
+                        "map output at {address} but this process cannot fetch remote shuffle data"
+                    ))
+                    .into())
+                }
+                (None, _) => {
+                    read_local_partition(Arc::clone(&env.store), &key, Some(Arc::clone(&schema)))?
+                }
+            };
+            parts.push(part);
+        }
+        let batches = futures::stream::iter(parts)
+            .flatten()
             .map_err(DataFusionError::from);
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 }
 
+/// Names one reduce partition of one map task's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionKey {
+    pub job_id: JobId,
+    pub stage_id: StageId,
+    pub map: usize,
+    pub reduce: usize,
+}
+
+/// Fetches shuffle partitions held by another process; supplied by the
+/// worker (the engine itself knows no network).
+pub trait RemoteShuffle: Send + Sync + fmt::Debug {
+    /// Streams the batches of `key` from the shuffle service at `address`.
+    fn fetch(&self, address: &str, key: &PartitionKey) -> BoxStream<'static, Result<RecordBatch>>;
+}
+
+/// Streams one partition held in `store`, decoding one segment at a time so
+/// memory stays bounded by the segment size however large the partition.
+/// With `schema`, batches are checked against it and carry it.
+pub fn read_local_partition(
+    store: Arc<dyn ShuffleStore>,
+    key: &PartitionKey,
+    schema: Option<SchemaRef>,
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    let segments = store.segments(&key.job_id, key.stage_id, key.map, key.reduce)?;
+    Ok(futures::stream::iter(segments)
+        .then(move |segment| decode_segment(segment, schema.clone()))
+        .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)))
+        .try_flatten()
+        .boxed())
+}
+
+/// A fetched batch with the reader's schema, after checking the types.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    check_types(&batch, schema)?;
+    with_schema(batch, schema)
+}
+
+fn check_types(batch: &RecordBatch, schema: &SchemaRef) -> Result<()> {
+    let types = |schema: &arrow::datatypes::Schema| -> Vec<arrow::datatypes::DataType> {
+        schema
+            .fields()
+            .iter()
+            .map(|field| field.data_type().clone())
+            .collect()
+    };
+    if types(&batch.schema()) != types(schema) {
+        return Err(EngineError::internal(format!(
+            "shuffle data schema {:?} differs from the reader's {:?}",
+            batch.schema(),
+            schema
+        )));
+    }
+    Ok(())
+}
+
+/// The row count is explicit: a batch may have no columns (the input of
+/// `count(*)`).
+fn with_schema(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::clone(schema), batch.columns().to_vec(), &options)
+        .map_err(|error| EngineError::internal(error.to_string()))
+}
+
 /// Decodes one IPC segment on the CPU pool and checks it against what the
-/// writer recorded: same schema, same row count.
-async fn decode_segment(segment: Segment, schema: SchemaRef) -> Result<Vec<RecordBatch>> {
+/// writer recorded: same row count and, when given, the same column types.
+async fn decode_segment(segment: Segment, schema: Option<SchemaRef>) -> Result<Vec<RecordBatch>> {
     run_cpu(move || {
         let expected_rows = segment.rows();
         let batches = match &segment {
@@ -195,36 +322,16 @@ async fn decode_segment(segment: Segment, schema: SchemaRef) -> Result<Vec<Recor
                 "shuffle segment holds {rows} rows, writer recorded {expected_rows}"
             )));
         }
-        if let Some(batch) = batches.first() {
-            let types = |schema: &arrow::datatypes::Schema| -> Vec<arrow::datatypes::DataType> {
-                schema
-                    .fields()
-                    .iter()
-                    .map(|field| field.data_type().clone())
-                    .collect()
-            };
-            if types(&batch.schema()) != types(&schema) {
-                return Err(EngineError::internal(format!(
-                    "shuffle segment schema {:?} differs from the reader's {:?}",
-                    batch.schema(),
-                    schema
-                )));
-            }
-        }
+        let Some(schema) = schema else {
+            return Ok(batches);
+        };
         // Readers see the plan's schema (with its metadata), not the one the
         // IPC stream carried.
         batches
             .into_iter()
             .map(|batch| {
-                // The row count is explicit: a batch may have no columns
-                // (e.g. the input of `count(*)`).
-                let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-                RecordBatch::try_new_with_options(
-                    Arc::clone(&schema),
-                    batch.columns().to_vec(),
-                    &options,
-                )
-                .map_err(|error| EngineError::internal(error.to_string()))
+                check_types(&batch, &schema)?;
+                with_schema(batch, &schema)
             })
             .collect()
     })

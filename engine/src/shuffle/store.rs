@@ -173,10 +173,30 @@ pub trait ShuffleStore: Send + Sync + fmt::Debug {
     fn spill_dir(&self) -> &Path;
 }
 
-/// Session extension through which shuffle operators find the store.
+/// Session extension through which shuffle operators find the store and,
+/// on a cluster, the other processes' shuffle data.
 #[derive(Debug, Clone)]
 pub struct ShuffleEnv {
     pub store: Arc<dyn ShuffleStore>,
+    /// Fetches map outputs that live in other processes.
+    pub remote: Option<Arc<dyn super::RemoteShuffle>>,
+    /// This process's shuffle address: locations equal to it are local.
+    pub local_address: Option<String>,
+    /// Compression of shuffle IPC data (worth it when it goes to disk and
+    /// over the network; not for data that stays in memory).
+    pub compression: Option<arrow::ipc::CompressionType>,
+}
+
+impl ShuffleEnv {
+    /// A store used by this process alone.
+    pub fn local(store: Arc<dyn ShuffleStore>) -> Self {
+        Self {
+            store,
+            remote: None,
+            local_address: None,
+            compression: None,
+        }
+    }
 }
 
 /// In-process store: segments in memory up to the budget, then in spill

@@ -119,7 +119,7 @@ impl ShuffleWriterExec {
         context: Arc<TaskContext>,
     ) -> Result<ShuffleWriteSummary> {
         let env = shuffle_env(&context)?;
-        let summary = write_map_task(self.task(partition), Arc::clone(&env.store), context).await?;
+        let summary = write_map_task(self.task(partition), env, context).await?;
         MetricBuilder::new(&self.metrics)
             .output_rows(partition)
             .add(summary.rows as usize);
@@ -161,9 +161,11 @@ struct MapTask {
 
 async fn write_map_task(
     task: MapTask,
-    store: Arc<dyn ShuffleStore>,
+    env: Arc<ShuffleEnv>,
     context: Arc<TaskContext>,
 ) -> Result<ShuffleWriteSummary> {
+    let store = Arc::clone(&env.store);
+    let compression = env.compression;
     let input_partitions = task.input.output_partitioning().partition_count();
     let mut stream = task.input.execute(task.partition, context)?;
     let spill_path = store.spill_dir().join(format!(
@@ -173,7 +175,11 @@ async fn write_map_task(
         task.partition,
         unique_suffix()
     ));
+    let options = IpcWriteOptions::default()
+        .try_with_compression(compression)
+        .map_err(arrow_error)?;
     let mut writer = MapOutputWriter::try_new(
+        options,
         &task.partitioning,
         task.partition,
         input_partitions,
@@ -231,6 +237,7 @@ struct MapOutputWriter {
 
 impl MapOutputWriter {
     fn try_new(
+        options: IpcWriteOptions,
         partitioning: &Partitioning,
         partition: usize,
         input_partitions: usize,
@@ -251,7 +258,7 @@ impl MapOutputWriter {
         Ok(Self {
             partitioner,
             schema,
-            options: IpcWriteOptions::default(),
+            options,
             open: (0..count).map(|_| None).collect(),
             sealed: vec![Vec::new(); count],
             store,
@@ -516,7 +523,7 @@ impl ExecutionPlan for ShuffleWriterExec {
         let schema = summary_schema();
         let batch_schema = Arc::clone(&schema);
         let summary = futures::stream::once(async move {
-            let summary = write_map_task(task, Arc::clone(&env.store), context).await?;
+            let summary = write_map_task(task, env, context).await?;
             let batch = RecordBatch::try_new(
                 batch_schema,
                 vec![

@@ -1,0 +1,283 @@
+//! The gRPC services: client job API and worker sessions. They translate
+//! messages into scheduler events and planner calls; no state lives here.
+
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tone_engine::{EngineError, JobId};
+use tone_proto::v1 as pb;
+use tone_proto::v1::jobs_server::Jobs;
+use tone_proto::v1::worker_control_server::WorkerControl;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::planner::{Planned, Planner};
+use crate::scheduler::{Event, EventSender};
+
+/// Bound on messages waiting to go to one worker.
+const WORKER_OUTBOX_CAPACITY: usize = 1024;
+
+pub struct JobsService {
+    events: EventSender,
+    planner: Arc<Planner>,
+}
+
+impl JobsService {
+    pub fn new(events: EventSender, planner: Arc<Planner>) -> Self {
+        Self { events, planner }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(make(reply))
+            .await
+            .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("the scheduler has stopped"))
+    }
+
+    async fn watch(&self, job_id: String) -> Result<watch::Receiver<pb::JobStatus>, Status> {
+        let missing = format!("no job with id '{job_id}'");
+        self.ask(|reply| Event::Watch { job_id, reply })
+            .await?
+            .ok_or_else(|| Status::not_found(missing))
+    }
+
+    /// Partitions per stage when the client leaves it open: every slot.
+    async fn default_partitions(&self) -> Result<usize, Status> {
+        let workers = self.ask(|reply| Event::ListWorkers { reply }).await?;
+        let slots: u32 = workers.iter().map(|worker| worker.slots).sum();
+        Ok((slots as usize).max(1))
+    }
+}
+
+fn planning_status(error: EngineError) -> Status {
+    if error.is_user_error() {
+        Status::invalid_argument(error.to_string())
+    } else {
+        Status::aborted(error.to_string())
+    }
+}
+
+fn is_terminal(status: &pb::JobStatus) -> bool {
+    matches!(
+        pb::JobState::try_from(status.state),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    )
+}
+
+#[tonic::async_trait]
+impl Jobs for JobsService {
+    type WatchStream = BoxStream<'static, Result<pb::JobStatus, Status>>;
+
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let request = request.into_inner();
+        let job_id = JobId(format!(
+            "job-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        let partitions = match request.partitions {
+            0 => self.default_partitions().await?,
+            given => given as usize,
+        };
+        let planned = self
+            .planner
+            .plan(&job_id, &request, partitions)
+            .await
+            .map_err(planning_status)?;
+        let has_results = match planned {
+            Planned::CatalogChange => {
+                let event = Event::CatalogChange {
+                    job_id: job_id.clone(),
+                    sql: request.sql.clone(),
+                };
+                self.events
+                    .send(event)
+                    .await
+                    .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
+                false
+            }
+            Planned::Job { dag, schema } => {
+                let id = job_id.clone();
+                let sql = request.sql.clone();
+                self.ask(|reply| Event::Submit {
+                    job_id: id,
+                    sql,
+                    dag,
+                    schema,
+                    reply,
+                })
+                .await?;
+                true
+            }
+        };
+        Ok(Response::new(pb::SubmitJobResponse {
+            job_id: job_id.0,
+            has_results,
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::JobStatusRequest>,
+    ) -> Result<Response<pb::JobStatus>, Status> {
+        let receiver = self.watch(request.into_inner().job_id).await?;
+        let status = receiver.borrow().clone();
+        Ok(Response::new(status))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::JobStatusRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let receiver = self.watch(request.into_inner().job_id).await?;
+        // Yields the current status, then every change, ending after the
+        // first terminal one.
+        let updates = futures::stream::unfold(
+            (receiver, true, false),
+            |(mut receiver, first, done)| async move {
+                if done {
+                    return None;
+                }
+                if !first && receiver.changed().await.is_err() {
+                    return None;
+                }
+                let status = receiver.borrow_and_update().clone();
+                let terminal = is_terminal(&status);
+                Some((Ok(status), (receiver, false, terminal)))
+            },
+        );
+        Ok(Response::new(updates.boxed()))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::JobStatus>, Status> {
+        let job_id = request.into_inner().job_id;
+        let missing = format!("no job with id '{job_id}'");
+        let status = self
+            .ask(|reply| Event::Cancel { job_id, reply })
+            .await?
+            .ok_or_else(|| Status::not_found(missing))?;
+        Ok(Response::new(status))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::JobStatusRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        self.events
+            .send(Event::Release { job_id })
+            .await
+            .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.ask(|reply| Event::ListJobs { reply }).await?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self.ask(|reply| Event::ListWorkers { reply }).await?;
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+}
+
+pub struct ControlService {
+    events: EventSender,
+}
+
+impl ControlService {
+    pub fn new(events: EventSender) -> Self {
+        Self { events }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerControl for ControlService {
+    type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let register = match inbound.message().await? {
+            Some(pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Register(register)),
+            }) => register,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a worker session must start with Register",
+                ))
+            }
+        };
+        if register.slots == 0 || register.worker_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "Register needs a worker id and at least one slot",
+            ));
+        }
+        let (outbox, outbound) = mpsc::channel(WORKER_OUTBOX_CAPACITY);
+        let worker_id = register.worker_id.clone();
+        let joined = Event::WorkerJoined {
+            worker_id: worker_id.clone(),
+            address: register.flight_address,
+            slots: register.slots as usize,
+            outbox,
+        };
+        self.events
+            .send(joined)
+            .await
+            .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
+        tokio::spawn(forward_worker_messages(
+            inbound,
+            worker_id,
+            self.events.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(outbound)))
+    }
+}
+
+/// Turns a worker's messages into events until its stream ends.
+async fn forward_worker_messages(
+    mut inbound: Streaming<pb::WorkerMessage>,
+    worker_id: String,
+    events: EventSender,
+) {
+    loop {
+        let event = match inbound.message().await {
+            Ok(Some(message)) => match message.kind {
+                Some(pb::worker_message::Kind::Heartbeat(_)) => Event::Heartbeat {
+                    worker_id: worker_id.clone(),
+                },
+                Some(pb::worker_message::Kind::TaskStatus(status)) => Event::TaskStatus { status },
+                Some(pb::worker_message::Kind::Register(_)) | None => continue,
+            },
+            Ok(None) => break,
+            Err(status) => {
+                tracing::warn!(%worker_id, %status, "worker stream failed");
+                break;
+            }
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+    let _ = events.send(Event::WorkerLeft { worker_id }).await;
+}

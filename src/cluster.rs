@@ -1,0 +1,301 @@
+//! The client side of a tone cluster: submit SQL to a coordinator, follow
+//! the job, stream its result from the workers over Arrow Flight.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{StreamExt, TryStreamExt};
+use tone_proto::flight::FlightPool;
+use tone_proto::v1 as pb;
+use tone_proto::v1::jobs_client::JobsClient;
+use tone_proto::MAX_MESSAGE_BYTES;
+use tonic::transport::Channel;
+
+/// Why a cluster call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The coordinator refused the request; `user_error` when the input
+    /// (SQL, tables) is at fault.
+    #[error("{message}")]
+    Refused { message: String, user_error: bool },
+    #[error("job {job_id} failed: {message}")]
+    JobFailed {
+        job_id: String,
+        message: String,
+        user_error: bool,
+    },
+    #[error("job {job_id} was cancelled")]
+    JobCancelled { job_id: String },
+    #[error("reading results: {message}")]
+    Results { message: String },
+}
+
+impl ClusterError {
+    /// True when the user must fix their input (exit code 2).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::Refused {
+                user_error: true,
+                ..
+            } | ClusterError::JobFailed {
+                user_error: true,
+                ..
+            }
+        )
+    }
+}
+
+impl From<tonic::Status> for ClusterError {
+    fn from(status: tonic::Status) -> Self {
+        ClusterError::Refused {
+            message: status.message().to_string(),
+            user_error: status.code() == tonic::Code::InvalidArgument
+                || status.code() == tonic::Code::NotFound,
+        }
+    }
+}
+
+/// A table for the coordinator's catalog.
+#[derive(Debug, Clone)]
+pub struct TableRef {
+    pub name: String,
+    pub path: String,
+}
+
+/// A connection to a coordinator.
+#[derive(Clone)]
+pub struct ClusterClient {
+    jobs: JobsClient<Channel>,
+    flight: FlightPool,
+}
+
+impl ClusterClient {
+    /// Connects to the coordinator at `url` (`http://host:port`).
+    pub async fn connect(url: &str) -> Result<Self, ClusterError> {
+        let url = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
+        let jobs = JobsClient::connect(url.clone())
+            .await
+            .map_err(|error| ClusterError::Connect {
+                url: url.clone(),
+                reason: error.to_string(),
+            })?
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            jobs,
+            flight: FlightPool::default(),
+        })
+    }
+
+    /// Submits one SQL statement; returns its job id and whether it has
+    /// rows to read.
+    pub async fn submit(
+        &self,
+        sql: &str,
+        tables: &[TableRef],
+        partitions: usize,
+    ) -> Result<pb::SubmitJobResponse, ClusterError> {
+        let request = pb::SubmitJobRequest {
+            sql: sql.to_string(),
+            tables: tables
+                .iter()
+                .map(|table| pb::TableRegistration {
+                    name: table.name.clone(),
+                    path: table.path.clone(),
+                })
+                .collect(),
+            partitions: partitions as u32,
+        };
+        Ok(self.jobs.clone().submit(request).await?.into_inner())
+    }
+
+    /// Follows the job until it ends, calling `progress` on every change.
+    /// A failed or cancelled job is an error carrying its cause.
+    pub async fn wait(
+        &self,
+        job_id: &str,
+        mut progress: impl FnMut(&pb::JobStatus),
+    ) -> Result<pb::JobStatus, ClusterError> {
+        let request = pb::JobStatusRequest {
+            job_id: job_id.to_string(),
+        };
+        let mut updates = self.jobs.clone().watch(request).await?.into_inner();
+        let mut last = None;
+        while let Some(status) = updates.message().await? {
+            progress(&status);
+            last = Some(status);
+        }
+        let status = last.ok_or_else(|| ClusterError::Refused {
+            message: format!("the coordinator sent no status for {job_id}"),
+            user_error: false,
+        })?;
+        match pb::JobState::try_from(status.state) {
+            Ok(pb::JobState::Succeeded) => Ok(status),
+            Ok(pb::JobState::Cancelled) => Err(ClusterError::JobCancelled {
+                job_id: job_id.to_string(),
+            }),
+            _ => Err(ClusterError::JobFailed {
+                job_id: job_id.to_string(),
+                user_error: status.error_kind == pb::ErrorKind::User as i32,
+                message: status.error,
+            }),
+        }
+    }
+
+    /// Streams a finished job's result, partition by partition, as it
+    /// arrives from the workers.
+    pub fn results(
+        &self,
+        status: &pb::JobStatus,
+    ) -> Result<SendableRecordBatchStream, ClusterError> {
+        let schema = result_schema(&status.result_schema)?;
+        let flight = self.flight.clone();
+        let partitions = status.results.clone();
+        let batches = futures::stream::iter(partitions)
+            .then(move |partition| {
+                let flight = flight.clone();
+                async move {
+                    let ticket = partition.ticket.unwrap_or_default();
+                    flight.fetch(&partition.flight_address, &ticket).await
+                }
+            })
+            .try_flatten()
+            .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)));
+        let conform_schema = schema.clone();
+        let batches = batches.and_then(move |batch| {
+            let schema = conform_schema.clone();
+            async move {
+                let options =
+                    arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                Ok(arrow::array::RecordBatch::try_new_with_options(
+                    schema,
+                    batch.columns().to_vec(),
+                    &options,
+                )?)
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+
+    pub async fn status(&self, job_id: &str) -> Result<pb::JobStatus, ClusterError> {
+        let request = pb::JobStatusRequest {
+            job_id: job_id.to_string(),
+        };
+        Ok(self.jobs.clone().status(request).await?.into_inner())
+    }
+
+    pub async fn cancel(&self, job_id: &str) -> Result<pb::JobStatus, ClusterError> {
+        let request = pb::CancelJobRequest {
+            job_id: job_id.to_string(),
+        };
+        Ok(self.jobs.clone().cancel(request).await?.into_inner())
+    }
+
+    /// Frees a job's result data on the workers.
+    pub async fn release(&self, job_id: &str) -> Result<(), ClusterError> {
+        let request = pb::JobStatusRequest {
+            job_id: job_id.to_string(),
+        };
+        self.jobs.clone().release(request).await?;
+        Ok(())
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<pb::JobStatus>, ClusterError> {
+        Ok(self
+            .jobs
+            .clone()
+            .list_jobs(pb::ListJobsRequest {})
+            .await?
+            .into_inner()
+            .jobs)
+    }
+
+    pub async fn workers(&self) -> Result<Vec<pb::WorkerInfo>, ClusterError> {
+        Ok(self
+            .jobs
+            .clone()
+            .list_workers(pb::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers)
+    }
+
+    /// Runs one statement to completion and collects its rows.
+    pub async fn sql(
+        &self,
+        sql: &str,
+        tables: &[TableRef],
+        partitions: usize,
+    ) -> Result<Vec<arrow::array::RecordBatch>, ClusterError> {
+        let submitted = self.submit(sql, tables, partitions).await?;
+        if !submitted.has_results {
+            return Ok(Vec::new());
+        }
+        let status = self.wait(&submitted.job_id, |_| {}).await?;
+        let batches = self
+            .results(&status)?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|error| ClusterError::Results {
+                message: error.to_string(),
+            })?;
+        self.release(&submitted.job_id).await?;
+        Ok(batches)
+    }
+}
+
+fn result_schema(bytes: &[u8]) -> Result<SchemaRef, ClusterError> {
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(Cursor::new(bytes), None).map_err(|error| {
+            ClusterError::Results {
+                message: format!("bad result schema: {error}"),
+            }
+        })?;
+    Ok(reader.schema())
+}
+
+/// Tables for every child of `dir`, with absolute paths the workers can
+/// open.
+pub fn tables_in_dir(dir: &Path) -> std::io::Result<Vec<TableRef>> {
+    let mut tables = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = tone_engine::session::table_name(&path);
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') || n.starts_with('_'));
+        let data_file =
+            path.is_dir() || tone_engine::session::FileFormat::from_path(&path).is_some();
+        if hidden || !data_file {
+            continue;
+        }
+        tables.push(TableRef {
+            name,
+            path: absolute(&path)?.to_string_lossy().into_owned(),
+        });
+    }
+    Ok(tables)
+}
+
+/// `path` made absolute against the current directory.
+pub fn absolute(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(path))
+    }
+}

@@ -1,0 +1,172 @@
+//! The worker's session with the coordinator: register, heartbeat, take
+//! assignments, report status. Reconnects when the session drops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::prelude::SessionContext;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tone_engine::shuffle::{LocalShuffleStore, ShuffleStore};
+use tone_engine::JobId;
+use tone_proto::v1::worker_control_client::WorkerControlClient;
+use tone_proto::v1::{coordinator_message, worker_message, Heartbeat, Register, WorkerMessage};
+use tone_proto::MAX_MESSAGE_BYTES;
+
+use crate::WorkerConfig;
+
+/// How often a worker says it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Pause before reconnecting after the session ends.
+const RECONNECT_DELAY: Duration = Duration::from_millis(300);
+/// Bound on status messages waiting to go out.
+const OUTBOX_CAPACITY: usize = 1024;
+
+type Running = Arc<Mutex<HashMap<(String, u32, u32), AbortHandle>>>;
+
+pub async fn run(
+    config: WorkerConfig,
+    address: String,
+    session: SessionContext,
+    store: Arc<LocalShuffleStore>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let worker_id = format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            outcome = session_once(&config, &worker_id, &address, &session, &store) => {
+                match outcome {
+                    Ok(()) => tracing::warn!("coordinator closed the session; reconnecting"),
+                    Err(error) => tracing::warn!(%error, "coordinator session failed; reconnecting"),
+                }
+            }
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+async fn session_once(
+    config: &WorkerConfig,
+    worker_id: &str,
+    address: &str,
+    session: &SessionContext,
+    store: &Arc<LocalShuffleStore>,
+) -> Result<(), String> {
+    let mut client = WorkerControlClient::connect(config.coordinator_url.clone())
+        .await
+        .map_err(|error| format!("cannot reach {}: {error}", config.coordinator_url))?
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (outbox, outbound) = mpsc::channel::<WorkerMessage>(OUTBOX_CAPACITY);
+    let register = WorkerMessage {
+        kind: Some(worker_message::Kind::Register(Register {
+            worker_id: worker_id.to_string(),
+            flight_address: address.to_string(),
+            slots: config.slots as u32,
+        })),
+    };
+    outbox
+        .send(register)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut inbound = client
+        .session(ReceiverStream::new(outbound))
+        .await
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
+    let running: Running = Arc::default();
+    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), Arc::clone(&running)));
+    let outcome = loop {
+        let message = match inbound.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status.message().to_string()),
+        };
+        match message.kind {
+            Some(coordinator_message::Kind::AssignTask(assign)) => {
+                start_task(
+                    assign,
+                    session.clone(),
+                    outbox.clone(),
+                    Arc::clone(&running),
+                );
+            }
+            Some(coordinator_message::Kind::CancelJob(cancel)) => {
+                abort_job(&running, &cancel.job_id);
+            }
+            Some(coordinator_message::Kind::ReleaseJob(release)) => {
+                abort_job(&running, &release.job_id);
+                store.remove_job(&JobId(release.job_id));
+            }
+            None => {}
+        }
+    };
+    heartbeat.abort();
+    // Tasks of a lost session report to nobody; stop them.
+    for (_, handle) in lock(&running).drain() {
+        handle.abort();
+    }
+    outcome
+}
+
+fn start_task(
+    assign: tone_proto::v1::AssignTask,
+    session: SessionContext,
+    outbox: mpsc::Sender<WorkerMessage>,
+    running: Running,
+) {
+    let Some(key) = assign.task.clone() else {
+        tracing::warn!("assignment without a task key ignored");
+        return;
+    };
+    let id = (key.job_id.clone(), key.stage_id, key.partition);
+    let tracked = Arc::clone(&running);
+    let tracked_id = id.clone();
+    let handle = tokio::spawn(async move {
+        let status = crate::tasks::run(assign, session).await;
+        lock(&tracked).remove(&tracked_id);
+        let message = WorkerMessage {
+            kind: Some(worker_message::Kind::TaskStatus(status)),
+        };
+        // The session may be gone; the coordinator then re-learns from
+        // the next session.
+        let _ = outbox.send(message).await;
+    });
+    lock(&running).insert(id, handle.abort_handle());
+}
+
+fn abort_job(running: &Running, job_id: &str) {
+    lock(running).retain(|(job, _, _), handle| {
+        let keep = job != job_id;
+        if !keep {
+            handle.abort();
+        }
+        keep
+    });
+}
+
+async fn heartbeats(outbox: mpsc::Sender<WorkerMessage>, running: Running) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        let running_tasks = lock(&running).len() as u32;
+        let message = WorkerMessage {
+            kind: Some(worker_message::Kind::Heartbeat(Heartbeat { running_tasks })),
+        };
+        if outbox.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Entries are inserted and removed whole; a panic elsewhere cannot leave
+    // the map inconsistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
