@@ -26,9 +26,26 @@ pub struct Planner {
 
 impl Planner {
     pub fn new() -> Result<Self, EngineError> {
-        Ok(Self {
-            engine: Engine::new(EngineConfig::default())?,
-        })
+        let engine = Engine::new(EngineConfig::default())?;
+        {
+            // Operators that coordinate the partitions of one plan instance
+            // cannot run as independent tasks:
+            // A hash join's (and aggregate's) dynamic filter waits for every
+            // partition of its plan instance to build; on a cluster each task
+            // has its own instance, so the barrier would never open.
+            let state = engine.session().state_ref();
+            let mut state = state.write();
+            let optimizer = &mut state.config_mut().options_mut().optimizer;
+            optimizer.enable_join_dynamic_filter_pushdown = false;
+            optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+            // A broadcast (CollectLeft) join that keeps unmatched build rows
+            // (left/full/semi/anti) emits them from whichever of its probe
+            // partitions finishes last, counting them in its plan instance.
+            // Tasks run separate instances, so joins are planned partitioned.
+            optimizer.hash_join_single_partition_threshold = 0;
+            optimizer.hash_join_single_partition_threshold_rows = 0;
+        }
+        Ok(Self { engine })
     }
 
     /// Registers the request's tables, then plans its statement into a
@@ -40,7 +57,12 @@ impl Planner {
         request: &SubmitJobRequest,
         partitions: usize,
     ) -> Result<Planned, EngineError> {
+        // A job's tables replace same-named ones, so re-running a client
+        // command with the same --data flag is not an error.
         for table in &request.tables {
+            self.engine
+                .session()
+                .deregister_table(table.name.as_str())?;
             self.engine
                 .register_table(&table.name, Path::new(&table.path))
                 .await?;

@@ -100,6 +100,7 @@ struct Worker {
     address: String,
     slots: usize,
     running: usize,
+    tasks_done: u64,
     outbox: Outbox,
     last_seen: Instant,
 }
@@ -236,6 +237,7 @@ impl Scheduler {
                         address,
                         slots,
                         running: 0,
+                        tasks_done: 0,
                         outbox,
                         last_seen: Instant::now(),
                     },
@@ -292,6 +294,7 @@ impl Scheduler {
                         flight_address: worker.address.clone(),
                         slots: worker.slots as u32,
                         running_tasks: worker.running as u32,
+                        tasks_done: worker.tasks_done,
                     })
                     .collect();
                 let _ = reply.send(workers);
@@ -366,6 +369,9 @@ impl Scheduler {
         }
         match status.outcome {
             Some(pb::task_status::Outcome::Succeeded(done)) => {
+                if let Some(state) = self.workers.get_mut(&worker) {
+                    state.tasks_done += 1;
+                }
                 job.rows += done.rows;
                 job.bytes += done.bytes;
                 job.remote_fetch_bytes += done.remote_fetch_bytes;

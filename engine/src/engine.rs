@@ -102,12 +102,7 @@ impl Engine {
 
     /// Splits SQL text into statements; syntax errors point at the position.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        DFParser::parse_sql(sql).map(Vec::from).map_err(|error| {
-            with_snippet(
-                EngineError::from(datafusion::error::DataFusionError::from(error)),
-                sql,
-            )
-        })
+        parse_statements(sql)
     }
 
     /// Runs one parsed statement. DDL runs at once; queries run on the stage
@@ -272,6 +267,16 @@ impl Engine {
             }),
         }
     }
+}
+
+/// Splits SQL text into statements; syntax errors point at the position.
+pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
+    DFParser::parse_sql(sql).map(Vec::from).map_err(|error| {
+        with_snippet(
+            EngineError::from(datafusion::error::DataFusionError::from(error)),
+            sql,
+        )
+    })
 }
 
 /// Adds the offending source line to a syntax error.

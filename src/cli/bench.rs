@@ -12,6 +12,7 @@ use tone_engine::session::register_data_dir;
 use tone_engine::{Engine, EngineConfig, EngineError};
 
 use super::CliError;
+use crate::cluster::{tables_in_dir, ClusterClient, TableRef};
 use crate::tpch::QUERIES;
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +50,9 @@ pub struct TpchBenchArgs {
     /// Partitions per stage [default: number of cores].
     #[arg(long)]
     pub partitions: Option<usize>,
+    /// Run `--engine tone` on the cluster at URL instead of embedded.
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
     /// Only these queries (e.g. q01,q18).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -84,7 +88,12 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
             queries.len(),
             args.iterations
         );
-        let runner = Runner::new(*engine, &args.data, args.partitions).await?;
+        let runner = match (&args.master, engine) {
+            (Some(master), EngineKind::Tone) => {
+                Runner::cluster(master, &args.data, args.partitions).await?
+            }
+            _ => Runner::new(*engine, &args.data, args.partitions).await?,
+        };
         let mut figures = EngineFigures {
             engine: *engine,
             total_median_s: 0.0,
@@ -128,9 +137,33 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
 enum Runner {
     Tone(Engine),
     DataFusion(SessionContext),
+    Cluster {
+        client: ClusterClient,
+        tables: Vec<TableRef>,
+        partitions: usize,
+    },
 }
 
 impl Runner {
+    async fn cluster(
+        master: &str,
+        data: &Path,
+        partitions: Option<usize>,
+    ) -> Result<Self, CliError> {
+        let client = ClusterClient::connect(master).await?;
+        let tables = tables_in_dir(data).map_err(|source| CliError::Io {
+            context: format!("listing {}", data.display()),
+            source,
+        })?;
+        // Register the tables once, so the timed queries measure queries.
+        client.sql("select 1", &tables, 1).await?;
+        Ok(Self::Cluster {
+            client,
+            tables: Vec::new(),
+            partitions: partitions.unwrap_or(0),
+        })
+    }
+
     async fn new(
         kind: EngineKind,
         data: &Path,
@@ -160,6 +193,16 @@ impl Runner {
         let batches = match self {
             Runner::Tone(engine) => engine.sql(sql).await?,
             Runner::DataFusion(context) => context.sql(sql).await?.collect().await?,
+            Runner::Cluster {
+                client,
+                tables,
+                partitions,
+            } => client
+                .sql(sql, tables, *partitions)
+                .await
+                .map_err(|error| EngineError::Execution {
+                    message: error.to_string(),
+                })?,
         };
         Ok(batches.iter().map(|batch| batch.num_rows()).sum())
     }

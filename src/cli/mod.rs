@@ -4,9 +4,11 @@
 //! Results go to stdout; progress, logs and errors to stderr.
 
 mod bench;
+mod daemons;
 mod explain;
 mod gen;
 mod output;
+mod remote;
 mod shell;
 mod sql;
 mod tables;
@@ -40,6 +42,22 @@ pub enum Command {
     /// Run benchmarks and report timings.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run the coordinator daemon.
+    Coordinator(daemons::CoordinatorArgs),
+    /// Run a worker daemon.
+    Worker(daemons::WorkerArgs),
+    /// Start a coordinator and N workers as separate processes on loopback.
+    LocalCluster(daemons::LocalClusterArgs),
+    /// Run a SQL file on a cluster, with live progress.
+    Submit(remote::SubmitArgs),
+    /// List the cluster's jobs.
+    Jobs(remote::MasterArgs),
+    /// Show one job's status.
+    Status(remote::JobArgs),
+    /// Cancel a job.
+    Cancel(remote::JobArgs),
+    /// List the cluster's live workers.
+    Workers(remote::MasterArgs),
 }
 
 /// Why a command failed, and so which exit code it returns.
@@ -49,6 +67,8 @@ pub enum CliError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    JobFailed(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -61,7 +81,7 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Engine(error) if !error.is_user_error() => 1,
-            CliError::Io { .. } => 1,
+            CliError::Io { .. } | CliError::JobFailed(_) => 1,
             _ => 2,
         }
     }
@@ -100,5 +120,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Gen(command) => gen::run(command),
         Command::Shell(args) => shell::run(args).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Coordinator(args) => daemons::coordinator(args).await,
+        Command::Worker(args) => daemons::worker(args).await,
+        Command::LocalCluster(args) => daemons::local_cluster(args).await,
+        Command::Submit(args) => remote::submit(args).await,
+        Command::Jobs(args) => remote::jobs(args).await,
+        Command::Status(args) => remote::status(args).await,
+        Command::Cancel(args) => remote::cancel(args).await,
+        Command::Workers(args) => remote::workers(args).await,
     }
 }

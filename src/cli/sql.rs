@@ -29,26 +29,19 @@ pub struct SqlArgs {
     /// Output format of result rows.
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
+    /// Run on the cluster whose coordinator is at URL [default: embedded].
+    #[arg(long, env = "TONE_MASTER", value_name = "URL")]
+    pub master: Option<String>,
     /// The SQL to run (several statements may be separated by ';').
     #[arg(allow_hyphen_values = true)]
     pub query: Option<String>,
 }
 
 pub async fn run(args: SqlArgs) -> Result<(), CliError> {
-    let sql = match (&args.file, &args.query) {
-        (Some(file), _) => std::fs::read_to_string(file).map_err(|error| {
-            CliError::Usage(format!(
-                "cannot read SQL file '{}': {error}",
-                file.display()
-            ))
-        })?,
-        (None, Some(query)) => query.clone(),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "give a query or -f FILE (see tone sql --help)".into(),
-            ))
-        }
-    };
+    let sql = read_sql(args.file.as_deref(), args.query.as_deref())?;
+    if let Some(master) = &args.master {
+        return super::remote::run_script(master, &args.tables, &sql, args.format, false).await;
+    }
     let engine = args.tables.engine().await?;
     run_script(&engine, &sql, args.format).await
 }

@@ -105,8 +105,7 @@ pub async fn run(
         local_address: Some(address.to_string()),
         compression: Some(arrow::ipc::CompressionType::LZ4_FRAME),
     };
-    let session =
-        SessionContext::new_with_config(SessionConfig::new().with_extension(Arc::new(env)));
+    let session = SessionContext::new_with_config(worker_session_config(env));
     tracing::info!(%address, slots = config.slots, "worker listening");
 
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
@@ -131,6 +130,18 @@ pub async fn run(
             reason: error.to_string(),
         }),
     }
+}
+
+/// Each task runs its own copy of the stage plan, so a scan partition must
+/// read only the files it was assigned: DataFusion's work stealing between
+/// sibling partitions assumes they share one plan instance.
+fn worker_session_config(env: ShuffleEnv) -> SessionConfig {
+    SessionConfig::new()
+        .set_bool(
+            "datafusion.execution.enable_file_stream_work_stealing",
+            false,
+        )
+        .with_extension(Arc::new(env))
 }
 
 async fn wait_for_stop(mut receiver: tokio::sync::watch::Receiver<bool>) {

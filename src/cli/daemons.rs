@@ -1,0 +1,219 @@
+//! `tone coordinator`, `tone worker` and `tone local-cluster`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use clap::Args;
+use tone_coordinator::{CoordinatorConfig, DEFAULT_LISTEN};
+use tone_worker::WorkerConfig;
+
+use super::CliError;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  tone coordinator --listen 127.0.0.1:50050")]
+pub struct CoordinatorArgs {
+    /// Address to serve clients and workers on (port 0: any free port).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Folder for durable job and catalog state.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  tone worker --coordinator http://127.0.0.1:50050 --slots 2")]
+pub struct WorkerArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "TONE_MASTER", value_name = "URL")]
+    pub coordinator: String,
+    /// Address of this worker's shuffle service (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Tasks run at once [default: number of cores].
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Folder for shuffle files [default: a temporary folder].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  tone local-cluster --workers 2 --port 0")]
+pub struct LocalClusterArgs {
+    /// Number of worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Slots per worker [default: cores / workers, at least 1].
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Coordinator port (0: any free port).
+    #[arg(long, default_value_t = 50050)]
+    pub port: u16,
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
+    let config = CoordinatorConfig {
+        listen: args.listen,
+        state_dir: args.state_dir,
+    };
+    let (address, listener) = tone_coordinator::bind(&config)
+        .await
+        .map_err(daemon_error)?;
+    // The first stdout line tells scripts (and local-cluster) where we are.
+    println!("coordinator: listening on {address}");
+    tone_coordinator::serve(listener, shutdown_signal())
+        .await
+        .map_err(daemon_error)
+}
+
+pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
+    let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
+    let temporary = match &args.work_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("tone-worker-")
+                .tempdir()
+                .map_err(|source| CliError::Io {
+                    context: "creating the work dir".into(),
+                    source,
+                })?,
+        ),
+    };
+    let work_dir = match (&args.work_dir, &temporary) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => dir.path().to_path_buf(),
+        (None, None) => unreachable!("one of the two is set above"),
+    };
+    let config = WorkerConfig {
+        coordinator_url: args.coordinator,
+        listen: args.listen,
+        slots: args.slots.unwrap_or(cores),
+        work_dir,
+    };
+    tone_worker::run(config, shutdown_signal())
+        .await
+        .map_err(daemon_error)
+}
+
+fn daemon_error(error: impl std::fmt::Display) -> CliError {
+    CliError::Usage(error.to_string())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// Child processes that are stopped, and their work dirs removed, however
+/// the local cluster ends.
+struct Processes {
+    children: Vec<Child>,
+    _work_dirs: Vec<tempfile::TempDir>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
+    if args.workers == 0 {
+        return Err(CliError::Usage("--workers must be at least 1".into()));
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
+    let slots = args.slots.unwrap_or((cores / args.workers).max(1));
+    let program = std::env::current_exe().map_err(|source| CliError::Io {
+        context: "finding the tone binary".into(),
+        source,
+    })?;
+    let mut processes = Processes {
+        children: Vec::new(),
+        _work_dirs: Vec::new(),
+    };
+    let mut coordinator = Command::new(&program)
+        .args([
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{}", args.port),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|source| CliError::Io {
+            context: "starting the coordinator".into(),
+            source,
+        })?;
+    let stdout = coordinator.stdout.take();
+    processes.children.push(coordinator);
+    let address = read_listen_address(stdout)?;
+    let master = format!("http://{address}");
+    println!("master: {master}");
+    for index in 0..args.workers {
+        let work_dir = tempfile::Builder::new()
+            .prefix(&format!("tone-local-worker-{index}-"))
+            .tempdir()
+            .map_err(|source| CliError::Io {
+                context: "creating a work dir".into(),
+                source,
+            })?;
+        let child = Command::new(&program)
+            .arg("worker")
+            .args(["--coordinator", &master])
+            .args(["--slots", &slots.to_string()])
+            .arg("--work-dir")
+            .arg(work_dir.path())
+            .spawn()
+            .map_err(|source| CliError::Io {
+                context: "starting a worker".into(),
+                source,
+            })?;
+        processes.children.push(child);
+        processes._work_dirs.push(work_dir);
+    }
+    eprintln!(
+        "local cluster: coordinator at {address}, {} worker(s) × {slots} slot(s); Ctrl-C stops it",
+        args.workers
+    );
+    shutdown_signal().await;
+    eprintln!("stopping the local cluster");
+    drop(processes);
+    Ok(())
+}
+
+/// Reads the coordinator's first line, `coordinator: listening on ADDR`.
+fn read_listen_address(stdout: Option<std::process::ChildStdout>) -> Result<String, CliError> {
+    let stdout = stdout.ok_or_else(|| CliError::Usage("the coordinator has no stdout".into()))?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|source| CliError::Io {
+            context: "reading the coordinator's address".into(),
+            source,
+        })?;
+    line.trim()
+        .strip_prefix("coordinator: listening on ")
+        .map(str::to_string)
+        .ok_or_else(|| CliError::Usage(format!("the coordinator did not start: {line}")))
+}

@@ -1,0 +1,267 @@
+//! Commands that talk to a cluster: `sql --master`, `submit`, `jobs`,
+//! `status`, `cancel`, `workers`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tone_engine::engine::parse_statements;
+use tone_proto::v1 as pb;
+
+use super::output::{print_stream, OutputFormat};
+use super::tables::TableArgs;
+use super::CliError;
+use crate::cluster::{absolute, tables_in_dir, ClusterClient, ClusterError, TableRef};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tone submit --master http://127.0.0.1:50050 --data /tmp/tpch q01.sql\n  \
+    TONE_MASTER=http://127.0.0.1:50050 tone submit --detach report.sql")]
+pub struct SubmitArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "TONE_MASTER", value_name = "URL")]
+    pub master: String,
+    #[command(flatten)]
+    pub tables: TableArgs,
+    /// Print each job's id and return without waiting.
+    #[arg(long)]
+    pub detach: bool,
+    /// Output format of result rows.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// File of SQL statements separated by ';'.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MasterArgs {
+    /// The coordinator's URL.
+    #[arg(long, env = "TONE_MASTER", value_name = "URL")]
+    pub master: String,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub master: MasterArgs,
+    /// The job's id (from `tone jobs` or `tone submit --detach`).
+    pub job: String,
+}
+
+impl From<ClusterError> for CliError {
+    fn from(error: ClusterError) -> Self {
+        if error.is_user_error() {
+            CliError::Usage(error.to_string())
+        } else {
+            CliError::JobFailed(error.to_string())
+        }
+    }
+}
+
+/// The tables named by the table flags, with absolute paths.
+fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
+    let mut tables = Vec::new();
+    if let Some(dir) = &args.data {
+        if !dir.is_dir() {
+            return Err(CliError::Usage(format!(
+                "--data folder '{}' does not exist or is not a folder",
+                dir.display()
+            )));
+        }
+        tables = tables_in_dir(dir).map_err(|source| CliError::Io {
+            context: format!("listing {}", dir.display()),
+            source,
+        })?;
+    }
+    for table in &args.tables {
+        let (name, path) = table
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--table expects NAME=PATH, got '{table}'")))?;
+        let path = absolute(Path::new(path)).map_err(|source| CliError::Io {
+            context: format!("resolving {path}"),
+            source,
+        })?;
+        tables.push(TableRef {
+            name: name.to_string(),
+            path: path.to_string_lossy().into_owned(),
+        });
+    }
+    Ok(tables)
+}
+
+/// Runs each statement of `sql` on the cluster in order and prints rows.
+pub async fn run_script(
+    master: &str,
+    tables: &TableArgs,
+    sql: &str,
+    format: OutputFormat,
+    show_progress: bool,
+) -> Result<(), CliError> {
+    let statements = parse_statements(sql)?;
+    let refs = table_refs(tables)?;
+    let client = ClusterClient::connect(master).await?;
+    let partitions = tables.partitions.unwrap_or(0);
+    for statement in statements {
+        let text = statement.to_string();
+        let submitted = client.submit(&text, &refs, partitions).await?;
+        if !submitted.has_results {
+            continue;
+        }
+        let progress = show_progress.then(progress_bar);
+        let status = client
+            .wait(&submitted.job_id, |status| {
+                if let Some(bar) = &progress {
+                    show(bar, status);
+                }
+            })
+            .await;
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        let status = status?;
+        print_stream(client.results(&status)?, format).await?;
+        client.release(&submitted.job_id).await?;
+    }
+    Ok(())
+}
+
+pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
+    let sql = std::fs::read_to_string(&args.file).map_err(|error| {
+        CliError::Usage(format!(
+            "cannot read SQL file '{}': {error}",
+            args.file.display()
+        ))
+    })?;
+    if !args.detach {
+        return run_script(&args.master, &args.tables, &sql, args.format, true).await;
+    }
+    let refs = table_refs(&args.tables)?;
+    let client = ClusterClient::connect(&args.master).await?;
+    for statement in parse_statements(&sql)? {
+        let submitted = client
+            .submit(
+                &statement.to_string(),
+                &refs,
+                args.tables.partitions.unwrap_or(0),
+            )
+            .await?;
+        println!("{}", submitted.job_id);
+    }
+    Ok(())
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] stages {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn show(bar: &ProgressBar, status: &pb::JobStatus) {
+    bar.set_length(status.stages_total.max(1) as u64);
+    bar.set_position(status.stages_done as u64);
+    bar.set_message(format!(
+        "tasks {} running, {}/{} done · {} rows · {}",
+        status.tasks_running,
+        status.tasks_done,
+        status.tasks_total,
+        status.rows,
+        human_bytes(status.bytes)
+    ));
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state) {
+        Ok(pb::JobState::Queued) => "queued",
+        Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Succeeded) => "succeeded",
+        Ok(pb::JobState::Failed) => "failed",
+        Ok(pb::JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+fn one_line(sql: &str, width: usize) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > width {
+        format!("{}…", flat.chars().take(width).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+pub async fn jobs(args: MasterArgs) -> Result<(), CliError> {
+    let client = ClusterClient::connect(&args.master).await?;
+    println!(
+        "{:<18} {:<10} {:>7} {:>9}  sql",
+        "job", "state", "stages", "elapsed"
+    );
+    for job in client.jobs().await? {
+        println!(
+            "{:<18} {:<10} {:>3}/{:<3} {:>8.2}s  {}",
+            job.job_id,
+            state_name(job.state),
+            job.stages_done,
+            job.stages_total,
+            job.elapsed_s,
+            one_line(&job.sql, 60)
+        );
+    }
+    Ok(())
+}
+
+pub async fn status(args: JobArgs) -> Result<(), CliError> {
+    let client = ClusterClient::connect(&args.master.master).await?;
+    let job = client.status(&args.job).await?;
+    println!("job:      {}", job.job_id);
+    println!("state:    {}", state_name(job.state));
+    println!("stages:   {}/{}", job.stages_done, job.stages_total);
+    println!(
+        "tasks:    {} running, {}/{} done",
+        job.tasks_running, job.tasks_done, job.tasks_total
+    );
+    println!("written:  {} rows, {}", job.rows, human_bytes(job.bytes));
+    println!(
+        "fetched:  {} from other workers",
+        human_bytes(job.remote_fetch_bytes)
+    );
+    println!("elapsed:  {:.3}s", job.elapsed_s);
+    if !job.error.is_empty() {
+        println!("error:    {}", job.error);
+    }
+    println!("sql:      {}", one_line(&job.sql, 200));
+    Ok(())
+}
+
+pub async fn cancel(args: JobArgs) -> Result<(), CliError> {
+    let client = ClusterClient::connect(&args.master.master).await?;
+    let job = client.cancel(&args.job).await?;
+    println!("{} {}", job.job_id, state_name(job.state));
+    Ok(())
+}
+
+pub async fn workers(args: MasterArgs) -> Result<(), CliError> {
+    let client = ClusterClient::connect(&args.master).await?;
+    for worker in client.workers().await? {
+        println!(
+            "{} {} slots={} running={}",
+            worker.worker_id, worker.flight_address, worker.slots, worker.running_tasks
+        );
+    }
+    Ok(())
+}
