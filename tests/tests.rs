@@ -3,6 +3,7 @@
 mod common;
 
 mod cli;
+mod cluster;
 mod oracle_tpch;
 mod roundtrip;
 mod shuffle;

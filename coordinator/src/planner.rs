@@ -1,5 +1,6 @@
 //! Planning jobs against the coordinator's catalog.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +23,10 @@ pub enum Planned {
 /// Holds the catalog (tables stay registered across jobs) and plans SQL.
 pub struct Planner {
     engine: Engine,
+    /// Paths of the tables jobs registered, by name. Held while a job
+    /// registers tables and plans, so concurrent submissions see one
+    /// consistent catalog.
+    registered: tokio::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Planner {
@@ -45,7 +50,10 @@ impl Planner {
             optimizer.hash_join_single_partition_threshold = 0;
             optimizer.hash_join_single_partition_threshold_rows = 0;
         }
-        Ok(Self { engine })
+        Ok(Self {
+            engine,
+            registered: tokio::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Registers the request's tables, then plans its statement into a
@@ -57,15 +65,19 @@ impl Planner {
         request: &SubmitJobRequest,
         partitions: usize,
     ) -> Result<Planned, EngineError> {
-        // A job's tables replace same-named ones, so re-running a client
-        // command with the same --data flag is not an error.
+        let mut registered = self.registered.lock().await;
         for table in &request.tables {
+            if registered.get(&table.name) == Some(&table.path) {
+                continue;
+            }
+            // A job's tables replace same-named ones.
             self.engine
                 .session()
                 .deregister_table(table.name.as_str())?;
             self.engine
                 .register_table(&table.name, Path::new(&table.path))
                 .await?;
+            registered.insert(table.name.clone(), table.path.clone());
         }
         let Some(plan) = self.engine.plan_statement(&request.sql, partitions).await? else {
             return Ok(Planned::CatalogChange);
