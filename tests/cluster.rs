@@ -261,3 +261,245 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sends `message` to `path` on the coordinator as raw protobuf.
+async fn raw_call<M: prost::Message + Default + 'static>(
+    master: &str,
+    path: &'static str,
+    message: M,
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(master.to_string())
+        .expect("valid url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(256 * 1024 * 1024);
+    grpc.ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let codec: tonic_prost::ProstCodec<M, pb::SubmitJobResponse> =
+        tonic_prost::ProstCodec::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(message), path, codec)
+        .await
+        .map(|_| ())
+}
+
+/// A message whose field 1 (`sql`, a string) holds bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotUtf8 {
+    #[prost(bytes = "vec", tag = "1")]
+    sql: Vec<u8>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_oversized_messages_are_refused_and_the_coordinator_stays_up() {
+    let cluster = LocalCluster::start(1, 1).await;
+    let malformed = raw_call(
+        &cluster.master,
+        "/tone.v1.Jobs/Submit",
+        NotUtf8 {
+            sql: vec![0xff, 0xfe, 0xfd],
+        },
+    )
+    .await
+    .expect_err("malformed message refused");
+    assert_ne!(malformed.code(), tonic::Code::Ok);
+    assert!(!malformed.message().is_empty());
+
+    let huge = pb::SubmitJobRequest {
+        sql: "x".repeat(70 * 1024 * 1024),
+        tables: Vec::new(),
+        partitions: 1,
+    };
+    let oversized = raw_call(&cluster.master, "/tone.v1.Jobs/Submit", huge)
+        .await
+        .expect_err("oversized refused");
+    let refused = matches!(
+        oversized.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    );
+    assert!(
+        refused && oversized.message().contains("too large"),
+        "{oversized:?}"
+    );
+
+    let client = cluster.client().await;
+    let rows = run(&client, "select count(*) as n from region", 1)
+        .await
+        .expect("still serving");
+    assert_eq!(rows[0].num_rows(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_submit_jobs_status_workers_and_catalog() {
+    let cluster = LocalCluster::start(2, 1).await;
+    let master = cluster.master.as_str();
+    let data = tpch_data().to_str().expect("utf-8");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("script.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "create external table regions stored as parquet location '{}';\n\
+             select r_name from regions order by r_name;",
+            tpch_data().join("region").display()
+        ),
+    )
+    .expect("script");
+    let output = tone()
+        .args([
+            "submit",
+            "--master",
+            master,
+            "--format",
+            "csv",
+            script.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("submit runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "r_name\nAFRICA\nAMERICA\nASIA\nEUROPE\nMIDDLE EAST\n"
+    );
+
+    // The external table stays in the coordinator's catalog for later jobs,
+    // and TONE_MASTER selects the cluster.
+    let output = tone()
+        .env("TONE_MASTER", master)
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "select count(*) as n from regions",
+        ])
+        .output()
+        .expect("sql runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "n\n5\n");
+
+    let query = dir.path().join("query.sql");
+    std::fs::write(&query, "select count(*) from nation;").expect("query file");
+    let output = tone()
+        .args(["submit", "--master", master, "--detach", "--data", data])
+        .arg(query.to_str().expect("utf-8"))
+        .output()
+        .expect("detached submit");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let job_id = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .expect("a job id")
+        .to_string();
+    assert!(job_id.starts_with("job-"), "{job_id}");
+    let client = cluster.client().await;
+    client
+        .wait(&job_id, |_| {})
+        .await
+        .expect("detached job finishes");
+
+    let status = tone()
+        .args(["status", "--master", master, &job_id])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("succeeded") && text.contains(&job_id),
+        "{text}"
+    );
+    let jobs = tone()
+        .args(["jobs", "--master", master])
+        .output()
+        .expect("jobs");
+    let text = String::from_utf8_lossy(&jobs.stdout);
+    assert!(
+        text.lines().count() >= 4 && text.contains(&job_id),
+        "{text}"
+    );
+    let workers = tone()
+        .args(["workers", "--master", master])
+        .output()
+        .expect("workers");
+    let text = String::from_utf8_lossy(&workers.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines()
+            .all(|line| line.contains("127.0.0.1:") && line.contains("slots=1")),
+        "{text}"
+    );
+
+    let output = tone()
+        .args(["sql", "--master", master, "select * from missing_table"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing_table"));
+}
+
+#[test]
+fn local_cluster_stops_on_ctrl_c_and_removes_its_work_dirs() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut child = tone()
+        .args([
+            "local-cluster",
+            "--workers",
+            "2",
+            "--slots",
+            "1",
+            "--port",
+            "0",
+        ])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("first line");
+    assert!(line.starts_with("master: http://127.0.0.1:"), "{line}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        std::fs::read_dir(tmp.path()).expect("tmp").count() >= 2,
+        "no work dirs were made"
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            panic!("local-cluster did not stop on Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("tmp")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -15,6 +15,7 @@ pub mod v1 {
 }
 
 /// Largest gRPC message any tone service accepts or sends. Plans and data
-/// are streamed in pieces well below it; anything larger is refused with
-/// `RESOURCE_EXHAUSTED` instead of being buffered.
+/// are streamed in pieces well below it; anything larger is refused with a
+/// clear status (`OUT_OF_RANGE`: message length too large) instead of being
+/// buffered.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
