@@ -31,6 +31,8 @@ pub enum EngineKind {
     Tone,
     /// Plain single-process DataFusion: the baseline.
     Datafusion,
+    /// tone on the cluster named by `--master`.
+    Cluster,
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +52,7 @@ pub struct TpchBenchArgs {
     /// Partitions per stage [default: number of cores].
     #[arg(long)]
     pub partitions: Option<usize>,
-    /// Run `--engine tone` on the cluster at URL instead of embedded.
+    /// Coordinator URL for `--engine cluster`.
     #[arg(long, value_name = "URL")]
     pub master: Option<String>,
     /// Only these queries (e.g. q01,q18).
@@ -89,8 +91,13 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
             args.iterations
         );
         let runner = match (&args.master, engine) {
-            (Some(master), EngineKind::Tone) => {
+            (Some(master), EngineKind::Cluster) => {
                 Runner::cluster(master, &args.data, args.partitions).await?
+            }
+            (None, EngineKind::Cluster) => {
+                return Err(CliError::Usage(
+                    "--engine cluster needs --master URL".into(),
+                ))
             }
             _ => Runner::new(*engine, &args.data, args.partitions).await?,
         };
@@ -174,7 +181,7 @@ impl Runner {
             config.partitions = partitions;
         }
         match kind {
-            EngineKind::Tone => {
+            EngineKind::Tone | EngineKind::Cluster => {
                 let engine = Engine::new(config)?;
                 engine.register_data_dir(data).await?;
                 Ok(Self::Tone(engine))
