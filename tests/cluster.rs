@@ -123,6 +123,17 @@ async fn tpch_on_two_workers_matches_embedded_and_shuffles_across_workers() {
             Err(error) => failures.push(format!("{name}: cluster failed: {error}")),
         }
     }
+    for (name, sql) in crate::sql_beyond_tpch::queries() {
+        let expected = embedded.sql(&sql).await.expect("embedded runs");
+        match run(&client, &sql, 2).await {
+            Ok(actual) => {
+                if let Err(difference) = same_answer(&sql, &expected, &actual) {
+                    failures.push(format!("{name}: {difference}"));
+                }
+            }
+            Err(error) => failures.push(format!("{name}: cluster failed: {error}")),
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Shuffle data crossed workers: the coordinator's metrics say so.

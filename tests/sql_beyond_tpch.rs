@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::common::compare::same_answer;
 use crate::common::{oracle_answer, oracle_context, tone_engine};
 
-fn queries() -> Vec<(String, String)> {
+pub fn queries() -> Vec<(String, String)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql/beyond_tpch.sql");
     let text = std::fs::read_to_string(&path).expect("query file");
     text.split("-- name: ")

@@ -163,6 +163,17 @@ impl Engine {
         sql: &str,
         partitions: usize,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        self.plan_statement_with(sql, partitions, |_| {}).await
+    }
+
+    /// [`Engine::plan_statement`] with session options adjusted for this
+    /// statement only.
+    pub async fn plan_statement_with(
+        &self,
+        sql: &str,
+        partitions: usize,
+        configure: impl FnOnce(&mut datafusion::config::ConfigOptions),
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let mut statements = self.parse(sql)?;
         if statements.len() != 1 {
             return Err(EngineError::Plan {
@@ -171,6 +182,7 @@ impl Engine {
         }
         let mut state = self.context.state();
         state.config_mut().options_mut().execution.target_partitions = partitions.max(1);
+        configure(state.config_mut().options_mut());
         let plan = state.statement_to_plan(statements.remove(0)).await?;
         match plan {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {

@@ -199,3 +199,12 @@ select n_name,
        (select max(r_name) from region) as last_region,
        (select count(*) from supplier where s_acctbal > (select avg(s_acctbal) from supplier)) as rich
 from nation where n_nationkey < 4 order by n_name;
+
+-- name: non_equi_left_join_keeps_unmatched_rows
+select n_name, count(s_suppkey) as richer_suppliers
+from nation left join supplier on s_nationkey < n_nationkey and s_acctbal > 9950
+group by n_name order by n_name;
+
+-- name: non_equi_anti_join
+select count(*) as lonely from part p
+where not exists (select 1 from partsupp where ps_partkey = p.p_partkey and ps_supplycost > p.p_retailprice);
