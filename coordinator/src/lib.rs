@@ -101,10 +101,7 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|error| CoordinatorError::Serve {
             reason: error.to_string(),
@@ -119,4 +116,10 @@ mod tests {
     fn default_listens_on_loopback_50050() {
         assert_eq!(CoordinatorConfig::default().listen.port(), 50050);
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: scheduling and shuffle
+/// messages are small and latency-bound.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -35,10 +35,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|error| WorkerError::Serve {
             reason: error.to_string(),
@@ -151,4 +148,10 @@ impl FlightService for ShuffleFlightService {
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         unsupported("do_exchange")
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: scheduling and shuffle
+/// messages are small and latency-bound.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
