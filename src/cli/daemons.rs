@@ -37,6 +37,34 @@ pub struct WorkerArgs {
     /// Folder for shuffle files [default: a temporary folder].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Compression of shuffle files.
+    #[arg(long, value_enum, default_value = "lz4")]
+    pub shuffle_compression: ShuffleCompression,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShuffleCompression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl ShuffleCompression {
+    fn codec(self) -> Option<arrow::ipc::CompressionType> {
+        match self {
+            ShuffleCompression::None => None,
+            ShuffleCompression::Lz4 => Some(arrow::ipc::CompressionType::LZ4_FRAME),
+            ShuffleCompression::Zstd => Some(arrow::ipc::CompressionType::ZSTD),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ShuffleCompression::None => "none",
+            ShuffleCompression::Lz4 => "lz4",
+            ShuffleCompression::Zstd => "zstd",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +79,9 @@ pub struct LocalClusterArgs {
     /// Coordinator port (0: any free port).
     #[arg(long, default_value_t = 50050)]
     pub port: u16,
+    /// Compression of the workers' shuffle files.
+    #[arg(long, value_enum, default_value = "lz4")]
+    pub shuffle_compression: ShuffleCompression,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
@@ -92,6 +123,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
         listen: args.listen,
         slots: args.slots.unwrap_or(cores),
         work_dir,
+        shuffle_compression: args.shuffle_compression.codec(),
     };
     tone_worker::run(config, shutdown_signal())
         .await
@@ -182,6 +214,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             .arg("worker")
             .args(["--coordinator", &master])
             .args(["--slots", &slots.to_string()])
+            .args(["--shuffle-compression", args.shuffle_compression.name()])
             .arg("--work-dir")
             .arg(work_dir.path())
             .spawn()
