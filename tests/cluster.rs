@@ -25,7 +25,12 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     pub async fn start(workers: usize, slots: usize) -> Self {
+        Self::start_with_env(workers, slots, &[]).await
+    }
+
+    pub async fn start_with_env(workers: usize, slots: usize, env: &[(&str, &str)]) -> Self {
         let mut child = tone()
+            .envs(env.iter().copied())
             .args(["local-cluster", "--port", "0"])
             .args([
                 "--workers",
@@ -513,4 +518,32 @@ fn local_cluster_stops_on_ctrl_c_and_removes_its_work_dirs() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_task_fails_its_job_with_the_panic_and_the_workers_stay_up() {
+    let cluster = LocalCluster::start_with_env(2, 1, &[("TONE_FAULT_PANIC_IN_STAGE", "1")]).await;
+    let client = cluster.client().await;
+    let started = Instant::now();
+    let two_stages = "select l_returnflag, count(*) from lineitem group by l_returnflag";
+    let error = run(&client, two_stages, 2)
+        .await
+        .expect_err("stage 1 panics");
+    let message = error.to_string();
+    assert!(
+        message.contains("panicked") && message.contains("injected fault"),
+        "{message}"
+    );
+    assert!(!error.is_user_error());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the failure was not prompt"
+    );
+    // The fault really fired on a worker, and both workers are still there.
+    assert_eq!(client.workers().await.expect("workers").len(), 2);
+    // A one-stage job has no stage 1 and runs normally.
+    let rows = run(&client, "select count(*) from lineitem", 2)
+        .await
+        .expect("next job runs");
+    assert_eq!(rows.iter().map(|batch| batch.num_rows()).sum::<usize>(), 1);
 }

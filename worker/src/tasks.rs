@@ -43,6 +43,7 @@ async fn execute(
     let key = assign.task.ok_or_else(|| EngineError::Internal {
         message: "task assignment without a task key".into(),
     })?;
+    inject_fault(key.stage_id);
     let context = session.task_ctx();
     let plan = decode_plan(&assign.plan, &context)?;
     let writer = (plan.as_ref() as &dyn std::any::Any)
@@ -81,5 +82,17 @@ fn failure(error: &EngineError) -> TaskFailed {
     TaskFailed {
         kind: kind as i32,
         message: error.to_string(),
+    }
+}
+
+/// Deterministic fault injection for tests: `TONE_FAULT_PANIC_IN_STAGE=N`
+/// makes every task of stage N panic, as a bug in an operator would.
+fn inject_fault(stage_id: u32) {
+    let target = std::env::var("TONE_FAULT_PANIC_IN_STAGE")
+        .ok()
+        .and_then(|value| value.parse::<u32>().ok());
+    if target == Some(stage_id) {
+        tracing::warn!(stage_id, "injected fault: panicking");
+        panic!("injected fault: a task of stage {stage_id} panicked");
     }
 }
