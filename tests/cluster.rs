@@ -29,30 +29,7 @@ impl LocalCluster {
     }
 
     pub async fn start_with_env(workers: usize, slots: usize, env: &[(&str, &str)]) -> Self {
-        let mut child = tone()
-            .envs(env.iter().copied())
-            .args(["local-cluster", "--port", "0"])
-            .args([
-                "--workers",
-                &workers.to_string(),
-                "--slots",
-                &slots.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("local-cluster starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reads the master line");
-        let master = line
-            .trim()
-            .strip_prefix("master: ")
-            .expect("first line names the master")
-            .to_string();
+        let (child, master) = spawn_local_cluster(workers, slots, env);
         let cluster = Self { child, master };
         cluster.wait_for_workers(workers).await;
         cluster
@@ -95,6 +72,35 @@ impl Drop for LocalCluster {
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `tone local-cluster` in its own process group and returns it
+/// with the master URL from its first line.
+fn spawn_local_cluster(workers: usize, slots: usize, env: &[(&str, &str)]) -> (Child, String) {
+    let mut child = tone()
+        .envs(env.iter().copied())
+        .args(["local-cluster", "--port", "0"])
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--slots",
+            &slots.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("local-cluster starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reads the master line");
+    let master = line
+        .trim()
+        .strip_prefix("master: ")
+        .expect("first line names the master");
+    (child, master.to_string())
 }
 
 fn tpch_tables() -> Vec<TableRef> {
@@ -468,28 +474,9 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
 #[test]
 fn local_cluster_stops_on_ctrl_c_and_removes_its_work_dirs() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut child = tone()
-        .args([
-            "local-cluster",
-            "--workers",
-            "2",
-            "--slots",
-            "1",
-            "--port",
-            "0",
-        ])
-        .env("TMPDIR", tmp.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("first line");
-    assert!(line.starts_with("master: http://127.0.0.1:"), "{line}");
+    let tmpdir = tmp.path().to_str().expect("utf-8");
+    let (mut child, master) = spawn_local_cluster(2, 1, &[("TMPDIR", tmpdir)]);
+    assert!(master.starts_with("http://127.0.0.1:"), "{master}");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         std::fs::read_dir(tmp.path()).expect("tmp").count() >= 2,
