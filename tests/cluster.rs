@@ -463,6 +463,24 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
         "{text}"
     );
 
+    let explained = tone()
+        .args([
+            "sql",
+            "--master",
+            master,
+            "--format",
+            "csv",
+            "explain select count(*) from regions",
+        ])
+        .output()
+        .expect("explain runs");
+    assert!(
+        explained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&explained.stderr)
+    );
+    assert!(String::from_utf8_lossy(&explained.stdout).contains("physical_plan"));
+
     let output = tone()
         .args(["sql", "--master", master, "select * from missing_table"])
         .output()

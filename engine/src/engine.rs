@@ -9,7 +9,9 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::analyze::AnalyzeExec;
 use datafusion::physical_plan::collect;
+use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
@@ -221,6 +223,7 @@ impl Engine {
     /// - A recursive CTE iterates over a work table shared in memory between
     ///   its terms, which no stage boundary or serialization can carry; it
     ///   runs in this process and its rows replace it as an in-memory scan.
+    /// - EXPLAIN (and EXPLAIN ANALYZE) describe a plan: they run here too.
     pub fn prepare_plan(
         &self,
         plan: Arc<dyn ExecutionPlan>,
@@ -234,7 +237,9 @@ impl Engine {
                 }
                 return self.prepare_plan(Arc::clone(exec.input())).await;
             }
-            if any.downcast_ref::<RecursiveQueryExec>().is_some() {
+            let describes_a_plan = any.downcast_ref::<ExplainExec>().is_some()
+                || any.downcast_ref::<AnalyzeExec>().is_some();
+            if describes_a_plan || any.downcast_ref::<RecursiveQueryExec>().is_some() {
                 let schema = plan.schema();
                 let batches = collect(plan, self.context.task_ctx()).await?;
                 let scan: Arc<dyn ExecutionPlan> =
