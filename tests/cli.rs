@@ -299,3 +299,25 @@ fn corrupt_parquet_file_is_named() {
     ]);
     assert_input_error(&output, &["bad.parquet"]);
 }
+
+#[test]
+fn tables_can_be_object_store_urls() {
+    let url = format!("n=file://{}/", tpch_data().join("nation").display());
+    let output = run_tone(&[
+        "sql",
+        "--table",
+        &url,
+        "--format",
+        "csv",
+        "select count(*) as n from n",
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(stdout_of(&output), "n\n25\n");
+    let output = run_tone(&[
+        "sql",
+        "--table",
+        "x=file:///no/such/folder/",
+        "select 1 from x",
+    ]);
+    assert_input_error(&output, &["file:///no/such/folder/"]);
+}

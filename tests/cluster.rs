@@ -463,6 +463,21 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
         "{text}"
     );
 
+    let url = format!("nations=file://{}/", tpch_data().join("nation").display());
+    let output = tone()
+        .args([
+            "sql", "--master", master, "--format", "csv", "--table", &url,
+        ])
+        .arg("select count(*) as n from nations where n_regionkey = 1")
+        .output()
+        .expect("sql over a URL table runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "n\n5\n");
+
     let explained = tone()
         .args([
             "sql",

@@ -84,7 +84,24 @@ pub fn table_name(path: &Path) -> String {
 }
 
 /// Registers `path` (a file, or a folder of files of one format) as `name`.
+/// A path with a scheme (`file:///data/t/`, or a store registered in the
+/// session's object-store registry) is read through that object store; its
+/// format comes from its extension, Parquet when it has none.
 pub async fn register_table(ctx: &SessionContext, name: &str, path: &Path) -> Result<()> {
+    if let Some(url) = path.to_str().filter(|text| text.contains("://")) {
+        let format = FileFormat::from_path(path).unwrap_or(FileFormat::Parquet);
+        let extension = match FileFormat::from_path(path) {
+            Some(_) => extension_of(path),
+            None => format.extension().to_string(),
+        };
+        return register_location(ctx, name, url, format, &extension)
+            .await
+            .map_err(|error| EngineError::InputPath {
+                what: "table URL",
+                path: path.to_path_buf(),
+                reason: error.strip_backtrace(),
+            });
+    }
     let metadata = std::fs::metadata(path).map_err(|error| EngineError::InputPath {
         what: "table path",
         path: path.to_path_buf(),
@@ -104,26 +121,37 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &Path) -> Re
         path: path.to_path_buf(),
         reason: "the path is not valid UTF-8".into(),
     })?;
-    let registered = match format {
+    let extension = match (format, metadata.is_dir()) {
+        (FileFormat::Json, true) => json_extension(path),
+        (FileFormat::Json, false) => extension_of(path),
+        _ => format.extension().to_string(),
+    };
+    register_location(ctx, name, location, format, &extension)
+        .await
+        .map_err(|error| explain_registration_failure(path, format, error.into()))
+}
+
+async fn register_location(
+    ctx: &SessionContext,
+    name: &str,
+    location: &str,
+    format: FileFormat,
+    extension: &str,
+) -> datafusion::error::Result<()> {
+    match format {
         FileFormat::Parquet => {
-            let options = ParquetReadOptions::default().file_extension(format.extension());
+            let options = ParquetReadOptions::default().file_extension(extension);
             ctx.register_parquet(name, location, options).await
         }
         FileFormat::Csv => {
-            let options = CsvReadOptions::new().file_extension(format.extension());
+            let options = CsvReadOptions::new().file_extension(extension);
             ctx.register_csv(name, location, options).await
         }
         FileFormat::Json => {
-            let extension = if metadata.is_dir() {
-                json_extension(path)
-            } else {
-                extension_of(path)
-            };
-            let options = JsonReadOptions::default().file_extension(&extension);
+            let options = JsonReadOptions::default().file_extension(extension);
             ctx.register_json(name, location, options).await
         }
-    };
-    registered.map_err(|error| explain_registration_failure(path, format, error.into()))
+    }
 }
 
 /// The format of the data files in a table folder.

@@ -78,10 +78,15 @@ fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
         let (name, path) = table
             .split_once('=')
             .ok_or_else(|| CliError::Usage(format!("--table expects NAME=PATH, got '{table}'")))?;
-        let path = absolute(Path::new(path)).map_err(|source| CliError::Io {
-            context: format!("resolving {path}"),
-            source,
-        })?;
+        // URLs (object stores) go as they are; paths become absolute.
+        let path = if path.contains("://") {
+            std::path::PathBuf::from(path)
+        } else {
+            absolute(Path::new(path)).map_err(|source| CliError::Io {
+                context: format!("resolving {path}"),
+                source,
+            })?
+        };
         tables.push(TableRef {
             name: name.to_string(),
             path: path.to_string_lossy().into_owned(),
