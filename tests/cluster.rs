@@ -347,6 +347,30 @@ async fn malformed_and_oversized_messages_are_refused_and_the_coordinator_stays_
     );
 
     let client = cluster.client().await;
+    // A legitimate plan larger than one plan message (4 MiB) runs: its
+    // rows are inline in the plan, which travels in parts.
+    let value = "x".repeat(100);
+    let rows: Vec<String> = (0..60_000)
+        .map(|row| format!("('{value}', {row})"))
+        .collect();
+    let sql = format!(
+        "select count(*) as n, sum(length(s)) as chars, sum(k) as keys from (values {}) as t(s, k)",
+        rows.join(", ")
+    );
+    let batches = run(&client, &sql, 2).await.expect("a large plan runs");
+    let batch = &batches[0];
+    let number = |column: usize| {
+        arrow::util::display::array_value_to_string(batch.column(column), 0).expect("formats")
+    };
+    assert_eq!(
+        (number(0), number(1), number(2)),
+        (
+            "60000".into(),
+            "6000000".into(),
+            (59_999u64 * 60_000 / 2).to_string()
+        )
+    );
+
     let rows = run(&client, "select count(*) as n from region", 1)
         .await
         .expect("still serving");

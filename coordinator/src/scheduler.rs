@@ -15,6 +15,7 @@ use tone_engine::codec::encode_plan;
 use tone_engine::shuffle::ShuffleReaderExec;
 use tone_engine::{EngineError, JobId, StageDag};
 use tone_proto::v1 as pb;
+use tone_proto::PLAN_PART_BYTES;
 use tonic::Status;
 
 /// Bound on events waiting for the loop.
@@ -610,19 +611,28 @@ impl Scheduler {
         let Some(worker) = self.workers.get_mut(worker_id) else {
             return;
         };
-        let message = pb::CoordinatorMessage {
-            kind: Some(pb::coordinator_message::Kind::AssignTask(pb::AssignTask {
-                task: Some(pb::TaskKey {
-                    job_id: job.id.0.clone(),
-                    stage_id: stage as u32,
-                    partition: partition as u32,
-                    attempt: 0,
-                }),
-                plan: plan.as_ref().clone(),
-            })),
+        let key = pb::TaskKey {
+            job_id: job.id.0.clone(),
+            stage_id: stage as u32,
+            partition: partition as u32,
+            attempt: 0,
         };
-        if worker.outbox.try_send(Ok(message)).is_err() {
-            return; // The session is gone or stuck; WorkerLeft follows.
+        let parts: Vec<&[u8]> = plan.chunks(PLAN_PART_BYTES).collect();
+        if parts.len() > 1 {
+            tracing::info!(job_id = %job.id, stage, parts = parts.len(), bytes = plan.len(), "plan sent in parts");
+        }
+        for (part, bytes) in parts.iter().enumerate() {
+            let message = pb::CoordinatorMessage {
+                kind: Some(pb::coordinator_message::Kind::AssignTask(pb::AssignTask {
+                    task: Some(key.clone()),
+                    plan: bytes.to_vec(),
+                    plan_part: part as u32,
+                    plan_parts: parts.len() as u32,
+                })),
+            };
+            if worker.outbox.try_send(Ok(message)).is_err() {
+                return; // The session is gone or stuck; WorkerLeft follows.
+            }
         }
         worker.running += 1;
         job.stages[stage].tasks[partition] = Task::Running {

@@ -19,3 +19,9 @@ pub mod v1 {
 /// clear status (`OUT_OF_RANGE`: message length too large) instead of being
 /// buffered.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Plans are sent in parts of at most this many bytes.
+pub const PLAN_PART_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest stage plan a worker assembles from parts.
+pub const MAX_PLAN_BYTES: usize = 1024 * 1024 * 1024;

@@ -12,8 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleStore};
 use tone_engine::JobId;
 use tone_proto::v1::worker_control_client::WorkerControlClient;
+use tone_proto::v1::AssignTask;
 use tone_proto::v1::{coordinator_message, worker_message, Heartbeat, Register, WorkerMessage};
-use tone_proto::MAX_MESSAGE_BYTES;
+use tone_proto::{MAX_MESSAGE_BYTES, MAX_PLAN_BYTES};
 
 use crate::WorkerConfig;
 
@@ -24,7 +25,9 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(300);
 /// Bound on status messages waiting to go out.
 const OUTBOX_CAPACITY: usize = 1024;
 
-type Running = Arc<Mutex<HashMap<(String, u32, u32), AbortHandle>>>;
+/// (job, stage, partition)
+type TaskId = (String, u32, u32);
+type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 
 pub async fn run(
     config: WorkerConfig,
@@ -80,6 +83,7 @@ async fn session_once(
         .into_inner();
     tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
     let running: Running = Arc::default();
+    let mut parts: HashMap<TaskId, (u32, Vec<u8>)> = HashMap::new();
     let heartbeat = tokio::spawn(heartbeats(outbox.clone(), Arc::clone(&running)));
     let outcome = loop {
         let message = match inbound.message().await {
@@ -89,6 +93,9 @@ async fn session_once(
         };
         match message.kind {
             Some(coordinator_message::Kind::AssignTask(assign)) => {
+                let Some(assign) = assemble(&mut parts, assign) else {
+                    continue;
+                };
                 start_task(
                     assign,
                     session.clone(),
@@ -112,6 +119,34 @@ async fn session_once(
         handle.abort();
     }
     outcome
+}
+
+/// Collects the parts of a plan sent in several messages; gives the whole
+/// assignment once its last part is in. A part out of order, or a plan past
+/// `MAX_PLAN_BYTES`, drops what was gathered.
+fn assemble(
+    parts: &mut HashMap<TaskId, (u32, Vec<u8>)>,
+    mut assign: AssignTask,
+) -> Option<AssignTask> {
+    if assign.plan_parts <= 1 {
+        return Some(assign);
+    }
+    let key = assign.task.as_ref()?;
+    let id = (key.job_id.clone(), key.stage_id, key.partition);
+    let (next_part, gathered) = parts.entry(id.clone()).or_default();
+    let too_large = gathered.len() + assign.plan.len() > MAX_PLAN_BYTES;
+    if assign.plan_part != *next_part || too_large {
+        tracing::warn!(?id, part = assign.plan_part, too_large, "plan part refused");
+        parts.remove(&id);
+        return None;
+    }
+    gathered.extend_from_slice(&assign.plan);
+    *next_part += 1;
+    if *next_part < assign.plan_parts {
+        return None;
+    }
+    assign.plan = parts.remove(&id)?.1;
+    Some(assign)
 }
 
 fn start_task(
@@ -169,4 +204,43 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tone_proto::v1::TaskKey;
+
+    fn part(part: u32, parts: u32, bytes: &[u8]) -> AssignTask {
+        AssignTask {
+            task: Some(TaskKey {
+                job_id: "j".into(),
+                stage_id: 1,
+                partition: 2,
+                attempt: 0,
+            }),
+            plan: bytes.to_vec(),
+            plan_part: part,
+            plan_parts: parts,
+        }
+    }
+
+    #[test]
+    fn plan_parts_are_joined_in_order_and_out_of_order_parts_are_dropped() {
+        let mut parts = HashMap::new();
+        assert!(assemble(&mut parts, part(0, 3, b"ab")).is_none());
+        assert!(assemble(&mut parts, part(1, 3, b"cd")).is_none());
+        let whole = assemble(&mut parts, part(2, 3, b"e")).expect("complete");
+        assert_eq!(whole.plan, b"abcde");
+        assert!(parts.is_empty());
+
+        assert!(assemble(&mut parts, part(1, 2, b"x")).is_none());
+        assert!(parts.is_empty(), "an out-of-order part must not be kept");
+        assert_eq!(
+            assemble(&mut parts, part(0, 1, b"whole"))
+                .expect("single")
+                .plan,
+            b"whole"
+        );
+    }
 }
