@@ -4,17 +4,15 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
-use tone_engine::shuffle::{read_local_partition, PartitionKey, ShuffleStore};
+use tone_engine::shuffle::{PartitionKey, Segment, ShuffleStore};
 use tone_engine::{JobId, StageId};
 use tone_proto::v1::ShuffleTicket;
 use tone_proto::MAX_MESSAGE_BYTES;
@@ -75,14 +73,22 @@ impl FlightService for ShuffleFlightService {
             map: ticket.map as usize,
             reduce: ticket.reduce as usize,
         };
-        let batches: BoxStream<'static, _> =
-            read_local_partition(Arc::clone(&self.store), &key, None)
-                .map_err(|error| Status::not_found(error.to_string()))?;
-        let batches = batches
-            .map_err(|error| arrow_flight::error::FlightError::ExternalError(Box::new(error)));
-        let data = FlightDataEncoderBuilder::new()
-            .build(batches)
-            .map_err(|error| Status::internal(error.to_string()));
+        let segments = self
+            .store
+            .segments(&key.job_id, key.stage_id, key.map, key.reduce)
+            .map_err(|error| Status::not_found(error.to_string()))?;
+        // The segments' IPC messages go out as written (compressed), one
+        // segment in memory at a time; the first segment's schema message
+        // opens the stream and the others' are skipped.
+        let data = futures::stream::iter(segments.into_iter().enumerate())
+            .then(|(index, segment)| async move {
+                let bytes = tokio::task::spawn_blocking(move || segment_bytes(&segment))
+                    .await
+                    .map_err(|error| Status::internal(error.to_string()))??;
+                ipc_messages(&bytes, index == 0)
+            })
+            .map_ok(|messages| futures::stream::iter(messages.into_iter().map(Ok)))
+            .try_flatten();
         Ok(Response::new(data.boxed()))
     }
 
@@ -154,4 +160,76 @@ impl FlightService for ShuffleFlightService {
 /// messages are small and latency-bound.
 fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// The bytes of one segment (a complete IPC stream).
+fn segment_bytes(segment: &Segment) -> Result<Vec<u8>, Status> {
+    use std::io::{Read, Seek, SeekFrom};
+    match segment {
+        Segment::Memory { bytes, .. } => Ok(bytes.as_ref().clone()),
+        Segment::File {
+            file,
+            offset,
+            length,
+            ..
+        } => {
+            let fail = |error: std::io::Error| {
+                Status::internal(format!(
+                    "reading shuffle file {}: {error}",
+                    file.path.display()
+                ))
+            };
+            let mut reader = std::fs::File::open(&file.path).map_err(fail)?;
+            reader.seek(SeekFrom::Start(*offset)).map_err(fail)?;
+            let mut bytes = vec![0; *length as usize];
+            reader.read_exact(&mut bytes).map_err(fail)?;
+            Ok(bytes)
+        }
+    }
+}
+
+/// Splits an Arrow IPC stream into Flight messages (metadata + body), up
+/// to its end marker; the schema message is kept only when `keep_schema`.
+fn ipc_messages(stream: &[u8], keep_schema: bool) -> Result<Vec<FlightData>, Status> {
+    let corrupt = |what: &str| Status::data_loss(format!("corrupt shuffle segment: {what}"));
+    let mut messages = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let word = |at: usize| -> Result<u32, Status> {
+            let bytes = stream
+                .get(at..at + 4)
+                .ok_or_else(|| corrupt("truncated length"))?;
+            Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        };
+        let mut length = word(at)?;
+        at += 4;
+        if length == 0xFFFF_FFFF {
+            length = word(at)?;
+            at += 4;
+        }
+        if length == 0 {
+            return Ok(messages); // End-of-stream marker.
+        }
+        let metadata = stream
+            .get(at..at + length as usize)
+            .ok_or_else(|| corrupt("truncated metadata"))?;
+        at += length as usize;
+        let message =
+            arrow::ipc::root_as_message(metadata).map_err(|error| corrupt(&error.to_string()))?;
+        let body_length =
+            usize::try_from(message.bodyLength()).map_err(|_| corrupt("negative body"))?;
+        let body = stream
+            .get(at..at + body_length)
+            .ok_or_else(|| corrupt("truncated body"))?;
+        at += body_length;
+        if message.header_type() == arrow::ipc::MessageHeader::Schema && !keep_schema {
+            continue;
+        }
+        messages.push(FlightData {
+            flight_descriptor: None,
+            data_header: prost::bytes::Bytes::copy_from_slice(metadata),
+            app_metadata: prost::bytes::Bytes::new(),
+            data_body: prost::bytes::Bytes::copy_from_slice(body),
+        });
+    }
 }
