@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::common::JoinType;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{
     replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
 };
@@ -81,21 +82,9 @@ impl Planner {
         let Some(mut plan) = self.engine.plan_statement(&request.sql, partitions).await? else {
             return Ok(Planned::CatalogChange);
         };
+        // See `coordinating_join`: such joins become independent per task.
         if coordinating_join(&plan).is_some() {
-            // Plan every join partitioned instead; see `coordinating_join`.
-            plan = self
-                .engine
-                .plan_statement_with(&request.sql, partitions, |options| {
-                    options.optimizer.hash_join_single_partition_threshold = 0;
-                    options.optimizer.hash_join_single_partition_threshold_rows = 0;
-                })
-                .await?
-                .ok_or_else(|| EngineError::Internal {
-                    message: "a query re-planned as DDL".into(),
-                })?;
-            // What is left (nested loop joins) runs its probe side as one
-            // partition.
-            plan = single_probe_partition(plan)?;
+            plan = independent_joins(plan)?;
         }
         // Uncorrelated scalar subqueries and recursive CTEs run here, before
         // the job is cut into stages.
@@ -116,29 +105,61 @@ impl Planner {
     }
 }
 
-/// Gives every join that `coordinating_join` flags a single probe
-/// partition, so one task sees all of them.
-fn single_probe_partition(
-    plan: Arc<dyn ExecutionPlan>,
-) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+/// Rewrites every join that `coordinating_join` flags so each probe
+/// partition can run alone: a hash join becomes a partitioned hash join
+/// (both sides hash-repartitioned on the join keys, so each task builds
+/// from its own share), other joins, and null-aware anti joins (whose
+/// answer depends on any NULL in the whole build side), get a single probe
+/// partition.
+fn independent_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
     let children = plan
         .children()
         .into_iter()
-        .map(|child| single_probe_partition(Arc::clone(child)))
+        .map(|child| independent_joins(Arc::clone(child)))
         .collect::<Result<Vec<_>, _>>()?;
     let plan = replace_children_if_necessary(plan, children)?;
-    let flagged = coordinating_join(&plan).is_some()
-        && plan
+    if coordinating_join(&plan).is_none()
+        || plan
             .children()
             .iter()
-            .all(|child| coordinating_join(child).is_none());
-    if !flagged {
+            .any(|child| coordinating_join(child).is_some())
+    {
         return Ok(plan);
+    }
+    if let Some(join) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<HashJoinExec>() {
+        if !join.null_aware {
+            return Ok(partitioned(join)?);
+        }
     }
     let children = plan.children();
     let (left, right) = (Arc::clone(children[0]), Arc::clone(children[1]));
     let right: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(right));
     Ok(replace_children_if_necessary(plan, vec![left, right])?)
+}
+
+/// `join` as a partitioned hash join with as many partitions as its probe.
+fn partitioned(join: &HashJoinExec) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    let partitions = join.right().output_partitioning().partition_count();
+    // The build side was merged into one partition for broadcasting.
+    let left = match (join.left().as_ref() as &dyn std::any::Any)
+        .downcast_ref::<CoalescePartitionsExec>()
+    {
+        Some(coalesce) => Arc::clone(coalesce.input()),
+        None => Arc::clone(join.left()),
+    };
+    let (left_keys, right_keys): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
+    let left: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+        left,
+        Partitioning::Hash(left_keys, partitions),
+    )?);
+    let right: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+        Arc::clone(join.right()),
+        Partitioning::Hash(right_keys, partitions),
+    )?);
+    join.builder()
+        .with_partition_mode(PartitionMode::Partitioned)
+        .with_new_children(vec![left, right])?
+        .build_exec()
 }
 
 /// A join whose build side is shared by several probe partitions and which
