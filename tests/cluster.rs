@@ -29,7 +29,16 @@ impl LocalCluster {
     }
 
     pub async fn start_with_env(workers: usize, slots: usize, env: &[(&str, &str)]) -> Self {
-        let (child, master) = spawn_local_cluster(workers, slots, env);
+        Self::start_with(workers, slots, env, &[]).await
+    }
+
+    pub async fn start_with(
+        workers: usize,
+        slots: usize,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
+        let (child, master) = spawn_local_cluster(workers, slots, env, args);
         let cluster = Self { child, master };
         cluster.wait_for_workers(workers).await;
         cluster
@@ -76,10 +85,16 @@ impl Drop for LocalCluster {
 
 /// Starts `tone local-cluster` in its own process group and returns it
 /// with the master URL from its first line.
-fn spawn_local_cluster(workers: usize, slots: usize, env: &[(&str, &str)]) -> (Child, String) {
+fn spawn_local_cluster(
+    workers: usize,
+    slots: usize,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Child, String) {
     let mut child = tone()
         .envs(env.iter().copied())
         .args(["local-cluster", "--port", "0"])
+        .args(args)
         .args([
             "--workers",
             &workers.to_string(),
@@ -532,7 +547,7 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
 fn local_cluster_stops_on_ctrl_c_and_removes_its_work_dirs() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let tmpdir = tmp.path().to_str().expect("utf-8");
-    let (mut child, master) = spawn_local_cluster(2, 1, &[("TMPDIR", tmpdir)]);
+    let (mut child, master) = spawn_local_cluster(2, 1, &[("TMPDIR", tmpdir)], &[]);
     assert!(master.starts_with("http://127.0.0.1:"), "{master}");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
@@ -590,4 +605,56 @@ async fn a_panicking_task_fails_its_job_with_the_panic_and_the_workers_stay_up()
         .await
         .expect("next job runs");
     assert_eq!(rows.iter().map(|batch| batch.num_rows()).sum::<usize>(), 1);
+}
+
+/// The local cluster's worker processes.
+fn worker_pids(cluster: &LocalCluster) -> Vec<String> {
+    let output = Command::new("pgrep")
+        .args([
+            "-P",
+            &cluster.child.id().to_string(),
+            "-f",
+            "worker --coordinator",
+        ])
+        .output()
+        .expect("pgrep runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_is_dropped_after_the_heartbeat_timeout_and_rejoins_when_thawed() {
+    let cluster = LocalCluster::start_with(2, 1, &[], &["--heartbeat-timeout-ms", "1500"]).await;
+    let client = cluster.client().await;
+    let pids = worker_pids(&cluster);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let _ = Command::new("kill").args(["-STOP", &pids[0]]).status();
+    let frozen = Instant::now();
+    wait_until(|| async {
+        client
+            .workers()
+            .await
+            .map(|w| w.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    let detected = frozen.elapsed();
+    // Jobs go on with the live worker meanwhile.
+    let rows = run(&client, "select count(*) as n from nation", 1).await;
+    let _ = Command::new("kill").args(["-CONT", &pids[0]]).status();
+    assert!(
+        detected < Duration::from_secs(8),
+        "took {detected:?} to notice"
+    );
+    assert_eq!(rows.expect("runs on the live worker")[0].num_rows(), 1);
+    wait_until(|| async {
+        client
+            .workers()
+            .await
+            .map(|w| w.len() == 2)
+            .unwrap_or(false)
+    })
+    .await;
 }

@@ -17,6 +17,7 @@ mod service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tone_proto::v1::jobs_server::JobsServer;
@@ -32,6 +33,8 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     /// Durable job and catalog state; in memory when unset.
     pub state_dir: Option<PathBuf>,
+    /// A worker silent for this long is taken as lost.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -40,6 +43,7 @@ impl Default for CoordinatorConfig {
             // The literal is a valid socket address.
             listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN parses"),
             state_dir: None,
+            heartbeat_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +82,7 @@ pub async fn bind(
 
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(
+    config: &CoordinatorConfig,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
@@ -86,7 +91,7 @@ pub async fn serve(
             reason: error.to_string(),
         })?,
     );
-    let events = scheduler::spawn();
+    let events = scheduler::spawn(config.heartbeat_timeout);
     let jobs = service::JobsService::new(events.clone(), planner);
     let control = service::ControlService::new(events);
     tracing::info!(address = ?listener.local_addr().ok(), "coordinator listening");

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
@@ -28,12 +28,16 @@ pub type EventSender = mpsc::Sender<Event>;
 pub enum Event {
     WorkerJoined {
         worker_id: String,
+        /// Distinguishes a worker's sessions: a reconnecting worker keeps
+        /// its id, and the end of its old session must not end the new one.
+        session: u64,
         address: String,
         slots: usize,
         outbox: Outbox,
     },
     WorkerLeft {
         worker_id: String,
+        session: u64,
     },
     Heartbeat {
         worker_id: String,
@@ -70,6 +74,8 @@ pub enum Event {
     ListWorkers {
         reply: oneshot::Sender<Vec<pb::WorkerInfo>>,
     },
+    /// Time passes: look for workers whose heartbeats stopped.
+    Tick,
 }
 
 impl Event {
@@ -86,15 +92,32 @@ impl Event {
             Event::Watch { .. } => "watch",
             Event::ListJobs { .. } => "list_jobs",
             Event::ListWorkers { .. } => "list_workers",
+            Event::Tick => "tick",
         }
     }
 }
 
 /// Starts the event loop; it runs until every sender is dropped.
-pub fn spawn() -> EventSender {
+pub fn spawn(heartbeat_timeout: Duration) -> EventSender {
     let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
-    tokio::spawn(Scheduler::default().run(receiver));
+    let scheduler = Scheduler {
+        heartbeat_timeout,
+        ..Scheduler::default()
+    };
+    tokio::spawn(scheduler.run(receiver));
+    tokio::spawn(ticks(sender.clone(), heartbeat_timeout));
     sender
+}
+
+/// Wakes the loop regularly so silent workers are noticed; stops with it.
+async fn ticks(events: EventSender, heartbeat_timeout: Duration) {
+    let period = (heartbeat_timeout / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(period).await;
+        if events.send(Event::Tick).await.is_err() {
+            return;
+        }
+    }
 }
 
 struct Worker {
@@ -104,6 +127,7 @@ struct Worker {
     tasks_done: u64,
     outbox: Outbox,
     last_seen: Instant,
+    session: u64,
 }
 
 #[derive(Clone, PartialEq)]
@@ -210,12 +234,16 @@ struct Scheduler {
     jobs: Vec<Job>,
     /// Where the round robin over jobs resumes.
     cursor: usize,
+    heartbeat_timeout: Duration,
 }
 
 impl Scheduler {
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         while let Some(event) = events.recv().await {
-            if !matches!(event, Event::Heartbeat { .. } | Event::Watch { .. }) {
+            if !matches!(
+                event,
+                Event::Heartbeat { .. } | Event::Watch { .. } | Event::Tick
+            ) {
                 tracing::debug!(event = event.name(), "scheduler event");
             }
             self.handle(event);
@@ -227,6 +255,7 @@ impl Scheduler {
         match event {
             Event::WorkerJoined {
                 worker_id,
+                session,
                 address,
                 slots,
                 outbox,
@@ -241,10 +270,20 @@ impl Scheduler {
                         tasks_done: 0,
                         outbox,
                         last_seen: Instant::now(),
+                        session,
                     },
                 );
             }
-            Event::WorkerLeft { worker_id } => self.worker_left(&worker_id),
+            Event::WorkerLeft { worker_id, session } => {
+                let current = self
+                    .workers
+                    .get(&worker_id)
+                    .is_some_and(|worker| worker.session == session);
+                if current {
+                    self.worker_left(&worker_id);
+                }
+            }
+            Event::Tick => self.expire_silent_workers(),
             Event::Heartbeat { worker_id } => {
                 if let Some(worker) = self.workers.get_mut(&worker_id) {
                     worker.last_seen = Instant::now();
@@ -461,6 +500,19 @@ impl Scheduler {
             };
             // A full outbox means a stuck worker; its session ends soon.
             let _ = worker.outbox.try_send(Ok(cancel));
+        }
+    }
+
+    fn expire_silent_workers(&mut self) {
+        let silent: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, worker)| worker.last_seen.elapsed() > self.heartbeat_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for worker_id in silent {
+            tracing::warn!(%worker_id, timeout_ms = self.heartbeat_timeout.as_millis() as u64, "no heartbeat");
+            self.worker_left(&worker_id);
         }
     }
 

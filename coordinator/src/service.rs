@@ -16,6 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::planner::{Planned, Planner};
 use crate::scheduler::{Event, EventSender};
 
+/// Numbers worker sessions, see `Event::WorkerJoined`.
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Bound on messages waiting to go to one worker.
 const WORKER_OUTBOX_CAPACITY: usize = 1024;
 
@@ -235,8 +238,10 @@ impl WorkerControl for ControlService {
         }
         let (outbox, outbound) = mpsc::channel(WORKER_OUTBOX_CAPACITY);
         let worker_id = register.worker_id.clone();
+        let session = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let joined = Event::WorkerJoined {
             worker_id: worker_id.clone(),
+            session,
             address: register.flight_address,
             slots: register.slots as usize,
             outbox,
@@ -248,6 +253,7 @@ impl WorkerControl for ControlService {
         tokio::spawn(forward_worker_messages(
             inbound,
             worker_id,
+            session,
             self.events.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(outbound)))
@@ -258,6 +264,7 @@ impl WorkerControl for ControlService {
 async fn forward_worker_messages(
     mut inbound: Streaming<pb::WorkerMessage>,
     worker_id: String,
+    session: u64,
     events: EventSender,
 ) {
     loop {
@@ -279,5 +286,5 @@ async fn forward_worker_messages(
             return;
         }
     }
-    let _ = events.send(Event::WorkerLeft { worker_id }).await;
+    let _ = events.send(Event::WorkerLeft { worker_id, session }).await;
 }

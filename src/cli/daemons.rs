@@ -20,6 +20,9 @@ pub struct CoordinatorArgs {
     /// Folder for durable job and catalog state.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// A worker without a heartbeat for this long is taken as lost.
+    #[arg(long, default_value_t = 10_000)]
+    pub heartbeat_timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -82,19 +85,23 @@ pub struct LocalClusterArgs {
     /// Compression of the workers' shuffle files.
     #[arg(long, value_enum, default_value = "lz4")]
     pub shuffle_compression: ShuffleCompression,
+    /// The coordinator's heartbeat timeout.
+    #[arg(long, default_value_t = 10_000)]
+    pub heartbeat_timeout_ms: u64,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     let config = CoordinatorConfig {
         listen: args.listen,
         state_dir: args.state_dir,
+        heartbeat_timeout: std::time::Duration::from_millis(args.heartbeat_timeout_ms.max(1)),
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
         .map_err(daemon_error)?;
     // The first stdout line tells scripts (and local-cluster) where we are.
     println!("coordinator: listening on {address}");
-    tone_coordinator::serve(listener, shutdown_signal())
+    tone_coordinator::serve(&config, listener, shutdown_signal())
         .await
         .map_err(daemon_error)
 }
@@ -190,6 +197,10 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             "coordinator",
             "--listen",
             &format!("127.0.0.1:{}", args.port),
+        ])
+        .args([
+            "--heartbeat-timeout-ms",
+            &args.heartbeat_timeout_ms.to_string(),
         ])
         .stdout(Stdio::piped())
         .spawn()
