@@ -392,6 +392,19 @@ async fn malformed_and_oversized_messages_are_refused_and_the_coordinator_stays_
     assert_eq!(rows[0].num_rows(), 1);
 }
 
+/// Runs `tone` with `args` (and `TONE_MASTER` when given), asserts success
+/// and returns stdout.
+fn tone_ok(master_env: Option<&str>, args: &[&str]) -> String {
+    let mut command = tone();
+    if let Some(master) = master_env {
+        command.env("TONE_MASTER", master);
+    }
+    let output = command.args(args).output().expect("tone runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tone {args:?}: {stderr}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_submit_jobs_status_workers_and_catalog() {
     let cluster = LocalCluster::start(2, 1).await;
@@ -399,72 +412,46 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
     let data = tpch_data().to_str().expect("utf-8");
     let dir = tempfile::tempdir().expect("temp dir");
     let script = dir.path().join("script.sql");
+    let region = tpch_data().join("region");
+    let ddl = format!(
+        "create external table regions stored as parquet location '{}';",
+        region.display()
+    );
     std::fs::write(
         &script,
-        format!(
-            "create external table regions stored as parquet location '{}';\n\
-             select r_name from regions order by r_name;",
-            tpch_data().join("region").display()
-        ),
+        format!("{ddl}\nselect r_name from regions order by r_name;"),
     )
     .expect("script");
-    let output = tone()
-        .args([
-            "submit",
-            "--master",
-            master,
-            "--format",
-            "csv",
-            script.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("submit runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let script = script.to_str().expect("utf-8");
+    let rows = tone_ok(
+        None,
+        &["submit", "--master", master, "--format", "csv", script],
     );
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        "r_name\nAFRICA\nAMERICA\nASIA\nEUROPE\nMIDDLE EAST\n"
-    );
+    assert_eq!(rows, "r_name\nAFRICA\nAMERICA\nASIA\nEUROPE\nMIDDLE EAST\n");
 
     // The external table stays in the coordinator's catalog for later jobs,
     // and TONE_MASTER selects the cluster.
-    let output = tone()
-        .env("TONE_MASTER", master)
-        .args([
+    let count = tone_ok(
+        Some(master),
+        &[
             "sql",
             "--format",
             "csv",
             "select count(*) as n from regions",
-        ])
-        .output()
-        .expect("sql runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "n\n5\n");
+    assert_eq!(count, "n\n5\n");
 
     let query = dir.path().join("query.sql");
     std::fs::write(&query, "select count(*) from nation;").expect("query file");
-    let output = tone()
-        .args(["submit", "--master", master, "--detach", "--data", data])
-        .arg(query.to_str().expect("utf-8"))
-        .output()
-        .expect("detached submit");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let query = query.to_str().expect("utf-8");
+    let detached = tone_ok(
+        None,
+        &[
+            "submit", "--master", master, "--detach", "--data", data, query,
+        ],
     );
-    let job_id = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .expect("a job id")
-        .to_string();
+    let job_id = detached.lines().last().expect("a job id").to_string();
     assert!(job_id.starts_with("job-"), "{job_id}");
     let client = cluster.client().await;
     client
@@ -472,68 +459,37 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
         .await
         .expect("detached job finishes");
 
-    let status = tone()
-        .args(["status", "--master", master, &job_id])
-        .output()
-        .expect("status");
-    let text = String::from_utf8_lossy(&status.stdout);
+    let status = tone_ok(None, &["status", "--master", master, &job_id]);
     assert!(
-        text.contains("succeeded") && text.contains(&job_id),
-        "{text}"
+        status.contains("succeeded") && status.contains(&job_id),
+        "{status}"
     );
-    let jobs = tone()
-        .args(["jobs", "--master", master])
-        .output()
-        .expect("jobs");
-    let text = String::from_utf8_lossy(&jobs.stdout);
+    let jobs = tone_ok(None, &["jobs", "--master", master]);
     assert!(
-        text.lines().count() >= 4 && text.contains(&job_id),
-        "{text}"
+        jobs.lines().count() >= 4 && jobs.contains(&job_id),
+        "{jobs}"
     );
-    let workers = tone()
-        .args(["workers", "--master", master])
-        .output()
-        .expect("workers");
-    let text = String::from_utf8_lossy(&workers.stdout);
-    assert_eq!(text.lines().count(), 2, "{text}");
-    assert!(
-        text.lines()
-            .all(|line| line.contains("127.0.0.1:") && line.contains("slots=1")),
-        "{text}"
-    );
+    let workers = tone_ok(None, &["workers", "--master", master]);
+    assert_eq!(workers.lines().count(), 2, "{workers}");
+    let described = |line: &str| line.contains("127.0.0.1:") && line.contains("slots=1");
+    assert!(workers.lines().all(described), "{workers}");
 
     let url = format!("nations=file://{}/", tpch_data().join("nation").display());
-    let output = tone()
-        .args([
-            "sql", "--master", master, "--format", "csv", "--table", &url,
-        ])
-        .arg("select count(*) as n from nations where n_regionkey = 1")
-        .output()
-        .expect("sql over a URL table runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let sql = "select count(*) as n from nations where n_regionkey = 1";
+    let count = tone_ok(
+        None,
+        &[
+            "sql", "--master", master, "--format", "csv", "--table", &url, sql,
+        ],
     );
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "n\n5\n");
+    assert_eq!(count, "n\n5\n");
 
-    let explained = tone()
-        .args([
-            "sql",
-            "--master",
-            master,
-            "--format",
-            "csv",
-            "explain select count(*) from regions",
-        ])
-        .output()
-        .expect("explain runs");
-    assert!(
-        explained.status.success(),
-        "{}",
-        String::from_utf8_lossy(&explained.stderr)
+    let explain = "explain select count(*) from regions";
+    let explained = tone_ok(
+        None,
+        &["sql", "--master", master, "--format", "csv", explain],
     );
-    assert!(String::from_utf8_lossy(&explained.stdout).contains("physical_plan"));
+    assert!(explained.contains("physical_plan"), "{explained}");
 
     let output = tone()
         .args(["sql", "--master", master, "select * from missing_table"])
