@@ -242,15 +242,20 @@ impl ClusterClient {
             return Ok(Vec::new());
         }
         let status = self.wait(&submitted.job_id, |_| {}).await?;
-        let batches = self
-            .results(&status)?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|error| ClusterError::Results {
-                message: error.to_string(),
-            })?;
+        let batches = match self.results(&status) {
+            Ok(stream) => {
+                stream
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|error| ClusterError::Results {
+                        message: error.to_string(),
+                    })
+            }
+            Err(error) => Err(error),
+        };
+        // The workers' copy of the result goes whether or not reading it worked.
         self.release(&submitted.job_id).await?;
-        Ok(batches)
+        batches
     }
 }
 

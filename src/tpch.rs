@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -162,7 +161,6 @@ fn write_csv(file: File, batches: Box<dyn RecordBatchIterator>) -> Result<(), St
         .with_header(true)
         .build(std::io::BufWriter::new(file));
     for batch in batches {
-        let batch: RecordBatch = batch;
         writer.write(&batch).map_err(|error| error.to_string())?;
     }
     Ok(())

@@ -253,6 +253,9 @@ fn bench_reports_both_engines_as_json() {
     assert!(tone_figures["total_median_s"].as_f64().expect("a number") > 0.0);
     assert_eq!(tone_figures["queries"]["q01"]["rows"], 4);
     assert_eq!(figures[1]["engine"], "datafusion");
+
+    let output = run_tone(&["bench", "tpch", "--data", data(), "--engine", "cluster"]);
+    assert_input_error(&output, &["--master"]);
 }
 
 #[test]

@@ -323,7 +323,8 @@ struct NotUtf8 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_oversized_messages_are_refused_and_the_coordinator_stays_up() {
-    let cluster = LocalCluster::start(1, 1).await;
+    // zstd shuffle files here (lz4 is the default everywhere else).
+    let cluster = LocalCluster::start_with(1, 1, &[], &["--shuffle-compression", "zstd"]).await;
     let malformed = raw_call(
         &cluster.master,
         "/tone.v1.Jobs/Submit",
@@ -475,6 +476,24 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
         ],
     );
     assert_eq!(count, "n\n5\n");
+
+    let json = dir.path().join("bench.json");
+    let json = json.to_str().expect("utf-8");
+    let bench = [
+        "bench", "tpch", "--master", master, "--engine", "cluster", "--data", data,
+    ];
+    tone_ok(
+        None,
+        &[
+            &bench[..],
+            &["--only", "q06", "--iterations", "1", "--json", json],
+        ]
+        .concat(),
+    );
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).expect("json written")).expect("valid JSON");
+    assert_eq!(figures["engine"], "cluster");
+    assert_eq!(figures["queries"]["q06"]["rows"], 1);
 
     let explain = "explain select count(*) from regions";
     let explained = tone_ok(

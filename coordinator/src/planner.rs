@@ -83,7 +83,7 @@ impl Planner {
             return Ok(Planned::CatalogChange);
         };
         // See `coordinating_join`: such joins become independent per task.
-        if coordinating_join(&plan).is_some() {
+        if has_coordinating_join(&plan) {
             plan = independent_joins(plan)?;
         }
         // Uncorrelated scalar subqueries and recursive CTEs run here, before
@@ -118,12 +118,8 @@ fn independent_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPl
         .map(|child| independent_joins(Arc::clone(child)))
         .collect::<Result<Vec<_>, _>>()?;
     let plan = replace_children_if_necessary(plan, children)?;
-    if coordinating_join(&plan).is_none()
-        || plan
-            .children()
-            .iter()
-            .any(|child| coordinating_join(child).is_some())
-    {
+    // Children are already rewritten, so only this operator can be one.
+    if !coordinating_join(&plan) {
         return Ok(plan);
     }
     if let Some(join) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<HashJoinExec>() {
@@ -167,7 +163,7 @@ fn partitioned(join: &HashJoinExec) -> datafusion::error::Result<Arc<dyn Executi
 /// matches across all the probe partitions of its plan instance and the last
 /// one to finish emits the rest. Cluster tasks run separate instances, so
 /// such a join would emit nothing or too much.
-fn coordinating_join(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+fn coordinating_join(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let any = plan.as_ref() as &dyn std::any::Any;
     let emits_unmatched_build_rows = |join_type: &JoinType| {
         matches!(
@@ -182,18 +178,16 @@ fn coordinating_join(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
     if let Some(join) = any.downcast_ref::<HashJoinExec>() {
         let shared_build = *join.partition_mode() == PartitionMode::CollectLeft;
         let probes = join.right().output_partitioning().partition_count();
-        if shared_build && probes > 1 && emits_unmatched_build_rows(join.join_type()) {
-            return Some(format!(
-                "HashJoinExec ({:?}, CollectLeft)",
-                join.join_type()
-            ));
-        }
+        return shared_build && probes > 1 && emits_unmatched_build_rows(join.join_type());
     }
     if let Some(join) = any.downcast_ref::<NestedLoopJoinExec>() {
         let probes = join.right().output_partitioning().partition_count();
-        if probes > 1 && emits_unmatched_build_rows(join.join_type()) {
-            return Some(format!("NestedLoopJoinExec ({:?})", join.join_type()));
-        }
+        return probes > 1 && emits_unmatched_build_rows(join.join_type());
     }
-    plan.children().into_iter().find_map(coordinating_join)
+    false
+}
+
+/// True when `plan` or any operator below it is a `coordinating_join`.
+fn has_coordinating_join(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    coordinating_join(plan) || plan.children().into_iter().any(has_coordinating_join)
 }

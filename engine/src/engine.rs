@@ -143,18 +143,16 @@ impl Engine {
         Ok(last)
     }
 
-    /// Plans a single SQL query into DataFusion's physical plan.
+    /// Plans a single SQL query into DataFusion's physical plan, with this
+    /// engine's partitions per stage.
     pub async fn physical_plan(&self, sql: &str) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut statements = self.parse(sql)?;
-        if statements.len() != 1 {
-            return Err(EngineError::Plan {
-                message: format!("expected one statement, found {}", statements.len()),
-            });
-        }
-        let statement = statements.remove(0);
-        let plan = self.context.state().statement_to_plan(statement).await?;
-        let frame = self.context.execute_logical_plan(plan).await?;
-        Ok(frame.create_physical_plan().await?)
+        let partitions = self.context.state().config().target_partitions();
+        self.plan_statement(sql, partitions)
+            .await?
+            .ok_or_else(|| EngineError::Plan {
+                message: "the statement changes the catalog or a setting; it has no plan to show"
+                    .into(),
+            })
     }
 
     /// Plans one statement with `partitions` per stage. DDL and settings run
@@ -165,17 +163,6 @@ impl Engine {
         sql: &str,
         partitions: usize,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        self.plan_statement_with(sql, partitions, |_| {}).await
-    }
-
-    /// [`Engine::plan_statement`] with session options adjusted for this
-    /// statement only.
-    pub async fn plan_statement_with(
-        &self,
-        sql: &str,
-        partitions: usize,
-        configure: impl FnOnce(&mut datafusion::config::ConfigOptions),
-    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let mut statements = self.parse(sql)?;
         if statements.len() != 1 {
             return Err(EngineError::Plan {
@@ -184,7 +171,6 @@ impl Engine {
         }
         let mut state = self.context.state();
         state.config_mut().options_mut().execution.target_partitions = partitions.max(1);
-        configure(state.config_mut().options_mut());
         let plan = state.statement_to_plan(statements.remove(0)).await?;
         match plan {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {

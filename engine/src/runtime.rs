@@ -25,14 +25,6 @@ use crate::ids::{JobId, StageId};
 use crate::shuffle::{ShuffleStore, ShuffleWriteSummary, ShuffleWriterExec};
 use crate::stage::{Stage, StageDag};
 
-/// Figures from one finished stage.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StageReport {
-    pub stage_id: Option<StageId>,
-    pub tasks: usize,
-    pub written: ShuffleWriteSummary,
-}
-
 /// Runs `dag` and streams the final stage's output. Intermediate stages run
 /// to completion first; the final stage runs as the stream is polled.
 /// The job's shuffle data is released when the stream is dropped.
@@ -65,12 +57,11 @@ async fn run_map_stages(
     dag: &StageDag,
     store: &Arc<dyn ShuffleStore>,
     context: &Arc<TaskContext>,
-) -> Result<Vec<StageReport>> {
+) -> Result<()> {
     let map_stages = &dag.stages[..dag.stages.len() - 1];
     let mut done: HashSet<StageId> = HashSet::new();
     let mut started: HashSet<StageId> = HashSet::new();
     let mut running = FuturesUnordered::new();
-    let mut reports = Vec::new();
     loop {
         for stage in map_stages {
             let ready = stage.inputs.iter().all(|input| done.contains(input));
@@ -81,11 +72,7 @@ async fn run_map_stages(
         let Some(finished) = running.next().await else {
             break;
         };
-        let report = finished?;
-        if let Some(id) = report.stage_id {
-            done.insert(id);
-        }
-        reports.push(report);
+        done.insert(finished?);
         release_consumed(dag, &done, store.as_ref());
     }
     if done.len() != map_stages.len() {
@@ -93,7 +80,7 @@ async fn run_map_stages(
             "stage DAG has a cycle or a missing input",
         ));
     }
-    Ok(reports)
+    Ok(())
 }
 
 /// Frees the outputs of stages whose consumers have all finished.
@@ -111,7 +98,7 @@ fn release_consumed(dag: &StageDag, done: &HashSet<StageId>, store: &dyn Shuffle
     }
 }
 
-async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageReport> {
+async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageId> {
     let started = std::time::Instant::now();
     let plan = round_trip(&stage.plan, &context)?;
     let tasks = plan.output_partitioning().partition_count();
@@ -144,11 +131,7 @@ async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageR
         elapsed_ms = started.elapsed().as_millis() as u64,
         "stage done"
     );
-    Ok(StageReport {
-        stage_id: Some(stage.id),
-        tasks,
-        written,
-    })
+    Ok(stage.id)
 }
 
 fn join_error(stage: StageId, error: tokio::task::JoinError) -> EngineError {

@@ -12,7 +12,7 @@ use tone_engine::session::register_data_dir;
 use tone_engine::{Engine, EngineConfig, EngineError};
 
 use super::CliError;
-use crate::cluster::{tables_in_dir, ClusterClient, TableRef};
+use crate::cluster::{tables_in_dir, ClusterClient};
 use crate::tpch::QUERIES;
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +82,11 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
     if args.iterations == 0 {
         return Err(CliError::Usage("--iterations must be at least 1".into()));
     }
+    if args.master.is_none() && args.engines.contains(&EngineKind::Cluster) {
+        return Err(CliError::Usage(
+            "--engine cluster needs --master URL".into(),
+        ));
+    }
     let queries = load_queries(args.queries.as_deref(), &args.only)?;
     let mut all = Vec::new();
     for engine in &args.engines {
@@ -90,14 +95,10 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
             queries.len(),
             args.iterations
         );
+        // A cluster engine without --master was refused above.
         let runner = match (&args.master, engine) {
             (Some(master), EngineKind::Cluster) => {
                 Runner::cluster(master, &args.data, args.partitions).await?
-            }
-            (None, EngineKind::Cluster) => {
-                return Err(CliError::Usage(
-                    "--engine cluster needs --master URL".into(),
-                ))
             }
             _ => Runner::new(*engine, &args.data, args.partitions).await?,
         };
@@ -144,9 +145,9 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
 enum Runner {
     Tone(Engine),
     DataFusion(SessionContext),
+    /// Tables are registered once when the runner starts.
     Cluster {
         client: ClusterClient,
-        tables: Vec<TableRef>,
         partitions: usize,
     },
 }
@@ -166,7 +167,6 @@ impl Runner {
         client.sql("select 1", &tables, 1).await?;
         Ok(Self::Cluster {
             client,
-            tables: Vec::new(),
             partitions: partitions.unwrap_or(0),
         })
     }
@@ -200,12 +200,8 @@ impl Runner {
         let batches = match self {
             Runner::Tone(engine) => engine.sql(sql).await?,
             Runner::DataFusion(context) => context.sql(sql).await?.collect().await?,
-            Runner::Cluster {
-                client,
-                tables,
-                partitions,
-            } => client
-                .sql(sql, tables, *partitions)
+            Runner::Cluster { client, partitions } => client
+                .sql(sql, &[], *partitions)
                 .await
                 .map_err(|error| EngineError::Execution {
                     message: error.to_string(),

@@ -108,22 +108,19 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
 
 pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
     let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
-    let temporary = match &args.work_dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
+    // Kept alive until the worker stops; a temporary work dir goes with it.
+    let (work_dir, _temporary) = match &args.work_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new()
                 .prefix("tone-worker-")
                 .tempdir()
                 .map_err(|source| CliError::Io {
                     context: "creating the work dir".into(),
                     source,
-                })?,
-        ),
-    };
-    let work_dir = match (&args.work_dir, &temporary) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(dir)) => dir.path().to_path_buf(),
-        (None, None) => unreachable!("one of the two is set above"),
+                })?;
+            (dir.path().to_path_buf(), Some(dir))
+        }
     };
     let config = WorkerConfig {
         coordinator_url: args.coordinator,

@@ -1,11 +1,9 @@
 //! `tone explain`: print the stage DAG of a query.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use tone_engine::render_dag;
 
-use super::sql::read_sql;
+use super::sql::SqlSource;
 use super::tables::TableArgs;
 use super::CliError;
 
@@ -16,21 +14,12 @@ use super::CliError;
 pub struct ExplainArgs {
     #[command(flatten)]
     pub tables: TableArgs,
-    /// Read the query from FILE.
-    #[arg(
-        short = 'f',
-        long = "file",
-        value_name = "FILE",
-        conflicts_with = "query"
-    )]
-    pub file: Option<PathBuf>,
-    /// The query to explain.
-    #[arg(allow_hyphen_values = true)]
-    pub query: Option<String>,
+    #[command(flatten)]
+    pub source: SqlSource,
 }
 
 pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
-    let sql = read_sql(args.file.as_deref(), args.query.as_deref())?;
+    let sql = args.source.read()?;
     let engine = args.tables.engine().await?;
     let plan = engine.physical_plan(&sql).await?;
     let dag = engine.stage_dag(plan)?;

@@ -1,6 +1,6 @@
 //! `tone sql`: run SQL statements from the command line or a file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
@@ -18,7 +18,20 @@ use super::CliError;
 pub struct SqlArgs {
     #[command(flatten)]
     pub tables: TableArgs,
-    /// Read statements from FILE (several may be separated by ';').
+    #[command(flatten)]
+    pub source: SqlSource,
+    /// Output format of result rows.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Run on the cluster whose coordinator is at URL [default: embedded].
+    #[arg(long, env = "TONE_MASTER", value_name = "URL")]
+    pub master: Option<String>,
+}
+
+/// Where the SQL comes from: `-f FILE` or the QUERY argument.
+#[derive(Debug, Args)]
+pub struct SqlSource {
+    /// Read the SQL from FILE (several statements may be separated by ';').
     #[arg(
         short = 'f',
         long = "file",
@@ -26,40 +39,35 @@ pub struct SqlArgs {
         conflicts_with = "query"
     )]
     pub file: Option<PathBuf>,
-    /// Output format of result rows.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: OutputFormat,
-    /// Run on the cluster whose coordinator is at URL [default: embedded].
-    #[arg(long, env = "TONE_MASTER", value_name = "URL")]
-    pub master: Option<String>,
-    /// The SQL to run (several statements may be separated by ';').
+    /// The SQL (several statements may be separated by ';').
     #[arg(allow_hyphen_values = true)]
     pub query: Option<String>,
 }
 
+impl SqlSource {
+    pub fn read(&self) -> Result<String, CliError> {
+        match (&self.file, &self.query) {
+            (Some(file), _) => std::fs::read_to_string(file).map_err(|error| {
+                CliError::Usage(format!(
+                    "cannot read SQL file '{}': {error}",
+                    file.display()
+                ))
+            }),
+            (None, Some(query)) => Ok(query.clone()),
+            (None, None) => Err(CliError::Usage(
+                "give a query or -f FILE (see --help)".into(),
+            )),
+        }
+    }
+}
+
 pub async fn run(args: SqlArgs) -> Result<(), CliError> {
-    let sql = read_sql(args.file.as_deref(), args.query.as_deref())?;
+    let sql = args.source.read()?;
     if let Some(master) = &args.master {
         return super::remote::run_script(master, &args.tables, &sql, args.format, false).await;
     }
     let engine = args.tables.engine().await?;
     run_script(&engine, &sql, args.format).await
-}
-
-/// The SQL text from `-f FILE` or the QUERY argument.
-pub fn read_sql(file: Option<&Path>, query: Option<&str>) -> Result<String, CliError> {
-    match (file, query) {
-        (Some(file), _) => std::fs::read_to_string(file).map_err(|error| {
-            CliError::Usage(format!(
-                "cannot read SQL file '{}': {error}",
-                file.display()
-            ))
-        }),
-        (None, Some(query)) => Ok(query.to_string()),
-        (None, None) => Err(CliError::Usage(
-            "give a query or -f FILE (see --help)".into(),
-        )),
-    }
 }
 
 /// Runs each statement of `sql` in order, printing the rows of those that

@@ -30,7 +30,6 @@ impl RemoteShuffle for FlightRemote {
         };
         // Nothing is fetched until the stream is polled.
         futures::stream::once(async move { pool.fetch(&address, &ticket).await })
-            .map_ok(|batches| batches)
             .try_flatten()
             .map_err(|error| EngineError::Execution {
                 message: error.to_string(),
