@@ -73,6 +73,7 @@ pub struct TableRef {
 pub struct ClusterClient {
     jobs: JobsClient<Channel>,
     flight: FlightPool,
+    job_timeout: Option<std::time::Duration>,
 }
 
 impl ClusterClient {
@@ -94,7 +95,15 @@ impl ClusterClient {
         Ok(Self {
             jobs,
             flight: FlightPool::default(),
+            job_timeout: None,
         })
+    }
+
+    /// Every job this client submits fails when it runs longer than
+    /// `timeout` (checked by the coordinator).
+    pub fn with_job_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.job_timeout = timeout;
+        self
     }
 
     /// Submits one SQL statement; returns its job id and whether it has
@@ -115,6 +124,9 @@ impl ClusterClient {
                 })
                 .collect(),
             partitions: partitions as u32,
+            timeout_ms: self
+                .job_timeout
+                .map_or(0, |timeout| timeout.as_millis().max(1) as u64),
         };
         Ok(self.jobs.clone().submit(request).await?.into_inner())
     }

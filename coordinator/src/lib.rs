@@ -10,14 +10,16 @@
 //!   that holds the task's input), status is published on watch channels.
 //! - `service`: the gRPC services, translating messages to events.
 
+mod file_groups;
 mod planner;
 mod scheduler;
 mod service;
 
+pub use scheduler::SchedulerConfig;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tone_proto::v1::jobs_server::JobsServer;
@@ -33,8 +35,8 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     /// Durable job and catalog state; in memory when unset.
     pub state_dir: Option<PathBuf>,
-    /// A worker silent for this long is taken as lost.
-    pub heartbeat_timeout: Duration,
+    /// Heartbeat timeout, task attempts, grace without workers.
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -43,7 +45,7 @@ impl Default for CoordinatorConfig {
             // The literal is a valid socket address.
             listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN parses"),
             state_dir: None,
-            heartbeat_timeout: Duration::from_secs(10),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -91,7 +93,7 @@ pub async fn serve(
             reason: error.to_string(),
         })?,
     );
-    let events = scheduler::spawn(config.heartbeat_timeout);
+    let events = scheduler::spawn(config.scheduler.clone());
     let jobs = service::JobsService::new(events.clone(), planner);
     let control = service::ControlService::new(events);
     tracing::info!(address = ?listener.local_addr().ok(), "coordinator listening");

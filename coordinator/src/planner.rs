@@ -79,9 +79,10 @@ impl Planner {
                 .await?;
             registered.insert(table.name.clone(), table.path.clone());
         }
-        let Some(mut plan) = self.engine.plan_statement(&request.sql, partitions).await? else {
+        let Some(plan) = self.engine.plan_statement(&request.sql, partitions).await? else {
             return Ok(Planned::CatalogChange);
         };
+        let mut plan = crate::file_groups::balance_file_groups(plan)?;
         // See `coordinating_join`: such joins become independent per task.
         if has_coordinating_join(&plan) {
             plan = independent_joins(plan)?;

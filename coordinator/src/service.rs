@@ -110,11 +110,14 @@ impl Jobs for JobsService {
             Planned::Job { dag, schema } => {
                 let id = job_id.clone();
                 let sql = request.sql.clone();
+                let timeout = (request.timeout_ms > 0)
+                    .then(|| std::time::Duration::from_millis(request.timeout_ms));
                 self.ask(|reply| Event::Submit {
                     job_id: id,
                     sql,
                     dag,
                     schema,
+                    timeout,
                     reply,
                 })
                 .await?;
@@ -273,7 +276,13 @@ async fn forward_worker_messages(
                 Some(pb::worker_message::Kind::Heartbeat(_)) => Event::Heartbeat {
                     worker_id: worker_id.clone(),
                 },
-                Some(pb::worker_message::Kind::TaskStatus(status)) => Event::TaskStatus { status },
+                Some(pb::worker_message::Kind::TaskStatus(status)) => Event::TaskStatus {
+                    worker_id: worker_id.clone(),
+                    status,
+                },
+                Some(pb::worker_message::Kind::Drain(_)) => Event::Drain {
+                    worker_id: worker_id.clone(),
+                },
                 Some(pb::worker_message::Kind::Register(_)) | None => continue,
             },
             Ok(None) => break,

@@ -46,6 +46,17 @@ pub enum EngineError {
     #[error("execution failed: {message}")]
     Execution { message: String },
 
+    /// A shuffle partition held by another process could not be read: the
+    /// process is gone or its output is. The map output has to be
+    /// recomputed (a scheduler's job), and the reading task retried.
+    #[error("cannot fetch stage {stage} map output {map} from {address}: {reason}")]
+    FetchFailed {
+        stage: u32,
+        map: u32,
+        address: String,
+        reason: String,
+    },
+
     /// Memory or disk ran out.
     #[error("resources exhausted: {message}")]
     ResourcesExhausted { message: String },

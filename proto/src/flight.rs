@@ -16,6 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 use crate::v1::ShuffleTicket;
 use crate::MAX_MESSAGE_BYTES;
 
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a fetch failed, with the address it was fetching from.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -46,7 +48,10 @@ impl FlightPool {
                 reason: error.to_string(),
             }
         })?;
+        // A frozen process still accepts TCP connections; do not wait on
+        // it forever.
         let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await
             .map_err(|error| FetchError::Connect {

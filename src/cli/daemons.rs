@@ -20,9 +20,44 @@ pub struct CoordinatorArgs {
     /// Folder for durable job and catalog state.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub failures: FailureArgs,
+}
+
+/// How the coordinator treats lost workers and failed tasks.
+#[derive(Debug, Clone, Args)]
+pub struct FailureArgs {
     /// A worker without a heartbeat for this long is taken as lost.
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_timeout_ms: u64,
+    /// Attempts of one task before its job fails.
+    #[arg(long, default_value_t = 4)]
+    pub max_task_attempts: u32,
+    /// A job that has work but no worker for this long fails.
+    #[arg(long, default_value_t = 30_000)]
+    pub no_worker_grace_ms: u64,
+}
+
+impl FailureArgs {
+    fn scheduler(&self) -> tone_coordinator::SchedulerConfig {
+        tone_coordinator::SchedulerConfig {
+            heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms.max(1)),
+            max_task_attempts: self.max_task_attempts.max(1),
+            no_worker_grace: std::time::Duration::from_millis(self.no_worker_grace_ms),
+            ..tone_coordinator::SchedulerConfig::default()
+        }
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        vec![
+            "--heartbeat-timeout-ms".into(),
+            self.heartbeat_timeout_ms.to_string(),
+            "--max-task-attempts".into(),
+            self.max_task_attempts.to_string(),
+            "--no-worker-grace-ms".into(),
+            self.no_worker_grace_ms.to_string(),
+        ]
+    }
 }
 
 #[derive(Debug, Args)]
@@ -85,16 +120,15 @@ pub struct LocalClusterArgs {
     /// Compression of the workers' shuffle files.
     #[arg(long, value_enum, default_value = "lz4")]
     pub shuffle_compression: ShuffleCompression,
-    /// The coordinator's heartbeat timeout.
-    #[arg(long, default_value_t = 10_000)]
-    pub heartbeat_timeout_ms: u64,
+    #[command(flatten)]
+    pub failures: FailureArgs,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     let config = CoordinatorConfig {
         listen: args.listen,
         state_dir: args.state_dir,
-        heartbeat_timeout: std::time::Duration::from_millis(args.heartbeat_timeout_ms.max(1)),
+        scheduler: args.failures.scheduler(),
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
@@ -129,9 +163,43 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
         work_dir,
         shuffle_compression: args.shuffle_compression.codec(),
     };
-    tone_worker::run(config, shutdown_signal())
+    // SIGTERM drains (finish running tasks, take no new ones); Ctrl-C, or
+    // a second SIGTERM, stops at once.
+    let (first_term, second_term) = terminate_signals();
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = second_term => {}
+        }
+    };
+    tone_worker::run(config, shutdown, first_term)
         .await
         .map_err(daemon_error)
+}
+
+/// Two futures: the first SIGTERM, and the second.
+fn terminate_signals() -> (
+    impl std::future::Future<Output = ()>,
+    impl std::future::Future<Output = ()>,
+) {
+    let (first_sender, first) = tokio::sync::oneshot::channel::<()>();
+    let (second_sender, second) = tokio::sync::oneshot::channel::<()>();
+    if let Ok(mut signal) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::spawn(async move {
+            signal.recv().await;
+            let _ = first_sender.send(());
+            signal.recv().await;
+            let _ = second_sender.send(());
+        });
+    }
+    let wait = |receiver: tokio::sync::oneshot::Receiver<()>| async move {
+        if receiver.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    (wait(first), wait(second))
 }
 
 fn daemon_error(error: impl std::fmt::Display) -> CliError {
@@ -195,10 +263,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             "--listen",
             &format!("127.0.0.1:{}", args.port),
         ])
-        .args([
-            "--heartbeat-timeout-ms",
-            &args.heartbeat_timeout_ms.to_string(),
-        ])
+        .args(args.failures.to_args())
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|source| CliError::Io {

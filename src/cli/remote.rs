@@ -30,8 +30,24 @@ pub struct SubmitArgs {
     /// Output format of result rows.
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
+    /// A job running longer than this many seconds fails.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// File of SQL statements separated by ';'.
     pub file: PathBuf,
+}
+
+/// `--timeout SECONDS`: a positive number of seconds.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!(
+            "the timeout must be a positive number of seconds, got {text}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(Debug, Args)]
@@ -95,40 +111,48 @@ fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
     Ok(tables)
 }
 
-/// Runs each statement of `sql` on the cluster in order and prints rows.
-pub async fn run_script(
-    master: &str,
-    tables: &TableArgs,
-    sql: &str,
-    format: OutputFormat,
-    show_progress: bool,
-) -> Result<(), CliError> {
-    let statements = parse_statements(sql)?;
-    let refs = table_refs(tables)?;
-    let client = ClusterClient::connect(master).await?;
-    let partitions = tables.partitions.unwrap_or(0);
-    for statement in statements {
-        let text = statement.to_string();
-        let submitted = client.submit(&text, &refs, partitions).await?;
-        if !submitted.has_results {
-            continue;
+/// How to run a script on a cluster.
+pub struct Script<'a> {
+    pub master: &'a str,
+    pub tables: &'a TableArgs,
+    pub format: OutputFormat,
+    pub show_progress: bool,
+    pub timeout: Option<Duration>,
+}
+
+impl Script<'_> {
+    /// Runs each statement of `sql` on the cluster in order and prints rows.
+    pub async fn run(&self, sql: &str) -> Result<(), CliError> {
+        let (format, show_progress) = (self.format, self.show_progress);
+        let statements = parse_statements(sql)?;
+        let refs = table_refs(self.tables)?;
+        let client = ClusterClient::connect(self.master)
+            .await?
+            .with_job_timeout(self.timeout);
+        let partitions = self.tables.partitions.unwrap_or(0);
+        for statement in statements {
+            let text = statement.to_string();
+            let submitted = client.submit(&text, &refs, partitions).await?;
+            if !submitted.has_results {
+                continue;
+            }
+            let progress = show_progress.then(progress_bar);
+            let status = client
+                .wait(&submitted.job_id, |status| {
+                    if let Some(bar) = &progress {
+                        show(bar, status);
+                    }
+                })
+                .await;
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+            }
+            let status = status?;
+            print_stream(client.results(&status)?, format).await?;
+            client.release(&submitted.job_id).await?;
         }
-        let progress = show_progress.then(progress_bar);
-        let status = client
-            .wait(&submitted.job_id, |status| {
-                if let Some(bar) = &progress {
-                    show(bar, status);
-                }
-            })
-            .await;
-        if let Some(bar) = progress {
-            bar.finish_and_clear();
-        }
-        let status = status?;
-        print_stream(client.results(&status)?, format).await?;
-        client.release(&submitted.job_id).await?;
+        Ok(())
     }
-    Ok(())
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
@@ -139,10 +163,19 @@ pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
         ))
     })?;
     if !args.detach {
-        return run_script(&args.master, &args.tables, &sql, args.format, true).await;
+        let script = Script {
+            master: &args.master,
+            tables: &args.tables,
+            format: args.format,
+            show_progress: true,
+            timeout: args.timeout,
+        };
+        return script.run(&sql).await;
     }
     let refs = table_refs(&args.tables)?;
-    let client = ClusterClient::connect(&args.master).await?;
+    let client = ClusterClient::connect(&args.master)
+        .await?
+        .with_job_timeout(args.timeout);
     for statement in parse_statements(&sql)? {
         let submitted = client
             .submit(
@@ -248,6 +281,20 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
     println!("elapsed:  {:.3}s", job.elapsed_s);
     if !job.error.is_empty() {
         println!("error:    {}", job.error);
+    }
+    for failure in &job.failures {
+        let kind = pb::ErrorKind::try_from(failure.kind)
+            .map(|kind| kind.as_str_name())
+            .unwrap_or("ERROR_KIND_UNSPECIFIED");
+        println!(
+            "failed:   stage {} task {} attempt {} on {}: {} {}",
+            failure.stage_id,
+            failure.partition,
+            failure.attempt,
+            failure.worker_id,
+            kind.trim_start_matches("ERROR_KIND_").to_lowercase(),
+            one_line(&failure.message, 200)
+        );
     }
     println!("sql:      {}", one_line(&job.sql, 200));
     Ok(())

@@ -26,6 +26,9 @@ pub struct SqlArgs {
     /// Run on the cluster whose coordinator is at URL [default: embedded].
     #[arg(long, env = "TONE_MASTER", value_name = "URL")]
     pub master: Option<String>,
+    /// On a cluster: a job running longer than this many seconds fails.
+    #[arg(long, value_name = "SECONDS", requires = "master", value_parser = super::remote::parse_timeout)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Where the SQL comes from: `-f FILE` or the QUERY argument.
@@ -64,7 +67,14 @@ impl SqlSource {
 pub async fn run(args: SqlArgs) -> Result<(), CliError> {
     let sql = args.source.read()?;
     if let Some(master) = &args.master {
-        return super::remote::run_script(master, &args.tables, &sql, args.format, false).await;
+        let script = super::remote::Script {
+            master,
+            tables: &args.tables,
+            format: args.format,
+            show_progress: false,
+            timeout: args.timeout,
+        };
+        return script.run(&sql).await;
     }
     let engine = args.tables.engine().await?;
     run_script(&engine, &sql, args.format).await

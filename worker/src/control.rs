@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use datafusion::prelude::SessionContext;
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleStore};
 use tone_engine::JobId;
 use tone_proto::v1::worker_control_client::WorkerControlClient;
-use tone_proto::v1::AssignTask;
-use tone_proto::v1::{coordinator_message, worker_message, Heartbeat, Register, WorkerMessage};
+use tone_proto::v1::{
+    coordinator_message, task_status, worker_message, AssignTask, Drain, ErrorKind, Heartbeat,
+    Register, TaskFailed, TaskKey, TaskStatus, WorkerMessage,
+};
 use tone_proto::{MAX_MESSAGE_BYTES, MAX_PLAN_BYTES};
 
 use crate::WorkerConfig;
@@ -25,100 +28,181 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(300);
 /// Bound on status messages waiting to go out.
 const OUTBOX_CAPACITY: usize = 1024;
 
-/// (job, stage, partition)
-type TaskId = (String, u32, u32);
+/// (job, stage, partition, attempt)
+type TaskId = (String, u32, u32, u32);
 type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 
+/// Keeps a session with the coordinator until `stop` resolves, or until
+/// `drain` turns true and the running tasks have finished.
 pub async fn run(
     config: WorkerConfig,
     address: String,
     session: SessionContext,
     store: Arc<LocalShuffleStore>,
     stop: impl std::future::Future<Output = ()>,
+    drain: watch::Receiver<bool>,
 ) {
     let worker_id = format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let worker = Session {
+        config: &config,
+        worker_id: &worker_id,
+        address: &address,
+        session: &session,
+        store: &store,
+    };
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            outcome = session_once(&config, &worker_id, &address, &session, &store) => {
+            outcome = worker.once(drain.clone()) => {
                 match outcome {
-                    Ok(()) => tracing::warn!("coordinator closed the session; reconnecting"),
+                    Ok(Ended::Drained) => return,
+                    Ok(Ended::ByCoordinator) => tracing::warn!("coordinator closed the session; reconnecting"),
                     Err(error) => tracing::warn!(%error, "coordinator session failed; reconnecting"),
                 }
             }
+        }
+        if *drain.borrow() {
+            return; // Nothing runs once the session is gone.
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
 
-async fn session_once(
-    config: &WorkerConfig,
-    worker_id: &str,
-    address: &str,
-    session: &SessionContext,
-    store: &Arc<LocalShuffleStore>,
-) -> Result<(), String> {
-    let mut client = WorkerControlClient::connect(config.coordinator_url.clone())
-        .await
-        .map_err(|error| format!("cannot reach {}: {error}", config.coordinator_url))?
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (outbox, outbound) = mpsc::channel::<WorkerMessage>(OUTBOX_CAPACITY);
-    let register = WorkerMessage {
-        kind: Some(worker_message::Kind::Register(Register {
-            worker_id: worker_id.to_string(),
-            flight_address: address.to_string(),
-            slots: config.slots as u32,
+enum Ended {
+    ByCoordinator,
+    /// Draining, and the last running task has reported.
+    Drained,
+}
+
+struct Session<'a> {
+    config: &'a WorkerConfig,
+    worker_id: &'a str,
+    address: &'a str,
+    session: &'a SessionContext,
+    store: &'a Arc<LocalShuffleStore>,
+}
+
+impl Session<'_> {
+    async fn once(&self, mut drain: watch::Receiver<bool>) -> Result<Ended, String> {
+        let Session {
+            config,
+            worker_id,
+            address,
+            session,
+            store,
+        } = *self;
+        let mut client = WorkerControlClient::connect(config.coordinator_url.clone())
+            .await
+            .map_err(|error| format!("cannot reach {}: {error}", config.coordinator_url))?
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (outbox, outbound) = mpsc::channel::<WorkerMessage>(OUTBOX_CAPACITY);
+        let register = WorkerMessage {
+            kind: Some(worker_message::Kind::Register(Register {
+                worker_id: worker_id.to_string(),
+                flight_address: address.to_string(),
+                slots: config.slots as u32,
+            })),
+        };
+        outbox
+            .send(register)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut inbound = client
+            .session(ReceiverStream::new(outbound))
+            .await
+            .map_err(|status| status.message().to_string())?
+            .into_inner();
+        tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
+        let running: Running = Arc::default();
+        let (finished, mut task_finished) = mpsc::channel::<()>(OUTBOX_CAPACITY);
+        let mut parts: HashMap<TaskId, (u32, Vec<u8>)> = HashMap::new();
+        let heartbeat = tokio::spawn(heartbeats(outbox.clone(), Arc::clone(&running)));
+        let mut draining = false;
+        let outcome = loop {
+            if draining && lock(&running).is_empty() {
+                tracing::info!("drained: no task left; stopping");
+                break Ok(Ended::Drained);
+            }
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                drained = async { drain.wait_for(|drain| *drain).await.is_ok() }, if !draining => {
+                    if drained {
+                        draining = true;
+                        tracing::info!(running = lock(&running).len(), "draining: finishing running tasks, taking no new ones");
+                        let drain = WorkerMessage { kind: Some(worker_message::Kind::Drain(Drain {})) };
+                        let _ = outbox.send(drain).await;
+                    }
+                    continue;
+                }
+                Some(()) = task_finished.recv() => continue,
+            };
+            let message = match message {
+                Ok(Some(message)) => message,
+                Ok(None) => break Ok(Ended::ByCoordinator),
+                Err(status) => break Err(status.message().to_string()),
+            };
+            match message.kind {
+                Some(coordinator_message::Kind::AssignTask(assign)) => {
+                    let Some(assign) = assemble(&mut parts, assign) else {
+                        continue;
+                    };
+                    if draining {
+                        refuse(assign, &outbox).await;
+                        continue;
+                    }
+                    start_task(
+                        assign,
+                        session.clone(),
+                        outbox.clone(),
+                        Arc::clone(&running),
+                        finished.clone(),
+                    );
+                }
+                Some(coordinator_message::Kind::CancelTask(cancel)) => {
+                    if let Some(key) = cancel.task {
+                        abort_task(&running, &task_id(&key));
+                    }
+                }
+                Some(coordinator_message::Kind::CancelJob(cancel)) => {
+                    abort_job(&running, &cancel.job_id);
+                }
+                Some(coordinator_message::Kind::ReleaseJob(release)) => {
+                    abort_job(&running, &release.job_id);
+                    store.remove_job(&JobId(release.job_id));
+                }
+                None => {}
+            }
+        };
+        heartbeat.abort();
+        // Tasks of a lost session report to nobody; stop them.
+        for (_, handle) in lock(&running).drain() {
+            handle.abort();
+        }
+        outcome
+    }
+}
+
+fn task_id(key: &TaskKey) -> TaskId {
+    (key.job_id.clone(), key.stage_id, key.partition, key.attempt)
+}
+
+/// Answers an assignment that crossed the drain notice: the coordinator
+/// puts the task back in the queue without counting an attempt.
+async fn refuse(assign: AssignTask, outbox: &mpsc::Sender<WorkerMessage>) {
+    let status = TaskStatus {
+        task: assign.task,
+        outcome: Some(task_status::Outcome::Failed(TaskFailed {
+            kind: ErrorKind::WorkerLost as i32,
+            message: "the worker is draining".into(),
+            fetch: None,
         })),
     };
-    outbox
-        .send(register)
-        .await
-        .map_err(|error| error.to_string())?;
-    let mut inbound = client
-        .session(ReceiverStream::new(outbound))
-        .await
-        .map_err(|status| status.message().to_string())?
-        .into_inner();
-    tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
-    let running: Running = Arc::default();
-    let mut parts: HashMap<TaskId, (u32, Vec<u8>)> = HashMap::new();
-    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), Arc::clone(&running)));
-    let outcome = loop {
-        let message = match inbound.message().await {
-            Ok(Some(message)) => message,
-            Ok(None) => break Ok(()),
-            Err(status) => break Err(status.message().to_string()),
-        };
-        match message.kind {
-            Some(coordinator_message::Kind::AssignTask(assign)) => {
-                let Some(assign) = assemble(&mut parts, assign) else {
-                    continue;
-                };
-                start_task(
-                    assign,
-                    session.clone(),
-                    outbox.clone(),
-                    Arc::clone(&running),
-                );
-            }
-            Some(coordinator_message::Kind::CancelJob(cancel)) => {
-                abort_job(&running, &cancel.job_id);
-            }
-            Some(coordinator_message::Kind::ReleaseJob(release)) => {
-                abort_job(&running, &release.job_id);
-                store.remove_job(&JobId(release.job_id));
-            }
-            None => {}
-        }
+    let message = WorkerMessage {
+        kind: Some(worker_message::Kind::TaskStatus(status)),
     };
-    heartbeat.abort();
-    // Tasks of a lost session report to nobody; stop them.
-    for (_, handle) in lock(&running).drain() {
-        handle.abort();
-    }
-    outcome
+    let _ = outbox.send(message).await;
 }
 
 /// Collects the parts of a plan sent in several messages; gives the whole
@@ -131,8 +215,7 @@ fn assemble(
     if assign.plan_parts <= 1 {
         return Some(assign);
     }
-    let key = assign.task.as_ref()?;
-    let id = (key.job_id.clone(), key.stage_id, key.partition);
+    let id = task_id(assign.task.as_ref()?);
     let (next_part, gathered) = parts.entry(id.clone()).or_default();
     let too_large = gathered.len() + assign.plan.len() > MAX_PLAN_BYTES;
     if assign.plan_part != *next_part || too_large {
@@ -150,16 +233,17 @@ fn assemble(
 }
 
 fn start_task(
-    assign: tone_proto::v1::AssignTask,
+    assign: AssignTask,
     session: SessionContext,
     outbox: mpsc::Sender<WorkerMessage>,
     running: Running,
+    finished: mpsc::Sender<()>,
 ) {
     let Some(key) = assign.task.clone() else {
         tracing::warn!("assignment without a task key ignored");
         return;
     };
-    let id = (key.job_id.clone(), key.stage_id, key.partition);
+    let id = task_id(&key);
     let tracked = Arc::clone(&running);
     let tracked_id = id.clone();
     let handle = tokio::spawn(async move {
@@ -171,12 +255,20 @@ fn start_task(
         // The session may be gone; the coordinator then re-learns from
         // the next session.
         let _ = outbox.send(message).await;
+        let _ = finished.send(()).await;
     });
     lock(&running).insert(id, handle.abort_handle());
 }
 
+fn abort_task(running: &Running, id: &TaskId) {
+    if let Some(handle) = lock(running).remove(id) {
+        tracing::info!(?id, "task cancelled");
+        handle.abort();
+    }
+}
+
 fn abort_job(running: &Running, job_id: &str) {
-    lock(running).retain(|(job, _, _), handle| {
+    lock(running).retain(|(job, _, _, _), handle| {
         let keep = job != job_id;
         if !keep {
             handle.abort();

@@ -14,6 +14,7 @@
 //! partition.
 
 mod control;
+mod faults;
 mod flight;
 mod remote;
 mod tasks;
@@ -73,10 +74,13 @@ impl WorkerConfig {
     }
 }
 
-/// Runs a worker until `shutdown` resolves.
+/// Runs a worker until `shutdown` resolves (stop now: running tasks are
+/// abandoned and re-run elsewhere), or `drain` resolves and the running
+/// tasks have finished and reported (a graceful stop: no new tasks).
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let config = config.validate()?;
     std::fs::create_dir_all(&config.work_dir).map_err(|error| WorkerError::WorkDir {
@@ -113,19 +117,34 @@ pub async fn run(
     tracing::info!(%address, slots = config.slots, "worker listening");
 
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let (drain_sender, drain_receiver) = tokio::sync::watch::channel(false);
     let flight = tokio::spawn(flight::serve(
         listener,
         Arc::clone(&store) as Arc<dyn ShuffleStore>,
         wait_for_stop(stop_receiver.clone()),
     ));
-    let control = tokio::spawn(control::run(
+    let mut control = tokio::spawn(control::run(
         config.clone(),
         address.to_string(),
         session,
         store,
         wait_for_stop(stop_receiver),
+        drain_receiver,
     ));
-    shutdown.await;
+    tokio::pin!(shutdown, drain);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = &mut control => {}
+        _ = &mut drain => {
+            let _ = drain_sender.send(true);
+            // The session ends once the running tasks have reported; a
+            // second signal stops at once.
+            tokio::select! {
+                _ = &mut control => {}
+                _ = &mut shutdown => {}
+            }
+        }
+    }
     let _ = stop_sender.send(true);
     let _ = control.await;
     match flight.await {

@@ -7,7 +7,11 @@ use datafusion::prelude::SessionContext;
 use tone_engine::codec::decode_plan;
 use tone_engine::shuffle::ShuffleWriterExec;
 use tone_engine::EngineError;
-use tone_proto::v1::{task_status, AssignTask, ErrorKind, TaskFailed, TaskStatus, TaskSucceeded};
+use tone_proto::v1::{
+    task_status, AssignTask, ErrorKind, FetchFailure, TaskFailed, TaskStatus, TaskSucceeded,
+};
+
+use crate::faults::Point;
 
 /// Runs the task and reports how it went; never panics the worker (a
 /// panicking task is reported as a failed one).
@@ -27,6 +31,7 @@ pub async fn run(assign: AssignTask, session: SessionContext) -> TaskStatus {
             task_status::Outcome::Failed(TaskFailed {
                 kind: ErrorKind::Execution as i32,
                 message,
+                fetch: None,
             })
         }
     };
@@ -43,16 +48,30 @@ async fn execute(
     let key = assign.task.ok_or_else(|| EngineError::Internal {
         message: "task assignment without a task key".into(),
     })?;
-    inject_fault(key.stage_id);
+    crate::faults::panic_in_stage(key.stage_id);
+    if crate::faults::fires(Point::BeforeTask, key.stage_id) {
+        return Err(EngineError::Execution {
+            message: format!(
+                "injected fault: stage {} task failed before it started",
+                key.stage_id
+            ),
+        });
+    }
+    let started = std::time::Instant::now();
     let context = session.task_ctx();
     let plan = decode_plan(&assign.plan, &context)?;
+    let decoded = started.elapsed();
     let writer = (plan.as_ref() as &dyn std::any::Any)
         .downcast_ref::<ShuffleWriterExec>()
         .ok_or_else(|| EngineError::Internal {
             message: format!("stage {} plan has no shuffle writer on top", key.stage_id),
         })?;
     let summary = writer.write(key.partition as usize, context).await?;
-    tracing::debug!(job_id = %key.job_id, stage_id = key.stage_id, partition = key.partition, rows = summary.rows, "task done");
+    if crate::faults::fires(Point::AfterWrite, key.stage_id) {
+        // A crash between writing the output and reporting it.
+        std::process::abort();
+    }
+    tracing::debug!(job_id = %key.job_id, stage_id = key.stage_id, partition = key.partition, rows = summary.rows, decode_ms = decoded.as_millis() as u64, elapsed_ms = started.elapsed().as_millis() as u64, "task done");
     Ok(TaskSucceeded {
         rows: summary.rows,
         bytes: summary.bytes,
@@ -73,26 +92,32 @@ fn remote_fetch_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
         .sum::<usize>()
 }
 
+/// The error as the coordinator needs it: its kind decides whether the
+/// task is retried, and a fetch failure names the map output to recompute.
 fn failure(error: &EngineError) -> TaskFailed {
     let kind = match error {
         error if error.is_user_error() => ErrorKind::User,
         EngineError::Internal { .. } => ErrorKind::Internal,
+        EngineError::ResourcesExhausted { .. } => ErrorKind::Resources,
+        EngineError::FetchFailed { .. } => ErrorKind::FetchFailed,
         _ => ErrorKind::Execution,
+    };
+    let fetch = match error {
+        EngineError::FetchFailed {
+            stage,
+            map,
+            address,
+            ..
+        } => Some(FetchFailure {
+            stage_id: *stage,
+            map: *map,
+            address: address.clone(),
+        }),
+        _ => None,
     };
     TaskFailed {
         kind: kind as i32,
         message: error.to_string(),
-    }
-}
-
-/// Deterministic fault injection for tests: `TONE_FAULT_PANIC_IN_STAGE=N`
-/// makes every task of stage N panic, as a bug in an operator would.
-fn inject_fault(stage_id: u32) {
-    let target = std::env::var("TONE_FAULT_PANIC_IN_STAGE")
-        .ok()
-        .and_then(|value| value.parse::<u32>().ok());
-    if target == Some(stage_id) {
-        tracing::warn!(stage_id, "injected fault: panicking");
-        panic!("injected fault: a task of stage {stage_id} panicked");
+        fetch,
     }
 }

@@ -1,0 +1,410 @@
+//! The scheduler: one event loop that owns every job and worker.
+//!
+//! Every change arrives as an [`Event`] on one bounded channel and is
+//! handled in order, so no state is shared between tasks. After each event
+//! the loop hands pending tasks to free slots.
+//!
+//! - `job`: a job's stages, tasks, attempts and published status.
+//! - `assign`: pending tasks to free slots.
+//! - `recovery`: task reports, retries, lost workers and lost map outputs.
+
+mod assign;
+mod job;
+mod recovery;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use tokio::sync::{mpsc, oneshot, watch};
+use tone_engine::{JobId, StageDag};
+use tone_proto::v1 as pb;
+use tonic::Status;
+
+use job::{schema_bytes, Job, Task};
+
+/// Bound on events waiting for the loop.
+const EVENT_CAPACITY: usize = 4096;
+
+pub type Outbox = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+pub type EventSender = mpsc::Sender<Event>;
+
+/// Everything that can change the scheduler's state.
+pub enum Event {
+    WorkerJoined {
+        worker_id: String,
+        /// Distinguishes a worker's sessions: a reconnecting worker keeps
+        /// its id, and the end of its old session must not end the new one.
+        session: u64,
+        address: String,
+        slots: usize,
+        outbox: Outbox,
+    },
+    WorkerLeft {
+        worker_id: String,
+        session: u64,
+    },
+    Heartbeat {
+        worker_id: String,
+    },
+    /// The worker finishes its running tasks and then leaves.
+    Drain {
+        worker_id: String,
+    },
+    TaskStatus {
+        worker_id: String,
+        status: pb::TaskStatus,
+    },
+    Submit {
+        job_id: JobId,
+        sql: String,
+        dag: StageDag,
+        schema: SchemaRef,
+        /// The job fails when it runs longer.
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<()>,
+    },
+    /// A statement that only changed the catalog, listed as done.
+    CatalogChange {
+        job_id: JobId,
+        sql: String,
+    },
+    Cancel {
+        job_id: String,
+        reply: oneshot::Sender<Option<pb::JobStatus>>,
+    },
+    Release {
+        job_id: String,
+    },
+    Watch {
+        job_id: String,
+        reply: oneshot::Sender<Option<watch::Receiver<pb::JobStatus>>>,
+    },
+    ListJobs {
+        reply: oneshot::Sender<Vec<pb::JobStatus>>,
+    },
+    ListWorkers {
+        reply: oneshot::Sender<Vec<pb::WorkerInfo>>,
+    },
+    /// Time passes: look for silent workers, jobs past their time limit,
+    /// and jobs without workers.
+    Tick,
+}
+
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::WorkerJoined { .. } => "worker_joined",
+            Event::WorkerLeft { .. } => "worker_left",
+            Event::Heartbeat { .. } => "heartbeat",
+            Event::Drain { .. } => "drain",
+            Event::TaskStatus { .. } => "task_status",
+            Event::Submit { .. } => "submit",
+            Event::CatalogChange { .. } => "catalog_change",
+            Event::Cancel { .. } => "cancel",
+            Event::Release { .. } => "release",
+            Event::Watch { .. } => "watch",
+            Event::ListJobs { .. } => "list_jobs",
+            Event::ListWorkers { .. } => "list_workers",
+            Event::Tick => "tick",
+        }
+    }
+}
+
+/// How the scheduler treats failures.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// A worker silent for this long is taken as lost.
+    pub heartbeat_timeout: Duration,
+    /// Attempts of one task before its job fails.
+    pub max_task_attempts: u32,
+    /// Failed tasks of one job after which a worker is kept away from it.
+    pub exclude_after_failures: u32,
+    /// A job with work but no worker for this long fails.
+    pub no_worker_grace: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(10),
+            max_task_attempts: 4,
+            exclude_after_failures: 2,
+            no_worker_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Starts the event loop; it runs until every sender is dropped.
+pub fn spawn(config: SchedulerConfig) -> EventSender {
+    let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
+    let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), TICK_MAX);
+    let scheduler = Scheduler {
+        config,
+        workers: BTreeMap::new(),
+        jobs: Vec::new(),
+        cursor: 0,
+    };
+    tokio::spawn(scheduler.run(receiver));
+    tokio::spawn(ticks(sender.clone(), period));
+    sender
+}
+
+/// Longest pause between ticks: job time limits are checked on ticks.
+const TICK_MAX: Duration = Duration::from_millis(250);
+
+/// Wakes the loop regularly; stops with it.
+async fn ticks(events: EventSender, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        if events.send(Event::Tick).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Worker {
+    address: String,
+    slots: usize,
+    running: usize,
+    tasks_done: u64,
+    outbox: Outbox,
+    last_seen: Instant,
+    session: u64,
+    /// Shutting down gracefully: no new tasks.
+    draining: bool,
+}
+
+struct Scheduler {
+    config: SchedulerConfig,
+    workers: BTreeMap<String, Worker>,
+    jobs: Vec<Job>,
+    /// Where the round robin over jobs resumes.
+    cursor: usize,
+}
+
+impl Scheduler {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        while let Some(event) = events.recv().await {
+            if !matches!(
+                event,
+                Event::Heartbeat { .. } | Event::Watch { .. } | Event::Tick
+            ) {
+                tracing::debug!(event = event.name(), "scheduler event");
+            }
+            self.handle(event);
+            self.assign_free_slots();
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::WorkerJoined {
+                worker_id,
+                session,
+                address,
+                slots,
+                outbox,
+            } => self.worker_joined(worker_id, session, address, slots, outbox),
+            Event::WorkerLeft { worker_id, session } => {
+                let current = self
+                    .workers
+                    .get(&worker_id)
+                    .is_some_and(|worker| worker.session == session);
+                if current {
+                    self.worker_left(&worker_id);
+                }
+            }
+            Event::Tick => {
+                self.expire_silent_workers();
+                self.enforce_limits();
+            }
+            Event::Heartbeat { worker_id } => {
+                if let Some(worker) = self.workers.get_mut(&worker_id) {
+                    worker.last_seen = Instant::now();
+                }
+            }
+            Event::Drain { worker_id } => self.worker_draining(&worker_id),
+            Event::TaskStatus { worker_id, status } => self.task_status(&worker_id, status),
+            Event::Submit {
+                job_id,
+                sql,
+                dag,
+                schema,
+                timeout,
+                reply,
+            } => {
+                self.submit(job_id, sql, dag, &schema, timeout);
+                let _ = reply.send(());
+            }
+            Event::CatalogChange { job_id, sql } => self.catalog_change(job_id, sql),
+            Event::Cancel { job_id, reply } => {
+                let status = self.job_index(&job_id).map(|index| {
+                    if self.jobs[index].is_active() {
+                        self.stop_job(
+                            index,
+                            pb::JobState::Cancelled,
+                            pb::ErrorKind::Cancelled,
+                            "cancelled by the user".into(),
+                        );
+                    }
+                    self.jobs[index].status()
+                });
+                let _ = reply.send(status);
+            }
+            Event::Release { job_id } => self.broadcast_release(&job_id),
+            Event::Watch { job_id, reply } => {
+                let receiver = self
+                    .job_index(&job_id)
+                    .map(|index| self.jobs[index].publisher.subscribe());
+                let _ = reply.send(receiver);
+            }
+            Event::ListJobs { reply } => {
+                let _ = reply.send(self.jobs.iter().map(Job::status).collect());
+            }
+            Event::ListWorkers { reply } => {
+                let workers = self
+                    .workers
+                    .iter()
+                    .map(|(id, worker)| pb::WorkerInfo {
+                        worker_id: id.clone(),
+                        flight_address: worker.address.clone(),
+                        slots: worker.slots as u32,
+                        running_tasks: worker.running as u32,
+                        tasks_done: worker.tasks_done,
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+        }
+    }
+
+    fn worker_joined(
+        &mut self,
+        worker_id: String,
+        session: u64,
+        address: String,
+        slots: usize,
+        outbox: Outbox,
+    ) {
+        tracing::info!(%worker_id, %address, slots, "worker joined");
+        // A worker that reconnects under the same id lost its running tasks
+        // with its old session.
+        if self.workers.contains_key(&worker_id) {
+            self.worker_left(&worker_id);
+        }
+        let worker = Worker {
+            address,
+            slots,
+            running: 0,
+            tasks_done: 0,
+            outbox,
+            last_seen: Instant::now(),
+            session,
+            draining: false,
+        };
+        self.workers.insert(worker_id, worker);
+    }
+
+    fn job_index(&self, job_id: &str) -> Option<usize> {
+        self.jobs.iter().position(|job| job.id.0 == job_id)
+    }
+
+    fn submit(
+        &mut self,
+        job_id: JobId,
+        sql: String,
+        dag: StageDag,
+        schema: &SchemaRef,
+        timeout: Option<Duration>,
+    ) {
+        let mut job = Job::new(job_id, sql, dag, schema_bytes(schema));
+        job.deadline = timeout.map(|limit| job.started + limit);
+        tracing::info!(job_id = %job.id, stages = job.stages.len(), "job submitted");
+        job.publish();
+        self.jobs.push(job);
+    }
+
+    fn catalog_change(&mut self, job_id: JobId, sql: String) {
+        let dag = StageDag {
+            job_id: job_id.clone(),
+            stages: Vec::new(),
+        };
+        let mut job = Job::new(job_id, sql, dag, Vec::new());
+        job.state = pb::JobState::Succeeded;
+        job.finished = Some(Instant::now());
+        job.publish();
+        self.jobs.push(job);
+    }
+
+    fn finish_job(&mut self, index: usize) {
+        let job = &mut self.jobs[index];
+        let final_stage = job.dag.final_stage().id;
+        let mut results = Vec::new();
+        for (map, task) in job.stages[final_stage.0 as usize].tasks.iter().enumerate() {
+            let Task::Done { worker } = &task.state else {
+                continue;
+            };
+            let address = self
+                .workers
+                .get(worker)
+                .map(|w| w.address.clone())
+                .unwrap_or_default();
+            results.push(pb::ResultPartition {
+                flight_address: address,
+                ticket: Some(pb::ShuffleTicket {
+                    job_id: job.id.0.clone(),
+                    stage_id: final_stage.0,
+                    map: map as u32,
+                    reduce: 0,
+                }),
+            });
+        }
+        job.results = results;
+        job.state = pb::JobState::Succeeded;
+        job.finished = Some(Instant::now());
+        tracing::info!(job_id = %job.id, elapsed_s = job.status().elapsed_s, "job succeeded");
+        job.publish();
+    }
+
+    /// Ends an active job: its running tasks are stopped, its slots freed,
+    /// its shuffle data deleted, and the cause published.
+    fn stop_job(
+        &mut self,
+        index: usize,
+        state: pb::JobState,
+        kind: pb::ErrorKind,
+        message: String,
+    ) {
+        let job = &mut self.jobs[index];
+        for stage in &mut job.stages {
+            for task in &mut stage.tasks {
+                if let Task::Running { worker, .. } = &task.state {
+                    if let Some(state) = self.workers.get_mut(worker.as_str()) {
+                        state.running = state.running.saturating_sub(1);
+                    }
+                    task.state = Task::Pending;
+                }
+            }
+        }
+        tracing::warn!(job_id = %job.id, ?state, %message, "job stopped");
+        job.state = state;
+        job.error = Some((kind, message));
+        job.finished = Some(Instant::now());
+        job.publish();
+        let job_id = job.id.0.clone();
+        self.broadcast_release(&job_id);
+    }
+
+    fn broadcast_release(&self, job_id: &str) {
+        for worker in self.workers.values() {
+            let cancel = pb::CoordinatorMessage {
+                kind: Some(pb::coordinator_message::Kind::ReleaseJob(pb::ReleaseJob {
+                    job_id: job_id.to_string(),
+                })),
+            };
+            // A full outbox means a stuck worker; its session ends soon.
+            let _ = worker.outbox.try_send(Ok(cancel));
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Deterministic fault injection for tests, set by environment variables
+//! so a test can make chosen workers fail at chosen points:
+//!
+//! - `TONE_FAULT_PANIC_IN_STAGE=N`: every task of stage N panics, as a bug
+//!   in an operator would (every attempt: the job fails after its retries).
+//! - `TONE_FAULT=POINT@STAGE[,POINT@STAGE…]`, each firing once per worker
+//!   process, on a task of stage STAGE:
+//!   - `before_task`: the task fails before it starts;
+//!   - `after_write`: the worker process dies right after the task wrote
+//!     its shuffle output, before reporting it (a crash: the output is
+//!     lost with the process);
+//!   - `fetch`: the task's first remote shuffle fetch fails.
+//!
+//! Every fault that fires says so on stderr and in the task's error, so a
+//! test can check that it really fired.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// Where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    BeforeTask,
+    AfterWrite,
+    Fetch,
+}
+
+impl Point {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "before_task" => Some(Self::BeforeTask),
+            "after_write" => Some(Self::AfterWrite),
+            "fetch" => Some(Self::Fetch),
+            _ => None,
+        }
+    }
+}
+
+struct Fault {
+    point: Point,
+    stage: u32,
+    fired: AtomicBool,
+}
+
+fn faults() -> &'static [Fault] {
+    static FAULTS: OnceLock<Vec<Fault>> = OnceLock::new();
+    FAULTS.get_or_init(|| {
+        std::env::var("TONE_FAULT")
+            .map(|spec| parse(&spec))
+            .unwrap_or_default()
+    })
+}
+
+fn parse(spec: &str) -> Vec<Fault> {
+    spec.split(',')
+        .filter_map(|item| {
+            let (point, stage) = item.trim().split_once('@')?;
+            let fault = Fault {
+                point: Point::parse(point)?,
+                stage: stage.parse().ok()?,
+                fired: AtomicBool::new(false),
+            };
+            Some(fault)
+        })
+        .collect()
+}
+
+/// True (once per process) when a fault is set at `point` for `stage`.
+pub fn fires(point: Point, stage: u32) -> bool {
+    let fired = faults().iter().any(|fault| {
+        fault.point == point && fault.stage == stage && !fault.fired.swap(true, Ordering::SeqCst)
+    });
+    if fired {
+        tracing::warn!(?point, stage, "injected fault fires");
+        eprintln!("tone worker: injected fault {point:?} fires in stage {stage}");
+    }
+    fired
+}
+
+/// `TONE_FAULT_PANIC_IN_STAGE=N` makes every task of stage N panic.
+pub fn panic_in_stage(stage_id: u32) {
+    let target = std::env::var("TONE_FAULT_PANIC_IN_STAGE")
+        .ok()
+        .and_then(|value| value.parse::<u32>().ok());
+    if target == Some(stage_id) {
+        tracing::warn!(stage_id, "injected fault: panicking");
+        panic!("injected fault: a task of stage {stage_id} panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_items_are_skipped() {
+        let faults = parse("before_task@1, fetch@3,bogus@2,after_write@x,after_write@0");
+        let points: Vec<(Point, u32)> = faults.iter().map(|f| (f.point, f.stage)).collect();
+        assert_eq!(
+            points,
+            vec![
+                (Point::BeforeTask, 1),
+                (Point::Fetch, 3),
+                (Point::AfterWrite, 0)
+            ]
+        );
+    }
+}
