@@ -4,6 +4,7 @@ mod common;
 
 mod cli;
 mod cluster;
+mod faults;
 mod oracle_tpch;
 mod roundtrip;
 mod shuffle;

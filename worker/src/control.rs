@@ -116,15 +116,10 @@ impl Session<'_> {
             .into_inner();
         tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
         let running: Running = Arc::default();
-        let (finished, mut task_finished) = mpsc::channel::<()>(OUTBOX_CAPACITY);
         let mut parts: HashMap<TaskId, (u32, Vec<u8>)> = HashMap::new();
         let heartbeat = tokio::spawn(heartbeats(outbox.clone(), Arc::clone(&running)));
         let mut draining = false;
         let outcome = loop {
-            if draining && lock(&running).is_empty() {
-                tracing::info!("drained: no task left; stopping");
-                break Ok(Ended::Drained);
-            }
             let message = tokio::select! {
                 message = inbound.message() => message,
                 drained = async { drain.wait_for(|drain| *drain).await.is_ok() }, if !draining => {
@@ -136,10 +131,15 @@ impl Session<'_> {
                     }
                     continue;
                 }
-                Some(()) = task_finished.recv() => continue,
             };
             let message = match message {
                 Ok(Some(message)) => message,
+                // A draining worker is let go by the coordinator once it
+                // has every report: only then are they surely delivered.
+                Ok(None) if draining => {
+                    tracing::info!("drained: the coordinator has every report; stopping");
+                    break Ok(Ended::Drained);
+                }
                 Ok(None) => break Ok(Ended::ByCoordinator),
                 Err(status) => break Err(status.message().to_string()),
             };
@@ -157,7 +157,6 @@ impl Session<'_> {
                         session.clone(),
                         outbox.clone(),
                         Arc::clone(&running),
-                        finished.clone(),
                     );
                 }
                 Some(coordinator_message::Kind::CancelTask(cancel)) => {
@@ -237,7 +236,6 @@ fn start_task(
     session: SessionContext,
     outbox: mpsc::Sender<WorkerMessage>,
     running: Running,
-    finished: mpsc::Sender<()>,
 ) {
     let Some(key) = assign.task.clone() else {
         tracing::warn!("assignment without a task key ignored");
@@ -255,7 +253,6 @@ fn start_task(
         // The session may be gone; the coordinator then re-learns from
         // the next session.
         let _ = outbox.send(message).await;
-        let _ = finished.send(()).await;
     });
     lock(&running).insert(id, handle.abort_handle());
 }

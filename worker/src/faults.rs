@@ -4,7 +4,7 @@
 //! - `TONE_FAULT_PANIC_IN_STAGE=N`: every task of stage N panics, as a bug
 //!   in an operator would (every attempt: the job fails after its retries).
 //! - `TONE_FAULT=POINT@STAGE[,POINT@STAGE…]`, each firing once per worker
-//!   process, on a task of stage STAGE:
+//!   process, on a task of stage STAGE (`*`: of any stage):
 //!   - `before_task`: the task fails before it starts;
 //!   - `after_write`: the worker process dies right after the task wrote
 //!     its shuffle output, before reporting it (a crash: the output is
@@ -38,7 +38,8 @@ impl Point {
 
 struct Fault {
     point: Point,
-    stage: u32,
+    /// `None`: any stage.
+    stage: Option<u32>,
     fired: AtomicBool,
 }
 
@@ -57,7 +58,10 @@ fn parse(spec: &str) -> Vec<Fault> {
             let (point, stage) = item.trim().split_once('@')?;
             let fault = Fault {
                 point: Point::parse(point)?,
-                stage: stage.parse().ok()?,
+                stage: match stage {
+                    "*" => None,
+                    number => Some(number.parse().ok()?),
+                },
                 fired: AtomicBool::new(false),
             };
             Some(fault)
@@ -68,7 +72,9 @@ fn parse(spec: &str) -> Vec<Fault> {
 /// True (once per process) when a fault is set at `point` for `stage`.
 pub fn fires(point: Point, stage: u32) -> bool {
     let fired = faults().iter().any(|fault| {
-        fault.point == point && fault.stage == stage && !fault.fired.swap(true, Ordering::SeqCst)
+        fault.point == point
+            && fault.stage.is_none_or(|wanted| wanted == stage)
+            && !fault.fired.swap(true, Ordering::SeqCst)
     });
     if fired {
         tracing::warn!(?point, stage, "injected fault fires");
@@ -94,14 +100,14 @@ mod tests {
 
     #[test]
     fn specs_parse_and_bad_items_are_skipped() {
-        let faults = parse("before_task@1, fetch@3,bogus@2,after_write@x,after_write@0");
-        let points: Vec<(Point, u32)> = faults.iter().map(|f| (f.point, f.stage)).collect();
+        let faults = parse("before_task@1, fetch@*,bogus@2,after_write@x,after_write@0");
+        let points: Vec<(Point, Option<u32>)> = faults.iter().map(|f| (f.point, f.stage)).collect();
         assert_eq!(
             points,
             vec![
-                (Point::BeforeTask, 1),
-                (Point::Fetch, 3),
-                (Point::AfterWrite, 0)
+                (Point::BeforeTask, Some(1)),
+                (Point::Fetch, None),
+                (Point::AfterWrite, Some(0))
             ]
         );
     }

@@ -132,21 +132,23 @@ pub async fn run(
         drain_receiver,
     ));
     tokio::pin!(shutdown, drain);
-    tokio::select! {
-        _ = &mut shutdown => {}
-        _ = &mut control => {}
+    let control_ended = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = &mut control => true,
         _ = &mut drain => {
             let _ = drain_sender.send(true);
             // The session ends once the running tasks have reported; a
             // second signal stops at once.
             tokio::select! {
-                _ = &mut control => {}
-                _ = &mut shutdown => {}
+                _ = &mut control => true,
+                _ = &mut shutdown => false,
             }
         }
-    }
+    };
     let _ = stop_sender.send(true);
-    let _ = control.await;
+    if !control_ended {
+        let _ = control.await;
+    }
     match flight.await {
         Ok(outcome) => outcome,
         Err(error) => Err(WorkerError::Serve {

@@ -26,8 +26,7 @@ impl Scheduler {
                 .collect();
             for worker_id in free {
                 if let Some((index, stage, partition)) = self.pick(&worker_id) {
-                    self.assign(index, stage, partition, &worker_id);
-                    assigned = true;
+                    assigned |= self.assign(index, stage, partition, &worker_id);
                 }
             }
             if !assigned {
@@ -134,13 +133,14 @@ impl Scheduler {
         Ok(())
     }
 
-    fn assign(&mut self, index: usize, stage: usize, partition: usize, worker_id: &str) {
+    /// Sends the task to the worker; false when it could not be sent.
+    fn assign(&mut self, index: usize, stage: usize, partition: usize, worker_id: &str) -> bool {
         let job = &mut self.jobs[index];
         let Some(plan) = job.stages[stage].plan.clone() else {
-            return;
+            return false;
         };
         let Some(worker) = self.workers.get_mut(worker_id) else {
-            return;
+            return false;
         };
         let task = &mut job.stages[stage].tasks[partition];
         let key = pb::TaskKey {
@@ -163,7 +163,11 @@ impl Scheduler {
                 })),
             };
             if worker.outbox.try_send(Ok(message)).is_err() {
-                return; // The session is gone or stuck; WorkerLeft follows.
+                // The session is gone or stuck; WorkerLeft follows. Until
+                // then the worker takes nothing, or this loop would offer
+                // it the same task forever.
+                worker.draining = true;
+                return false;
             }
         }
         worker.running += 1;
@@ -174,6 +178,7 @@ impl Scheduler {
         task.next_attempt += 1;
         job.state = pb::JobState::Running;
         job.publish();
+        true
     }
 }
 

@@ -193,6 +193,7 @@ impl Scheduler {
                 tracing::debug!(event = event.name(), "scheduler event");
             }
             self.handle(event);
+            self.let_drained_workers_go();
             self.assign_free_slots();
         }
     }

@@ -313,6 +313,21 @@ impl Scheduler {
         }
     }
 
+    /// Ends the session of draining workers whose last task has reported;
+    /// that tells them every report arrived and they may exit.
+    pub(super) fn let_drained_workers_go(&mut self) {
+        let drained: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, worker)| worker.draining && worker.running == 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for worker_id in drained {
+            tracing::info!(%worker_id, "worker drained");
+            self.worker_left(&worker_id);
+        }
+    }
+
     /// Fails jobs past their time limit, and jobs that have had work but no
     /// worker for longer than the grace period.
     pub(super) fn enforce_limits(&mut self) {

@@ -1,0 +1,514 @@
+//! Fault tolerance with real processes: a coordinator and workers started
+//! one by one (each in its own process group), killed with SIGKILL, frozen
+//! with SIGSTOP, drained with SIGTERM, or made to fail at chosen points
+//! (`TONE_FAULT`). Every answer is checked against the embedded engine.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use tone::cluster::{tables_in_dir, ClusterClient, ClusterError, TableRef};
+use tone_proto::v1 as pb;
+
+use crate::common::compare::same_answer;
+use crate::common::{tone, tone_engine, tpch_data, tpch_queries};
+
+/// Any one job must end within this, faults or not.
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A coordinator and workers as separate processes, all stopped on drop.
+pub struct Cluster {
+    coordinator: Option<Child>,
+    pub address: String,
+    pub master: String,
+    coordinator_args: Vec<String>,
+    workers: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts a coordinator with `args` (on a free port) and no workers.
+    pub fn coordinator(args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let (child, address) = spawn_coordinator("127.0.0.1:0", &args);
+        Self {
+            coordinator: Some(child),
+            master: format!("http://{address}"),
+            address,
+            coordinator_args: args,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Starts a worker with one slot and `env`; returns its index.
+    pub fn add_worker(&mut self, env: &[(&str, &str)]) -> usize {
+        let child = tone()
+            .envs(env.iter().copied())
+            .args(["worker", "--coordinator", &self.master, "--slots", "1"])
+            .stdout(Stdio::null())
+            .stderr(log_sink("worker"))
+            .process_group(0)
+            .spawn()
+            .expect("worker starts");
+        self.workers.push(child);
+        self.workers.len() - 1
+    }
+
+    pub fn worker_pid(&self, index: usize) -> u32 {
+        self.workers[index].id()
+    }
+
+    /// SIGKILLs worker `index` and reaps it.
+    pub fn kill_worker(&mut self, index: usize) {
+        signal(self.workers[index].id(), "-KILL");
+        let _ = self.workers[index].wait();
+    }
+
+    /// SIGKILLs the coordinator and starts it again on the same address
+    /// with the same arguments (so a `--state-dir` is reused).
+    pub fn restart_coordinator(&mut self) {
+        if let Some(mut old) = self.coordinator.take() {
+            signal(old.id(), "-KILL");
+            let _ = old.wait();
+        }
+        let (child, _) = spawn_coordinator(&self.address, &self.coordinator_args);
+        self.coordinator = Some(child);
+    }
+
+    pub async fn client(&self) -> ClusterClient {
+        ClusterClient::connect(&self.master)
+            .await
+            .expect("coordinator reachable")
+    }
+
+    /// Waits until exactly `count` workers are registered.
+    pub async fn wait_for_workers(&self, count: usize) {
+        wait_until(Duration::from_secs(30), || async {
+            match ClusterClient::connect(&self.master).await {
+                Ok(client) => client.workers().await.map(|w| w.len()).ok() == Some(count),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    /// Waits for worker `index` to exit by itself and returns how.
+    pub fn wait_exit(&mut self, index: usize, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.workers[index].try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {index} did not exit in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let children = self.workers.iter_mut().chain(self.coordinator.as_mut());
+        for child in children {
+            // Thawed first, in case a test stopped with it frozen.
+            signal(child.id(), "-CONT");
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where a process's stderr goes: nowhere, or with `TONE_TEST_LOGS=DIR`
+/// a file there (for looking into a failure).
+fn log_sink(name: &str) -> Stdio {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("TONE_TEST_LOGS") else {
+        return Stdio::null();
+    };
+    let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::path::Path::new(&dir).join(format!("{name}-{number}.log"));
+    std::fs::File::create(path).map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+fn spawn_coordinator(listen: &str, args: &[String]) -> (Child, String) {
+    let mut child = tone()
+        .args(["coordinator", "--listen", listen])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log_sink("coordinator"))
+        .process_group(0)
+        .spawn()
+        .expect("coordinator starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reads the listen line");
+    let address = line
+        .trim()
+        .strip_prefix("coordinator: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    (child, address)
+}
+
+pub async fn wait_until<F, Fut>(within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "condition not met in {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tpch_tables() -> Vec<TableRef> {
+    tables_in_dir(tpch_data()).expect("list tables")
+}
+
+/// Runs `sql` to the end; returns its final status and rows.
+async fn run_job(
+    client: &ClusterClient,
+    sql: &str,
+    partitions: usize,
+) -> Result<(pb::JobStatus, Vec<RecordBatch>), ClusterError> {
+    let job = async {
+        let submitted = client.submit(sql, &tpch_tables(), partitions).await?;
+        let status = client.wait(&submitted.job_id, |_| {}).await?;
+        let batches = client
+            .results(&status)?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|error| ClusterError::Results {
+                message: error.to_string(),
+            })?;
+        client.release(&submitted.job_id).await?;
+        Ok((status, batches))
+    };
+    tokio::time::timeout(JOB_TIMEOUT, job)
+        .await
+        .unwrap_or_else(|_| panic!("job hung: {sql}"))
+}
+
+fn kinds(status: &pb::JobStatus) -> Vec<pb::ErrorKind> {
+    status
+        .failures
+        .iter()
+        .map(|f| pb::ErrorKind::try_from(f.kind).unwrap_or(pb::ErrorKind::Unspecified))
+        .collect()
+}
+
+fn query(number: usize) -> String {
+    tpch_queries()[number - 1].1.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_faults_fire_and_every_job_still_gets_the_right_answer() {
+    let mut cluster = Cluster::coordinator(&[]);
+    // Worker 0 dies right after writing its first map output; worker 1
+    // fails its first task before it starts and its first remote fetch;
+    // worker 2 is healthy.
+    let crashing = cluster.add_worker(&[("TONE_FAULT", "after_write@*")]);
+    cluster.add_worker(&[("TONE_FAULT", "before_task@*,fetch@*")]);
+    cluster.add_worker(&[]);
+    cluster.wait_for_workers(3).await;
+    let client = cluster.client().await;
+    let embedded = tone_engine(3).await;
+
+    let sql = query(3); // scans, two joins, aggregate: several exchanges
+    let (status, actual) = run_job(&client, &sql, 3).await.expect("q03 recovers");
+    let expected = embedded.sql(&sql).await.expect("embedded");
+    same_answer(&sql, &expected, &actual).expect("same answer after faults");
+
+    // Each fault fired, and its failure kept its type across the wire.
+    let kinds = kinds(&status);
+    let messages: Vec<&str> = status.failures.iter().map(|f| f.message.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("injected fault") && m.contains("failed before it started")),
+        "before_task did not fire: {:?}",
+        status.failures
+    );
+    assert!(
+        kinds.contains(&pb::ErrorKind::FetchFailed)
+            && messages
+                .iter()
+                .any(|m| m.contains("injected fault: fetch failed")),
+        "fetch fault did not fire: {:?}",
+        status.failures
+    );
+    let crash = cluster.wait_exit(crashing, Duration::from_secs(30));
+    assert_eq!(
+        crash.signal(),
+        Some(6),
+        "after_write should abort worker 0: {crash:?}"
+    );
+    assert_eq!(client.workers().await.expect("workers").len(), 2);
+
+    // The next job runs on what is left.
+    let sql = query(5);
+    let (_, actual) = run_job(&client, &sql, 3).await.expect("q05 runs");
+    let expected = embedded.sql(&sql).await.expect("embedded");
+    same_answer(&sql, &expected, &actual).expect("q05 answer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_task_uses_its_attempts_and_the_error_names_the_first_cause() {
+    let mut cluster = Cluster::coordinator(&["--max-task-attempts", "3"]);
+    for _ in 0..2 {
+        cluster.add_worker(&[("TONE_FAULT_PANIC_IN_STAGE", "1")]);
+    }
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let sql = "select l_returnflag, count(*) from lineitem group by l_returnflag";
+    let submitted = client
+        .submit(sql, &tpch_tables(), 2)
+        .await
+        .expect("submits");
+    let error = client
+        .wait(&submitted.job_id, |_| {})
+        .await
+        .expect_err("stage 1 always panics");
+    let message = error.to_string();
+    assert!(
+        message.contains("3 attempt(s)") && message.contains("injected fault"),
+        "{message}"
+    );
+    let status = client.status(&submitted.job_id).await.expect("status");
+    let stage_1: Vec<_> = status.failures.iter().filter(|f| f.stage_id == 1).collect();
+    assert!(stage_1.len() >= 3, "{:?}", status.failures);
+    assert!(
+        stage_1
+            .iter()
+            .all(|f| f.kind == pb::ErrorKind::Execution as i32 && f.message.contains("panicked")),
+        "{stage_1:?}"
+    );
+    // Each attempt is numbered and kept: one task used all three.
+    let attempts = |partition: u32| {
+        let mut attempts: Vec<u32> = stage_1
+            .iter()
+            .filter(|f| f.partition == partition)
+            .map(|f| f.attempt)
+            .collect();
+        attempts.sort_unstable();
+        attempts
+    };
+    assert!(
+        (0..2).any(|partition| attempts(partition) == vec![0, 1, 2]),
+        "{stage_1:?}"
+    );
+    // The workers stay up.
+    assert_eq!(client.workers().await.expect("workers").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_workers_are_replaced_and_jobs_keep_giving_the_embedded_answer() {
+    let mut cluster = Cluster::coordinator(&["--heartbeat-timeout-ms", "2000"]);
+    for _ in 0..3 {
+        cluster.add_worker(&[]);
+    }
+    cluster.wait_for_workers(3).await;
+    let client = cluster.client().await;
+    let embedded = tone_engine(3).await;
+    let picks = [3usize, 5, 9, 18, 21, 10, 7];
+    let mut expected = Vec::new();
+    for number in picks {
+        expected.push(embedded.sql(&query(number)).await.expect("embedded"));
+    }
+
+    // A seed from the clock, printed so a failing run can be repeated.
+    let mut seed = std::env::var("TONE_CHAOS_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+        });
+    eprintln!("chaos seed: {seed}");
+    let mut random = move |bound: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % bound
+    };
+
+    let chaos_for = Duration::from_secs(25);
+    let started = Instant::now();
+    let mut next_kill = Instant::now() + Duration::from_millis(300 + random(1200));
+    let (mut kills, mut jobs) = (0, 0);
+    let mut round = 0;
+    while started.elapsed() < chaos_for || kills < 3 {
+        let index = round % picks.len();
+        let sql = query(picks[index]);
+        let job = tokio::spawn({
+            let client = client.clone();
+            async move { run_job(&client, &sql, 3).await }
+        });
+        // Kill a random worker at a random moment while the job runs, then
+        // start a fresh one in its place.
+        while !job.is_finished() {
+            if Instant::now() >= next_kill {
+                let victim = random(cluster.workers.len() as u64) as usize;
+                cluster.kill_worker(victim);
+                cluster.workers.remove(victim);
+                cluster.add_worker(&[]);
+                kills += 1;
+                next_kill = Instant::now() + Duration::from_millis(500 + random(2000));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (_, actual) = job
+            .await
+            .expect("joins")
+            .unwrap_or_else(|error| panic!("q{} failed under chaos: {error}", picks[index]));
+        same_answer(&query(picks[index]), &expected[index], &actual)
+            .unwrap_or_else(|error| panic!("q{} under chaos: {error}", picks[index]));
+        jobs += 1;
+        round += 1;
+    }
+    eprintln!("chaos: {jobs} jobs correct through {kills} kills");
+    assert!(kills >= 3 && jobs >= picks.len());
+    // No job was lost: every one is listed as succeeded.
+    let listed = client.jobs().await.expect("jobs");
+    let succeeded = listed
+        .iter()
+        .filter(|job| job.state == pb::JobState::Succeeded as i32)
+        .count();
+    assert_eq!(succeeded, jobs, "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_frozen_mid_job_is_replaced_and_the_answer_has_no_duplicates() {
+    let mut cluster = Cluster::coordinator(&["--heartbeat-timeout-ms", "1500"]);
+    let frozen = cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let embedded = tone_engine(2).await;
+    let sql = query(18);
+    let expected = embedded.sql(&sql).await.expect("embedded");
+
+    let job = tokio::spawn({
+        let client = client.clone();
+        let sql = sql.clone();
+        async move { run_job(&client, &sql, 8).await }
+    });
+    // Freeze worker 0 once it runs a task, for longer than the timeout.
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .workers()
+            .await
+            .is_ok_and(|workers| workers.iter().all(|w| w.running_tasks > 0) || workers.len() < 2)
+    })
+    .await;
+    signal(cluster.worker_pid(frozen), "-STOP");
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    signal(cluster.worker_pid(frozen), "-CONT");
+    let (status, actual) = job.await.expect("joins").expect("q18 finishes");
+    same_answer(&sql, &expected, &actual).expect("no wrong or duplicated rows");
+    assert!(
+        kinds(&status).contains(&pb::ErrorKind::WorkerLost),
+        "the frozen worker's task should have been re-run: {:?}",
+        status.failures
+    );
+    // The thawed worker registers again and takes work.
+    cluster.wait_for_workers(2).await;
+    let (_, actual) = run_job(&client, &sql, 8).await.expect("runs again");
+    same_answer(&sql, &expected, &actual).expect("after the thaw");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_workers_a_job_fails_after_the_grace_period_and_time_limits_hold() {
+    let mut cluster = Cluster::coordinator(&["--no-worker-grace-ms", "1500"]);
+    let only = cluster.add_worker(&[]);
+    cluster.wait_for_workers(1).await;
+    let client = cluster.client().await;
+    let endless =
+        "select count(*) from lineitem a, lineitem b where a.l_orderkey + b.l_orderkey < 0";
+
+    // A time limit ends a job that would run for hours.
+    let limited = client
+        .clone()
+        .with_job_timeout(Some(Duration::from_millis(1500)));
+    let started = Instant::now();
+    let error = run_job(&limited, endless, 1).await.expect_err("times out");
+    assert!(error.to_string().contains("time limit"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // Every worker gone: the job fails after the grace period, not hangs.
+    let submitted = client
+        .submit(endless, &tpch_tables(), 1)
+        .await
+        .expect("submits");
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .status(&submitted.job_id)
+            .await
+            .is_ok_and(|s| s.tasks_running > 0)
+    })
+    .await;
+    cluster.kill_worker(only);
+    let started = Instant::now();
+    let error = tokio::time::timeout(JOB_TIMEOUT, client.wait(&submitted.job_id, |_| {}))
+        .await
+        .expect("does not hang")
+        .expect_err("no workers");
+    assert!(error.to_string().contains("no worker"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_a_worker_it_finishes_its_task_and_exits() {
+    let mut cluster = Cluster::coordinator(&[]);
+    let draining = cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let embedded = tone_engine(4).await;
+    let sql = query(21);
+    let expected = embedded.sql(&sql).await.expect("embedded");
+    let job = tokio::spawn({
+        let client = client.clone();
+        let sql = sql.clone();
+        async move { run_job(&client, &sql, 4).await }
+    });
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .workers()
+            .await
+            .is_ok_and(|workers| workers.iter().all(|w| w.running_tasks > 0))
+    })
+    .await;
+    signal(cluster.worker_pid(draining), "-TERM");
+    let exit = cluster.wait_exit(draining, Duration::from_secs(60));
+    assert!(exit.success(), "a drained worker exits cleanly: {exit:?}");
+    let (status, actual) = job.await.expect("joins").expect("q21 finishes");
+    same_answer(&sql, &expected, &actual).expect("same answer");
+    // The task it was running finished there: no attempt was lost.
+    assert!(
+        !kinds(&status).contains(&pb::ErrorKind::WorkerLost)
+            || status
+                .failures
+                .iter()
+                .all(|f| f.message.contains("draining")),
+        "{:?}",
+        status.failures
+    );
+    assert_eq!(client.workers().await.expect("workers").len(), 1);
+}
