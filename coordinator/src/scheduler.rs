@@ -41,6 +41,7 @@ pub enum Event {
     },
     Heartbeat {
         worker_id: String,
+        heartbeat: pb::Heartbeat,
     },
     TaskStatus {
         status: pb::TaskStatus,
@@ -128,6 +129,8 @@ struct Worker {
     outbox: Outbox,
     last_seen: Instant,
     session: u64,
+    /// The worker's last report (disk and spill figures).
+    heartbeat: pb::Heartbeat,
 }
 
 #[derive(Clone, PartialEq)]
@@ -271,6 +274,7 @@ impl Scheduler {
                         outbox,
                         last_seen: Instant::now(),
                         session,
+                        heartbeat: pb::Heartbeat::default(),
                     },
                 );
             }
@@ -284,9 +288,13 @@ impl Scheduler {
                 }
             }
             Event::Tick => self.expire_silent_workers(),
-            Event::Heartbeat { worker_id } => {
+            Event::Heartbeat {
+                worker_id,
+                heartbeat,
+            } => {
                 if let Some(worker) = self.workers.get_mut(&worker_id) {
                     worker.last_seen = Instant::now();
+                    worker.heartbeat = heartbeat;
                 }
             }
             Event::TaskStatus { status } => self.task_status(status),
@@ -335,6 +343,8 @@ impl Scheduler {
                         slots: worker.slots as u32,
                         running_tasks: worker.running as u32,
                         tasks_done: worker.tasks_done,
+                        shuffle_disk_bytes: worker.heartbeat.shuffle_disk_bytes,
+                        operator_spilled_bytes: worker.heartbeat.operator_spilled_bytes,
                     })
                     .collect();
                 let _ = reply.send(workers);

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::prelude::SessionContext;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tone_engine::limits::OperatorSpills;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleStore};
 use tone_engine::JobId;
 use tone_proto::v1::worker_control_client::WorkerControlClient;
@@ -16,6 +16,7 @@ use tone_proto::v1::AssignTask;
 use tone_proto::v1::{coordinator_message, worker_message, Heartbeat, Register, WorkerMessage};
 use tone_proto::{MAX_MESSAGE_BYTES, MAX_PLAN_BYTES};
 
+use crate::tasks::Runner;
 use crate::WorkerConfig;
 
 /// How often a worker says it is alive.
@@ -32,7 +33,7 @@ type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 pub async fn run(
     config: WorkerConfig,
     address: String,
-    session: SessionContext,
+    runner: Runner,
     store: Arc<LocalShuffleStore>,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -41,7 +42,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            outcome = session_once(&config, &worker_id, &address, &session, &store) => {
+            outcome = session_once(&config, &worker_id, &address, &runner, &store) => {
                 match outcome {
                     Ok(()) => tracing::warn!("coordinator closed the session; reconnecting"),
                     Err(error) => tracing::warn!(%error, "coordinator session failed; reconnecting"),
@@ -56,7 +57,7 @@ async fn session_once(
     config: &WorkerConfig,
     worker_id: &str,
     address: &str,
-    session: &SessionContext,
+    runner: &Runner,
     store: &Arc<LocalShuffleStore>,
 ) -> Result<(), String> {
     let mut client = WorkerControlClient::connect(config.coordinator_url.clone())
@@ -84,7 +85,12 @@ async fn session_once(
     tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
     let running: Running = Arc::default();
     let mut parts: HashMap<TaskId, (u32, Vec<u8>)> = HashMap::new();
-    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), Arc::clone(&running)));
+    let heartbeat = tokio::spawn(heartbeats(
+        outbox.clone(),
+        Arc::clone(&running),
+        Arc::clone(store),
+        Arc::clone(&runner.spills),
+    ));
     let outcome = loop {
         let message = match inbound.message().await {
             Ok(Some(message)) => message,
@@ -96,12 +102,7 @@ async fn session_once(
                 let Some(assign) = assemble(&mut parts, assign) else {
                     continue;
                 };
-                start_task(
-                    assign,
-                    session.clone(),
-                    outbox.clone(),
-                    Arc::clone(&running),
-                );
+                start_task(assign, runner.clone(), outbox.clone(), Arc::clone(&running));
             }
             Some(coordinator_message::Kind::CancelJob(cancel)) => {
                 abort_job(&running, &cancel.job_id);
@@ -151,7 +152,7 @@ fn assemble(
 
 fn start_task(
     assign: tone_proto::v1::AssignTask,
-    session: SessionContext,
+    runner: Runner,
     outbox: mpsc::Sender<WorkerMessage>,
     running: Running,
 ) {
@@ -163,7 +164,7 @@ fn start_task(
     let tracked = Arc::clone(&running);
     let tracked_id = id.clone();
     let handle = tokio::spawn(async move {
-        let status = crate::tasks::run(assign, session).await;
+        let status = crate::tasks::run(assign, runner).await;
         lock(&tracked).remove(&tracked_id);
         let message = WorkerMessage {
             kind: Some(worker_message::Kind::TaskStatus(status)),
@@ -185,12 +186,21 @@ fn abort_job(running: &Running, job_id: &str) {
     });
 }
 
-async fn heartbeats(outbox: mpsc::Sender<WorkerMessage>, running: Running) {
+async fn heartbeats(
+    outbox: mpsc::Sender<WorkerMessage>,
+    running: Running,
+    store: Arc<LocalShuffleStore>,
+    spills: Arc<OperatorSpills>,
+) {
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
-        let running_tasks = lock(&running).len() as u32;
+        let heartbeat = Heartbeat {
+            running_tasks: lock(&running).len() as u32,
+            shuffle_disk_bytes: store.disk().used_bytes(),
+            operator_spilled_bytes: spills.spilled_bytes(),
+        };
         let message = WorkerMessage {
-            kind: Some(worker_message::Kind::Heartbeat(Heartbeat { running_tasks })),
+            kind: Some(worker_message::Kind::Heartbeat(heartbeat)),
         };
         if outbox.send(message).await.is_err() {
             return;
