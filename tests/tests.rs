@@ -4,7 +4,9 @@ mod common;
 
 mod cli;
 mod cluster;
+mod memory;
 mod oracle_tpch;
 mod roundtrip;
 mod shuffle;
 mod sql_beyond_tpch;
+mod worker_disk;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::error::{EngineError, Result};
@@ -85,17 +86,26 @@ pub fn name_memory_limit(error: EngineError, limit_bytes: Option<u64>) -> Engine
     }
 }
 
-/// Sums a metric over a plan and all its children, e.g. DataFusion's
-/// `spilled_bytes` or `spill_count`.
+/// Sums a named counter (such as the shuffle reader's `remote_fetch_bytes`)
+/// over a plan and all its children.
 pub fn plan_metric_sum(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+    plan_tree_sum(plan, &|metrics| {
+        metrics.sum_by_name(name).map(|value| value.as_usize())
+    })
+}
+
+fn plan_tree_sum(
+    plan: &Arc<dyn ExecutionPlan>,
+    metric: &dyn Fn(&MetricsSet) -> Option<usize>,
+) -> u64 {
     let own = plan
         .metrics()
-        .and_then(|metrics| metrics.sum_by_name(name))
-        .map_or(0, |value| value.as_usize() as u64);
+        .and_then(|metrics| metric(&metrics))
+        .unwrap_or(0) as u64;
     own + plan
         .children()
         .into_iter()
-        .map(|child| plan_metric_sum(child, name))
+        .map(|child| plan_tree_sum(child, metric))
         .sum::<u64>()
 }
 
@@ -110,8 +120,10 @@ pub struct OperatorSpills {
 impl OperatorSpills {
     /// Adds the spill metrics of a plan that has finished running.
     pub fn record(&self, plan: &Arc<dyn ExecutionPlan>) {
-        let bytes = plan_metric_sum(plan, "spilled_bytes");
-        let count = plan_metric_sum(plan, "spill_count");
+        // `sum_by_name` skips DataFusion's built-in spill metrics; they
+        // have their own accessors.
+        let bytes = plan_tree_sum(plan, &|metrics| metrics.spilled_bytes());
+        let count = plan_tree_sum(plan, &|metrics| metrics.spill_count());
         self.spilled_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.spill_count.fetch_add(count, Ordering::Relaxed);
     }
