@@ -188,8 +188,7 @@ async fn write_map_task(
         .map_err(arrow_error)?;
     let mut writer = MapOutputWriter::try_new(
         options,
-        &task.partitioning,
-        task.partition,
+        &task,
         input_partitions,
         stream.schema(),
         Arc::clone(&store),
@@ -249,21 +248,20 @@ struct MapOutputWriter {
 impl MapOutputWriter {
     fn try_new(
         options: IpcWriteOptions,
-        partitioning: &Partitioning,
-        partition: usize,
+        task: &MapTask,
         input_partitions: usize,
         schema: SchemaRef,
         store: Arc<dyn ShuffleStore>,
         spill_path: PathBuf,
         reservation: MemoryReservation,
     ) -> Result<Self> {
-        let count = partitioning.partition_count();
-        let partitioner = match partitioning {
+        let count = task.partitioning.partition_count();
+        let partitioner = match &task.partitioning {
             Partitioning::UnknownPartitioning(_) => None,
             other => Some(BatchPartitioner::try_new(
                 other.clone(),
                 Default::default(),
-                partition,
+                task.partition,
                 input_partitions,
             )?),
         };
