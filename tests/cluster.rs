@@ -118,7 +118,7 @@ fn spawn_local_cluster(
     (child, master.to_string())
 }
 
-fn tpch_tables() -> Vec<TableRef> {
+pub fn tpch_tables() -> Vec<TableRef> {
     tables_in_dir(tpch_data()).expect("list tables")
 }
 
@@ -279,7 +279,7 @@ async fn concurrent_jobs_bad_input_cancel_and_a_late_worker() {
     );
 }
 
-async fn wait_until<F, Fut>(mut condition: F)
+pub async fn wait_until<F, Fut>(mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -388,7 +388,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_coordinator_stays_
 
 /// Runs `tone` with `args` (and `TONE_MASTER` when given), asserts success
 /// and returns stdout.
-fn tone_ok(master_env: Option<&str>, args: &[&str]) -> String {
+pub fn tone_ok(master_env: Option<&str>, args: &[&str]) -> String {
     let mut command = tone();
     if let Some(master) = master_env {
         command.env("TONE_MASTER", master);

@@ -14,7 +14,7 @@ async fn engine_with_budget(partitions: usize, shuffle_memory_bytes_max: u64) ->
     let engine = Engine::new(EngineConfig {
         partitions,
         shuffle_memory_bytes_max,
-        spill_dir: None,
+        ..EngineConfig::default()
     })
     .expect("engine starts");
     engine

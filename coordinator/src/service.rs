@@ -273,8 +273,9 @@ async fn forward_worker_messages(
     loop {
         let event = match inbound.message().await {
             Ok(Some(message)) => match message.kind {
-                Some(pb::worker_message::Kind::Heartbeat(_)) => Event::Heartbeat {
+                Some(pb::worker_message::Kind::Heartbeat(heartbeat)) => Event::Heartbeat {
                     worker_id: worker_id.clone(),
+                    heartbeat,
                 },
                 Some(pb::worker_message::Kind::TaskStatus(status)) => Event::TaskStatus {
                     worker_id: worker_id.clone(),

@@ -18,8 +18,13 @@ use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement};
 
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::TryStreamExt;
+
 use crate::error::{EngineError, Result};
 use crate::ids::JobId;
+use crate::limits::{name_memory_limit, runtime_env, MemorySplit, OperatorSpills};
 use crate::runtime::run_dag;
 use crate::session::{new_session, register_data_dir, register_table};
 use crate::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
@@ -36,6 +41,12 @@ pub struct EngineConfig {
     pub shuffle_memory_bytes_max: u64,
     /// Parent directory for spill files; the system temp dir when unset.
     pub spill_dir: Option<PathBuf>,
+    /// Memory for the whole engine (`--memory-limit`); unbounded when unset.
+    /// A quarter (at most `shuffle_memory_bytes_max`) holds shuffle
+    /// segments; DataFusion's operators and the shuffle writers' open
+    /// segments share the rest in a fair spilling pool, so sorts,
+    /// aggregates and joins spill to disk instead of failing.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +55,7 @@ impl Default for EngineConfig {
             partitions: std::thread::available_parallelism().map_or(2, |count| count.get()),
             shuffle_memory_bytes_max: 2 * 1024 * 1024 * 1024,
             spill_dir: None,
+            memory_limit_bytes: None,
         }
     }
 }
@@ -62,6 +74,8 @@ pub struct Engine {
     context: SessionContext,
     store: Arc<LocalShuffleStore>,
     next_job: AtomicU64,
+    memory_limit_bytes: Option<u64>,
+    spills: Arc<OperatorSpills>,
 }
 
 impl Engine {
@@ -71,15 +85,26 @@ impl Engine {
                 message: "partitions must be at least 1".into(),
             });
         }
+        let (pool_bytes, shuffle_bytes) = match config.memory_limit_bytes {
+            Some(limit) => {
+                let split = MemorySplit::of(limit, config.shuffle_memory_bytes_max);
+                (Some(split.pool_bytes), split.shuffle_bytes)
+            }
+            None => (None, config.shuffle_memory_bytes_max),
+        };
         let store = Arc::new(LocalShuffleStore::new(
-            config.shuffle_memory_bytes_max,
+            shuffle_bytes,
             config.spill_dir.as_deref(),
         )?);
+        // Operator spill files go next to the shuffle's, and go with them.
+        let runtime = runtime_env(pool_bytes, store.spill_dir().to_path_buf(), None)?;
         let env = ShuffleEnv::local(Arc::clone(&store) as Arc<dyn ShuffleStore>);
         Ok(Self {
-            context: new_session(config.partitions, env),
+            context: new_session(config.partitions, env, runtime),
             store,
             next_job: AtomicU64::new(1),
+            memory_limit_bytes: config.memory_limit_bytes,
+            spills: Arc::default(),
         })
     }
 
@@ -90,6 +115,11 @@ impl Engine {
 
     pub fn shuffle_store(&self) -> &Arc<LocalShuffleStore> {
         &self.store
+    }
+
+    /// What DataFusion operators spilled to disk in this engine's jobs.
+    pub fn operator_spills(&self) -> &OperatorSpills {
+        &self.spills
     }
 
     /// Registers every child of `dir` as a table; returns their names.
@@ -195,7 +225,23 @@ impl Engine {
         let plan = self.prepare_plan(plan).await?;
         let dag = self.stage_dag(plan)?;
         let store = Arc::clone(&self.store) as Arc<dyn ShuffleStore>;
-        run_dag(dag, store, self.context.task_ctx()).await
+        let limit = self.memory_limit_bytes;
+        let stream = run_dag(
+            dag,
+            store,
+            self.context.task_ctx(),
+            Arc::clone(&self.spills),
+        )
+        .await
+        .map_err(|error| name_memory_limit(error, limit))?;
+        let schema = stream.schema();
+        let named = stream.map_err(move |error| match error.find_root() {
+            DataFusionError::ResourcesExhausted(_) => {
+                DataFusionError::from(name_memory_limit(EngineError::from(error), limit))
+            }
+            _ => error,
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, named)))
     }
 
     /// Runs the parts of a plan that cannot be cut into stages before the

@@ -8,6 +8,8 @@
 //! - [`runtime`]: running a stage DAG in this process.
 //! - [`cpu`]: the rayon pool for CPU-heavy work and its async bridge.
 //! - [`session`]: the DataFusion session and table registration.
+//! - [`limits`]: memory and disk limits (the DataFusion memory pool, the
+//!   shuffle's share of it, sizes like `512M`).
 //! - [`error`]: [`EngineError`], classified by who must act.
 
 pub mod codec;
@@ -15,6 +17,7 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod runtime;
 pub mod session;
 pub mod shuffle;

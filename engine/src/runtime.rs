@@ -22,22 +22,28 @@ use crate::codec::{decode_plan, encode_plan};
 use crate::cpu::panic_message;
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
+use crate::limits::OperatorSpills;
 use crate::shuffle::{ShuffleStore, ShuffleWriteSummary, ShuffleWriterExec};
 use crate::stage::{Stage, StageDag};
 
 /// Runs `dag` and streams the final stage's output. Intermediate stages run
 /// to completion first; the final stage runs as the stream is polled.
 /// The job's shuffle data is released when the stream is dropped.
+/// Operator spill metrics of every stage go to `spills` (the final stage's
+/// when its stream is dropped).
 pub async fn run_dag(
     dag: StageDag,
     store: Arc<dyn ShuffleStore>,
     context: Arc<TaskContext>,
+    spills: Arc<OperatorSpills>,
 ) -> Result<SendableRecordBatchStream> {
-    let guard = JobGuard {
+    let mut guard = JobGuard {
         job_id: dag.job_id.clone(),
         store: Arc::clone(&store),
+        final_plan: None,
+        spills: Arc::clone(&spills),
     };
-    run_map_stages(&dag, &store, &context).await?;
+    run_map_stages(&dag, &store, &context, &spills).await?;
     let final_stage = dag.final_stage();
     let plan = round_trip(&final_stage.plan, &context)?;
     let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > 1 {
@@ -45,6 +51,7 @@ pub async fn run_dag(
     } else {
         plan
     };
+    guard.final_plan = Some(Arc::clone(&plan));
     let stream = plan.execute(0, context)?;
     Ok(Box::pin(GuardedStream {
         inner: stream,
@@ -57,6 +64,7 @@ async fn run_map_stages(
     dag: &StageDag,
     store: &Arc<dyn ShuffleStore>,
     context: &Arc<TaskContext>,
+    spills: &Arc<OperatorSpills>,
 ) -> Result<()> {
     let map_stages = &dag.stages[..dag.stages.len() - 1];
     let mut done: HashSet<StageId> = HashSet::new();
@@ -66,7 +74,11 @@ async fn run_map_stages(
         for stage in map_stages {
             let ready = stage.inputs.iter().all(|input| done.contains(input));
             if ready && started.insert(stage.id) {
-                running.push(run_map_stage(stage.clone(), Arc::clone(context)));
+                running.push(run_map_stage(
+                    stage.clone(),
+                    Arc::clone(context),
+                    Arc::clone(spills),
+                ));
             }
         }
         let Some(finished) = running.next().await else {
@@ -98,7 +110,11 @@ fn release_consumed(dag: &StageDag, done: &HashSet<StageId>, store: &dyn Shuffle
     }
 }
 
-async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageId> {
+async fn run_map_stage(
+    stage: Stage,
+    context: Arc<TaskContext>,
+    spills: Arc<OperatorSpills>,
+) -> Result<StageId> {
     let started = std::time::Instant::now();
     let plan = round_trip(&stage.plan, &context)?;
     let tasks = plan.output_partitioning().partition_count();
@@ -122,6 +138,7 @@ async fn run_map_stage(stage: Stage, context: Arc<TaskContext>) -> Result<StageI
         written.bytes += summary.bytes;
         written.spilled_bytes += summary.spilled_bytes;
     }
+    spills.record(&writer);
     tracing::info!(
         stage_id = stage.id.0,
         tasks,
@@ -156,15 +173,21 @@ pub fn round_trip(
     decode_plan(&bytes, context)
 }
 
-/// Releases a job's shuffle data when its result stream goes away.
+/// Releases a job's shuffle data when its result stream goes away, and
+/// records what the final stage's operators spilled.
 struct JobGuard {
     job_id: JobId,
     store: Arc<dyn ShuffleStore>,
+    final_plan: Option<Arc<dyn ExecutionPlan>>,
+    spills: Arc<OperatorSpills>,
 }
 
 impl Drop for JobGuard {
     fn drop(&mut self) {
         self.store.remove_job(&self.job_id);
+        if let Some(plan) = &self.final_plan {
+            self.spills.record(plan);
+        }
     }
 }
 

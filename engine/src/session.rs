@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::datasource::file_format::options::{
     CsvReadOptions, JsonReadOptions, ParquetReadOptions,
 };
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -40,13 +41,18 @@ impl FileFormat {
     }
 }
 
-/// A DataFusion session whose operators can reach tone's shuffle store.
-pub fn new_session(partitions: usize, shuffle: ShuffleEnv) -> SessionContext {
+/// A DataFusion session whose operators can reach tone's shuffle store and
+/// share `runtime`'s memory pool and spill directory.
+pub fn new_session(
+    partitions: usize,
+    shuffle: ShuffleEnv,
+    runtime: Arc<RuntimeEnv>,
+) -> SessionContext {
     let config = SessionConfig::new()
         .with_target_partitions(partitions)
         .with_information_schema(true)
         .with_extension(Arc::new(shuffle));
-    SessionContext::new_with_config(config)
+    SessionContext::new_with_config_rt(config, runtime)
 }
 
 /// Registers each child of `dir` (a data file, or a folder of them) as a

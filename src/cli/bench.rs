@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand, ValueEnum};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::Serialize;
+use tone_engine::limits::{parse_size, runtime_env};
 use tone_engine::session::register_data_dir;
 use tone_engine::{Engine, EngineConfig, EngineError};
 
@@ -52,6 +53,11 @@ pub struct TpchBenchArgs {
     /// Partitions per stage [default: number of cores].
     #[arg(long)]
     pub partitions: Option<usize>,
+    /// Memory for the tone and datafusion engines, e.g. 512M (the same
+    /// fair spilling pool for both); a cluster's workers have their own
+    /// `--memory-limit` [default: unlimited].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
     /// Coordinator URL for `--engine cluster`.
     #[arg(long, value_name = "URL")]
     pub master: Option<String>,
@@ -100,7 +106,7 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
             (Some(master), EngineKind::Cluster) => {
                 Runner::cluster(master, &args.data, args.partitions).await?
             }
-            _ => Runner::new(*engine, &args.data, args.partitions).await?,
+            _ => Runner::new(*engine, &args.data, args.partitions, args.memory_limit).await?,
         };
         let mut figures = EngineFigures {
             engine: *engine,
@@ -175,11 +181,13 @@ impl Runner {
         kind: EngineKind,
         data: &Path,
         partitions: Option<usize>,
+        memory_limit_bytes: Option<u64>,
     ) -> Result<Self, CliError> {
         let mut config = EngineConfig::default();
         if let Some(partitions) = partitions {
             config.partitions = partitions;
         }
+        config.memory_limit_bytes = memory_limit_bytes;
         match kind {
             EngineKind::Tone | EngineKind::Cluster => {
                 let engine = Engine::new(config)?;
@@ -187,8 +195,10 @@ impl Runner {
                 Ok(Self::Tone(engine))
             }
             EngineKind::Datafusion => {
-                let context = SessionContext::new_with_config(
+                let runtime = runtime_env(memory_limit_bytes, std::env::temp_dir(), None)?;
+                let context = SessionContext::new_with_config_rt(
                     SessionConfig::new().with_target_partitions(config.partitions),
+                    runtime,
                 );
                 register_data_dir(&context, data).await?;
                 Ok(Self::DataFusion(context))

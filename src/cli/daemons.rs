@@ -10,6 +10,7 @@ use tone_coordinator::{CoordinatorConfig, DEFAULT_LISTEN};
 use tone_worker::WorkerConfig;
 
 use super::CliError;
+use tone_engine::limits::parse_size;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  tone coordinator --listen 127.0.0.1:50050")]
@@ -78,6 +79,36 @@ pub struct WorkerArgs {
     /// Compression of shuffle files.
     #[arg(long, value_enum, default_value = "lz4")]
     pub shuffle_compression: ShuffleCompression,
+    #[command(flatten)]
+    pub limits: WorkerLimitArgs,
+}
+
+/// Memory and disk limits of a worker (also given to local-cluster's).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerLimitArgs {
+    /// Memory for running tasks, e.g. 512M or 4G: sorts, aggregates and
+    /// joins spill to disk past it, and work that still does not fit fails
+    /// with a resources error [default: unlimited].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// Disk for shuffle files, e.g. 20G: a task whose output would pass it
+    /// fails with a resources error [default: unlimited].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub disk_limit: Option<u64>,
+}
+
+impl WorkerLimitArgs {
+    /// The same flags, for a worker process started by local-cluster.
+    fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(bytes) = self.memory_limit {
+            args.extend(["--memory-limit".to_string(), bytes.to_string()]);
+        }
+        if let Some(bytes) = self.disk_limit {
+            args.extend(["--disk-limit".to_string(), bytes.to_string()]);
+        }
+        args
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +153,8 @@ pub struct LocalClusterArgs {
     pub shuffle_compression: ShuffleCompression,
     #[command(flatten)]
     pub failures: FailureArgs,
+    #[command(flatten)]
+    pub limits: WorkerLimitArgs,
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
@@ -162,6 +195,8 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
         slots: args.slots.unwrap_or(cores),
         work_dir,
         shuffle_compression: args.shuffle_compression.codec(),
+        memory_limit_bytes: args.limits.memory_limit,
+        disk_limit_bytes: args.limits.disk_limit,
     };
     // SIGTERM drains (finish running tasks, take no new ones); Ctrl-C, or
     // a second SIGTERM, stops at once.
@@ -288,6 +323,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             .args(["--coordinator", &master])
             .args(["--slots", &slots.to_string()])
             .args(["--shuffle-compression", args.shuffle_compression.name()])
+            .args(args.limits.to_args())
             .arg("--work-dir")
             .arg(work_dir.path())
             .spawn()

@@ -77,6 +77,13 @@ impl From<ClusterError> for CliError {
 
 /// The tables named by the table flags, with absolute paths.
 fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
+    if args.memory_limit.is_some() {
+        return Err(CliError::Usage(
+            "--memory-limit applies to the embedded engine; on a cluster give it to each \
+             worker (tone worker --memory-limit SIZE)"
+                .into(),
+        ));
+    }
     let mut tables = Vec::new();
     if let Some(dir) = &args.data {
         if !dir.is_dir() {
@@ -311,8 +318,13 @@ pub async fn workers(args: MasterArgs) -> Result<(), CliError> {
     let client = ClusterClient::connect(&args.master).await?;
     for worker in client.workers().await? {
         println!(
-            "{} {} slots={} running={}",
-            worker.worker_id, worker.flight_address, worker.slots, worker.running_tasks
+            "{} {} slots={} running={} shuffle_disk_bytes={} operator_spilled_bytes={}",
+            worker.worker_id,
+            worker.flight_address,
+            worker.slots,
+            worker.running_tasks,
+            worker.shuffle_disk_bytes,
+            worker.operator_spilled_bytes
         );
     }
     Ok(())

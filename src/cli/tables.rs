@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use tone_engine::limits::parse_size;
 use tone_engine::{Engine, EngineConfig};
 
 use super::CliError;
@@ -19,6 +20,12 @@ pub struct TableArgs {
     /// Partitions per stage [default: number of cores].
     #[arg(long, value_name = "N")]
     pub partitions: Option<usize>,
+    /// Memory for the embedded engine, e.g. 512M or 4G: sorts, aggregates,
+    /// joins and shuffles spill to disk past it, and work that still does
+    /// not fit fails with a resources error [default: unlimited]. On a
+    /// cluster, give it to the workers instead.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
 }
 
 impl TableArgs {
@@ -31,6 +38,7 @@ impl TableArgs {
             }
             config.partitions = partitions;
         }
+        config.memory_limit_bytes = self.memory_limit;
         let engine = Engine::new(config)?;
         if let Some(dir) = &self.data {
             if !dir.is_dir() {

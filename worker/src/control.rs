@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::prelude::SessionContext;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tone_engine::limits::OperatorSpills;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleStore};
 use tone_engine::JobId;
 use tone_proto::v1::worker_control_client::WorkerControlClient;
@@ -19,6 +19,7 @@ use tone_proto::v1::{
 };
 use tone_proto::{MAX_MESSAGE_BYTES, MAX_PLAN_BYTES};
 
+use crate::tasks::Runner;
 use crate::WorkerConfig;
 
 /// How often a worker says it is alive.
@@ -37,7 +38,7 @@ type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 pub async fn run(
     config: WorkerConfig,
     address: String,
-    session: SessionContext,
+    runner: Runner,
     store: Arc<LocalShuffleStore>,
     stop: impl std::future::Future<Output = ()>,
     drain: watch::Receiver<bool>,
@@ -47,7 +48,7 @@ pub async fn run(
         config: &config,
         worker_id: &worker_id,
         address: &address,
-        session: &session,
+        runner: &runner,
         store: &store,
     };
     tokio::pin!(stop);
@@ -79,7 +80,7 @@ struct Session<'a> {
     config: &'a WorkerConfig,
     worker_id: &'a str,
     address: &'a str,
-    session: &'a SessionContext,
+    runner: &'a Runner,
     store: &'a Arc<LocalShuffleStore>,
 }
 
@@ -89,7 +90,7 @@ impl Session<'_> {
             config,
             worker_id,
             address,
-            session,
+            runner,
             store,
         } = *self;
         let mut client = WorkerControlClient::connect(config.coordinator_url.clone())
@@ -117,7 +118,12 @@ impl Session<'_> {
         tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
         let running: Running = Arc::default();
         let mut parts: HashMap<TaskId, (u32, Vec<u8>)> = HashMap::new();
-        let heartbeat = tokio::spawn(heartbeats(outbox.clone(), Arc::clone(&running)));
+        let heartbeat = tokio::spawn(heartbeats(
+            outbox.clone(),
+            Arc::clone(&running),
+            Arc::clone(store),
+            Arc::clone(&runner.spills),
+        ));
         let mut draining = false;
         let outcome = loop {
             let message = tokio::select! {
@@ -152,12 +158,7 @@ impl Session<'_> {
                         refuse(assign, &outbox).await;
                         continue;
                     }
-                    start_task(
-                        assign,
-                        session.clone(),
-                        outbox.clone(),
-                        Arc::clone(&running),
-                    );
+                    start_task(assign, runner.clone(), outbox.clone(), Arc::clone(&running));
                 }
                 Some(coordinator_message::Kind::CancelTask(cancel)) => {
                     if let Some(key) = cancel.task {
@@ -233,7 +234,7 @@ fn assemble(
 
 fn start_task(
     assign: AssignTask,
-    session: SessionContext,
+    runner: Runner,
     outbox: mpsc::Sender<WorkerMessage>,
     running: Running,
 ) {
@@ -245,7 +246,7 @@ fn start_task(
     let tracked = Arc::clone(&running);
     let tracked_id = id.clone();
     let handle = tokio::spawn(async move {
-        let status = crate::tasks::run(assign, session).await;
+        let status = crate::tasks::run(assign, runner).await;
         lock(&tracked).remove(&tracked_id);
         let message = WorkerMessage {
             kind: Some(worker_message::Kind::TaskStatus(status)),
@@ -274,12 +275,21 @@ fn abort_job(running: &Running, job_id: &str) {
     });
 }
 
-async fn heartbeats(outbox: mpsc::Sender<WorkerMessage>, running: Running) {
+async fn heartbeats(
+    outbox: mpsc::Sender<WorkerMessage>,
+    running: Running,
+    store: Arc<LocalShuffleStore>,
+    spills: Arc<OperatorSpills>,
+) {
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
-        let running_tasks = lock(&running).len() as u32;
+        let heartbeat = Heartbeat {
+            running_tasks: lock(&running).len() as u32,
+            shuffle_disk_bytes: store.disk().used_bytes(),
+            operator_spilled_bytes: spills.spilled_bytes(),
+        };
         let message = WorkerMessage {
-            kind: Some(worker_message::Kind::Heartbeat(Heartbeat { running_tasks })),
+            kind: Some(worker_message::Kind::Heartbeat(heartbeat)),
         };
         if outbox.send(message).await.is_err() {
             return;

@@ -11,7 +11,10 @@
 //!
 //! Map outputs are written (LZ4-compressed by default) to files under the
 //! work dir: one file per map task, an index of byte ranges per reduce
-//! partition.
+//! partition. Files left there by an earlier process are removed at start;
+//! a job's files go when the coordinator releases it (after the client read
+//! the results, or when the job failed or was cancelled). `--disk-limit`
+//! bounds them; `--memory-limit` bounds the session's memory pool.
 
 mod control;
 mod faults;
@@ -25,6 +28,7 @@ use std::sync::Arc;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::net::TcpListener;
+use tone_engine::limits::runtime_env;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
 
 /// Validated settings of a worker process.
@@ -41,6 +45,12 @@ pub struct WorkerConfig {
     /// Compression of shuffle files (LZ4 by default; none saves CPU where
     /// the network is not the bottleneck).
     pub shuffle_compression: Option<arrow::ipc::CompressionType>,
+    /// Memory for DataFusion operators and shuffle writers' open segments
+    /// (`--memory-limit`); unbounded when unset.
+    pub memory_limit_bytes: Option<u64>,
+    /// Bytes of shuffle files this worker may hold (`--disk-limit`); also
+    /// caps DataFusion's operator spill files. Unbounded when unset.
+    pub disk_limit_bytes: Option<u64>,
 }
 
 /// Why a worker configuration was refused or the worker stopped.
@@ -56,6 +66,8 @@ pub enum WorkerError {
     WorkDir { path: PathBuf, reason: String },
     #[error("shuffle service failed: {reason}")]
     Serve { reason: String },
+    #[error("cannot set up the memory pool: {reason}")]
+    Runtime { reason: String },
 }
 
 impl WorkerConfig {
@@ -97,24 +109,39 @@ pub async fn run(
         address: config.listen,
         reason: error.to_string(),
     })?;
+    remove_leftovers(&config.work_dir)?;
     // Budget zero: every segment goes to the map task's file, which the
     // Flight service serves and which outlives memory pressure.
     let store = Arc::new(
-        LocalShuffleStore::new(0, Some(&config.work_dir)).map_err(|error| {
-            WorkerError::WorkDir {
+        LocalShuffleStore::new(0, Some(&config.work_dir))
+            .map_err(|error| WorkerError::WorkDir {
                 path: config.work_dir.clone(),
                 reason: error.to_string(),
-            }
-        })?,
+            })?
+            .with_disk_limit(config.disk_limit_bytes),
     );
+    let runtime = runtime_env(
+        config.memory_limit_bytes,
+        store.spill_dir().to_path_buf(),
+        config.disk_limit_bytes,
+    )
+    .map_err(|error| WorkerError::Runtime {
+        reason: error.to_string(),
+    })?;
     let env = ShuffleEnv {
         store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
         remote: Some(Arc::new(remote::FlightRemote::default())),
         local_address: Some(address.to_string()),
         compression: config.shuffle_compression,
     };
-    let session = SessionContext::new_with_config(worker_session_config(env));
-    tracing::info!(%address, slots = config.slots, "worker listening");
+    let session = SessionContext::new_with_config_rt(worker_session_config(env), runtime);
+    tracing::info!(
+        %address,
+        slots = config.slots,
+        memory_limit_bytes = config.memory_limit_bytes,
+        disk_limit_bytes = config.disk_limit_bytes,
+        "worker listening"
+    );
 
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let (drain_sender, drain_receiver) = tokio::sync::watch::channel(false);
@@ -126,7 +153,11 @@ pub async fn run(
     let mut control = tokio::spawn(control::run(
         config.clone(),
         address.to_string(),
-        session,
+        tasks::Runner {
+            session,
+            memory_limit_bytes: config.memory_limit_bytes,
+            spills: Arc::default(),
+        },
         store,
         wait_for_stop(stop_receiver),
         drain_receiver,
@@ -157,6 +188,21 @@ pub async fn run(
     }
 }
 
+/// A restarted worker has a new identity, so no shuffle file an earlier
+/// process left in the work dir can be asked for again. Only the store's
+/// own files go; anything else in the work dir stays.
+fn remove_leftovers(work_dir: &std::path::Path) -> Result<(), WorkerError> {
+    let removed =
+        LocalShuffleStore::remove_leftovers(work_dir).map_err(|error| WorkerError::WorkDir {
+            path: work_dir.to_path_buf(),
+            reason: format!("removing leftover shuffle files: {error}"),
+        })?;
+    if !removed.is_empty() {
+        tracing::info!(count = removed.len(), work_dir = %work_dir.display(), "removed leftover shuffle files");
+    }
+    Ok(())
+}
+
 /// Each task runs its own copy of the stage plan, so a scan partition must
 /// read only the files it was assigned: DataFusion's work stealing between
 /// sibling partitions assumes they share one plan instance.
@@ -185,6 +231,8 @@ mod tests {
             slots,
             work_dir: PathBuf::from("/tmp"),
             shuffle_compression: None,
+            memory_limit_bytes: None,
+            disk_limit_bytes: None,
         }
     }
 

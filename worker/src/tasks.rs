@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
+use tokio::task::AbortHandle;
 use tone_engine::codec::decode_plan;
+use tone_engine::limits::{name_memory_limit, plan_metric_sum, OperatorSpills};
 use tone_engine::shuffle::ShuffleWriterExec;
 use tone_engine::EngineError;
 use tone_proto::v1::{
@@ -13,14 +14,28 @@ use tone_proto::v1::{
 
 use crate::faults::Point;
 
+/// What every task of this worker shares.
+#[derive(Clone)]
+pub struct Runner {
+    pub session: SessionContext,
+    pub memory_limit_bytes: Option<u64>,
+    /// What finished tasks' operators spilled; reported in heartbeats.
+    pub spills: Arc<OperatorSpills>,
+}
+
 /// Runs the task and reports how it went; never panics the worker (a
 /// panicking task is reported as a failed one).
-pub async fn run(assign: AssignTask, session: SessionContext) -> TaskStatus {
+pub async fn run(assign: AssignTask, runner: Runner) -> TaskStatus {
     let task = assign.task.clone();
-    let joined = tokio::spawn(execute(assign, session)).await;
+    let limit = runner.memory_limit_bytes;
+    let handle = tokio::spawn(execute(assign, runner));
+    // Aborting this future (cancel, release) must stop the task itself,
+    // or it would go on writing shuffle files nobody will delete.
+    let _stop = AbortOnDrop(handle.abort_handle());
+    let joined = handle.await;
     let outcome = match joined {
         Ok(Ok(succeeded)) => task_status::Outcome::Succeeded(succeeded),
-        Ok(Err(error)) => task_status::Outcome::Failed(failure(&error)),
+        Ok(Err(error)) => task_status::Outcome::Failed(failure(&name_memory_limit(error, limit))),
         Err(join_error) => {
             let message = if join_error.is_panic() {
                 let panic = join_error.into_panic();
@@ -41,10 +56,15 @@ pub async fn run(assign: AssignTask, session: SessionContext) -> TaskStatus {
     }
 }
 
-async fn execute(
-    assign: AssignTask,
-    session: SessionContext,
-) -> Result<TaskSucceeded, EngineError> {
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, EngineError> {
     let key = assign.task.ok_or_else(|| EngineError::Internal {
         message: "task assignment without a task key".into(),
     })?;
@@ -58,7 +78,7 @@ async fn execute(
         });
     }
     let started = std::time::Instant::now();
-    let context = session.task_ctx();
+    let context = runner.session.task_ctx();
     let plan = decode_plan(&assign.plan, &context)?;
     let decoded = started.elapsed();
     let writer = (plan.as_ref() as &dyn std::any::Any)
@@ -66,7 +86,9 @@ async fn execute(
         .ok_or_else(|| EngineError::Internal {
             message: format!("stage {} plan has no shuffle writer on top", key.stage_id),
         })?;
-    let summary = writer.write(key.partition as usize, context).await?;
+    let written = writer.write(key.partition as usize, context).await;
+    runner.spills.record(&plan);
+    let summary = written?;
     if crate::faults::fires(Point::AfterWrite, key.stage_id) {
         // A crash between writing the output and reporting it.
         std::process::abort();
@@ -75,21 +97,8 @@ async fn execute(
     Ok(TaskSucceeded {
         rows: summary.rows,
         bytes: summary.bytes,
-        remote_fetch_bytes: remote_fetch_bytes(&plan) as u64,
+        remote_fetch_bytes: plan_metric_sum(&plan, "remote_fetch_bytes"),
     })
-}
-
-/// Shuffle bytes the task's readers fetched from other workers.
-fn remote_fetch_bytes(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let own = plan
-        .metrics()
-        .and_then(|metrics| metrics.sum_by_name("remote_fetch_bytes"))
-        .map_or(0, |value| value.as_usize());
-    own + plan
-        .children()
-        .into_iter()
-        .map(remote_fetch_bytes)
-        .sum::<usize>()
 }
 
 /// The error as the coordinator needs it: its kind decides whether the

@@ -46,6 +46,7 @@ pub enum Event {
     },
     Heartbeat {
         worker_id: String,
+        heartbeat: pb::Heartbeat,
     },
     /// The worker finishes its running tasks and then leaves.
     Drain {
@@ -173,6 +174,8 @@ struct Worker {
     session: u64,
     /// Shutting down gracefully: no new tasks.
     draining: bool,
+    /// The worker's last report (disk and spill figures).
+    heartbeat: pb::Heartbeat,
 }
 
 struct Scheduler {
@@ -220,9 +223,13 @@ impl Scheduler {
                 self.expire_silent_workers();
                 self.enforce_limits();
             }
-            Event::Heartbeat { worker_id } => {
+            Event::Heartbeat {
+                worker_id,
+                heartbeat,
+            } => {
                 if let Some(worker) = self.workers.get_mut(&worker_id) {
                     worker.last_seen = Instant::now();
+                    worker.heartbeat = heartbeat;
                 }
             }
             Event::Drain { worker_id } => self.worker_draining(&worker_id),
@@ -273,6 +280,8 @@ impl Scheduler {
                         slots: worker.slots as u32,
                         running_tasks: worker.running as u32,
                         tasks_done: worker.tasks_done,
+                        shuffle_disk_bytes: worker.heartbeat.shuffle_disk_bytes,
+                        operator_spilled_bytes: worker.heartbeat.operator_spilled_bytes,
                     })
                     .collect();
                 let _ = reply.send(workers);
@@ -303,6 +312,7 @@ impl Scheduler {
             last_seen: Instant::now(),
             session,
             draining: false,
+            heartbeat: pb::Heartbeat::default(),
         };
         self.workers.insert(worker_id, worker);
     }

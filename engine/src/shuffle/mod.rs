@@ -14,5 +14,8 @@ mod store;
 mod writer;
 
 pub use reader::{read_local_partition, PartitionKey, ReadMode, RemoteShuffle, ShuffleReaderExec};
-pub use store::{LocalShuffleStore, MapOutput, MemoryBudget, Segment, ShuffleEnv, ShuffleStore};
+pub use store::{
+    DiskUsage, LocalShuffleStore, MapOutput, MemoryBudget, Segment, ShuffleEnv, ShuffleStore,
+    SPILL_DIR_PREFIX, SPILL_FILE_EXTENSION,
+};
 pub use writer::{describe as describe_partitioning, ShuffleWriteSummary, ShuffleWriterExec};

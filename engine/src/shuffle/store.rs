@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
+use crate::limits::format_bytes;
 
 /// Bytes of a finished IPC stream, shared between readers without copying.
 pub type IpcBytes = Arc<Vec<u8>>;
@@ -42,11 +43,41 @@ impl Segment {
     }
 }
 
+/// Name prefix of a store's spill directory; only directories named so are
+/// removed as leftovers of an earlier process.
+pub const SPILL_DIR_PREFIX: &str = "tone-shuffle-";
+/// Extension of a map task's spill file.
+pub const SPILL_FILE_EXTENSION: &str = "arrows";
+/// Prefix of the directories DataFusion's disk manager makes for operator
+/// spill files inside a store's spill directory.
+const DATAFUSION_SPILL_DIR_PREFIX: &str = "datafusion-";
+
 /// A map task's spill file; deleted when the last segment that points into
-/// it is dropped.
+/// it is dropped, and its bytes given back to the store's disk usage.
 #[derive(Debug)]
 pub struct SpillFile {
     pub path: PathBuf,
+    disk: Arc<DiskUsage>,
+    bytes: AtomicU64,
+}
+
+impl SpillFile {
+    /// Tracks a file at `path` whose bytes count against `disk`.
+    pub fn new(path: PathBuf, disk: Arc<DiskUsage>) -> Self {
+        Self {
+            path,
+            disk,
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves room for `bytes` more in the file; fails past the disk
+    /// limit. The bytes are given back when the file is dropped.
+    pub fn reserve(&self, bytes: u64) -> Result<()> {
+        self.disk.try_reserve(bytes)?;
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl Drop for SpillFile {
@@ -54,6 +85,56 @@ impl Drop for SpillFile {
         // Best effort: the spill directory is removed as a whole at the end
         // anyway.
         let _ = std::fs::remove_file(&self.path);
+        self.disk.release(self.bytes.load(Ordering::Relaxed));
+    }
+}
+
+/// Bytes of shuffle files on disk, with an optional limit. A write that
+/// would pass the limit fails instead of filling the disk.
+#[derive(Debug, Default)]
+pub struct DiskUsage {
+    limit_bytes: Option<u64>,
+    used_bytes: AtomicU64,
+}
+
+impl DiskUsage {
+    pub fn new(limit_bytes: Option<u64>) -> Self {
+        Self {
+            limit_bytes,
+            used_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves `bytes`, or fails with a resources error naming the limit.
+    pub fn try_reserve(&self, bytes: u64) -> Result<()> {
+        let limit = self.limit_bytes.unwrap_or(u64::MAX);
+        self.used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let wanted = used.checked_add(bytes)?;
+                (wanted <= limit).then_some(wanted)
+            })
+            .map(|_| ())
+            .map_err(|used| EngineError::ResourcesExhausted {
+                message: format!(
+                    "shuffle files would exceed the disk limit of {} (--disk-limit):                      {} are in use and a map task needs {} more; raise the limit or                      release finished jobs",
+                    format_bytes(limit),
+                    format_bytes(used),
+                    format_bytes(bytes)
+                ),
+            })
+    }
+
+    pub fn release(&self, bytes: u64) {
+        self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes of shuffle files on disk now.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn limit_bytes(&self) -> Option<u64> {
+        self.limit_bytes
     }
 }
 
@@ -169,6 +250,9 @@ pub trait ShuffleStore: Send + Sync + fmt::Debug {
 
     fn budget(&self) -> &MemoryBudget;
 
+    /// Bytes of shuffle files on disk, and their limit.
+    fn disk(&self) -> &Arc<DiskUsage>;
+
     /// Directory where writers put spill files.
     fn spill_dir(&self) -> &Path;
 }
@@ -205,6 +289,7 @@ impl ShuffleEnv {
 pub struct LocalShuffleStore {
     outputs: Mutex<HashMap<(JobId, StageId), HashMap<usize, MapOutput>>>,
     budget: MemoryBudget,
+    disk: Arc<DiskUsage>,
     spill_dir: tempfile::TempDir,
 }
 
@@ -212,7 +297,7 @@ impl LocalShuffleStore {
     pub fn new(memory_budget_bytes: u64, spill_parent: Option<&Path>) -> Result<Self> {
         let builder = {
             let mut builder = tempfile::Builder::new();
-            builder.prefix("tone-shuffle-");
+            builder.prefix(SPILL_DIR_PREFIX);
             builder
         };
         let spill_dir = match spill_parent {
@@ -227,8 +312,57 @@ impl LocalShuffleStore {
         Ok(Self {
             outputs: Mutex::new(HashMap::new()),
             budget: MemoryBudget::new(memory_budget_bytes),
+            disk: Arc::new(DiskUsage::default()),
             spill_dir,
         })
+    }
+
+    /// Makes shuffle writes fail once the store's files would hold more
+    /// than `limit_bytes`.
+    pub fn with_disk_limit(mut self, limit_bytes: Option<u64>) -> Self {
+        self.disk = Arc::new(DiskUsage::new(limit_bytes));
+        self
+    }
+
+    /// Removes what stores of earlier processes left in `parent`: their
+    /// spill files and DataFusion spill folders inside `tone-shuffle-*`
+    /// directories, then those directories if nothing else is in them.
+    /// Anything else is kept. Returns the paths removed.
+    pub fn remove_leftovers(parent: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(parent)? {
+            let entry = entry?;
+            let is_store_dir = entry.file_type()?.is_dir()
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| name.starts_with(SPILL_DIR_PREFIX));
+            if !is_store_dir {
+                continue;
+            }
+            let dir = entry.path();
+            for inner in std::fs::read_dir(&dir)? {
+                let inner = inner?;
+                let path = inner.path();
+                let name = inner.file_name();
+                let name = name.to_str().unwrap_or_default();
+                let kind = inner.file_type()?;
+                if kind.is_file()
+                    && path.extension().and_then(|e| e.to_str()) == Some(SPILL_FILE_EXTENSION)
+                {
+                    std::fs::remove_file(&path)?;
+                    removed.push(path);
+                } else if kind.is_dir() && name.starts_with(DATAFUSION_SPILL_DIR_PREFIX) {
+                    std::fs::remove_dir_all(&path)?;
+                    removed.push(path);
+                }
+            }
+            // Fails, and keeps the directory, when something else is in it.
+            if std::fs::remove_dir(&dir).is_ok() {
+                removed.push(dir);
+            }
+        }
+        Ok(removed)
     }
 
     fn lock(
@@ -305,6 +439,10 @@ impl ShuffleStore for LocalShuffleStore {
 
     fn budget(&self) -> &MemoryBudget {
         &self.budget
+    }
+
+    fn disk(&self) -> &Arc<DiskUsage> {
+        &self.disk
     }
 
     fn spill_dir(&self) -> &Path {

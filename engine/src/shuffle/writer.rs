@@ -27,7 +27,9 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use rayon::prelude::*;
 
-use super::store::{MapOutput, Segment, ShuffleEnv, ShuffleStore, SpillFile};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+
+use super::store::{MapOutput, Segment, ShuffleEnv, ShuffleStore, SpillFile, SPILL_FILE_EXTENSION};
 use crate::cpu::run_cpu;
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
@@ -167,9 +169,15 @@ async fn write_map_task(
     let store = Arc::clone(&env.store);
     let compression = env.compression;
     let input_partitions = task.input.output_partitioning().partition_count();
+    // Open segments live in the session's memory pool: when the pool says
+    // no, the writer seals them early (to memory under the shuffle budget,
+    // or to its spill file) rather than growing past a memory limit.
+    let reservation = MemoryConsumer::new(format!("ShuffleWriterExec[{}]", task.partition))
+        .with_can_spill(true)
+        .register(context.memory_pool());
     let mut stream = task.input.execute(task.partition, context)?;
     let spill_path = store.spill_dir().join(format!(
-        "{}-{}-{}-{}.arrows",
+        "{}-{}-{}-{}.{SPILL_FILE_EXTENSION}",
         task.job_id,
         task.stage_id,
         task.partition,
@@ -180,12 +188,12 @@ async fn write_map_task(
         .map_err(arrow_error)?;
     let mut writer = MapOutputWriter::try_new(
         options,
-        &task.partitioning,
-        task.partition,
+        &task,
         input_partitions,
         stream.schema(),
         Arc::clone(&store),
         spill_path,
+        reservation,
     )?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -233,25 +241,27 @@ struct MapOutputWriter {
     spill_path: PathBuf,
     spill: Option<(Arc<SpillFile>, File, u64)>,
     spilled_bytes: u64,
+    /// Bytes of the open segments, held in the session's memory pool.
+    reservation: MemoryReservation,
 }
 
 impl MapOutputWriter {
     fn try_new(
         options: IpcWriteOptions,
-        partitioning: &Partitioning,
-        partition: usize,
+        task: &MapTask,
         input_partitions: usize,
         schema: SchemaRef,
         store: Arc<dyn ShuffleStore>,
         spill_path: PathBuf,
+        reservation: MemoryReservation,
     ) -> Result<Self> {
-        let count = partitioning.partition_count();
-        let partitioner = match partitioning {
+        let count = task.partitioning.partition_count();
+        let partitioner = match &task.partitioning {
             Partitioning::UnknownPartitioning(_) => None,
             other => Some(BatchPartitioner::try_new(
                 other.clone(),
                 Default::default(),
-                partition,
+                task.partition,
                 input_partitions,
             )?),
         };
@@ -265,6 +275,7 @@ impl MapOutputWriter {
             spill_path,
             spill: None,
             spilled_bytes: 0,
+            reservation,
         })
     }
 
@@ -298,13 +309,35 @@ impl MapOutputWriter {
                 self.seal(index)?;
             }
         }
+        self.account_open_segments()
+    }
+
+    /// Keeps the reservation equal to the open segments' bytes; when the
+    /// pool has no room for them, seals them all now.
+    fn account_open_segments(&mut self) -> Result<()> {
+        if self.reservation.try_resize(self.open_bytes()).is_ok() {
+            return Ok(());
+        }
+        for index in 0..self.open.len() {
+            self.seal(index)?;
+        }
+        self.reservation.free();
         Ok(())
+    }
+
+    fn open_bytes(&self) -> usize {
+        self.open
+            .iter()
+            .flatten()
+            .map(|segment| segment.writer.get_ref().len())
+            .sum()
     }
 
     fn finish(mut self) -> Result<(MapOutput, u64)> {
         for index in 0..self.open.len() {
             self.seal(index)?;
         }
+        self.reservation.free();
         Ok((
             MapOutput {
                 partitions: std::mem::take(&mut self.sealed),
@@ -338,15 +371,17 @@ impl MapOutputWriter {
         if self.spill.is_none() {
             let file = File::create(&self.spill_path)
                 .map_err(|error| spill_error(&self.spill_path, error))?;
-            let guard = Arc::new(SpillFile {
-                path: self.spill_path.clone(),
-            });
+            let guard = Arc::new(SpillFile::new(
+                self.spill_path.clone(),
+                Arc::clone(self.store.disk()),
+            ));
             self.spill = Some((guard, file, 0));
         }
         let path = &self.spill_path;
         let Some((guard, file, offset)) = self.spill.as_mut() else {
             return Err(EngineError::internal("spill file vanished after creation"));
         };
+        guard.reserve(bytes.len() as u64)?;
         file.write_all(bytes)
             .map_err(|error| spill_error(path, error))?;
         let segment = Segment::File {
