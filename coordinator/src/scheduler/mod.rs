@@ -145,6 +145,7 @@ pub fn spawn(config: SchedulerConfig) -> EventSender {
         workers: BTreeMap::new(),
         jobs: Vec::new(),
         cursor: 0,
+        released: Default::default(),
     };
     tokio::spawn(scheduler.run(receiver));
     tokio::spawn(ticks(sender.clone(), period));
@@ -184,6 +185,8 @@ struct Scheduler {
     jobs: Vec<Job>,
     /// Where the round robin over jobs resumes.
     cursor: usize,
+    /// Jobs whose shuffle data was released, newest last.
+    released: std::collections::VecDeque<String>,
 }
 
 impl Scheduler {
@@ -314,6 +317,9 @@ impl Scheduler {
             draining: false,
             heartbeat: pb::Heartbeat::default(),
         };
+        for job_id in &self.released {
+            let _ = worker.outbox.try_send(Ok(release(job_id)));
+        }
         self.workers.insert(worker_id, worker);
     }
 
@@ -407,15 +413,26 @@ impl Scheduler {
         self.broadcast_release(&job_id);
     }
 
-    fn broadcast_release(&self, job_id: &str) {
+    fn broadcast_release(&mut self, job_id: &str) {
         for worker in self.workers.values() {
-            let cancel = pb::CoordinatorMessage {
-                kind: Some(pb::coordinator_message::Kind::ReleaseJob(pb::ReleaseJob {
-                    job_id: job_id.to_string(),
-                })),
-            };
             // A full outbox means a stuck worker; its session ends soon.
-            let _ = worker.outbox.try_send(Ok(cancel));
+            let _ = worker.outbox.try_send(Ok(release(job_id)));
         }
+        if self.released.len() == RELEASED_REMEMBERED {
+            self.released.pop_front();
+        }
+        self.released.push_back(job_id.to_string());
+    }
+}
+
+/// Released jobs told again to every worker that (re)joins: a worker that
+/// was away (frozen, cut off) when a job ended still holds its files.
+const RELEASED_REMEMBERED: usize = 256;
+
+fn release(job_id: &str) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage {
+        kind: Some(pb::coordinator_message::Kind::ReleaseJob(pb::ReleaseJob {
+            job_id: job_id.to_string(),
+        })),
     }
 }
