@@ -512,3 +512,74 @@ async fn sigterm_drains_a_worker_it_finishes_its_task_and_exits() {
     );
     assert_eq!(client.workers().await.expect("workers").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_back() {
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().to_str().expect("utf-8 path");
+    let mut cluster = Cluster::coordinator(&["--state-dir", state_dir]);
+    for _ in 0..2 {
+        cluster.add_worker(&[]);
+    }
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+
+    // A finished job (it registers the TPC-H tables), a catalog statement,
+    // and a job still running when the coordinator is killed.
+    let (finished, _) = run_job(&client, "select count(*) from nation", 2)
+        .await
+        .expect("runs");
+    let region = tpch_data().join("region");
+    let create = format!(
+        "create external table region_copy stored as parquet location '{}'",
+        region.display()
+    );
+    client
+        .sql(&create, &[], 1)
+        .await
+        .expect("creates the table");
+    let endless =
+        "select count(*) from lineitem a, lineitem b where a.l_orderkey + b.l_orderkey < 0";
+    let running = client.submit(endless, &[], 2).await.expect("submits");
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .status(&running.job_id)
+            .await
+            .is_ok_and(|s| s.tasks_running > 0)
+    })
+    .await;
+
+    cluster.restart_coordinator();
+    // Workers reconnect by themselves.
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let jobs = client.jobs().await.expect("jobs");
+    let state_of = |job_id: &str| {
+        jobs.iter()
+            .find(|job| job.job_id == job_id)
+            .unwrap_or_else(|| panic!("{job_id} is not listed after the restart: {jobs:?}"))
+    };
+    assert_eq!(
+        state_of(&finished.job_id).state,
+        pb::JobState::Succeeded as i32
+    );
+    let lost = state_of(&running.job_id);
+    assert_eq!(lost.state, pb::JobState::Failed as i32);
+    assert!(lost.error.contains("restarted"), "{}", lost.error);
+    let status = client.status(&finished.job_id).await.expect("status");
+    assert_eq!(status.job_id, finished.job_id);
+
+    // The catalog is back: no table is named with the query.
+    let rows = client
+        .sql("select count(*) as n from region_copy", &[], 2)
+        .await
+        .expect("the created table is still there");
+    let count = arrow::util::pretty::pretty_format_batches(&rows)
+        .expect("prints")
+        .to_string();
+    assert!(count.contains("| 5 "), "{count}");
+    client
+        .sql("select count(*) from lineitem", &[], 2)
+        .await
+        .expect("a job's table is still there");
+}

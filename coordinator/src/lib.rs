@@ -14,6 +14,7 @@ mod file_groups;
 mod planner;
 mod scheduler;
 mod service;
+mod state;
 
 pub use scheduler::SchedulerConfig;
 
@@ -57,6 +58,8 @@ pub enum CoordinatorError {
     Listen { address: SocketAddr, reason: String },
     #[error("cannot set up the planner: {reason}")]
     Planner { reason: String },
+    #[error("cannot use the state dir: {reason}")]
+    State { reason: String },
     #[error("the gRPC server failed: {reason}")]
     Serve { reason: String },
 }
@@ -88,12 +91,28 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
-    let planner = Arc::new(
-        planner::Planner::new().map_err(|error| CoordinatorError::Planner {
+    let (state, restored) = match &config.state_dir {
+        Some(dir) => {
+            let (store, restored) =
+                state::StateStore::open(dir).map_err(|error| CoordinatorError::State {
+                    reason: error.to_string(),
+                })?;
+            (Some(Arc::new(store)), restored)
+        }
+        None => (None, state::Restored::default()),
+    };
+    let planner = Arc::new(planner::Planner::new(state.clone()).map_err(|error| {
+        CoordinatorError::Planner {
             reason: error.to_string(),
-        })?,
+        }
+    })?);
+    planner.restore(&restored.catalog).await;
+    tracing::info!(
+        jobs = restored.jobs.len(),
+        catalog_entries = restored.catalog.len(),
+        "state restored"
     );
-    let events = scheduler::spawn(config.scheduler.clone());
+    let events = scheduler::spawn(config.scheduler.clone(), state, restored.jobs);
     let jobs = service::JobsService::new(events.clone(), planner);
     let control = service::ControlService::new(events);
     tracing::info!(address = ?listener.local_addr().ok(), "coordinator listening");

@@ -15,6 +15,8 @@ use tone_engine::shuffle::ShuffleWriterExec;
 use tone_engine::{Engine, EngineConfig, EngineError, JobId, StageDag};
 use tone_proto::v1::SubmitJobRequest;
 
+use crate::state::{CatalogEntry, StateStore};
+
 /// What a submitted statement turned into.
 pub enum Planned {
     /// DDL: the catalog changed; nothing to run.
@@ -29,6 +31,8 @@ pub enum Planned {
 /// Holds the catalog (tables stay registered across jobs) and plans SQL.
 pub struct Planner {
     engine: Engine,
+    /// Where catalog changes are recorded, with `--state-dir`.
+    state: Option<Arc<StateStore>>,
     /// Paths of the tables jobs registered, by name. Held while a job
     /// registers tables and plans, so concurrent submissions see one
     /// consistent catalog.
@@ -36,7 +40,7 @@ pub struct Planner {
 }
 
 impl Planner {
-    pub fn new() -> Result<Self, EngineError> {
+    pub fn new(state: Option<Arc<StateStore>>) -> Result<Self, EngineError> {
         let engine = Engine::new(EngineConfig::default())?;
         {
             // Operators that coordinate the partitions of one plan instance
@@ -52,8 +56,44 @@ impl Planner {
         }
         Ok(Self {
             engine,
+            state,
             registered: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Replays the catalog an earlier coordinator recorded. An entry that no
+    /// longer applies (its files are gone) is skipped with a warning.
+    pub async fn restore(&self, catalog: &[CatalogEntry]) {
+        let mut registered = self.registered.lock().await;
+        for entry in catalog {
+            let outcome = match entry {
+                CatalogEntry::Table { name, path } => {
+                    let replaced = self.replace_table(name, path).await;
+                    if replaced.is_ok() {
+                        registered.insert(name.clone(), path.clone());
+                    }
+                    replaced
+                }
+                CatalogEntry::Statement { sql } => {
+                    self.engine.plan_statement(sql, 1).await.map(|_| ())
+                }
+            };
+            if let Err(error) = outcome {
+                tracing::warn!(?entry, %error, "catalog entry not restored");
+            }
+        }
+    }
+
+    async fn replace_table(&self, name: &str, path: &str) -> Result<(), EngineError> {
+        // A job's tables replace same-named ones.
+        self.engine.session().deregister_table(name)?;
+        self.engine.register_table(name, Path::new(path)).await
+    }
+
+    fn record(&self, entry: CatalogEntry) {
+        if let Some(state) = &self.state {
+            state.add_catalog(entry);
+        }
     }
 
     /// Registers the request's tables, then plans its statement into a
@@ -70,16 +110,17 @@ impl Planner {
             if registered.get(&table.name) == Some(&table.path) {
                 continue;
             }
-            // A job's tables replace same-named ones.
-            self.engine
-                .session()
-                .deregister_table(table.name.as_str())?;
-            self.engine
-                .register_table(&table.name, Path::new(&table.path))
-                .await?;
+            self.replace_table(&table.name, &table.path).await?;
             registered.insert(table.name.clone(), table.path.clone());
+            self.record(CatalogEntry::Table {
+                name: table.name.clone(),
+                path: table.path.clone(),
+            });
         }
         let Some(plan) = self.engine.plan_statement(&request.sql, partitions).await? else {
+            self.record(CatalogEntry::Statement {
+                sql: request.sql.clone(),
+            });
             return Ok(Planned::CatalogChange);
         };
         let mut plan = crate::file_groups::balance_file_groups(plan)?;

@@ -13,6 +13,7 @@ mod job;
 mod recovery;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
@@ -21,6 +22,7 @@ use tone_engine::{JobId, StageDag};
 use tone_proto::v1 as pb;
 use tonic::Status;
 
+use crate::state::StateStore;
 use job::{schema_bytes, Job, Task};
 
 /// Bound on events waiting for the loop.
@@ -136,20 +138,51 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Starts the event loop; it runs until every sender is dropped.
-pub fn spawn(config: SchedulerConfig) -> EventSender {
+/// Starts the event loop; it runs until every sender is dropped. With a
+/// state store, jobs are recorded there, and `history` (jobs an earlier
+/// coordinator recorded) is listed; those that had not ended are marked
+/// failed, since their running tasks ended with that coordinator.
+pub fn spawn(
+    config: SchedulerConfig,
+    state: Option<Arc<StateStore>>,
+    history: Vec<pb::JobStatus>,
+) -> EventSender {
     let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
     let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), TICK_MAX);
+    let history = history
+        .into_iter()
+        .map(|status| restored(status, state.as_deref()))
+        .collect();
     let scheduler = Scheduler {
         config,
         workers: BTreeMap::new(),
         jobs: Vec::new(),
         cursor: 0,
         released: Default::default(),
+        state,
+        history,
     };
     tokio::spawn(scheduler.run(receiver));
     tokio::spawn(ticks(sender.clone(), period));
     sender
+}
+
+/// A job an earlier coordinator recorded, as this one lists it.
+fn restored(mut status: pb::JobStatus, state: Option<&StateStore>) -> pb::JobStatus {
+    let ended = matches!(
+        pb::JobState::try_from(status.state),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    );
+    if !ended {
+        status.state = pb::JobState::Failed as i32;
+        status.error_kind = pb::ErrorKind::Execution as i32;
+        status.error = "the coordinator restarted while the job ran; submit it again".into();
+        status.tasks_running = 0;
+        if let Some(state) = state {
+            state.save_job(status.clone(), None);
+        }
+    }
+    status
 }
 
 /// Longest pause between ticks: job time limits are checked on ticks.
@@ -187,6 +220,10 @@ struct Scheduler {
     cursor: usize,
     /// Jobs whose shuffle data was released, newest last.
     released: std::collections::VecDeque<String>,
+    /// Where job records go, with `--state-dir`.
+    state: Option<Arc<StateStore>>,
+    /// Jobs of earlier coordinators, all ended.
+    history: Vec<pb::JobStatus>,
 }
 
 impl Scheduler {
@@ -246,7 +283,13 @@ impl Scheduler {
                 reply,
             } => {
                 self.submit(job_id, sql, dag, &schema, timeout);
-                let _ = reply.send(());
+                // The client hears of the job once it is recorded.
+                match (&self.state, self.jobs.last()) {
+                    (Some(state), Some(job)) => state.save_job(job.status(), Some(reply)),
+                    _ => {
+                        let _ = reply.send(());
+                    }
+                }
             }
             Event::CatalogChange { job_id, sql } => self.catalog_change(job_id, sql),
             Event::Cancel { job_id, reply } => {
@@ -261,17 +304,22 @@ impl Scheduler {
                     }
                     self.jobs[index].status()
                 });
-                let _ = reply.send(status);
+                let _ = reply.send(status.or_else(|| self.past_job(&job_id)));
             }
             Event::Release { job_id } => self.broadcast_release(&job_id),
             Event::Watch { job_id, reply } => {
-                let receiver = self
-                    .job_index(&job_id)
-                    .map(|index| self.jobs[index].publisher.subscribe());
+                let receiver = match self.job_index(&job_id) {
+                    Some(index) => Some(self.jobs[index].publisher.subscribe()),
+                    // An ended job's status never changes again.
+                    None => self
+                        .past_job(&job_id)
+                        .map(|status| watch::channel(status).1),
+                };
                 let _ = reply.send(receiver);
             }
             Event::ListJobs { reply } => {
-                let _ = reply.send(self.jobs.iter().map(Job::status).collect());
+                let past = self.history.iter().cloned();
+                let _ = reply.send(past.chain(self.jobs.iter().map(Job::status)).collect());
             }
             Event::ListWorkers { reply } => {
                 let workers = self
@@ -327,6 +375,20 @@ impl Scheduler {
         self.jobs.iter().position(|job| job.id.0 == job_id)
     }
 
+    fn past_job(&self, job_id: &str) -> Option<pb::JobStatus> {
+        self.history
+            .iter()
+            .find(|job| job.job_id == job_id)
+            .cloned()
+    }
+
+    /// Records the job's status, when there is a state store.
+    fn record(&self, index: usize) {
+        if let Some(state) = &self.state {
+            state.save_job(self.jobs[index].status(), None);
+        }
+    }
+
     fn submit(
         &mut self,
         job_id: JobId,
@@ -352,6 +414,7 @@ impl Scheduler {
         job.finished = Some(Instant::now());
         job.publish();
         self.jobs.push(job);
+        self.record(self.jobs.len() - 1);
     }
 
     fn finish_job(&mut self, index: usize) {
@@ -382,6 +445,7 @@ impl Scheduler {
         job.finished = Some(Instant::now());
         tracing::info!(job_id = %job.id, elapsed_s = job.status().elapsed_s, "job succeeded");
         job.publish();
+        self.record(index);
     }
 
     /// Ends an active job: its running tasks are stopped, its slots freed,
@@ -410,6 +474,7 @@ impl Scheduler {
         job.finished = Some(Instant::now());
         job.publish();
         let job_id = job.id.0.clone();
+        self.record(index);
         self.broadcast_release(&job_id);
     }
 

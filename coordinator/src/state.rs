@@ -1,0 +1,215 @@
+//! Durable coordinator state under `--state-dir`: every job's status and
+//! the catalog, in an embedded transactional store (redb).
+//!
+//! Writes go to one thread that owns the database, in the order they were
+//! made, so the scheduler's event loop never waits on a disk sync. A job is
+//! acknowledged to its client only after its record is committed: a job the
+//! client heard of is never lost by a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+use tone_proto::v1 as pb;
+
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const CATALOG: TableDefinition<u64, &[u8]> = TableDefinition::new("catalog");
+const FILE_NAME: &str = "coordinator.redb";
+
+/// A change to the catalog, replayed in order after a restart.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum CatalogEntry {
+    /// A table a job registered (`--data`/`--table`).
+    Table { name: String, path: String },
+    /// A catalog statement (`CREATE EXTERNAL TABLE`, `CREATE VIEW`, `DROP …`).
+    Statement { sql: String },
+}
+
+/// Why the state store could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state dir {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("state in {path} is unreadable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// What an earlier coordinator left.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub jobs: Vec<pb::JobStatus>,
+    pub catalog: Vec<CatalogEntry>,
+}
+
+enum Write {
+    Job {
+        status: pb::JobStatus,
+        committed: Option<oneshot::Sender<()>>,
+    },
+    Catalog {
+        sequence: u64,
+        entry: CatalogEntry,
+    },
+}
+
+/// Handle for writing state; cheap to share.
+#[derive(Debug)]
+pub struct StateStore {
+    writes: mpsc::Sender<Write>,
+    next_sequence: AtomicU64,
+}
+
+impl StateStore {
+    /// Opens (or creates) the store in `dir` and reads what it holds.
+    pub fn open(dir: &Path) -> Result<(Self, Restored), StateError> {
+        let open_error = |reason: String| StateError::Open {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|error| open_error(error.to_string()))?;
+        let path = dir.join(FILE_NAME);
+        let database = Database::create(&path).map_err(|error| open_error(error.to_string()))?;
+        let restored = read_all(&database).map_err(|reason| StateError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        let (writes, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("tone-state".into())
+            .spawn(move || write_loop(database, path, queue))
+            .map_err(|error| open_error(error.to_string()))?;
+        let store = Self {
+            writes,
+            next_sequence: AtomicU64::new(restored.catalog.len() as u64),
+        };
+        Ok((store, restored))
+    }
+
+    /// Records a job's status; `committed` hears when it is on disk.
+    pub fn save_job(&self, status: pb::JobStatus, committed: Option<oneshot::Sender<()>>) {
+        let _ = self.writes.send(Write::Job { status, committed });
+    }
+
+    /// Appends a catalog change.
+    pub fn add_catalog(&self, entry: CatalogEntry) {
+        let sequence = self.next_sequence.fetch_add(1, Ordering::SeqCst);
+        let _ = self.writes.send(Write::Catalog { sequence, entry });
+    }
+}
+
+fn read_all(database: &Database) -> Result<Restored, String> {
+    // Creating the tables first lets a new store be read like an old one.
+    let init = database.begin_write().map_err(|e| e.to_string())?;
+    init.open_table(JOBS).map_err(|e| e.to_string())?;
+    init.open_table(CATALOG).map_err(|e| e.to_string())?;
+    init.commit().map_err(|e| e.to_string())?;
+
+    let read = database.begin_read().map_err(|e| e.to_string())?;
+    let mut restored = Restored::default();
+    let jobs = read.open_table(JOBS).map_err(|e| e.to_string())?;
+    for row in jobs.iter().map_err(|e| e.to_string())? {
+        let (id, bytes) = row.map_err(|e| e.to_string())?;
+        let status = pb::JobStatus::decode(bytes.value())
+            .map_err(|error| format!("job {}: {error}", id.value()))?;
+        restored.jobs.push(status);
+    }
+    let catalog = read.open_table(CATALOG).map_err(|e| e.to_string())?;
+    for row in catalog.iter().map_err(|e| e.to_string())? {
+        let (sequence, bytes) = row.map_err(|e| e.to_string())?;
+        let entry = serde_json::from_slice(bytes.value())
+            .map_err(|error| format!("catalog entry {}: {error}", sequence.value()))?;
+        restored.catalog.push(entry);
+    }
+    Ok(restored)
+}
+
+fn write_loop(database: Database, path: PathBuf, queue: mpsc::Receiver<Write>) {
+    while let Ok(write) = queue.recv() {
+        let mut acknowledge = None;
+        let outcome = match write {
+            Write::Job { status, committed } => {
+                acknowledge = committed;
+                commit(&database, |txn| {
+                    let mut table = txn.open_table(JOBS)?;
+                    table.insert(status.job_id.as_str(), status.encode_to_vec().as_slice())?;
+                    Ok(())
+                })
+            }
+            Write::Catalog { sequence, entry } => {
+                let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+                commit(&database, |txn| {
+                    let mut table = txn.open_table(CATALOG)?;
+                    table.insert(sequence, bytes.as_slice())?;
+                    Ok(())
+                })
+            }
+        };
+        if let Err(error) = outcome {
+            // The coordinator goes on without durability rather than stop
+            // serving; the cause is in its log.
+            tracing::error!(path = %path.display(), %error, "cannot write coordinator state");
+        }
+        if let Some(acknowledge) = acknowledge {
+            let _ = acknowledge.send(());
+        }
+    }
+}
+
+fn commit(
+    database: &Database,
+    change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), redb::Error> {
+    let txn = database.begin_write()?;
+    change(&txn)?;
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_and_catalog_survive_reopening_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (store, restored) = StateStore::open(dir.path()).expect("opens");
+            assert!(restored.jobs.is_empty() && restored.catalog.is_empty());
+            store.add_catalog(CatalogEntry::Table {
+                name: "t".into(),
+                path: "/data/t".into(),
+            });
+            store.add_catalog(CatalogEntry::Statement {
+                sql: "CREATE VIEW v AS SELECT 1".into(),
+            });
+            let (done, committed) = oneshot::channel();
+            let status = pb::JobStatus {
+                job_id: "job-1".into(),
+                state: pb::JobState::Succeeded as i32,
+                ..Default::default()
+            };
+            store.save_job(status, Some(done));
+            committed.blocking_recv().expect("committed");
+        }
+        // The writer thread holds the file until its queue closes.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (_, restored) = StateStore::open(dir.path()).expect("reopens");
+        assert_eq!(restored.jobs.len(), 1);
+        assert_eq!(restored.jobs[0].job_id, "job-1");
+        assert_eq!(
+            restored.catalog,
+            vec![
+                CatalogEntry::Table {
+                    name: "t".into(),
+                    path: "/data/t".into()
+                },
+                CatalogEntry::Statement {
+                    sql: "CREATE VIEW v AS SELECT 1".into()
+                }
+            ]
+        );
+    }
+}
