@@ -463,6 +463,20 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
         jobs.lines().count() >= 4 && jobs.contains(&job_id),
         "{jobs}"
     );
+    // A reader that stops early (`| head`) ends the listing quietly.
+    let mut listing = tone()
+        .args(["jobs", "--master", master])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tone jobs starts");
+    drop(listing.stdout.take());
+    let cut_short = listing.wait_with_output().expect("tone jobs ends");
+    let stderr = String::from_utf8_lossy(&cut_short.stderr);
+    assert!(
+        cut_short.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     let workers = tone_ok(None, &["workers", "--master", master]);
     assert_eq!(workers.lines().count(), 2, "{workers}");
     let described = |line: &str| line.contains("127.0.0.1:") && line.contains("slots=1");

@@ -191,9 +191,19 @@ pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
                 args.tables.partitions.unwrap_or(0),
             )
             .await?;
-        println!("{}", submitted.job_id);
+        emit(format_args!("{}", submitted.job_id))?;
     }
     Ok(())
+}
+
+/// Prints a line of output; a reader that went away (`| head`) ends the
+/// command quietly instead of panicking.
+fn emit(line: std::fmt::Arguments) -> Result<(), CliError> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(|source| CliError::Io {
+        context: "writing output".into(),
+        source,
+    })
 }
 
 fn progress_bar() -> ProgressBar {
@@ -252,12 +262,12 @@ fn one_line(sql: &str, width: usize) -> String {
 
 pub async fn jobs(args: MasterArgs) -> Result<(), CliError> {
     let client = ClusterClient::connect(&args.master).await?;
-    println!(
+    emit(format_args!(
         "{:<18} {:<10} {:>7} {:>9}  sql",
         "job", "state", "stages", "elapsed"
-    );
+    ))?;
     for job in client.jobs().await? {
-        println!(
+        emit(format_args!(
             "{:<18} {:<10} {:>3}/{:<3} {:>8.2}s  {}",
             job.job_id,
             state_name(job.state),
@@ -265,7 +275,7 @@ pub async fn jobs(args: MasterArgs) -> Result<(), CliError> {
             job.stages_total,
             job.elapsed_s,
             one_line(&job.sql, 60)
-        );
+        ))?;
     }
     Ok(())
 }
@@ -273,27 +283,34 @@ pub async fn jobs(args: MasterArgs) -> Result<(), CliError> {
 pub async fn status(args: JobArgs) -> Result<(), CliError> {
     let client = ClusterClient::connect(&args.master.master).await?;
     let job = client.status(&args.job).await?;
-    println!("job:      {}", job.job_id);
-    println!("state:    {}", state_name(job.state));
-    println!("stages:   {}/{}", job.stages_done, job.stages_total);
-    println!(
+    emit(format_args!("job:      {}", job.job_id))?;
+    emit(format_args!("state:    {}", state_name(job.state)))?;
+    emit(format_args!(
+        "stages:   {}/{}",
+        job.stages_done, job.stages_total
+    ))?;
+    emit(format_args!(
         "tasks:    {} running, {}/{} done",
         job.tasks_running, job.tasks_done, job.tasks_total
-    );
-    println!("written:  {} rows, {}", job.rows, human_bytes(job.bytes));
-    println!(
+    ))?;
+    emit(format_args!(
+        "written:  {} rows, {}",
+        job.rows,
+        human_bytes(job.bytes)
+    ))?;
+    emit(format_args!(
         "fetched:  {} from other workers",
         human_bytes(job.remote_fetch_bytes)
-    );
-    println!("elapsed:  {:.3}s", job.elapsed_s);
+    ))?;
+    emit(format_args!("elapsed:  {:.3}s", job.elapsed_s))?;
     if !job.error.is_empty() {
-        println!("error:    {}", job.error);
+        emit(format_args!("error:    {}", job.error))?;
     }
     for failure in &job.failures {
         let kind = pb::ErrorKind::try_from(failure.kind)
             .map(|kind| kind.as_str_name())
             .unwrap_or("ERROR_KIND_UNSPECIFIED");
-        println!(
+        emit(format_args!(
             "failed:   stage {} task {} attempt {} on {}: {} {}",
             failure.stage_id,
             failure.partition,
@@ -301,23 +318,23 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
             failure.worker_id,
             kind.trim_start_matches("ERROR_KIND_").to_lowercase(),
             one_line(&failure.message, 200)
-        );
+        ))?;
     }
-    println!("sql:      {}", one_line(&job.sql, 200));
+    emit(format_args!("sql:      {}", one_line(&job.sql, 200)))?;
     Ok(())
 }
 
 pub async fn cancel(args: JobArgs) -> Result<(), CliError> {
     let client = ClusterClient::connect(&args.master.master).await?;
     let job = client.cancel(&args.job).await?;
-    println!("{} {}", job.job_id, state_name(job.state));
+    emit(format_args!("{} {}", job.job_id, state_name(job.state)))?;
     Ok(())
 }
 
 pub async fn workers(args: MasterArgs) -> Result<(), CliError> {
     let client = ClusterClient::connect(&args.master).await?;
     for worker in client.workers().await? {
-        println!(
+        emit(format_args!(
             "{} {} slots={} running={} shuffle_disk_bytes={} operator_spilled_bytes={}",
             worker.worker_id,
             worker.flight_address,
@@ -325,7 +342,7 @@ pub async fn workers(args: MasterArgs) -> Result<(), CliError> {
             worker.running_tasks,
             worker.shuffle_disk_bytes,
             worker.operator_spilled_bytes
-        );
+        ))?;
     }
     Ok(())
 }
