@@ -24,7 +24,10 @@ pub fn graph(pages: u64) -> Vec<(u64, u64)> {
 
 /// Ranks after [`ITERATIONS`] iterations (pages without incoming links drop
 /// out, as in Spark's example).
-pub async fn pagerank(ctx: &Context, edges: Vec<(u64, u64)>) -> Result<Vec<(u64, f64)>, tone::Error> {
+pub async fn pagerank(
+    ctx: &Context,
+    edges: Vec<(u64, u64)>,
+) -> Result<Vec<(u64, f64)>, tone::Error> {
     let links = ctx.parallelize(edges).group_by_key().collect().await?;
     let mut ranks: Vec<(u64, f64)> = links.iter().map(|(page, _)| (*page, 1.0)).collect();
     for _ in 0..ITERATIONS {

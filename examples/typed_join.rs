@@ -42,7 +42,11 @@ pub fn generate(customers: u64) -> (Vec<Customer>, Vec<Order>) {
 }
 
 /// Total cents per customer name, for customers with orders.
-pub fn totals(ctx: &Context, customers: Vec<Customer>, orders: Vec<Order>) -> Dataset<(String, u64)> {
+pub fn totals(
+    ctx: &Context,
+    customers: Vec<Customer>,
+    orders: Vec<Order>,
+) -> Dataset<(String, u64)> {
     let by_id = ctx.parallelize(customers).key_by(|customer| customer.id);
     let spent = ctx
         .parallelize(orders)
@@ -54,9 +58,15 @@ pub fn totals(ctx: &Context, customers: Vec<Customer>, orders: Vec<Order>) -> Da
 }
 
 /// Names of customers without orders.
-pub fn without_orders(ctx: &Context, customers: Vec<Customer>, orders: Vec<Order>) -> Dataset<String> {
+pub fn without_orders(
+    ctx: &Context,
+    customers: Vec<Customer>,
+    orders: Vec<Order>,
+) -> Dataset<String> {
     let by_id = ctx.parallelize(customers).key_by(|customer| customer.id);
-    let ordered = ctx.parallelize(orders).map(|order| (order.customer, order.id));
+    let ordered = ctx
+        .parallelize(orders)
+        .map(|order| (order.customer, order.id));
     by_id
         .left_join(ordered)
         .filter(|(_, (_, order))| order.is_none())
@@ -75,7 +85,9 @@ async fn main() -> Result<(), tone::Error> {
         .unwrap_or(1000);
     let ctx = Context::from_args().await?;
     let (people, orders) = generate(customers);
-    let mut top = totals(&ctx, people.clone(), orders.clone()).collect().await?;
+    let mut top = totals(&ctx, people.clone(), orders.clone())
+        .collect()
+        .await?;
     top.sort_by(|left, right| right.1.cmp(&left.1).then_with(|| left.0.cmp(&right.0)));
     for (name, cents) in top.iter().take(10) {
         println!("{name}\t{}.{:02}", cents / 100, cents % 100);

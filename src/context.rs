@@ -19,7 +19,7 @@ use datafusion::datasource::file_format::format_as_file_type;
 use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder, SortExpr};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{CsvReadOptions, NdJsonReadOptions, ParquetReadOptions};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use tone_engine::closure::{ClosureEntry, ClosureId, ClosureRegistry};
 use tone_engine::{Engine, EngineConfig};
 
@@ -223,7 +223,7 @@ impl Context {
         let path = path_text(path.as_ref())?;
         let frame = engine
             .session()
-            .read_json(path, NdJsonReadOptions::default())
+            .read_json(path, JsonReadOptions::default())
             .await?;
         Ok(self.frame(frame))
     }
@@ -265,16 +265,6 @@ impl Context {
         let engine = self.local_engine(what)?;
         let stream = engine.execute(plan).await?;
         Ok(tone_engine::runtime::collect_stream(stream).await?)
-    }
-
-    /// Runs a physical plan on the stage engine and streams its rows.
-    pub(crate) async fn stream_plan(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        what: &str,
-    ) -> Result<datafusion::execution::SendableRecordBatchStream> {
-        let engine = self.local_engine(what)?;
-        Ok(engine.execute(plan).await?)
     }
 }
 
@@ -341,7 +331,12 @@ impl DataFrame {
         ctx.frame(frame)
     }
 
-    fn map(self, apply: impl FnOnce(datafusion::dataframe::DataFrame) -> datafusion::error::Result<datafusion::dataframe::DataFrame>) -> Result<Self> {
+    fn map(
+        self,
+        apply: impl FnOnce(
+            datafusion::dataframe::DataFrame,
+        ) -> datafusion::error::Result<datafusion::dataframe::DataFrame>,
+    ) -> Result<Self> {
         Ok(Self {
             frame: apply(self.frame)?,
             ctx: self.ctx,
@@ -434,7 +429,7 @@ impl DataFrame {
     async fn write(
         self,
         path: &Path,
-        format: Arc<dyn datafusion::logical_expr::FileType>,
+        format: Arc<dyn datafusion::common::file_options::file_type::FileType>,
     ) -> Result<u64> {
         self.ctx.local_engine("writing a DataFrame")?;
         std::fs::create_dir_all(path).map_err(|error| Error::output(path, error))?;
@@ -444,8 +439,8 @@ impl DataFrame {
             url.push('/');
         }
         let (state, plan) = self.frame.into_parts();
-        let plan = LogicalPlanBuilder::copy_to(plan, url, format, HashMap::new(), vec![])?
-            .build()?;
+        let plan =
+            LogicalPlanBuilder::copy_to(plan, url, format, HashMap::new(), vec![])?.build()?;
         let frame = datafusion::dataframe::DataFrame::new(state, plan);
         let physical = frame.create_physical_plan().await?;
         let batches = self.ctx.run_plan(physical, "writing a DataFrame").await?;

@@ -35,7 +35,11 @@ fn write_text(dir: &Path) {
         for line in 0..400 {
             for word in 0..(line % 7) {
                 let word = format!("Word{}", (line * 31 + word * 17 + file) % 97);
-                let word = if line % 2 == 0 { word.to_uppercase() } else { word };
+                let word = if line % 2 == 0 {
+                    word.to_uppercase()
+                } else {
+                    word
+                };
                 text.push_str(&word);
                 text.push_str(if word.len() % 2 == 0 { "  " } else { "\t" });
             }
@@ -47,7 +51,10 @@ fn write_text(dir: &Path) {
 
 fn std_word_counts(dir: &Path) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     files.sort();
     for file in files {
         for line in std::fs::read_to_string(file).expect("read").lines() {
@@ -76,10 +83,15 @@ async fn wordcount_matches_std() {
 
     // The example's CSV output: header `word,count`, the same counts.
     let output = temp.path().join("out");
-    let args: Vec<String> = ["--input", input.to_str().expect("utf-8"), "--output", output.to_str().expect("utf-8")]
-        .iter()
-        .map(|arg| arg.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "--input",
+        input.to_str().expect("utf-8"),
+        "--output",
+        output.to_str().expect("utf-8"),
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
     wordcount::run(&args).await.expect("wordcount --output");
     let mut written = HashMap::new();
     for file in std::fs::read_dir(&output).expect("output") {
@@ -100,13 +112,25 @@ async fn text_ranges_read_every_line_once() {
     let input = temp.path().join("text");
     write_text(&input);
     let mut expected = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(&input).expect("dir").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&input)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     files.sort();
     for file in files {
-        expected.extend(std::fs::read_to_string(file).expect("read").lines().map(str::to_string));
+        expected.extend(
+            std::fs::read_to_string(file)
+                .expect("read")
+                .lines()
+                .map(str::to_string),
+        );
     }
     for partitions in [1, 2, 5, 16] {
-        let mut lines = context(partitions).read_text(&[&input]).collect().await.expect("lines");
+        let mut lines = context(partitions)
+            .read_text(&[&input])
+            .collect()
+            .await
+            .expect("lines");
         lines.sort();
         let mut sorted = expected.clone();
         sorted.sort();
@@ -183,11 +207,16 @@ async fn pagerank_matches_std() {
             .map(|(page, sum)| (page, (1.0 - pagerank::DAMPING) + pagerank::DAMPING * sum))
             .collect();
     }
-    let found = pagerank::pagerank(&context(2), edges).await.expect("pagerank");
+    let found = pagerank::pagerank(&context(2), edges)
+        .await
+        .expect("pagerank");
     assert_eq!(found.len(), ranks.len());
     for (page, rank) in found {
         let expected = ranks[&page];
-        assert!((rank - expected).abs() < 1e-9, "page {page}: {rank} vs {expected}");
+        assert!(
+            (rank - expected).abs() < 1e-9,
+            "page {page}: {rank} vs {expected}"
+        );
     }
 }
 
@@ -211,25 +240,49 @@ async fn narrow_transforms_and_actions() {
         .collect();
     expected.sort();
     assert_eq!(found, expected);
-    assert_eq!(mapped.clone().count().await.expect("count"), expected.len() as u64);
+    assert_eq!(
+        mapped.clone().count().await.expect("count"),
+        expected.len() as u64
+    );
     let taken = mapped.take(7).await.expect("take");
     assert_eq!(taken.len(), 7);
     assert!(taken.iter().all(|n| expected.contains(n)));
 
     // map_partitions sees whole partitions: one sum per partition.
-    let sums = data.clone().map_partitions(|rows| vec![rows.iter().sum::<u64>()]).collect().await.expect("partitions");
+    let sums = data
+        .clone()
+        .map_partitions(|rows| vec![rows.iter().sum::<u64>()])
+        .collect()
+        .await
+        .expect("partitions");
     assert_eq!(sums.len(), 3);
     assert_eq!(sums.iter().sum::<u64>(), numbers.iter().sum::<u64>());
 
-    let keyed = data.clone().key_by(|n| n % 10).collect().await.expect("key_by");
+    let keyed = data
+        .clone()
+        .key_by(|n| n % 10)
+        .collect()
+        .await
+        .expect("key_by");
     assert!(keyed.iter().all(|(key, n)| *key == n % 10));
 
-    let mut union = data.clone().union(ctx.parallelize(vec![5000u64, 5001])).collect().await.expect("union");
+    let mut union = data
+        .clone()
+        .union(ctx.parallelize(vec![5000u64, 5001]))
+        .collect()
+        .await
+        .expect("union");
     union.sort();
     assert_eq!(union.len(), 1002);
     assert_eq!(union.last(), Some(&5001));
 
-    let mut distinct = data.clone().map(|n| n % 17).distinct().collect().await.expect("distinct");
+    let mut distinct = data
+        .clone()
+        .map(|n| n % 17)
+        .distinct()
+        .collect()
+        .await
+        .expect("distinct");
     distinct.sort();
     assert_eq!(distinct, (0..17).collect::<Vec<u64>>());
 
@@ -262,7 +315,11 @@ async fn keyed_operations() {
     // (sum, count) per key.
     let aggregated: BTreeMap<String, (i64, u64)> = ctx
         .parallelize(pairs.clone())
-        .aggregate_by_key((0i64, 0u64), |(sum, count), value| (sum + value, count + 1), |a, b| (a.0 + b.0, a.1 + b.1))
+        .aggregate_by_key(
+            (0i64, 0u64),
+            |(sum, count), value| (sum + value, count + 1),
+            |a, b| (a.0 + b.0, a.1 + b.1),
+        )
         .collect()
         .await
         .expect("aggregate")
@@ -272,13 +329,26 @@ async fn keyed_operations() {
         assert_eq!(aggregated[key], (values.iter().sum(), values.len() as u64));
     }
 
-    let left = ctx.parallelize(vec![(1u32, "a".to_string()), (2, "b".into()), (3, "c".into())]);
+    let left = ctx.parallelize(vec![
+        (1u32, "a".to_string()),
+        (2, "b".into()),
+        (3, "c".into()),
+    ]);
     let right = ctx.parallelize(vec![(1u32, 10u8), (1, 11), (3, 30), (4, 40)]);
-    let mut joined = left.clone().join(right.clone()).collect().await.expect("join");
+    let mut joined = left
+        .clone()
+        .join(right.clone())
+        .collect()
+        .await
+        .expect("join");
     joined.sort();
     assert_eq!(
         joined,
-        vec![(1, ("a".to_string(), 10)), (1, ("a".to_string(), 11)), (3, ("c".to_string(), 30))]
+        vec![
+            (1, ("a".to_string(), 10)),
+            (1, ("a".to_string(), 11)),
+            (3, ("c".to_string(), 30))
+        ]
     );
     let mut outer = left.left_join(right).collect().await.expect("left join");
     outer.sort();
@@ -299,12 +369,20 @@ async fn reduce_by_key_combines_before_the_shuffle() {
     let engine = ctx.engine().expect("embedded");
     let rows: Vec<(u32, u64)> = (0..20_000).map(|n| (n % 10, 1)).collect();
     let before = engine.operator_spills().shuffle_rows_written();
-    let mut counts = ctx.parallelize(rows).reduce_by_key(|a, b| a + b).collect().await.expect("reduce");
+    let mut counts = ctx
+        .parallelize(rows)
+        .reduce_by_key(|a, b| a + b)
+        .collect()
+        .await
+        .expect("reduce");
     let shuffled = engine.operator_spills().shuffle_rows_written() - before;
     counts.sort();
     assert_eq!(counts, (0..10).map(|key| (key, 2000)).collect::<Vec<_>>());
     // At most one row per key and map task crosses the shuffle.
-    assert!(shuffled <= 4 * 10, "{shuffled} rows shuffled for 20000 input rows");
+    assert!(
+        shuffled <= 4 * 10,
+        "{shuffled} rows shuffled for 20000 input rows"
+    );
     assert!(shuffled > 0);
 }
 
@@ -314,17 +392,30 @@ async fn sort_by_is_a_total_order_across_partitions() {
     let mut state = 7u64;
     let values: Vec<(u64, String)> = (0..5000)
         .map(|n| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 40, format!("row{n}"))
         })
         .collect();
-    let sorted = ctx.parallelize(values.clone()).sort_by(|(key, _)| *key).collect().await.expect("sort");
+    let sorted = ctx
+        .parallelize(values.clone())
+        .sort_by(|(key, _)| *key)
+        .collect()
+        .await
+        .expect("sort");
     assert_eq!(sorted.len(), values.len());
-    assert!(sorted.windows(2).all(|pair| pair[0].0 <= pair[1].0), "not sorted");
+    assert!(
+        sorted.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "not sorted"
+    );
     let mut expected = values;
     expected.sort_by_key(|(key, _)| *key);
     let keys: Vec<u64> = sorted.iter().map(|(key, _)| *key).collect();
-    assert_eq!(keys, expected.iter().map(|(key, _)| *key).collect::<Vec<_>>());
+    assert_eq!(
+        keys,
+        expected.iter().map(|(key, _)| *key).collect::<Vec<_>>()
+    );
     // Descending through a key transform, with many equal keys.
     let down = ctx
         .parallelize((0..1000u64).collect())
@@ -353,7 +444,13 @@ async fn a_panicking_closure_fails_the_job_with_its_message() {
     assert!(message.contains("bad row 42"), "{message}");
     assert!(message.contains("map@"), "{message}");
     // The context still runs jobs.
-    assert_eq!(ctx.parallelize(vec![1u8, 2, 3]).count().await.expect("count"), 3);
+    assert_eq!(
+        ctx.parallelize(vec![1u8, 2, 3])
+            .count()
+            .await
+            .expect("count"),
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -365,13 +462,36 @@ async fn writes_read_back() {
     }
     let temp = tempfile::tempdir().expect("temp");
     let ctx = context(2);
-    let rows: Vec<Row> = (0..50).map(|n| Row { name: format!("n{n}"), value: n }).collect();
+    let rows: Vec<Row> = (0..50)
+        .map(|n| Row {
+            name: format!("n{n}"),
+            value: n,
+        })
+        .collect();
     let csv = temp.path().join("csv");
-    assert_eq!(ctx.parallelize(rows.clone()).write_csv(&csv).await.expect("csv"), 50);
+    assert_eq!(
+        ctx.parallelize(rows.clone())
+            .write_csv(&csv)
+            .await
+            .expect("csv"),
+        50
+    );
     let parquet = temp.path().join("parquet");
-    assert_eq!(ctx.parallelize(rows.clone()).write_parquet(&parquet).await.expect("parquet"), 50);
+    assert_eq!(
+        ctx.parallelize(rows.clone())
+            .write_parquet(&parquet)
+            .await
+            .expect("parquet"),
+        50
+    );
     let text = temp.path().join("text");
-    assert_eq!(ctx.parallelize((0..50i64).collect()).save_as_text(&text).await.expect("text"), 50);
+    assert_eq!(
+        ctx.parallelize((0..50i64).collect())
+            .save_as_text(&text)
+            .await
+            .expect("text"),
+        50
+    );
 
     // Read back through DataFrames and typed rows.
     let mut back: Vec<Row> = ctx
@@ -386,7 +506,13 @@ async fn writes_read_back() {
         .expect("collect");
     back.sort_by_key(|row| row.value);
     assert_eq!(back, rows);
-    let counted = ctx.read_csv(&csv).await.expect("read csv").count().await.expect("count");
+    let counted = ctx
+        .read_csv(&csv)
+        .await
+        .expect("read csv")
+        .count()
+        .await
+        .expect("count");
     assert_eq!(counted, 50);
     let mut lines: Vec<i64> = ctx
         .read_text(&[&text])

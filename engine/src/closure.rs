@@ -21,14 +21,14 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr};
-use datafusion::physical_plan::execution_plan::{
-    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+use datafusion::physical_expr::{
+    EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr,
 };
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
-    PlanProperties,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties, ReplaceChildrenOptions,
 };
 use futures::StreamExt;
 
@@ -284,13 +284,10 @@ impl ExecutionPlan for ClosureExec {
             .open(&self.argument)
             .map_err(|error| closure_failed(&label, error))?;
         let schema = Arc::clone(&self.entry.schema);
-        let stream = futures::stream::try_unfold(
-            Some((input, state)),
-            move |step| {
-                let label = label.clone();
-                async move { next_output(step, label).await }
-            },
-        )
+        let stream = futures::stream::try_unfold(Some((input, state)), move |step| {
+            let label = label.clone();
+            async move { next_output(step, label).await }
+        })
         .filter_map(|item| async move { item.transpose() });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }

@@ -29,9 +29,9 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 
+use crate::closure::{registry_of, ClosureExec, ClosureId};
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
-use crate::closure::{registry_of, ClosureExec, ClosureId};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 use crate::text::{TextRange, TextSourceExec};
 

@@ -18,12 +18,11 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{
-    Boundedness, EmissionType, ReplaceChildrenOptions,
-};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions,
 };
 
 use crate::cpu::run_cpu;
@@ -89,7 +88,9 @@ impl TextSourceExec {
     /// constructor).
     pub fn from_ranges(partitions: Vec<Vec<TextRange>>, schema: SchemaRef) -> Result<Self> {
         let [field] = schema.fields().as_ref() else {
-            return Err(EngineError::internal("a text source has exactly one column"));
+            return Err(EngineError::internal(
+                "a text source has exactly one column",
+            ));
         };
         if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
             return Err(EngineError::internal(format!(

@@ -152,7 +152,11 @@ pub(crate) struct CountFn<T> {
 
 /// The schema [`CountFn`] emits.
 pub(crate) fn count_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("rows", DataType::UInt64, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "rows",
+        DataType::UInt64,
+        false,
+    )]))
 }
 
 impl<T: Data> PartitionFn for CountFn<T> {
@@ -176,16 +180,19 @@ impl<T: Data> PartitionState for CountState<T> {
     }
 
     fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
-        count_batch(self.rows).map(Some)
+        count_batch(self.rows)
     }
 }
 
 fn count_batch(rows: u64) -> EResult<Option<RecordBatch>> {
-    RecordBatch::try_new(count_schema(), vec![Arc::new(UInt64Array::from(vec![rows]))])
-        .map(Some)
-        .map_err(|error| EngineError::Internal {
-            message: format!("count batch: {error}"),
-        })
+    RecordBatch::try_new(
+        count_schema(),
+        vec![Arc::new(UInt64Array::from(vec![rows]))],
+    )
+    .map(Some)
+    .map_err(|error| EngineError::Internal {
+        message: format!("count batch: {error}"),
+    })
 }
 
 /// Range routing for a total sort: tags every row with the index of the
@@ -453,11 +460,12 @@ impl<T: Data> PartitionState for WriteState<T> {
             message: format!("cannot write '{}': {reason}", self.path.display()),
         };
         if self.writer.is_none() {
-            let file = std::fs::File::create(&self.path).map_err(|e| output_error(e.to_string()))?;
+            let file =
+                std::fs::File::create(&self.path).map_err(|e| output_error(e.to_string()))?;
             self.writer = Some(match self.format {
-                WriteFormat::Csv => FileWriter::Csv(arrow::csv::Writer::new(
-                    std::io::BufWriter::new(file),
-                )),
+                WriteFormat::Csv => {
+                    FileWriter::Csv(arrow::csv::Writer::new(std::io::BufWriter::new(file)))
+                }
                 WriteFormat::Parquet => FileWriter::Parquet(
                     parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
                         .map_err(|e| output_error(e.to_string()))?,
@@ -466,14 +474,13 @@ impl<T: Data> PartitionState for WriteState<T> {
             });
         }
         match self.writer.as_mut() {
-            Some(FileWriter::Csv(writer)) => {
-                writer.write(&batch).map_err(|e| output_error(e.to_string()))?
-            }
-            Some(FileWriter::Parquet(writer)) => {
-                writer.write(&batch).map_err(|e| output_error(e.to_string()))?
-            }
-            Some(FileWriter::Text(writer)) => write_lines(writer, &batch)
-                .map_err(output_error)?,
+            Some(FileWriter::Csv(writer)) => writer
+                .write(&batch)
+                .map_err(|e| output_error(e.to_string()))?,
+            Some(FileWriter::Parquet(writer)) => writer
+                .write(&batch)
+                .map_err(|e| output_error(e.to_string()))?,
+            Some(FileWriter::Text(writer)) => write_lines(writer, &batch).map_err(output_error)?,
             None => {}
         }
         Ok(None)

@@ -40,7 +40,10 @@ fn pair_emit<K: Key, U: Data>(layout: Layout) -> Emit<(K, U)> {
 fn pair_pipe<K: Key, U: Data>() -> Pipe<(K, U)> {
     Arc::new(|batch: &RecordBatch| {
         let pairs: Vec<Pair<K, U>> = decode_rows(batch)?;
-        Ok(pairs.into_iter().map(|pair| (pair.key, pair.value)).collect())
+        Ok(pairs
+            .into_iter()
+            .map(|pair| (pair.key, pair.value))
+            .collect())
     })
 }
 
@@ -94,7 +97,13 @@ impl<K: Key, V: Data> Dataset<(K, V)> {
                 )
             }
         };
-        let map_plan = closure_plan(Arc::clone(&self.plan), map_side.0, map_side.1, Vec::new(), None);
+        let map_plan = closure_plan(
+            Arc::clone(&self.plan),
+            map_side.0,
+            map_side.1,
+            Vec::new(),
+            None,
+        );
         let shuffled = hash_on_key(map_plan, self.ctx.partitions());
         let reduce = FoldFn {
             pipe: pair_pipe::<K, U>(),
@@ -108,7 +117,8 @@ impl<K: Key, V: Data> Dataset<(K, V)> {
             plain: false,
             fused: vec![format!("{name}:shuffle")],
         };
-        let (id, entry) = reduced.register(&format!("{name}:reduce"), output.schema, Arc::new(reduce));
+        let (id, entry) =
+            reduced.register(&format!("{name}:reduce"), output.schema, Arc::new(reduce));
         let plan = closure_plan(Arc::clone(&reduced.plan), id, entry, Vec::new(), None);
         Dataset {
             ctx: self.ctx,
@@ -179,12 +189,12 @@ impl<K: Key, V: Data> Dataset<(K, V)> {
             (Ok(tagged), Ok(output)) => (tagged, output),
             (Err(error), _) | (_, Err(error)) => return self.broken(error),
         };
-        let left = tag_side(&self, &name, &tagged, |key, value| Tagged {
+        let left = tag_side::<K, V, V, W>(&self, &name, &tagged, |key, value| Tagged {
             key,
             left: Some(value),
             right: None,
         });
-        let right = tag_side(&other, &name, &tagged, |key, value| Tagged {
+        let right = tag_side::<K, W, V, W>(&other, &name, &tagged, |key, value| Tagged {
             key,
             left: None,
             right: Some(value),
@@ -260,6 +270,7 @@ impl<K: Key, V: Data> Dataset<(K, V)> {
             for value in left {
                 if right.is_empty() {
                     joined.push((key.clone(), (value, None)));
+                    continue;
                 }
                 for other in &right {
                     joined.push((key.clone(), (value.clone(), Some(other.clone()))));

@@ -40,8 +40,8 @@ use tone_engine::EngineError;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use functions::{CountFn, Emit, MapFn, PartitionMapFn, Pipe, WriteFn, WriteFormat};
-pub use rows::{Data, Key, ITEM_COLUMN, KEY_COLUMN};
 use rows::{decode_items, Layout};
+pub use rows::{Data, Key, ITEM_COLUMN, KEY_COLUMN};
 
 /// Builds a dataset's physical plan when an action runs (a sort samples
 /// its input first, so building may run jobs).
@@ -127,8 +127,9 @@ fn closure_plan(
         let ordered_by = ordered_by.clone();
         async move {
             let input = input().await?;
-            let plan: Arc<dyn ExecutionPlan> =
-                Arc::new(ClosureExec::try_new(input, id, entry, argument, ordered_by)?);
+            let plan: Arc<dyn ExecutionPlan> = Arc::new(ClosureExec::try_new(
+                input, id, entry, argument, ordered_by,
+            )?);
             Ok(plan)
         }
         .boxed()
@@ -174,7 +175,10 @@ impl Context {
     /// line ends. Files are cut into byte ranges, one share per partition.
     #[track_caller]
     pub fn read_text<P: AsRef<Path>>(&self, paths: &[P]) -> Dataset<String> {
-        let paths: Vec<PathBuf> = paths.iter().map(|path| path.as_ref().to_path_buf()).collect();
+        let paths: Vec<PathBuf> = paths
+            .iter()
+            .map(|path| path.as_ref().to_path_buf())
+            .collect();
         let plan = Layout::items::<String>().and_then(|layout| {
             let source = TextSourceExec::try_new(&paths, self.partitions(), layout.schema)?;
             Ok(Arc::new(source) as Arc<dyn ExecutionPlan>)
@@ -247,7 +251,12 @@ impl<T: Data> Dataset<T> {
 
     /// Registers `function` (output `schema`) and runs it over this
     /// dataset's plan; `names` the closure after the fused operations.
-    fn register(&self, op: &str, schema: arrow::datatypes::SchemaRef, function: Arc<dyn PartitionFn>) -> (ClosureId, ClosureEntry) {
+    fn register(
+        &self,
+        op: &str,
+        schema: arrow::datatypes::SchemaRef,
+        function: Arc<dyn PartitionFn>,
+    ) -> (ClosureId, ClosureEntry) {
         let entry = ClosureEntry {
             name: format!("{op}[{}]", self.fused.join(",")),
             schema,

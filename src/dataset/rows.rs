@@ -107,7 +107,8 @@ fn traced<T: DeserializeOwned>(type_name: &str) -> Result<Vec<FieldRef>, EngineE
 
 /// The `item` column of a batch as rows.
 pub fn decode_items<T: DeserializeOwned>(batch: &RecordBatch) -> Result<Vec<T>, EngineError> {
-    let Items(rows): Items<Vec<T>> = serde_arrow::from_record_batch(batch).map_err(conversion::<T>)?;
+    let Items(rows): Items<Vec<T>> =
+        serde_arrow::from_record_batch(batch).map_err(conversion::<T>)?;
     Ok(rows)
 }
 

@@ -37,7 +37,10 @@ impl<T: Data> Dataset<T> {
     /// across tasks). The result is one sorted sequence: `collect` returns
     /// it in order, and writes keep it within each file.
     #[track_caller]
-    pub fn sort_by<K: Data + Ord>(self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> Dataset<T> {
+    pub fn sort_by<K: Data + Ord>(
+        self,
+        key: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> Dataset<T> {
         let name = call_name("sort_by", Location::caller());
         let (items, keys) = match (Layout::items::<T>(), Layout::items::<K>()) {
             (Ok(items), Ok(keys)) => (items, keys),
@@ -93,11 +96,10 @@ impl<T: Data> Dataset<T> {
                 )?);
                 let batches = ctx.run_plan(sample_plan, "a typed Dataset").await?;
                 let splits = split_points::<K>(&batches, partitions)?;
-                let argument = serde_json::to_vec(&splits).map_err(|error| {
-                    EngineError::Internal {
+                let argument =
+                    serde_json::to_vec(&splits).map_err(|error| EngineError::Internal {
                         message: format!("cannot encode sort split points: {error}"),
-                    }
-                })?;
+                    })?;
                 let routed: Arc<dyn ExecutionPlan> = Arc::new(ClosureExec::try_new(
                     input,
                     route.0,
@@ -135,10 +137,10 @@ fn split_points<K: Data + Ord>(
         let position = index * sample.len() / partitions;
         if let Some(candidate) = sample.get(position) {
             if splits.last().is_none_or(|last| last < candidate) {
-                splits.push(serde_json::from_value(
-                    serde_json::to_value(candidate).map_err(internal)?,
-                )
-                .map_err(internal)?);
+                splits.push(
+                    serde_json::from_value(serde_json::to_value(candidate).map_err(internal)?)
+                        .map_err(internal)?,
+                );
             }
         }
     }
@@ -156,16 +158,20 @@ fn internal(error: serde_json::Error) -> crate::Error {
 fn ranges_in_order(
     routed: Arc<dyn ExecutionPlan>,
     ranges: usize,
-    sort: (tone_engine::closure::ClosureId, tone_engine::closure::ClosureEntry),
+    sort: (
+        tone_engine::closure::ClosureId,
+        tone_engine::closure::ClosureEntry,
+    ),
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let part_index = routed.schema().index_of(PART_COLUMN)?;
+    let part_index = routed
+        .schema()
+        .index_of(PART_COLUMN)
+        .map_err(datafusion::error::DataFusionError::from)?;
     let part = Arc::new(Column::new(PART_COLUMN, part_index));
-    let ordering = LexOrdering::new(vec![PhysicalSortExpr::new_default(
-        Arc::clone(&part) as _
-    )])
-    .ok_or_else(|| EngineError::Internal {
-        message: "empty sort ordering".into(),
-    })?;
+    let ordering = LexOrdering::new(vec![PhysicalSortExpr::new_default(Arc::clone(&part) as _)])
+        .ok_or_else(|| EngineError::Internal {
+            message: "empty sort ordering".into(),
+        })?;
     let split_points = (1..ranges)
         .map(|index| SplitPoint::new(vec![ScalarValue::UInt32(Some(index as u32))]))
         .collect();
@@ -174,7 +180,8 @@ fn ranges_in_order(
     } else {
         Partitioning::RoundRobinBatch(1)
     };
-    let shuffled: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(routed, partitioning)?);
+    let shuffled: Arc<dyn ExecutionPlan> =
+        Arc::new(RepartitionExec::try_new(routed, partitioning)?);
     let sorted: Arc<dyn ExecutionPlan> = Arc::new(ClosureExec::try_new(
         shuffled,
         sort.0,
@@ -185,7 +192,10 @@ fn ranges_in_order(
     let merged: Arc<dyn ExecutionPlan> = Arc::new(SortPreservingMergeExec::new(ordering, sorted));
     let item = Arc::new(Column::new(ITEM_COLUMN, 0));
     let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(
-        vec![(item as Arc<dyn datafusion::physical_expr::PhysicalExpr>, ITEM_COLUMN.to_string())],
+        vec![(
+            item as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+            ITEM_COLUMN.to_string(),
+        )],
         merged,
     )?);
     Ok(projected)
