@@ -523,3 +523,50 @@ async fn writes_read_back() {
     lines.sort();
     assert_eq!(lines, (0..50).collect::<Vec<_>>());
 }
+
+#[path = "../examples/tpch_dataframe.rs"]
+#[allow(dead_code)]
+mod tpch_dataframe;
+
+/// Rows as text, for comparing two results of the same query.
+fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    let text = arrow::util::pretty::pretty_format_batches(batches)
+        .expect("format")
+        .to_string();
+    text.lines()
+        .filter(|line| line.starts_with("| "))
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tpch_dataframe_matches_sql() {
+    let data = crate::common::tpch_data();
+    let ctx = context(2);
+    for table in ["lineitem", "orders", "customer"] {
+        ctx.register_table(table, &data.join(table))
+            .await
+            .expect("register");
+    }
+    let q1 = tpch_dataframe::q1(&ctx, data).await.expect("q1");
+    let q1_sql = ctx
+        .sql("select l_returnflag, l_linestatus, sum(l_quantity) as sum_qty, count(*) as count_order \
+              from lineitem where l_shipdate <= date '1998-09-02' \
+              group by l_returnflag, l_linestatus order by l_returnflag, l_linestatus")
+        .await
+        .expect("q1 sql");
+    let frame_rows: Vec<String> = rows_text(&q1);
+    assert_eq!(frame_rows.len(), rows_text(&q1_sql).len());
+    assert_eq!(frame_rows.len(), 4);
+    let q3 = tpch_dataframe::q3(&ctx, data).await.expect("q3");
+    let q3_sql = ctx
+        .sql("select l_orderkey, sum(l_extendedprice * (1 - l_discount)) as revenue, o_orderdate, o_shippriority \
+              from customer, orders, lineitem where c_mktsegment = 'BUILDING' and c_custkey = o_custkey \
+              and l_orderkey = o_orderkey and o_orderdate < date '1995-03-15' and l_shipdate > date '1995-03-15' \
+              group by l_orderkey, o_orderdate, o_shippriority order by revenue desc, o_orderdate limit 10")
+        .await
+        .expect("q3 sql");
+    assert_eq!(rows_text(&q3), rows_text(&q3_sql));
+    assert_eq!(rows_text(&q3).len(), 10);
+}
