@@ -1,8 +1,13 @@
 //! tone: a dataflow batch compute engine, embedded in one process or on a
 //! cluster.
 //!
-//! This crate is the facade: it re-exports the engine's public API and
-//! holds the `tone` command-line interface ([`cli`]).
+//! This crate is the facade: it re-exports the engine's public API, holds
+//! the `tone` command-line interface ([`cli`]) and the Rust job API:
+//!
+//! - [`Context`] ([`context`]): embedded or on a cluster; SQL and the
+//!   [`DataFrame`] API.
+//! - [`Dataset`] ([`dataset`]): typed collections transformed with closures.
+//! - [`cluster`]: the cluster client; [`error`]: the jobs' [`Error`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tone::EngineError> {
@@ -14,7 +19,25 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod context;
+pub mod dataset;
+pub mod error;
 pub mod tpch;
+
+pub use context::{Context, DataFrame};
+pub use dataset::Dataset;
+pub use error::Error;
+
+/// What a job usually needs: the context, datasets, and DataFusion's
+/// expression builders (`col`, `lit`, aggregates) for DataFrames.
+pub mod prelude {
+    pub use crate::context::{Context, DataFrame};
+    pub use crate::dataset::{Data, Dataset, Key};
+    pub use crate::error::Error;
+    pub use datafusion::common::JoinType;
+    pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
+    pub use datafusion::prelude::{col, lit, Expr};
+}
 
 pub use tone_engine::{
     render_dag, Engine, EngineConfig, EngineError, JobId, Stage, StageDag, StageId, StatementOutput,

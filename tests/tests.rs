@@ -4,6 +4,7 @@ mod common;
 
 mod cli;
 mod cluster;
+mod dataset;
 mod faults;
 mod memory;
 mod oracle_tpch;

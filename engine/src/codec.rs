@@ -29,9 +29,11 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 
+use crate::closure::{registry_of, ClosureExec, ClosureId};
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+use crate::text::{TextRange, TextSourceExec};
 
 /// Encodes a stage plan (tone nodes included) to bytes.
 ///
@@ -116,7 +118,7 @@ pub struct ToneCodec;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ToneNode {
-    #[prost(oneof = "tone_node::Kind", tags = "1, 2")]
+    #[prost(oneof = "tone_node::Kind", tags = "1, 2, 3, 4")]
     kind: Option<tone_node::Kind>,
 }
 
@@ -127,6 +129,10 @@ mod tone_node {
         Writer(super::WriterNode),
         #[prost(message, tag = "2")]
         Reader(super::ReaderNode),
+        #[prost(message, tag = "3")]
+        Closure(super::ClosureNode),
+        #[prost(message, tag = "4")]
+        Text(super::TextNode),
     }
 }
 
@@ -138,6 +144,46 @@ struct WriterNode {
     stage_id: u32,
     #[prost(message, optional, tag = "3")]
     partitioning: Option<protobuf::Partitioning>,
+}
+
+/// A user closure: only its id and name travel; the code is found in the
+/// decoding session's [`ClosureRegistry`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClosureNode {
+    #[prost(uint32, tag = "1")]
+    id: u32,
+    #[prost(string, tag = "2")]
+    name: String,
+    /// Empty when the output declares no ordering.
+    #[prost(string, tag = "3")]
+    ordered_by: String,
+    /// Data for this use of the closure (see `PartitionFn::open`).
+    #[prost(bytes = "vec", tag = "4")]
+    argument: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TextNode {
+    #[prost(message, optional, tag = "1")]
+    schema: Option<protobuf::Schema>,
+    #[prost(message, repeated, tag = "2")]
+    partitions: Vec<TextPartitionNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TextPartitionNode {
+    #[prost(message, repeated, tag = "1")]
+    ranges: Vec<TextRangeNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TextRangeNode {
+    #[prost(string, tag = "1")]
+    path: String,
+    #[prost(uint64, tag = "2")]
+    start: u64,
+    #[prost(uint64, tag = "3")]
+    end: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -178,6 +224,8 @@ impl PhysicalExtensionCodec for ToneCodec {
             Some(tone_node::Kind::Reader(reader)) => {
                 decode_reader(reader, &decode_ctx, proto_converter)
             }
+            Some(tone_node::Kind::Closure(closure)) => decode_closure(closure, inputs, ctx),
+            Some(tone_node::Kind::Text(text)) => decode_text(text),
             None => Err(DataFusionError::Internal("empty tone plan node".into())),
         }
     }
@@ -201,6 +249,15 @@ impl PhysicalExtensionCodec for ToneCodec {
             })
         } else if let Some(reader) = any.downcast_ref::<ShuffleReaderExec>() {
             tone_node::Kind::Reader(encode_reader(reader, self, proto_converter)?)
+        } else if let Some(closure) = any.downcast_ref::<ClosureExec>() {
+            tone_node::Kind::Closure(ClosureNode {
+                id: closure.id().0,
+                name: closure.closure_name().to_string(),
+                ordered_by: closure.ordered_by().unwrap_or_default().to_string(),
+                argument: closure.argument().to_vec(),
+            })
+        } else if let Some(text) = any.downcast_ref::<TextSourceExec>() {
+            tone_node::Kind::Text(encode_text(text)?)
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "tone cannot serialize plan node {}",
@@ -307,4 +364,76 @@ fn decode_reader(
         properties,
     );
     Ok(Arc::new(reader.with_locations(node.locations)?))
+}
+
+fn decode_closure(
+    node: ClosureNode,
+    inputs: &[Arc<dyn ExecutionPlan>],
+    ctx: &TaskContext,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let [input] = inputs else {
+        return Err(DataFusionError::Internal(format!(
+            "ClosureExec has one input, the plan gave {}",
+            inputs.len()
+        )));
+    };
+    let id = ClosureId(node.id);
+    let entry = registry_of(ctx)?.resolve(id, &node.name)?;
+    let ordered_by = Some(node.ordered_by).filter(|column| !column.is_empty());
+    Ok(Arc::new(ClosureExec::try_new(
+        Arc::clone(input),
+        id,
+        entry,
+        Arc::new(node.argument),
+        ordered_by,
+    )?))
+}
+
+fn encode_text(text: &TextSourceExec) -> DfResult<TextNode> {
+    let mut partitions = Vec::new();
+    for ranges in text.ranges() {
+        let mut nodes = Vec::new();
+        for range in ranges {
+            let path = range.path.to_str().ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "text input path {} is not UTF-8",
+                    range.path.display()
+                ))
+            })?;
+            nodes.push(TextRangeNode {
+                path: path.to_string(),
+                start: range.start,
+                end: range.end,
+            });
+        }
+        partitions.push(TextPartitionNode { ranges: nodes });
+    }
+    Ok(TextNode {
+        schema: Some(protobuf::Schema::try_from(text.schema().as_ref())?),
+        partitions,
+    })
+}
+
+fn decode_text(node: TextNode) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = node
+        .schema
+        .as_ref()
+        .ok_or_else(|| DataFusionError::Internal("TextSourceExec without schema".into()))?;
+    let schema = Arc::new(Schema::try_from(schema)?);
+    let partitions = node
+        .partitions
+        .into_iter()
+        .map(|partition| {
+            partition
+                .ranges
+                .into_iter()
+                .map(|range| TextRange {
+                    path: range.path.into(),
+                    start: range.start,
+                    end: range.end,
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Arc::new(TextSourceExec::from_ranges(partitions, schema)?))
 }

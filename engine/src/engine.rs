@@ -22,6 +22,7 @@ use datafusion::error::DataFusionError;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 
+use crate::closure::ClosureRegistry;
 use crate::error::{EngineError, Result};
 use crate::ids::JobId;
 use crate::limits::{name_memory_limit, runtime_env, MemorySplit, OperatorSpills};
@@ -76,6 +77,7 @@ pub struct Engine {
     next_job: AtomicU64,
     memory_limit_bytes: Option<u64>,
     spills: Arc<OperatorSpills>,
+    closures: Arc<ClosureRegistry>,
 }
 
 impl Engine {
@@ -99,8 +101,10 @@ impl Engine {
         // Operator spill files go next to the shuffle's, and go with them.
         let runtime = runtime_env(pool_bytes, store.spill_dir().to_path_buf(), None)?;
         let env = ShuffleEnv::local(Arc::clone(&store) as Arc<dyn ShuffleStore>);
+        let closures = Arc::new(ClosureRegistry::default());
         Ok(Self {
-            context: new_session(config.partitions, env, runtime),
+            context: new_session(config.partitions, env, runtime, Arc::clone(&closures)),
+            closures,
             store,
             next_job: AtomicU64::new(1),
             memory_limit_bytes: config.memory_limit_bytes,
@@ -115,6 +119,12 @@ impl Engine {
 
     pub fn shuffle_store(&self) -> &Arc<LocalShuffleStore> {
         &self.store
+    }
+
+    /// The registry that resolves the closure ids of this engine's plans;
+    /// a typed job registers its closures here in construction order.
+    pub fn closures(&self) -> &Arc<ClosureRegistry> {
+        &self.closures
     }
 
     /// What DataFusion operators spilled to disk in this engine's jobs.

@@ -57,6 +57,10 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// The job uses something that runs embedded but not yet on a cluster.
+    #[error("{what} cannot run on a cluster yet; run it embedded (without --master)")]
+    NotOnCluster { what: String },
+
     /// Memory or disk ran out.
     #[error("resources exhausted: {message}")]
     ResourcesExhausted { message: String },

@@ -4,6 +4,9 @@
 //! - [`stage`]: cutting a physical plan into a DAG of stages at exchanges.
 //! - [`shuffle`]: the shuffle writer and reader operators and the store of
 //!   map outputs (Arrow IPC segments in memory, spilled to disk past a budget).
+//! - [`closure`]: user closures in plans ([`closure::ClosureExec`]) and the
+//!   per-job registry that resolves their ids.
+//! - [`text`]: text files as one row per line, split by byte ranges.
 //! - [`codec`]: stage plans to bytes and back (datafusion-proto + tone nodes).
 //! - [`runtime`]: running a stage DAG in this process.
 //! - [`cpu`]: the rayon pool for CPU-heavy work and its async bridge.
@@ -12,6 +15,7 @@
 //!   shuffle's share of it, sizes like `512M`).
 //! - [`error`]: [`EngineError`], classified by who must act.
 
+pub mod closure;
 pub mod codec;
 pub mod cpu;
 pub mod engine;
@@ -23,6 +27,7 @@ pub mod session;
 pub mod shuffle;
 mod sql_location;
 pub mod stage;
+pub mod text;
 
 pub use engine::{Engine, EngineConfig, StatementOutput};
 pub use error::{EngineError, Result};

@@ -115,6 +115,7 @@ fn plan_tree_sum(
 pub struct OperatorSpills {
     spilled_bytes: AtomicU64,
     spill_count: AtomicU64,
+    shuffle_rows_written: AtomicU64,
 }
 
 impl OperatorSpills {
@@ -134,6 +135,17 @@ impl OperatorSpills {
 
     pub fn spill_count(&self) -> u64 {
         self.spill_count.load(Ordering::Relaxed)
+    }
+
+    /// Adds the rows one map stage wrote to the shuffle.
+    pub fn record_shuffle_rows(&self, rows: u64) {
+        self.shuffle_rows_written.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Rows written to the shuffle by every map stage that ran; tests use
+    /// it to see that a map-side combine shrinks what is shuffled.
+    pub fn shuffle_rows_written(&self) -> u64 {
+        self.shuffle_rows_written.load(Ordering::Relaxed)
     }
 }
 

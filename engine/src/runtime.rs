@@ -139,6 +139,7 @@ async fn run_map_stage(
         written.spilled_bytes += summary.spilled_bytes;
     }
     spills.record(&writer);
+    spills.record_shuffle_rows(written.rows);
     tracing::info!(
         stage_id = stage.id.0,
         tasks,

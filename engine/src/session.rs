@@ -11,6 +11,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::closure::ClosureRegistry;
 use crate::error::{EngineError, Result};
 use crate::shuffle::ShuffleEnv;
 
@@ -42,16 +43,19 @@ impl FileFormat {
 }
 
 /// A DataFusion session whose operators can reach tone's shuffle store and
-/// share `runtime`'s memory pool and spill directory.
+/// share `runtime`'s memory pool and spill directory; stage plans decoded
+/// in it resolve closure ids through `closures`.
 pub fn new_session(
     partitions: usize,
     shuffle: ShuffleEnv,
     runtime: Arc<RuntimeEnv>,
+    closures: Arc<ClosureRegistry>,
 ) -> SessionContext {
     let config = SessionConfig::new()
         .with_target_partitions(partitions)
         .with_information_schema(true)
-        .with_extension(Arc::new(shuffle));
+        .with_extension(Arc::new(shuffle))
+        .with_extension(closures);
     SessionContext::new_with_config_rt(config, runtime)
 }
 

@@ -1,0 +1,172 @@
+//! Whole-job benchmarks (a harness, not a timed test).
+//!
+//! `cargo run --release --example bench -- wordcount [--bytes 1G] [--dir DIR]`
+//! `cargo run --release --example bench -- terasort [--bytes 1G] [--dir DIR]`
+//!
+//! Word count runs on tone (embedded, or `--master URL`) and, as the
+//! baseline in the same run, as plain single-threaded Rust with a std
+//! `HashMap`; it prints MB/s of both and their ratio. TeraSort prints MB/s
+//! of the sort (generation and validation excluded).
+
+#[path = "terasort.rs"]
+#[allow(dead_code)]
+mod terasort;
+#[path = "wordcount.rs"]
+#[allow(dead_code)]
+mod wordcount;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tone::Context;
+
+/// Writes about `bytes` of text (a Zipf-like vocabulary of 50 000 words)
+/// into 8 files.
+fn generate_text(dir: &Path, bytes: u64) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let vocabulary: Vec<String> = (0..50_000u64)
+        .map(|n| {
+            format!(
+                "w{:x}{}",
+                n * 2654435761 % 1_000_003,
+                if n % 3 == 0 { "X" } else { "" }
+            )
+        })
+        .collect();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut written = 0u64;
+    for file in 0..8 {
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(dir.join(format!("text-{file}.txt")))?);
+        while written < bytes * (file + 1) / 8 {
+            let mut line = String::new();
+            for _ in 0..12 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Squaring skews towards small indexes: frequent words.
+                let fraction = (state % 1_000_000) as f64 / 1_000_000.0;
+                let index = (fraction * fraction * vocabulary.len() as f64) as usize;
+                line.push_str(&vocabulary[index]);
+                line.push(' ');
+            }
+            line.push('\n');
+            written += line.len() as u64;
+            out.write_all(line.as_bytes())?;
+        }
+        out.flush()?;
+    }
+    Ok(written)
+}
+
+/// The baseline: one thread, a std `HashMap`.
+fn baseline_word_count(dir: &Path) -> std::io::Result<HashMap<String, u64>> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for file in files {
+        for line in std::io::BufReader::new(std::fs::File::open(file)?).lines() {
+            for word in line?.split_whitespace() {
+                *counts.entry(word.to_lowercase()).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+async fn bench_wordcount(ctx: &Context, dir: &Path, bytes: u64) -> Result<(), tone::Error> {
+    let io = |error: std::io::Error| tone::Error::Output {
+        path: dir.to_path_buf(),
+        reason: error.to_string(),
+    };
+    let input = dir.join("text");
+    let _ = std::fs::remove_dir_all(&input);
+    let written = generate_text(&input, bytes).map_err(io)?;
+    let megabytes = written as f64 / 1e6;
+
+    let started = Instant::now();
+    let counts = wordcount::word_counts(ctx, &[input.clone()])
+        .collect()
+        .await?;
+    let tone_seconds = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let expected = baseline_word_count(&input).map_err(io)?;
+    let baseline_seconds = started.elapsed().as_secs_f64();
+
+    let same = counts.len() == expected.len()
+        && counts
+            .iter()
+            .all(|(word, count)| expected.get(word) == Some(count));
+    println!(
+        "wordcount: {megabytes:.1} MB of text, {} distinct words, results equal: {same}",
+        expected.len()
+    );
+    println!(
+        "  tone ({} partitions): {tone_seconds:.2} s, {:.1} MB/s",
+        ctx.partitions(),
+        megabytes / tone_seconds
+    );
+    println!(
+        "  baseline (1 thread, std HashMap): {baseline_seconds:.2} s, {:.1} MB/s",
+        megabytes / baseline_seconds
+    );
+    println!(
+        "  tone / baseline throughput: {:.2}x",
+        baseline_seconds / tone_seconds
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().cloned().unwrap_or_default();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .and_then(|index| args.get(index + 1))
+            .cloned()
+    };
+    let bytes = value("--bytes").map_or(Ok(256 * 1024 * 1024), |text| {
+        tone_engine::limits::parse_size(&text)
+    });
+    let Ok(bytes) = bytes else {
+        eprintln!("bench: error: --bytes needs a size such as 1G");
+        return std::process::ExitCode::from(2);
+    };
+    let dir = value("--dir").map_or_else(|| std::env::temp_dir().join("tone-bench"), PathBuf::from);
+    let result = match which.as_str() {
+        "wordcount" => match tone::Context::from_args().await {
+            Ok(ctx) => bench_wordcount(&ctx, &dir, bytes).await,
+            Err(error) => Err(error),
+        },
+        "terasort" => {
+            let mut rest: Vec<String> = vec![
+                "--bytes".into(),
+                bytes.to_string(),
+                "--dir".into(),
+                dir.join("terasort").display().to_string(),
+            ];
+            if let Some(url) = value("--master") {
+                rest.extend(["--master".to_string(), url]);
+            }
+            terasort::run(&rest).await.map(|line| println!("{line}"))
+        }
+        _ => {
+            eprintln!("usage: bench wordcount|terasort [--bytes 1G] [--dir DIR] [--master URL]");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: error: {error}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! The [`PartitionFn`]s typed datasets register: each runs user closures
+//! over whole batches on tone's CPU pool.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tone_engine::closure::{PartitionFn, PartitionState};
+use tone_engine::EngineError;
+
+use super::rows::{Data, Key, Layout};
+
+type EResult<T> = Result<T, EngineError>;
+
+/// Decodes a batch into rows (and runs the narrow closures fused after the
+/// decode).
+pub(crate) type Pipe<T> = Arc<dyn Fn(&RecordBatch) -> EResult<Vec<T>> + Send + Sync>;
+
+/// Turns rows into a batch.
+pub(crate) type Emit<T> = Arc<dyn Fn(Vec<T>) -> EResult<RecordBatch> + Send + Sync>;
+
+/// Per batch: decode and run the fused closures, then encode.
+pub(crate) struct MapFn<T> {
+    pub pipe: Pipe<T>,
+    pub emit: Emit<T>,
+}
+
+impl<T: Data> PartitionFn for MapFn<T> {
+    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        Ok(Box::new(MapState {
+            pipe: Arc::clone(&self.pipe),
+            emit: Arc::clone(&self.emit),
+        }))
+    }
+}
+
+struct MapState<T> {
+    pipe: Pipe<T>,
+    emit: Emit<T>,
+}
+
+impl<T: Data> PartitionState for MapState<T> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        let rows = (self.pipe)(&batch)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        (self.emit)(rows).map(Some)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        Ok(None)
+    }
+}
+
+/// Whole partition: every row, then the user's function over all of them.
+pub(crate) struct PartitionMapFn<T, U> {
+    pub pipe: Pipe<T>,
+    pub apply: Arc<dyn Fn(Vec<T>) -> Vec<U> + Send + Sync>,
+    pub emit: Emit<U>,
+}
+
+impl<T: Data, U: Data> PartitionFn for PartitionMapFn<T, U> {
+    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        Ok(Box::new(PartitionMapState {
+            pipe: Arc::clone(&self.pipe),
+            apply: Arc::clone(&self.apply),
+            emit: Arc::clone(&self.emit),
+            rows: Vec::new(),
+        }))
+    }
+}
+
+struct PartitionMapState<T, U> {
+    pipe: Pipe<T>,
+    apply: Arc<dyn Fn(Vec<T>) -> Vec<U> + Send + Sync>,
+    emit: Emit<U>,
+    rows: Vec<T>,
+}
+
+impl<T: Data, U: Data> PartitionState for PartitionMapState<T, U> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        self.rows.extend((self.pipe)(&batch)?);
+        Ok(None)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        let output = (self.apply)(self.rows);
+        if output.is_empty() {
+            return Ok(None);
+        }
+        (self.emit)(output).map(Some)
+    }
+}
+
+/// Folds a partition's `(key, input)` rows into one value per key in a hash
+/// table, batch by batch; emits the table at the end. The map side of
+/// `reduce_by_key` (the combine) and every keyed reduce side.
+pub(crate) struct FoldFn<K, I, U> {
+    pub pipe: Pipe<(K, I)>,
+    pub fold: Arc<dyn Fn(Option<U>, I) -> U + Send + Sync>,
+    pub emit: Emit<(K, U)>,
+}
+
+impl<K: Key, I: Data, U: Data> PartitionFn for FoldFn<K, I, U> {
+    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        Ok(Box::new(FoldState {
+            pipe: Arc::clone(&self.pipe),
+            fold: Arc::clone(&self.fold),
+            emit: Arc::clone(&self.emit),
+            table: HashMap::new(),
+        }))
+    }
+}
+
+struct FoldState<K, I, U> {
+    pipe: Pipe<(K, I)>,
+    fold: Arc<dyn Fn(Option<U>, I) -> U + Send + Sync>,
+    emit: Emit<(K, U)>,
+    table: HashMap<K, Option<U>>,
+}
+
+impl<K: Key, I: Data, U: Data> PartitionState for FoldState<K, I, U> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        for (key, input) in (self.pipe)(&batch)? {
+            let slot = self.table.entry(key).or_insert(None);
+            let previous = slot.take();
+            *slot = Some((self.fold)(previous, input));
+        }
+        Ok(None)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        if self.table.is_empty() {
+            return Ok(None);
+        }
+        let rows: Vec<(K, U)> = self
+            .table
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| (key, value)))
+            .collect();
+        (self.emit)(rows).map(Some)
+    }
+}
+
+/// Counts a partition's rows; emits one `rows` row.
+pub(crate) struct CountFn<T> {
+    pub pipe: Pipe<T>,
+}
+
+/// The schema [`CountFn`] emits.
+pub(crate) fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "rows",
+        DataType::UInt64,
+        false,
+    )]))
+}
+
+impl<T: Data> PartitionFn for CountFn<T> {
+    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        Ok(Box::new(CountState {
+            pipe: Arc::clone(&self.pipe),
+            rows: 0,
+        }))
+    }
+}
+
+struct CountState<T> {
+    pipe: Pipe<T>,
+    rows: u64,
+}
+
+impl<T: Data> PartitionState for CountState<T> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        self.rows += (self.pipe)(&batch)?.len() as u64;
+        Ok(None)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        count_batch(self.rows)
+    }
+}
+
+fn count_batch(rows: u64) -> EResult<Option<RecordBatch>> {
+    RecordBatch::try_new(
+        count_schema(),
+        vec![Arc::new(UInt64Array::from(vec![rows]))],
+    )
+    .map(Some)
+    .map_err(|error| EngineError::Internal {
+        message: format!("count batch: {error}"),
+    })
+}
+
+/// Range routing for a total sort: tags every row with the index of the
+/// key range it falls in. The split points arrive as the node's argument
+/// (JSON), since they are data computed from a sample at run time.
+pub(crate) struct RouteFn<T, K> {
+    pub pipe: Pipe<T>,
+    pub key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    pub layout: Layout,
+    pub schema: SchemaRef,
+}
+
+impl<T: Data, K: Data + Ord> PartitionFn for RouteFn<T, K> {
+    fn open(&self, argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        let splits: Vec<K> =
+            serde_json::from_slice(argument).map_err(|error| EngineError::Internal {
+                message: format!("bad sort split points: {error}"),
+            })?;
+        Ok(Box::new(RouteState {
+            pipe: Arc::clone(&self.pipe),
+            key: Arc::clone(&self.key),
+            layout: self.layout.clone(),
+            schema: Arc::clone(&self.schema),
+            splits,
+        }))
+    }
+}
+
+struct RouteState<T, K> {
+    pipe: Pipe<T>,
+    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    layout: Layout,
+    schema: SchemaRef,
+    splits: Vec<K>,
+}
+
+impl<T: Data, K: Data + Ord> PartitionState for RouteState<T, K> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        let rows = (self.pipe)(&batch)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let parts: Vec<u32> = rows
+            .iter()
+            .map(|row| {
+                let key = (self.key)(row);
+                self.splits.partition_point(|split| *split <= key) as u32
+            })
+            .collect();
+        with_part(&self.layout, &self.schema, &rows, parts).map(Some)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        Ok(None)
+    }
+}
+
+/// `rows` as items plus the `__part` column.
+fn with_part<T: Data>(
+    layout: &Layout,
+    schema: &SchemaRef,
+    rows: &[T],
+    parts: Vec<u32>,
+) -> EResult<RecordBatch> {
+    let items = layout.encode_items(rows)?;
+    let mut columns = items.columns().to_vec();
+    columns.push(Arc::new(UInt32Array::from(parts)));
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|error| EngineError::Internal {
+        message: format!("routed batch: {error}"),
+    })
+}
+
+/// The reduce side of a total sort: one key range per task, sorted by the
+/// user's key (stable), emitted with its range index.
+pub(crate) struct SortFn<T, K> {
+    pub key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    pub layout: Layout,
+    pub schema: SchemaRef,
+}
+
+impl<T: Data, K: Data + Ord> PartitionFn for SortFn<T, K> {
+    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        Ok(Box::new(SortState {
+            key: Arc::clone(&self.key),
+            layout: self.layout.clone(),
+            schema: Arc::clone(&self.schema),
+            rows: Vec::new(),
+            part: None,
+        }))
+    }
+}
+
+struct SortState<T, K> {
+    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    layout: Layout,
+    schema: SchemaRef,
+    rows: Vec<(K, T)>,
+    part: Option<u32>,
+}
+
+impl<T: Data, K: Data + Ord> PartitionState for SortState<T, K> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        let items = batch.project(&[0]).map_err(|error| EngineError::Internal {
+            message: format!("sort input: {error}"),
+        })?;
+        let parts = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .ok_or_else(|| EngineError::Internal {
+                message: "sort input without a UInt32 __part column".into(),
+            })?;
+        if let Some(first) = parts.iter().flatten().next() {
+            self.part = Some(first);
+        }
+        let rows: Vec<T> = super::rows::decode_items(&items)?;
+        self.rows
+            .extend(rows.into_iter().map(|row| ((self.key)(&row), row)));
+        Ok(None)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        let Some(part) = self.part else {
+            return Ok(None);
+        };
+        let mut rows = self.rows;
+        rows.sort_by(|left, right| left.0.cmp(&right.0));
+        let rows: Vec<T> = rows.into_iter().map(|(_, row)| row).collect();
+        let parts = vec![part; rows.len()];
+        with_part(&self.layout, &self.schema, &rows, parts).map(Some)
+    }
+}
+
+/// Keeps a bounded, deterministic sample of a partition's sort keys: every
+/// `stride`-th key, the stride doubling whenever the sample is full.
+pub(crate) struct SampleFn<T, K> {
+    pub pipe: Pipe<T>,
+    pub key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    pub emit: Emit<K>,
+}
+
+/// Keys a sort keeps per partition to pick its split points from.
+const SAMPLE_KEYS_MAX: usize = 1024;
+
+impl<T: Data, K: Data> PartitionFn for SampleFn<T, K> {
+    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        Ok(Box::new(SampleState {
+            pipe: Arc::clone(&self.pipe),
+            key: Arc::clone(&self.key),
+            emit: Arc::clone(&self.emit),
+            sample: Vec::new(),
+            stride: 1,
+            seen: 0,
+        }))
+    }
+}
+
+struct SampleState<T, K> {
+    pipe: Pipe<T>,
+    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    emit: Emit<K>,
+    sample: Vec<K>,
+    stride: u64,
+    seen: u64,
+}
+
+impl<T: Data, K: Data> PartitionState for SampleState<T, K> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        for row in (self.pipe)(&batch)? {
+            if self.seen % self.stride == 0 {
+                self.sample.push((self.key)(&row));
+                if self.sample.len() >= SAMPLE_KEYS_MAX {
+                    // Keep every other key: what a doubled stride would
+                    // have kept from the start.
+                    let mut index = 0;
+                    self.sample.retain(|_| {
+                        index += 1;
+                        index % 2 == 1
+                    });
+                    self.stride *= 2;
+                }
+            }
+            self.seen += 1;
+        }
+        Ok(None)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        if self.sample.is_empty() {
+            return Ok(None);
+        }
+        (self.emit)(self.sample).map(Some)
+    }
+}
+
+/// File formats typed rows are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteFormat {
+    Csv,
+    Parquet,
+    Text,
+}
+
+impl WriteFormat {
+    fn extension(self) -> &'static str {
+        match self {
+            WriteFormat::Csv => "csv",
+            WriteFormat::Parquet => "parquet",
+            WriteFormat::Text => "txt",
+        }
+    }
+}
+
+/// Each task writes its partition to a file of its own in `dir` and
+/// emits the number of rows it wrote.
+pub(crate) struct WriteFn<T> {
+    pub pipe: Pipe<T>,
+    pub encode: Emit<T>,
+    pub format: WriteFormat,
+    pub dir: PathBuf,
+}
+
+impl<T: Data> PartitionFn for WriteFn<T> {
+    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+        let name = format!(
+            "part-{}.{}",
+            uuid::Uuid::new_v4().simple(),
+            self.format.extension()
+        );
+        Ok(Box::new(WriteState {
+            pipe: Arc::clone(&self.pipe),
+            encode: Arc::clone(&self.encode),
+            format: self.format,
+            path: self.dir.join(name),
+            writer: None,
+            rows: 0,
+        }))
+    }
+}
+
+struct WriteState<T> {
+    pipe: Pipe<T>,
+    encode: Emit<T>,
+    format: WriteFormat,
+    path: PathBuf,
+    writer: Option<FileWriter>,
+    rows: u64,
+}
+
+enum FileWriter {
+    Csv(arrow::csv::Writer<std::io::BufWriter<std::fs::File>>),
+    Parquet(parquet::arrow::ArrowWriter<std::fs::File>),
+    Text(std::io::BufWriter<std::fs::File>),
+}
+
+impl<T: Data> PartitionState for WriteState<T> {
+    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
+        let rows = (self.pipe)(&batch)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        self.rows += rows.len() as u64;
+        let batch = (self.encode)(rows)?;
+        let output_error = |reason: String| EngineError::Execution {
+            message: format!("cannot write '{}': {reason}", self.path.display()),
+        };
+        if self.writer.is_none() {
+            let file =
+                std::fs::File::create(&self.path).map_err(|e| output_error(e.to_string()))?;
+            self.writer = Some(match self.format {
+                WriteFormat::Csv => {
+                    FileWriter::Csv(arrow::csv::Writer::new(std::io::BufWriter::new(file)))
+                }
+                WriteFormat::Parquet => FileWriter::Parquet(
+                    parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
+                        .map_err(|e| output_error(e.to_string()))?,
+                ),
+                WriteFormat::Text => FileWriter::Text(std::io::BufWriter::new(file)),
+            });
+        }
+        match self.writer.as_mut() {
+            Some(FileWriter::Csv(writer)) => writer
+                .write(&batch)
+                .map_err(|e| output_error(e.to_string()))?,
+            Some(FileWriter::Parquet(writer)) => writer
+                .write(&batch)
+                .map_err(|e| output_error(e.to_string()))?,
+            Some(FileWriter::Text(writer)) => write_lines(writer, &batch).map_err(output_error)?,
+            None => {}
+        }
+        Ok(None)
+    }
+
+    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
+        let output_error = |reason: String| EngineError::Execution {
+            message: format!("cannot write '{}': {reason}", self.path.display()),
+        };
+        match self.writer {
+            Some(FileWriter::Csv(writer)) => {
+                let mut inner = writer.into_inner();
+                std::io::Write::flush(&mut inner).map_err(|e| output_error(e.to_string()))?;
+            }
+            Some(FileWriter::Parquet(writer)) => {
+                writer.close().map_err(|e| output_error(e.to_string()))?;
+            }
+            Some(FileWriter::Text(mut writer)) => {
+                std::io::Write::flush(&mut writer).map_err(|e| output_error(e.to_string()))?;
+            }
+            None => {}
+        }
+        count_batch(self.rows)
+    }
+}
+
+/// Writes a one-string-column batch as lines.
+fn write_lines(writer: &mut impl std::io::Write, batch: &RecordBatch) -> Result<(), String> {
+    let lines = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .ok_or_else(|| "text output is not a string column".to_string())?;
+    for line in lines.iter() {
+        writeln!(writer, "{}", line.unwrap_or_default()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! [`Error`]: what a Rust job (a [`crate::Context`], its DataFrames and
+//! Datasets) can fail with, classified like the engine's errors.
+
+use std::path::PathBuf;
+
+use crate::cluster::ClusterError;
+use tone_engine::EngineError;
+
+/// Result alias for Rust jobs.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a Rust job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Planning or running on the embedded engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+
+    /// A call to the cluster failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+
+    /// The operation runs embedded only for now; the context is connected
+    /// to a cluster, and tone does not quietly run it locally instead.
+    #[error("{what} cannot run on a cluster yet (the context is connected to {master}); run it embedded, without --master/TONE_MASTER")]
+    NotOnCluster { what: String, master: String },
+
+    /// A value could not be converted to or from Arrow rows.
+    #[error("cannot convert {type_name} to or from Arrow rows: {reason}")]
+    Conversion { type_name: String, reason: String },
+
+    /// An output file or folder could not be written.
+    #[error("cannot write '{path}': {reason}")]
+    Output { path: PathBuf, reason: String },
+
+    /// The program was started with arguments tone cannot use.
+    #[error("{message}")]
+    Usage { message: String },
+}
+
+impl Error {
+    /// True when the user can fix the problem by changing their input.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Engine(error) => error.is_user_error(),
+            Error::Cluster(error) => error.is_user_error(),
+            Error::NotOnCluster { .. } | Error::Usage { .. } | Error::Output { .. } => true,
+            Error::Conversion { .. } => false,
+        }
+    }
+
+    pub(crate) fn output(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
+        Error::Output {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(error: datafusion::error::DataFusionError) -> Self {
+        Error::Engine(EngineError::from(error))
+    }
+}

@@ -1,0 +1,572 @@
+//! Typed datasets and the examples built on them, checked against plain
+//! Rust std over the same input (embedded).
+
+#[path = "../examples/pagerank.rs"]
+#[allow(dead_code)]
+mod pagerank;
+#[path = "../examples/terasort.rs"]
+#[allow(dead_code)]
+mod terasort;
+#[path = "../examples/typed_join.rs"]
+#[allow(dead_code)]
+mod typed_join;
+#[path = "../examples/wordcount.rs"]
+#[allow(dead_code)]
+mod wordcount;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use tone::{Context, EngineConfig};
+
+fn context(partitions: usize) -> Context {
+    Context::local_with(EngineConfig {
+        partitions,
+        ..EngineConfig::default()
+    })
+    .expect("embedded context")
+}
+
+/// Text with mixed case and uneven whitespace over three files.
+fn write_text(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("text dir");
+    for file in 0..3 {
+        let mut text = String::new();
+        for line in 0..400 {
+            for word in 0..(line % 7) {
+                let word = format!("Word{}", (line * 31 + word * 17 + file) % 97);
+                let word = if line % 2 == 0 {
+                    word.to_uppercase()
+                } else {
+                    word
+                };
+                text.push_str(&word);
+                text.push_str(if word.len() % 2 == 0 { "  " } else { "\t" });
+            }
+            text.push('\n');
+        }
+        std::fs::write(dir.join(format!("part-{file}.txt")), text).expect("write text");
+    }
+}
+
+fn std_word_counts(dir: &Path) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for file in files {
+        for line in std::fs::read_to_string(file).expect("read").lines() {
+            for word in line.split_whitespace() {
+                *counts.entry(word.to_lowercase()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wordcount_matches_std() {
+    let temp = tempfile::tempdir().expect("temp");
+    let input = temp.path().join("text");
+    write_text(&input);
+    let expected = std_word_counts(&input);
+    let ctx = context(3);
+    let found: HashMap<String, u64> = wordcount::word_counts(&ctx, &[input.clone()])
+        .collect()
+        .await
+        .expect("word count")
+        .into_iter()
+        .collect();
+    assert_eq!(found, expected);
+
+    // The example's CSV output: header `word,count`, the same counts.
+    let output = temp.path().join("out");
+    let args: Vec<String> = [
+        "--input",
+        input.to_str().expect("utf-8"),
+        "--output",
+        output.to_str().expect("utf-8"),
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    wordcount::run(&args).await.expect("wordcount --output");
+    let mut written = HashMap::new();
+    for file in std::fs::read_dir(&output).expect("output") {
+        let text = std::fs::read_to_string(file.expect("entry").path()).expect("csv");
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("word,count"));
+        for line in lines {
+            let (word, count) = line.rsplit_once(',').expect("two fields");
+            written.insert(word.to_string(), count.parse::<u64>().expect("count"));
+        }
+    }
+    assert_eq!(written, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_ranges_read_every_line_once() {
+    let temp = tempfile::tempdir().expect("temp");
+    let input = temp.path().join("text");
+    write_text(&input);
+    let mut expected = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&input)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for file in files {
+        expected.extend(
+            std::fs::read_to_string(file)
+                .expect("read")
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    for partitions in [1, 2, 5, 16] {
+        let mut lines = context(partitions)
+            .read_text(&[&input])
+            .collect()
+            .await
+            .expect("lines");
+        lines.sort();
+        let mut sorted = expected.clone();
+        sorted.sort();
+        assert_eq!(lines, sorted, "{partitions} partitions");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terasort_sorts_and_keeps_every_record() {
+    let temp = tempfile::tempdir().expect("temp");
+    let input = temp.path().join("input");
+    let output = temp.path().join("output");
+    let expected = terasort::generate(&input, 20_000, 3).expect("generate");
+    let ctx = context(4);
+    let written = terasort::sort(&ctx, &input, &output).await.expect("sort");
+    assert_eq!(written, 20_000);
+    let (found, sorted) = terasort::validate(&output).expect("validate");
+    assert!(sorted, "output is not sorted");
+    assert_eq!(found, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_join_matches_std() {
+    let (customers, orders) = typed_join::generate(200);
+    let names: HashMap<u64, String> = customers.iter().map(|c| (c.id, c.name.clone())).collect();
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for order in &orders {
+        *expected.entry(names[&order.customer].clone()).or_insert(0) += order.cents;
+    }
+    let with_orders: HashSet<u64> = orders.iter().map(|order| order.customer).collect();
+    let mut lonely: Vec<String> = customers
+        .iter()
+        .filter(|c| !with_orders.contains(&c.id))
+        .map(|c| c.name.clone())
+        .collect();
+    lonely.sort();
+
+    let ctx = context(3);
+    let found: HashMap<String, u64> = typed_join::totals(&ctx, customers.clone(), orders.clone())
+        .collect()
+        .await
+        .expect("join")
+        .into_iter()
+        .collect();
+    assert_eq!(found, expected);
+    let mut found_lonely = typed_join::without_orders(&ctx, customers, orders)
+        .collect()
+        .await
+        .expect("left join");
+    found_lonely.sort();
+    assert_eq!(found_lonely, lonely);
+    assert_eq!(found_lonely.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pagerank_matches_std() {
+    let edges = pagerank::graph(300);
+    let mut links: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (from, to) in &edges {
+        links.entry(*from).or_default().push(*to);
+    }
+    let mut ranks: BTreeMap<u64, f64> = links.keys().map(|page| (*page, 1.0)).collect();
+    for _ in 0..pagerank::ITERATIONS {
+        let mut sums: BTreeMap<u64, f64> = BTreeMap::new();
+        for (page, targets) in &links {
+            if let Some(rank) = ranks.get(page) {
+                for target in targets {
+                    *sums.entry(*target).or_insert(0.0) += rank / targets.len() as f64;
+                }
+            }
+        }
+        ranks = sums
+            .into_iter()
+            .map(|(page, sum)| (page, (1.0 - pagerank::DAMPING) + pagerank::DAMPING * sum))
+            .collect();
+    }
+    let found = pagerank::pagerank(&context(2), edges)
+        .await
+        .expect("pagerank");
+    assert_eq!(found.len(), ranks.len());
+    for (page, rank) in found {
+        let expected = ranks[&page];
+        assert!(
+            (rank - expected).abs() < 1e-9,
+            "page {page}: {rank} vs {expected}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn narrow_transforms_and_actions() {
+    let ctx = context(3);
+    let numbers: Vec<u64> = (0..1000).collect();
+    let data = ctx.parallelize(numbers.clone());
+    let mapped = data
+        .clone()
+        .map(|n| n * 2)
+        .filter(|n| n % 3 == 0)
+        .flat_map(|n| vec![n, n + 1]);
+    let mut found = mapped.clone().collect().await.expect("collect");
+    found.sort();
+    let mut expected: Vec<u64> = numbers
+        .iter()
+        .map(|n| n * 2)
+        .filter(|n| n % 3 == 0)
+        .flat_map(|n| vec![n, n + 1])
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    assert_eq!(
+        mapped.clone().count().await.expect("count"),
+        expected.len() as u64
+    );
+    let taken = mapped.take(7).await.expect("take");
+    assert_eq!(taken.len(), 7);
+    assert!(taken.iter().all(|n| expected.contains(n)));
+
+    // map_partitions sees whole partitions: one sum per partition.
+    let sums = data
+        .clone()
+        .map_partitions(|rows| vec![rows.iter().sum::<u64>()])
+        .collect()
+        .await
+        .expect("partitions");
+    assert_eq!(sums.len(), 3);
+    assert_eq!(sums.iter().sum::<u64>(), numbers.iter().sum::<u64>());
+
+    let keyed = data
+        .clone()
+        .key_by(|n| n % 10)
+        .collect()
+        .await
+        .expect("key_by");
+    assert!(keyed.iter().all(|(key, n)| *key == n % 10));
+
+    let mut union = data
+        .clone()
+        .union(ctx.parallelize(vec![5000u64, 5001]))
+        .collect()
+        .await
+        .expect("union");
+    union.sort();
+    assert_eq!(union.len(), 1002);
+    assert_eq!(union.last(), Some(&5001));
+
+    let mut distinct = data
+        .clone()
+        .map(|n| n % 17)
+        .distinct()
+        .collect()
+        .await
+        .expect("distinct");
+    distinct.sort();
+    assert_eq!(distinct, (0..17).collect::<Vec<u64>>());
+
+    let repartitioned = data.repartition(5);
+    assert_eq!(repartitioned.count().await.expect("count"), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_operations() {
+    let ctx = context(3);
+    let pairs: Vec<(String, i64)> = (0..600).map(|n| (format!("k{}", n % 13), n)).collect();
+    let mut expected_groups: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (key, value) in &pairs {
+        expected_groups.entry(key.clone()).or_default().push(*value);
+    }
+    let groups: BTreeMap<String, Vec<i64>> = ctx
+        .parallelize(pairs.clone())
+        .group_by_key()
+        .collect()
+        .await
+        .expect("group")
+        .into_iter()
+        .map(|(key, mut values)| {
+            values.sort();
+            (key, values)
+        })
+        .collect();
+    assert_eq!(groups, expected_groups);
+
+    // (sum, count) per key.
+    let aggregated: BTreeMap<String, (i64, u64)> = ctx
+        .parallelize(pairs.clone())
+        .aggregate_by_key(
+            (0i64, 0u64),
+            |(sum, count), value| (sum + value, count + 1),
+            |a, b| (a.0 + b.0, a.1 + b.1),
+        )
+        .collect()
+        .await
+        .expect("aggregate")
+        .into_iter()
+        .collect();
+    for (key, values) in &expected_groups {
+        assert_eq!(aggregated[key], (values.iter().sum(), values.len() as u64));
+    }
+
+    let left = ctx.parallelize(vec![
+        (1u32, "a".to_string()),
+        (2, "b".into()),
+        (3, "c".into()),
+    ]);
+    let right = ctx.parallelize(vec![(1u32, 10u8), (1, 11), (3, 30), (4, 40)]);
+    let mut joined = left
+        .clone()
+        .join(right.clone())
+        .collect()
+        .await
+        .expect("join");
+    joined.sort();
+    assert_eq!(
+        joined,
+        vec![
+            (1, ("a".to_string(), 10)),
+            (1, ("a".to_string(), 11)),
+            (3, ("c".to_string(), 30))
+        ]
+    );
+    let mut outer = left.left_join(right).collect().await.expect("left join");
+    outer.sort();
+    assert_eq!(
+        outer,
+        vec![
+            (1, ("a".to_string(), Some(10))),
+            (1, ("a".to_string(), Some(11))),
+            (2, ("b".to_string(), None)),
+            (3, ("c".to_string(), Some(30))),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reduce_by_key_combines_before_the_shuffle() {
+    let ctx = context(4);
+    let engine = ctx.engine().expect("embedded");
+    let rows: Vec<(u32, u64)> = (0..20_000).map(|n| (n % 10, 1)).collect();
+    let before = engine.operator_spills().shuffle_rows_written();
+    let mut counts = ctx
+        .parallelize(rows)
+        .reduce_by_key(|a, b| a + b)
+        .collect()
+        .await
+        .expect("reduce");
+    let shuffled = engine.operator_spills().shuffle_rows_written() - before;
+    counts.sort();
+    assert_eq!(counts, (0..10).map(|key| (key, 2000)).collect::<Vec<_>>());
+    // At most one row per key and map task crosses the shuffle.
+    assert!(
+        shuffled <= 4 * 10,
+        "{shuffled} rows shuffled for 20000 input rows"
+    );
+    assert!(shuffled > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sort_by_is_a_total_order_across_partitions() {
+    let ctx = context(4);
+    let mut state = 7u64;
+    let values: Vec<(u64, String)> = (0..5000)
+        .map(|n| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40, format!("row{n}"))
+        })
+        .collect();
+    let sorted = ctx
+        .parallelize(values.clone())
+        .sort_by(|(key, _)| *key)
+        .collect()
+        .await
+        .expect("sort");
+    assert_eq!(sorted.len(), values.len());
+    assert!(
+        sorted.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "not sorted"
+    );
+    let mut expected = values;
+    expected.sort_by_key(|(key, _)| *key);
+    let keys: Vec<u64> = sorted.iter().map(|(key, _)| *key).collect();
+    assert_eq!(
+        keys,
+        expected.iter().map(|(key, _)| *key).collect::<Vec<_>>()
+    );
+    // Descending through a key transform, with many equal keys.
+    let down = ctx
+        .parallelize((0..1000u64).collect())
+        .sort_by(|n| std::cmp::Reverse(n % 50))
+        .collect()
+        .await
+        .expect("sort");
+    assert!(down.windows(2).all(|pair| pair[0] % 50 >= pair[1] % 50));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_closure_fails_the_job_with_its_message() {
+    let ctx = context(2);
+    let error = ctx
+        .parallelize((0..100u32).collect())
+        .map(|n| {
+            if n == 42 {
+                panic!("bad row {n}");
+            }
+            n
+        })
+        .collect()
+        .await
+        .expect_err("the closure panics");
+    let message = error.to_string();
+    assert!(message.contains("bad row 42"), "{message}");
+    assert!(message.contains("map@"), "{message}");
+    // The context still runs jobs.
+    assert_eq!(
+        ctx.parallelize(vec![1u8, 2, 3])
+            .count()
+            .await
+            .expect("count"),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_read_back() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+    struct Row {
+        name: String,
+        value: i64,
+    }
+    let temp = tempfile::tempdir().expect("temp");
+    let ctx = context(2);
+    let rows: Vec<Row> = (0..50)
+        .map(|n| Row {
+            name: format!("n{n}"),
+            value: n,
+        })
+        .collect();
+    let csv = temp.path().join("csv");
+    assert_eq!(
+        ctx.parallelize(rows.clone())
+            .write_csv(&csv)
+            .await
+            .expect("csv"),
+        50
+    );
+    let parquet = temp.path().join("parquet");
+    assert_eq!(
+        ctx.parallelize(rows.clone())
+            .write_parquet(&parquet)
+            .await
+            .expect("parquet"),
+        50
+    );
+    let text = temp.path().join("text");
+    assert_eq!(
+        ctx.parallelize((0..50i64).collect())
+            .save_as_text(&text)
+            .await
+            .expect("text"),
+        50
+    );
+
+    // Read back through DataFrames and typed rows.
+    let mut back: Vec<Row> = ctx
+        .read_parquet(&parquet)
+        .await
+        .expect("read parquet")
+        .into_dataset::<Row>()
+        .await
+        .expect("typed")
+        .collect()
+        .await
+        .expect("collect");
+    back.sort_by_key(|row| row.value);
+    assert_eq!(back, rows);
+    let counted = ctx
+        .read_csv(&csv)
+        .await
+        .expect("read csv")
+        .count()
+        .await
+        .expect("count");
+    assert_eq!(counted, 50);
+    let mut lines: Vec<i64> = ctx
+        .read_text(&[&text])
+        .map(|line| line.parse::<i64>().unwrap_or(-1))
+        .collect()
+        .await
+        .expect("lines");
+    lines.sort();
+    assert_eq!(lines, (0..50).collect::<Vec<_>>());
+}
+
+#[path = "../examples/tpch_dataframe.rs"]
+#[allow(dead_code)]
+mod tpch_dataframe;
+
+/// Rows as text, for comparing two results of the same query.
+fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    let text = arrow::util::pretty::pretty_format_batches(batches)
+        .expect("format")
+        .to_string();
+    text.lines()
+        .filter(|line| line.starts_with("| "))
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tpch_dataframe_matches_sql() {
+    let data = crate::common::tpch_data();
+    let ctx = context(2);
+    for table in ["lineitem", "orders", "customer"] {
+        ctx.register_table(table, &data.join(table))
+            .await
+            .expect("register");
+    }
+    let q1 = tpch_dataframe::q1(&ctx, data).await.expect("q1");
+    let q1_sql = ctx
+        .sql("select l_returnflag, l_linestatus, sum(l_quantity) as sum_qty, count(*) as count_order \
+              from lineitem where l_shipdate <= date '1998-09-02' \
+              group by l_returnflag, l_linestatus order by l_returnflag, l_linestatus")
+        .await
+        .expect("q1 sql");
+    let frame_rows: Vec<String> = rows_text(&q1);
+    assert_eq!(frame_rows.len(), rows_text(&q1_sql).len());
+    assert_eq!(frame_rows.len(), 4);
+    let q3 = tpch_dataframe::q3(&ctx, data).await.expect("q3");
+    let q3_sql = ctx
+        .sql("select l_orderkey, sum(l_extendedprice * (1 - l_discount)) as revenue, o_orderdate, o_shippriority \
+              from customer, orders, lineitem where c_mktsegment = 'BUILDING' and c_custkey = o_custkey \
+              and l_orderkey = o_orderkey and o_orderdate < date '1995-03-15' and l_shipdate > date '1995-03-15' \
+              group by l_orderkey, o_orderdate, o_shippriority order by revenue desc, o_orderdate limit 10")
+        .await
+        .expect("q3 sql");
+    assert_eq!(rows_text(&q3), rows_text(&q3_sql));
+    assert_eq!(rows_text(&q3).len(), 10);
+}
