@@ -583,3 +583,34 @@ async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_bac
         .await
         .expect("a job's table is still there");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_keeps_failing_a_job_is_kept_away_from_it() {
+    let mut cluster = Cluster::coordinator(&[]);
+    // Every stage-1 task panics on worker 0 only.
+    cluster.add_worker(&[("TONE_FAULT_PANIC_IN_STAGE", "1")]);
+    cluster.add_worker(&[]);
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let embedded = tone_engine(4).await;
+    let sql = "select l_returnflag, l_linestatus, count(*) as n from lineitem \
+               group by l_returnflag, l_linestatus";
+    let (status, actual) = run_job(&client, sql, 4)
+        .await
+        .expect("the healthy worker finishes the job");
+    let expected = embedded.sql(sql).await.expect("embedded");
+    same_answer(sql, &expected, &actual).expect("same answer");
+    let failing: Vec<&str> = status
+        .failures
+        .iter()
+        .map(|f| f.worker_id.as_str())
+        .collect();
+    assert!(!failing.is_empty(), "the fault never fired");
+    assert!(
+        failing.iter().all(|worker| *worker == failing[0]),
+        "{:?}",
+        status.failures
+    );
+    // After its second failure the job sends it nothing more.
+    assert_eq!(failing.len(), 2, "{:?}", status.failures);
+}
