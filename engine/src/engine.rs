@@ -25,9 +25,7 @@ use futures::TryStreamExt;
 use crate::closure::ClosureRegistry;
 use crate::error::{EngineError, Result};
 use crate::ids::JobId;
-use crate::limits::{
-    name_memory_limit, runtime_env, sort_merge_reservation_bytes, MemorySplit, OperatorSpills,
-};
+use crate::limits::{name_memory_limit, runtime_env, MemorySplit, OperatorSpills};
 use crate::runtime::run_dag;
 use crate::session::{new_session, register_data_dir, register_table};
 use crate::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
@@ -104,19 +102,8 @@ impl Engine {
         let runtime = runtime_env(pool_bytes, store.spill_dir().to_path_buf(), None)?;
         let env = ShuffleEnv::local(Arc::clone(&store) as Arc<dyn ShuffleStore>);
         let closures = Arc::new(ClosureRegistry::default());
-        let context = new_session(config.partitions, env, runtime, Arc::clone(&closures));
-        if let Some(pool) = pool_bytes {
-            let reservation = sort_merge_reservation_bytes(pool, config.partitions);
-            let state = context.state_ref();
-            let mut state = state.write();
-            state
-                .config_mut()
-                .options_mut()
-                .execution
-                .sort_spill_reservation_bytes = reservation;
-        }
         Ok(Self {
-            context,
+            context: new_session(config.partitions, env, runtime, Arc::clone(&closures)),
             closures,
             store,
             next_job: AtomicU64::new(1),

@@ -43,18 +43,6 @@ impl MemorySplit {
     }
 }
 
-/// DataFusion's default memory a sort keeps back for merging its spills.
-const SORT_MERGE_RESERVATION_DEFAULT: u64 = 10 * 1024 * 1024;
-
-/// Memory each sort keeps back for merging its spilled runs, so that
-/// `concurrent` sorts together hold at most a quarter of the pool: with
-/// DataFusion's fixed 10 MB per sort partition, a small limit made sorts
-/// fail instead of spill.
-pub fn sort_merge_reservation_bytes(pool_bytes: u64, concurrent: usize) -> usize {
-    let share = pool_bytes / (4 * concurrent.max(1) as u64);
-    usize::try_from(share.min(SORT_MERGE_RESERVATION_DEFAULT)).unwrap_or(usize::MAX)
-}
-
 /// The DataFusion runtime for a session: a fair spilling pool of
 /// `pool_bytes` when set (operators that can spill share it, the rest fail
 /// with a resources error), spill files under `spill_dir`, at most

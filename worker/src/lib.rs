@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::net::TcpListener;
-use tone_engine::limits::{runtime_env, sort_merge_reservation_bytes};
+use tone_engine::limits::runtime_env;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
 
 /// Validated settings of a worker process.
@@ -134,15 +134,7 @@ pub async fn run(
         local_address: Some(address.to_string()),
         compression: config.shuffle_compression,
     };
-    let mut session_config = worker_session_config(env);
-    if let Some(limit) = config.memory_limit_bytes {
-        let reservation = sort_merge_reservation_bytes(limit, config.slots);
-        session_config
-            .options_mut()
-            .execution
-            .sort_spill_reservation_bytes = reservation;
-    }
-    let session = SessionContext::new_with_config_rt(session_config, runtime);
+    let session = SessionContext::new_with_config_rt(worker_session_config(env), runtime);
     tracing::info!(
         %address,
         slots = config.slots,
