@@ -33,6 +33,11 @@ pub enum ClusterError {
     JobCancelled { job_id: String },
     #[error("reading results: {message}")]
     Results { message: String },
+    #[error("cannot ship the job's binary {path}: {reason}")]
+    Binary {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl ClusterError {
@@ -127,6 +132,8 @@ impl ClusterClient {
             timeout_ms: self
                 .job_timeout
                 .map_or(0, |timeout| timeout.as_millis().max(1) as u64),
+            plan: Vec::new(),
+            executor: None,
         };
         Ok(self.jobs.clone().submit(request).await?.into_inner())
     }
@@ -242,6 +249,82 @@ impl ClusterClient {
             .workers)
     }
 
+    /// Uploads the executable at `path` unless the coordinator already has
+    /// it; returns its SHA-256, the name jobs refer to it by.
+    pub async fn upload_binary(&self, path: &Path) -> Result<String, ClusterError> {
+        let binary_error = |error: std::io::Error| ClusterError::Binary {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        };
+        let sha256 = tone_proto::binary::sha256_file(path).map_err(binary_error)?;
+        let request = pb::BinaryRef {
+            sha256: sha256.clone(),
+        };
+        if self
+            .jobs
+            .clone()
+            .has_binary(request)
+            .await?
+            .into_inner()
+            .stored
+        {
+            return Ok(sha256);
+        }
+        let file = tokio::fs::File::open(path).await.map_err(binary_error)?;
+        let first = sha256.clone();
+        // Chunks are read as tonic sends them, so the binary is never
+        // whole in memory.
+        let chunks = futures::stream::unfold((file, true), move |(mut file, first_chunk)| {
+            let sha256 = first.clone();
+            async move {
+                use tokio::io::AsyncReadExt;
+                let mut data = vec![0u8; tone_proto::binary::CHUNK_BYTES];
+                let mut filled = 0;
+                while filled < data.len() {
+                    match file.read(&mut data[filled..]).await {
+                        Ok(0) => break,
+                        Ok(read) => filled += read,
+                        // The coordinator then sees a hash mismatch.
+                        Err(_) => break,
+                    }
+                }
+                if filled == 0 && !first_chunk {
+                    return None;
+                }
+                data.truncate(filled);
+                let chunk = pb::BinaryChunk {
+                    sha256: if first_chunk { sha256 } else { String::new() },
+                    data,
+                };
+                Some((chunk, (file, false)))
+            }
+        });
+        self.jobs.clone().upload_binary(chunks).await?;
+        Ok(sha256)
+    }
+
+    /// Runs a physical plan with Rust closures (encoded by tone-engine's
+    /// codec) in executor processes started from `executor`, and collects
+    /// its rows.
+    pub async fn run_plan(
+        &self,
+        plan: Vec<u8>,
+        executor: pb::ExecutorSpec,
+    ) -> Result<Vec<arrow::array::RecordBatch>, ClusterError> {
+        let request = pb::SubmitJobRequest {
+            sql: String::new(),
+            tables: Vec::new(),
+            partitions: 0,
+            timeout_ms: self
+                .job_timeout
+                .map_or(0, |timeout| timeout.as_millis().max(1) as u64),
+            plan,
+            executor: Some(executor),
+        };
+        let submitted = self.jobs.clone().submit(request).await?.into_inner();
+        self.collect(&submitted.job_id).await
+    }
+
     /// Runs one statement to completion and collects its rows.
     pub async fn sql(
         &self,
@@ -253,7 +336,12 @@ impl ClusterClient {
         if !submitted.has_results {
             return Ok(Vec::new());
         }
-        let status = self.wait(&submitted.job_id, |_| {}).await?;
+        self.collect(&submitted.job_id).await
+    }
+
+    /// Waits for the job, collects its rows and releases it.
+    async fn collect(&self, job_id: &str) -> Result<Vec<arrow::array::RecordBatch>, ClusterError> {
+        let status = self.wait(job_id, |_| {}).await?;
         let batches = match self.results(&status) {
             Ok(stream) => {
                 stream
@@ -266,7 +354,7 @@ impl ClusterClient {
             Err(error) => Err(error),
         };
         // The workers' copy of the result goes whether or not reading it worked.
-        self.release(&submitted.job_id).await?;
+        self.release(job_id).await?;
         batches
     }
 }

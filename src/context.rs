@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -58,8 +59,22 @@ enum Backend {
         tables: std::sync::Mutex<Vec<TableRef>>,
         partitions: usize,
         // Closures are registered on a cluster context too, so ids come
-        // out as embedded; nothing resolves them until executors exist.
+        // out as in the job's executors, which build the same pipeline.
         closures: Arc<ClosureRegistry>,
+        /// SHA-256 of this executable once uploaded (at the first action).
+        binary: tokio::sync::OnceCell<String>,
+        /// Actions run so far; an executor counts the same way.
+        actions: AtomicU32,
+    },
+    /// This process is a job's executor on a worker (see DESIGN.md, the
+    /// SPMD model): it builds the same pipeline as the driver, and its
+    /// `settings.action`-th action serves the job's tasks instead of
+    /// submitting.
+    Executor {
+        settings: tone_worker::executor::ExecutorSettings,
+        closures: Arc<ClosureRegistry>,
+        partitions: usize,
+        actions: AtomicU32,
     },
 }
 
@@ -79,7 +94,15 @@ impl Context {
     }
 
     /// A context whose jobs run on the cluster whose coordinator is at `url`.
+    ///
+    /// In a process a worker started as a job's executor, this (like
+    /// [`Context::from_args`] and [`Context::from_env`]) returns the
+    /// executor's context instead, whose first actions answer with no rows
+    /// and whose job's action serves tasks and then ends the process.
     pub async fn connect(url: &str) -> Result<Self> {
+        if let Some(executor) = Self::executor_from_env()? {
+            return Ok(executor);
+        }
         let client = ClusterClient::connect(url).await?;
         let partitions = std::thread::available_parallelism().map_or(2, |count| count.get());
         Ok(Self {
@@ -90,14 +113,40 @@ impl Context {
                     tables: std::sync::Mutex::default(),
                     partitions,
                     closures: Arc::default(),
+                    binary: tokio::sync::OnceCell::new(),
+                    actions: AtomicU32::new(0),
                 },
             }),
         })
     }
 
+    /// The executor context when a worker started this process as one.
+    fn executor_from_env() -> Result<Option<Self>> {
+        let Some(settings) = tone_worker::executor::ExecutorSettings::from_env() else {
+            return Ok(None);
+        };
+        let settings = settings.map_err(|error| Error::Usage {
+            message: error.to_string(),
+        })?;
+        let partitions = std::thread::available_parallelism().map_or(2, |count| count.get());
+        Ok(Some(Self {
+            inner: Arc::new(Inner {
+                backend: Backend::Executor {
+                    settings,
+                    closures: Arc::default(),
+                    partitions,
+                    actions: AtomicU32::new(0),
+                },
+            }),
+        }))
+    }
+
     /// A cluster context when the program's arguments say `--master URL`
     /// (or `--master=URL`), else [`Context::from_env`].
     pub async fn from_args() -> Result<Self> {
+        if let Some(executor) = Self::executor_from_env()? {
+            return Ok(executor);
+        }
         let args: Vec<String> = std::env::args().collect();
         match master_from_args(&args)? {
             Some(url) => Self::connect(&url).await,
@@ -108,6 +157,9 @@ impl Context {
     /// A cluster context when `TONE_MASTER` is set (and not empty), else
     /// an embedded one.
     pub async fn from_env() -> Result<Self> {
+        if let Some(executor) = Self::executor_from_env()? {
+            return Ok(executor);
+        }
         match std::env::var(MASTER_ENV) {
             Ok(url) if !url.trim().is_empty() => Self::connect(url.trim()).await,
             _ => Self::local(),
@@ -116,14 +168,18 @@ impl Context {
 
     /// True when jobs go to a cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner.backend, Backend::Cluster { .. })
+        // An executor answers like its driver, so both build one pipeline.
+        matches!(
+            self.inner.backend,
+            Backend::Cluster { .. } | Backend::Executor { .. }
+        )
     }
 
     /// The embedded engine, when the context is embedded.
     pub fn engine(&self) -> Option<&Engine> {
         match &self.inner.backend {
             Backend::Local(engine) => Some(engine),
-            Backend::Cluster { .. } => None,
+            Backend::Cluster { .. } | Backend::Executor { .. } => None,
         }
     }
 
@@ -134,6 +190,10 @@ impl Context {
             Backend::Cluster { url, .. } => Err(Error::NotOnCluster {
                 what: what.to_string(),
                 master: url.clone(),
+            }),
+            Backend::Executor { settings, .. } => Err(Error::NotOnCluster {
+                what: what.to_string(),
+                master: format!("(executor of job {})", settings.job_id),
             }),
         }
     }
@@ -159,6 +219,7 @@ impl Context {
                 });
                 Ok(())
             }
+            Backend::Executor { .. } => Ok(()),
         }
     }
 
@@ -179,6 +240,8 @@ impl Context {
                     .clone();
                 Ok(client.sql(sql, &tables, *partitions).await?)
             }
+            // The driver runs the SQL; the executor only mirrors its steps.
+            Backend::Executor { .. } => Ok(Vec::new()),
         }
     }
 
@@ -239,7 +302,9 @@ impl Context {
     pub fn partitions(&self) -> usize {
         match &self.inner.backend {
             Backend::Local(engine) => engine.session().state().config().target_partitions(),
-            Backend::Cluster { partitions, .. } => *partitions,
+            Backend::Cluster { partitions, .. } | Backend::Executor { partitions, .. } => {
+                *partitions
+            }
         }
     }
 
@@ -252,19 +317,69 @@ impl Context {
     fn registry(&self) -> Arc<ClosureRegistry> {
         match &self.inner.backend {
             Backend::Local(engine) => Arc::clone(engine.closures()),
-            Backend::Cluster { closures, .. } => Arc::clone(closures),
+            Backend::Cluster { closures, .. } | Backend::Executor { closures, .. } => {
+                Arc::clone(closures)
+            }
         }
     }
 
     /// Runs a physical plan on the stage engine and collects its rows.
-    pub(crate) async fn run_plan(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        what: &str,
-    ) -> Result<Vec<RecordBatch>> {
-        let engine = self.local_engine(what)?;
-        let stream = engine.execute(plan).await?;
-        Ok(tone_engine::runtime::collect_stream(stream).await?)
+    pub(crate) async fn run_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        match &self.inner.backend {
+            Backend::Local(engine) => {
+                let stream = engine.execute(plan).await?;
+                Ok(tone_engine::runtime::collect_stream(stream).await?)
+            }
+            Backend::Cluster {
+                client,
+                binary,
+                actions,
+                ..
+            } => {
+                let action = actions.fetch_add(1, Ordering::SeqCst);
+                let sha256 = binary
+                    .get_or_try_init(|| async {
+                        let executable = std::env::current_exe().map_err(|error| {
+                            crate::cluster::ClusterError::Binary {
+                                path: PathBuf::from("(this executable)"),
+                                reason: error.to_string(),
+                            }
+                        })?;
+                        client.upload_binary(&executable).await
+                    })
+                    .await?;
+                let spec = tone_proto::v1::ExecutorSpec {
+                    binary_sha256: sha256.clone(),
+                    args: std::env::args().skip(1).collect(),
+                    action,
+                };
+                let bytes = tone_engine::codec::encode_plan(plan)?;
+                Ok(client.run_plan(bytes, spec).await?)
+            }
+            Backend::Executor {
+                settings,
+                closures,
+                actions,
+                ..
+            } => {
+                let action = actions.fetch_add(1, Ordering::SeqCst);
+                if action < settings.action {
+                    // An earlier job of the driver: the driver has its rows;
+                    // here only the pipeline built after it matters.
+                    return Ok(Vec::new());
+                }
+                // Every closure of this job is registered now: serve its
+                // tasks until the worker closes stdin, then end the process
+                // (the user's code after this action is the driver's).
+                match tone_worker::executor::serve(settings.clone(), Arc::clone(closures)).await {
+                    Ok(()) => std::process::exit(0),
+                    Err(error) => {
+                        eprintln!("tone: executor of job {}: {error}", settings.job_id);
+                        std::process::exit(3)
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -404,7 +519,7 @@ impl DataFrame {
     /// Runs the query on tone's stage engine and collects its rows.
     pub async fn collect(self) -> Result<Vec<RecordBatch>> {
         let plan = self.physical_plan().await?;
-        self.ctx.run_plan(plan, "a DataFrame").await
+        self.ctx.run_plan(plan).await
     }
 
     /// Runs the query and counts its rows.
@@ -443,7 +558,7 @@ impl DataFrame {
             LogicalPlanBuilder::copy_to(plan, url, format, HashMap::new(), vec![])?.build()?;
         let frame = datafusion::dataframe::DataFrame::new(state, plan);
         let physical = frame.create_physical_plan().await?;
-        let batches = self.ctx.run_plan(physical, "writing a DataFrame").await?;
+        let batches = self.ctx.run_plan(physical).await?;
         Ok(written_rows(&batches))
     }
 

@@ -342,6 +342,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_coordinator_stays_
         tables: Vec::new(),
         partitions: 1,
         timeout_ms: 0,
+        ..Default::default()
     };
     let oversized = raw_call(&cluster.master, "/tone.v1.Jobs/Submit", huge)
         .await

@@ -10,5 +10,6 @@ mod memory;
 mod oracle_tpch;
 mod roundtrip;
 mod shuffle;
+mod spmd;
 mod sql_beyond_tpch;
 mod worker_disk;

@@ -9,7 +9,10 @@
 //!   slots (round robin across jobs, FIFO within one, preferring the worker
 //!   that holds the task's input), status is published on watch channels.
 //! - `service`: the gRPC services, translating messages to events.
+//! - `binaries`: user binaries (Rust jobs), stored by SHA-256, uploaded by
+//!   drivers and fetched by workers to start per-job executors.
 
+mod binaries;
 mod file_groups;
 mod planner;
 mod scheduler;
@@ -113,7 +116,12 @@ pub async fn serve(
         "state restored"
     );
     let events = scheduler::spawn(config.scheduler.clone(), state, restored.jobs);
-    let jobs = service::JobsService::new(events.clone(), planner);
+    let binaries = binaries::BinaryStore::open(config.state_dir.as_deref()).map_err(|error| {
+        CoordinatorError::State {
+            reason: error.to_string(),
+        }
+    })?;
+    let jobs = service::JobsService::new(events.clone(), planner, Arc::new(binaries));
     let control = service::ControlService::new(events);
     tracing::info!(address = ?listener.local_addr().ok(), "coordinator listening");
     tonic::transport::Server::builder()

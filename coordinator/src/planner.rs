@@ -131,6 +131,27 @@ impl Planner {
         // Uncorrelated scalar subqueries and recursive CTEs run here, before
         // the job is cut into stages.
         let plan = self.engine.prepare_plan(plan).await?;
+        job_of(job_id, plan)
+    }
+
+    /// A physical plan with Rust closures, encoded by a driver program:
+    /// decoded with placeholder closures (the code runs in executor
+    /// processes) and cut into stages like a SQL job.
+    pub fn plan_closures(&self, job_id: &JobId, bytes: &[u8]) -> Result<Planned, EngineError> {
+        // Its own session: the catalog's has a real (empty) registry.
+        let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(
+            tone_engine::closure::ClosureRegistry::placeholders(),
+        ));
+        let session = datafusion::prelude::SessionContext::new_with_config(config);
+        let plan = tone_engine::codec::decode_plan(bytes, &session.task_ctx())?;
+        job_of(job_id, plan)
+    }
+}
+
+/// `plan` cut into stages, the final one also ending in a shuffle writer
+/// (its output is the job's result, read by the client from the workers).
+fn job_of(job_id: &JobId, plan: Arc<dyn ExecutionPlan>) -> Result<Planned, EngineError> {
+    {
         let schema = plan.schema();
         let mut dag = StageDag::split(job_id.clone(), plan)?;
         let final_stage = dag.stages.last_mut().ok_or_else(|| EngineError::Internal {

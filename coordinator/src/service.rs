@@ -13,6 +13,7 @@ use tone_proto::v1::jobs_server::Jobs;
 use tone_proto::v1::worker_control_server::WorkerControl;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::binaries::{BinaryError, BinaryStore};
 use crate::planner::{Planned, Planner};
 use crate::scheduler::{Event, EventSender};
 
@@ -25,11 +26,16 @@ const WORKER_OUTBOX_CAPACITY: usize = 1024;
 pub struct JobsService {
     events: EventSender,
     planner: Arc<Planner>,
+    binaries: Arc<BinaryStore>,
 }
 
 impl JobsService {
-    pub fn new(events: EventSender, planner: Arc<Planner>) -> Self {
-        Self { events, planner }
+    pub fn new(events: EventSender, planner: Arc<Planner>, binaries: Arc<BinaryStore>) -> Self {
+        Self {
+            events,
+            planner,
+            binaries,
+        }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T, Status> {
@@ -66,6 +72,36 @@ fn planning_status(error: EngineError) -> Status {
     }
 }
 
+fn binary_status(error: BinaryError) -> Status {
+    match error {
+        BinaryError::Io { .. } => Status::internal(error.to_string()),
+        _ => Status::invalid_argument(error.to_string()),
+    }
+}
+
+/// The file's bytes in chunks of `CHUNK_BYTES`, read as the stream is polled.
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buffer = vec![0u8; tone_proto::binary::CHUNK_BYTES];
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let read = file.read(&mut buffer[filled..]).await?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        buffer.truncate(filled);
+        Ok(Some((buffer, file)))
+    })
+}
+
 fn is_terminal(status: &pb::JobStatus) -> bool {
     matches!(
         pb::JobState::try_from(status.state),
@@ -76,6 +112,57 @@ fn is_terminal(status: &pb::JobStatus) -> bool {
 #[tonic::async_trait]
 impl Jobs for JobsService {
     type WatchStream = BoxStream<'static, Result<pb::JobStatus, Status>>;
+    type FetchBinaryStream = BoxStream<'static, Result<pb::BinaryChunk, Status>>;
+
+    async fn has_binary(
+        &self,
+        request: Request<pb::BinaryRef>,
+    ) -> Result<Response<pb::HasBinaryResponse>, Status> {
+        let stored = self
+            .binaries
+            .has(&request.into_inner().sha256)
+            .map_err(binary_status)?;
+        Ok(Response::new(pb::HasBinaryResponse { stored }))
+    }
+
+    async fn upload_binary(
+        &self,
+        request: Request<Streaming<pb::BinaryChunk>>,
+    ) -> Result<Response<pb::HasBinaryResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an upload needs at least one chunk"))?;
+        let mut upload = self.binaries.upload(&first.sha256).map_err(binary_status)?;
+        upload.write(&first.data).map_err(binary_status)?;
+        while let Some(chunk) = chunks.message().await? {
+            upload.write(&chunk.data).map_err(binary_status)?;
+        }
+        upload.finish().map_err(binary_status)?;
+        tracing::info!(sha256 = %first.sha256, "binary stored");
+        Ok(Response::new(pb::HasBinaryResponse { stored: true }))
+    }
+
+    async fn fetch_binary(
+        &self,
+        request: Request<pb::BinaryRef>,
+    ) -> Result<Response<Self::FetchBinaryStream>, Status> {
+        let sha256 = request.into_inner().sha256;
+        let path = self.binaries.path(&sha256).map_err(binary_status)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| binary_status(BinaryError::Missing { sha256 }))?;
+        let chunks = file_chunks(file).map(|chunk| {
+            chunk
+                .map(|data| pb::BinaryChunk {
+                    sha256: String::new(),
+                    data,
+                })
+                .map_err(|error| Status::internal(format!("reading a stored binary: {error}")))
+        });
+        Ok(Response::new(chunks.boxed()))
+    }
 
     async fn submit(
         &self,
@@ -90,11 +177,22 @@ impl Jobs for JobsService {
             0 => self.default_partitions().await?,
             given => given as usize,
         };
-        let planned = self
-            .planner
-            .plan(&job_id, &request, partitions)
-            .await
-            .map_err(planning_status)?;
+        let planned = match &request.executor {
+            Some(executor) => {
+                if !self
+                    .binaries
+                    .has(&executor.binary_sha256)
+                    .map_err(binary_status)?
+                {
+                    return Err(binary_status(BinaryError::Missing {
+                        sha256: executor.binary_sha256.clone(),
+                    }));
+                }
+                self.planner.plan_closures(&job_id, &request.plan)
+            }
+            None => self.planner.plan(&job_id, &request, partitions).await,
+        }
+        .map_err(planning_status)?;
         let has_results = match planned {
             Planned::CatalogChange => {
                 let event = Event::CatalogChange {
@@ -109,7 +207,11 @@ impl Jobs for JobsService {
             }
             Planned::Job { dag, schema } => {
                 let id = job_id.clone();
-                let sql = request.sql.clone();
+                let sql = match &request.executor {
+                    Some(_) => "(Rust job with closures)".to_string(),
+                    None => request.sql.clone(),
+                };
+                let executor = request.executor.clone();
                 let timeout = (request.timeout_ms > 0)
                     .then(|| std::time::Duration::from_millis(request.timeout_ms));
                 self.ask(|reply| Event::Submit {
@@ -118,6 +220,7 @@ impl Jobs for JobsService {
                     dag,
                     schema,
                     timeout,
+                    executor,
                     reply,
                 })
                 .await?;

@@ -93,9 +93,26 @@ impl fmt::Debug for ClosureEntry {
 #[derive(Debug, Default)]
 pub struct ClosureRegistry {
     entries: Mutex<Vec<ClosureEntry>>,
+    placeholder: bool,
 }
 
 impl ClosureRegistry {
+    /// A registry for a process that plans and schedules closure jobs but
+    /// never runs them (the coordinator): every closure node decodes to a
+    /// placeholder whose schema comes from the plan and whose code fails
+    /// with `NotOnCluster` if it is ever run.
+    pub fn placeholders() -> Self {
+        Self {
+            entries: Mutex::default(),
+            placeholder: true,
+        }
+    }
+
+    /// True for [`ClosureRegistry::placeholders`].
+    pub fn is_placeholder(&self) -> bool {
+        self.placeholder
+    }
+
     /// Appends a closure and returns its id.
     pub fn register(&self, entry: ClosureEntry) -> ClosureId {
         let mut entries = self.lock();
@@ -344,6 +361,33 @@ pub fn registry_of(context: &TaskContext) -> DfResult<Arc<ClosureRegistry>> {
                 what: "a plan with Rust closures (a typed Dataset job)".into(),
             })
         })
+}
+
+/// The entry a placeholder registry decodes closure `name` to.
+pub fn placeholder_entry(name: &str, schema: SchemaRef) -> ClosureEntry {
+    ClosureEntry {
+        name: name.to_string(),
+        schema,
+        function: Arc::new(Unresolved {
+            name: name.to_string(),
+        }),
+    }
+}
+
+/// The code of a closure in a process that does not have it.
+struct Unresolved {
+    name: String,
+}
+
+impl PartitionFn for Unresolved {
+    fn open(&self, _argument: &[u8]) -> Result<Box<dyn PartitionState>> {
+        Err(EngineError::NotOnCluster {
+            what: format!(
+                "closure '{}' (it runs in the job's executor process)",
+                self.name
+            ),
+        })
+    }
 }
 
 /// Downcasts a plan node to a [`ClosureExec`].

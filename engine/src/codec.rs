@@ -29,7 +29,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 
-use crate::closure::{registry_of, ClosureExec, ClosureId};
+use crate::closure::{placeholder_entry, registry_of, ClosureExec, ClosureId};
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
@@ -160,6 +160,10 @@ struct ClosureNode {
     /// Data for this use of the closure (see `PartitionFn::open`).
     #[prost(bytes = "vec", tag = "4")]
     argument: Vec<u8>,
+    /// The closure's output schema, so a process without the code (the
+    /// coordinator) can still plan around the node.
+    #[prost(message, optional, tag = "5")]
+    schema: Option<protobuf::Schema>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -255,6 +259,7 @@ impl PhysicalExtensionCodec for ToneCodec {
                 name: closure.closure_name().to_string(),
                 ordered_by: closure.ordered_by().unwrap_or_default().to_string(),
                 argument: closure.argument().to_vec(),
+                schema: Some(protobuf::Schema::try_from(closure.schema().as_ref())?),
             })
         } else if let Some(text) = any.downcast_ref::<TextSourceExec>() {
             tone_node::Kind::Text(encode_text(text)?)
@@ -378,7 +383,16 @@ fn decode_closure(
         )));
     };
     let id = ClosureId(node.id);
-    let entry = registry_of(ctx)?.resolve(id, &node.name)?;
+    let registry = registry_of(ctx)?;
+    let entry = if registry.is_placeholder() {
+        let schema = node
+            .schema
+            .as_ref()
+            .ok_or_else(|| DataFusionError::Internal("ClosureExec without schema".into()))?;
+        placeholder_entry(&node.name, Arc::new(Schema::try_from(schema)?))
+    } else {
+        registry.resolve(id, &node.name)?
+    };
     let ordered_by = Some(node.ordered_by).filter(|column| !column.is_empty());
     Ok(Arc::new(ClosureExec::try_new(
         Arc::clone(input),

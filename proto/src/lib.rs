@@ -6,6 +6,7 @@
 //! Only the worker, the coordinator and the client edge use these types;
 //! they convert them to domain types at the boundary.
 
+pub mod binary;
 pub mod flight;
 
 /// Generated messages and service stubs of package `tone.v1`.

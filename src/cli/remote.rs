@@ -34,7 +34,40 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// File of SQL statements separated by ';'.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "bin", conflicts_with = "bin")]
+    pub file: Option<PathBuf>,
+    /// A Rust job instead: the program (linking tone) to run as the job's
+    /// driver with the cluster as its master; it ships itself to the
+    /// workers, which run it as the job's executors.
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
+    /// Arguments for the program given with --bin (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// Runs the Rust job `bin` as the driver (client mode, like Spark's): with
+/// `TONE_MASTER` set its `Context::from_args()` connects to the cluster and
+/// uploads the binary itself at its first action, so the binary that runs
+/// the executors is always the driver's very build. Its exit code is ours.
+async fn submit_binary(master: &str, bin: &Path, args: &[String]) -> Result<(), CliError> {
+    let status = tokio::process::Command::new(bin)
+        .args(args)
+        .env(crate::context::MASTER_ENV, master)
+        .status()
+        .await
+        .map_err(|error| CliError::Usage(format!("cannot run {}: {error}", bin.display())))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(2) => Err(CliError::Usage(format!(
+            "{} exited with status 2",
+            bin.display()
+        ))),
+        _ => Err(CliError::JobFailed(format!(
+            "{} failed ({status})",
+            bin.display()
+        ))),
+    }
 }
 
 /// `--timeout SECONDS`: a positive number of seconds.
@@ -163,10 +196,18 @@ impl Script<'_> {
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
-    let sql = std::fs::read_to_string(&args.file).map_err(|error| {
+    if let Some(bin) = &args.bin {
+        return submit_binary(&args.master, bin, &args.args).await;
+    }
+    let Some(file) = &args.file else {
+        return Err(CliError::Usage(
+            "submit needs a SQL file or --bin PATH".into(),
+        ));
+    };
+    let sql = std::fs::read_to_string(file).map_err(|error| {
         CliError::Usage(format!(
             "cannot read SQL file '{}': {error}",
-            args.file.display()
+            file.display()
         ))
     })?;
     if !args.detach {

@@ -429,7 +429,7 @@ impl<T: Data> Dataset<T> {
     /// after `sort_by`).
     pub async fn collect(self) -> Result<Vec<T>> {
         let plan = self.materialize();
-        let batches = self.ctx.run_plan(plan().await?, "a typed Dataset").await?;
+        let batches = self.ctx.run_plan(plan().await?).await?;
         let mut rows = Vec::new();
         for batch in &batches {
             rows.extend(decode_items::<T>(batch)?);
@@ -444,7 +444,7 @@ impl<T: Data> Dataset<T> {
                 Arc::new(CoalescePartitionsExec::new(input).with_fetch(Some(n)));
             Ok(plan)
         });
-        let batches = self.ctx.run_plan(plan().await?, "a typed Dataset").await?;
+        let batches = self.ctx.run_plan(plan().await?).await?;
         let mut rows = Vec::new();
         for batch in &batches {
             rows.extend(decode_items::<T>(batch)?);
@@ -460,7 +460,7 @@ impl<T: Data> Dataset<T> {
         });
         let (id, entry) = self.register("count", functions::count_schema(), function);
         let plan = closure_plan(Arc::clone(&self.plan), id, entry, Vec::new(), None);
-        let batches = self.ctx.run_plan(plan().await?, "a typed Dataset").await?;
+        let batches = self.ctx.run_plan(plan().await?).await?;
         Ok(sum_counts(&batches))
     }
 
@@ -499,7 +499,7 @@ impl<T: Data> Dataset<T> {
         });
         let (id, entry) = self.register("write", functions::count_schema(), function);
         let plan = closure_plan(Arc::clone(&self.plan), id, entry, Vec::new(), None);
-        let batches = self.ctx.run_plan(plan().await?, "a typed Dataset").await?;
+        let batches = self.ctx.run_plan(plan().await?).await?;
         Ok(sum_counts(&batches))
     }
 }

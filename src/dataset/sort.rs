@@ -94,7 +94,7 @@ impl<T: Data> Dataset<T> {
                     Arc::default(),
                     None,
                 )?);
-                let batches = ctx.run_plan(sample_plan, "a typed Dataset").await?;
+                let batches = ctx.run_plan(sample_plan).await?;
                 let splits = split_points::<K>(&batches, partitions)?;
                 let argument =
                     serde_json::to_vec(&splits).map_err(|error| EngineError::Internal {

@@ -170,6 +170,9 @@ impl Session<'_> {
                 }
                 Some(coordinator_message::Kind::ReleaseJob(release)) => {
                     abort_job(&running, &release.job_id);
+                    if let Some(executors) = &runner.executors {
+                        executors.stop(&release.job_id);
+                    }
                     store.remove_job(&JobId(release.job_id));
                 }
                 None => {}
@@ -321,6 +324,7 @@ mod tests {
             plan: bytes.to_vec(),
             plan_part: part,
             plan_parts: parts,
+            executor: None,
         }
     }
 

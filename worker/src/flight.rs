@@ -23,16 +23,16 @@ use crate::WorkerError;
 type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Serves `store` on `listener` until `shutdown` resolves.
+/// A job with Rust closures keeps its map outputs in its executor process
+/// (`executors`): requests for them are forwarded there.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn ShuffleStore>,
+    executors: Option<Arc<crate::executors::Executors>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let service = FlightServiceServer::new(ShuffleFlightService { store })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
-        .add_service(service)
+        .add_service(service(store, executors))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|error| WorkerError::Serve {
@@ -40,8 +40,42 @@ pub async fn serve(
         })
 }
 
-struct ShuffleFlightService {
+/// The Flight service over `store` (and the executors' stores).
+pub fn service(
     store: Arc<dyn ShuffleStore>,
+    executors: Option<Arc<crate::executors::Executors>>,
+) -> FlightServiceServer<ShuffleFlightService> {
+    FlightServiceServer::new(ShuffleFlightService { store, executors })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+pub struct ShuffleFlightService {
+    store: Arc<dyn ShuffleStore>,
+    executors: Option<Arc<crate::executors::Executors>>,
+}
+
+impl ShuffleFlightService {
+    /// Forwards the request to the executor that holds the job's outputs;
+    /// the messages pass through as they are (no decode).
+    async fn forward(
+        address: String,
+        ticket: Ticket,
+    ) -> Result<Response<BoxedStream<FlightData>>, Status> {
+        let unavailable = |error: tonic::transport::Error| {
+            Status::unavailable(format!("executor at {address}: {error}"))
+        };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(unavailable)?
+            .connect()
+            .await
+            .map_err(unavailable)?;
+        let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let stream = client.do_get(ticket).await?.into_inner();
+        Ok(Response::new(stream.boxed()))
+    }
 }
 
 fn unsupported<T>(what: &str) -> Result<T, Status> {
@@ -64,9 +98,15 @@ impl FlightService for ShuffleFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let ticket = ShuffleTicket::decode(request.into_inner().ticket).map_err(|error| {
+        let raw = request.into_inner();
+        let ticket = ShuffleTicket::decode(raw.ticket.clone()).map_err(|error| {
             Status::invalid_argument(format!("malformed shuffle ticket: {error}"))
         })?;
+        if let Some(executors) = &self.executors {
+            if let Some(address) = executors.address_of(&ticket.job_id) {
+                return Self::forward(address, raw).await;
+            }
+        }
         let key = PartitionKey {
             job_id: JobId(ticket.job_id),
             stage_id: StageId(ticket.stage_id),
@@ -158,7 +198,7 @@ impl FlightService for ShuffleFlightService {
 
 /// Accepted connections with Nagle's algorithm off: scheduling and shuffle
 /// messages are small and latency-bound.
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 

@@ -8,6 +8,10 @@
 //!   shuffle writer, report rows/bytes and the shuffle bytes fetched.
 //! - `flight`: serves this worker's map outputs with Flight `DoGet`.
 //! - `remote`: the engine's `RemoteShuffle`, fetching from other workers.
+//! - `executors`: per-job executor processes for jobs with Rust closures
+//!   (the user's binary, fetched from the coordinator): their tasks are
+//!   forwarded there, and Flight requests for their outputs too.
+//! - [`executor`]: the other end, run inside the user's binary.
 //!
 //! Map outputs are written (LZ4-compressed by default) to files under the
 //! work dir: one file per map task, an index of byte ranges per reduce
@@ -17,6 +21,8 @@
 //! bounds them; `--memory-limit` bounds the session's memory pool.
 
 mod control;
+pub mod executor;
+mod executors;
 mod faults;
 mod flight;
 mod remote;
@@ -68,6 +74,17 @@ pub enum WorkerError {
     Serve { reason: String },
     #[error("cannot set up the memory pool: {reason}")]
     Runtime { reason: String },
+    #[error("executor: {reason}")]
+    Executor { reason: String },
+    #[error(
+        "this executable ({path}, SHA-256 {actual}) is not the build the driver submitted \
+         (SHA-256 {expected}); closures are only found by id in the same build"
+    )]
+    BuildMismatch {
+        expected: String,
+        actual: String,
+        path: PathBuf,
+    },
 }
 
 impl WorkerConfig {
@@ -143,11 +160,17 @@ pub async fn run(
         "worker listening"
     );
 
+    let executors = Arc::new(executors::Executors::new(
+        config.coordinator_url.clone(),
+        address.to_string(),
+        &config.work_dir,
+    ));
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let (drain_sender, drain_receiver) = tokio::sync::watch::channel(false);
     let flight = tokio::spawn(flight::serve(
         listener,
         Arc::clone(&store) as Arc<dyn ShuffleStore>,
+        Some(Arc::clone(&executors)),
         wait_for_stop(stop_receiver.clone()),
     ));
     let mut control = tokio::spawn(control::run(
@@ -157,6 +180,7 @@ pub async fn run(
             session,
             memory_limit_bytes: config.memory_limit_bytes,
             spills: Arc::default(),
+            executors: Some(executors),
         },
         store,
         wait_for_stop(stop_receiver),
@@ -206,7 +230,7 @@ fn remove_leftovers(work_dir: &std::path::Path) -> Result<(), WorkerError> {
 /// Each task runs its own copy of the stage plan, so a scan partition must
 /// read only the files it was assigned: DataFusion's work stealing between
 /// sibling partitions assumes they share one plan instance.
-fn worker_session_config(env: ShuffleEnv) -> SessionConfig {
+pub(crate) fn worker_session_config(env: ShuffleEnv) -> SessionConfig {
     SessionConfig::new()
         .set_bool(
             "datafusion.execution.enable_file_stream_work_stealing",

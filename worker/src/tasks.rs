@@ -21,11 +21,19 @@ pub struct Runner {
     pub memory_limit_bytes: Option<u64>,
     /// What finished tasks' operators spilled; reported in heartbeats.
     pub spills: Arc<OperatorSpills>,
+    /// The worker daemon's executor processes; `None` inside an executor.
+    pub executors: Option<Arc<crate::executors::Executors>>,
 }
 
 /// Runs the task and reports how it went; never panics the worker (a
 /// panicking task is reported as a failed one).
 pub async fn run(assign: AssignTask, runner: Runner) -> TaskStatus {
+    if assign.executor.is_some() {
+        if let Some(executors) = &runner.executors {
+            // Rust closures run in the job's executor, never in the daemon.
+            return executors.run(assign).await;
+        }
+    }
     let task = assign.task.clone();
     let limit = runner.memory_limit_bytes;
     let handle = tokio::spawn(execute(assign, runner));

@@ -160,6 +160,7 @@ impl Scheduler {
                     plan: bytes.to_vec(),
                     plan_part: part as u32,
                     plan_parts: parts.len() as u32,
+                    executor: job.executor.clone(),
                 })),
             };
             if worker.outbox.try_send(Ok(message)).is_err() {

@@ -81,6 +81,8 @@ pub struct Job {
     pub starved_since: Option<Instant>,
     pub finished: Option<Instant>,
     pub publisher: watch::Sender<pb::JobStatus>,
+    /// For a job with Rust closures: the executor its tasks run in.
+    pub executor: Option<pb::ExecutorSpec>,
 }
 
 impl Job {
@@ -114,6 +116,7 @@ impl Job {
             starved_since: None,
             finished: None,
             publisher,
+            executor: None,
         }
     }
 

@@ -65,6 +65,8 @@ pub enum Event {
         schema: SchemaRef,
         /// The job fails when it runs longer.
         timeout: Option<Duration>,
+        /// Set for a job with Rust closures.
+        executor: Option<pb::ExecutorSpec>,
         reply: oneshot::Sender<()>,
     },
     /// A statement that only changed the catalog, listed as done.
@@ -280,9 +282,13 @@ impl Scheduler {
                 dag,
                 schema,
                 timeout,
+                executor,
                 reply,
             } => {
                 self.submit(job_id, sql, dag, &schema, timeout);
+                if let Some(job) = self.jobs.last_mut() {
+                    job.executor = executor;
+                }
                 // The client hears of the job once it is recorded.
                 match (&self.state, self.jobs.last()) {
                     (Some(state), Some(job)) => state.save_job(job.status(), Some(reply)),

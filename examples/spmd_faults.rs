@@ -1,0 +1,42 @@
+//! A test fixture for Rust jobs on a cluster: a small pipeline that can
+//! panic in a closure, or build a different pipeline in the driver than in
+//! its executors.
+//!
+//! `spmd_faults [--panic-on N] [--diverge] [--master URL]` prints the sum of
+//! `2 * x` over `x` in `0..1000` (after the closures ran).
+//! - `--panic-on N`: the map closure panics at `x == N`.
+//! - `--diverge`: the pipeline depends on `SPMD_FAULTS_DRIVER`, set only in
+//!   the driver's environment, so executors build another one.
+
+use tone::Context;
+
+#[tokio::main]
+async fn main() -> Result<(), tone::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let panic_on: Option<u64> = args
+        .iter()
+        .position(|arg| arg == "--panic-on")
+        .and_then(|index| args.get(index + 1))
+        .and_then(|text| text.parse().ok());
+    let diverge = args.iter().any(|arg| arg == "--diverge");
+    let ctx = Context::from_args().await?;
+    let numbers = ctx.parallelize((0..1000u64).collect());
+    let numbers = if diverge && std::env::var("SPMD_FAULTS_DRIVER").is_ok() {
+        numbers.filter(|x| *x < 1000)
+    } else {
+        numbers
+    };
+    let doubled = numbers.map(move |x| {
+        if Some(x) == panic_on {
+            panic!("user closure gave up at {x}");
+        }
+        (x % 7, 2 * x)
+    });
+    let sums = doubled
+        .reduce_by_key(|left, right| left + right)
+        .collect()
+        .await?;
+    let total: u64 = sums.iter().map(|(_, sum)| sum).sum();
+    println!("sum {total}");
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The executor side of a job with Rust closures (the SPMD model): the
+//! user's binary, started by a worker with the `TONE_EXECUTOR*` environment,
+//! rebuilds its pipeline (so its closure registry matches the driver's) and
+//! then calls [`serve`]: it runs the tasks the worker forwards with that
+//! registry, keeps their map outputs in its own store, and serves them over
+//! Flight (the worker forwards other workers' fetches here).
+//!
+//! The executor prints `TONE_EXECUTOR_LISTENING <address>` on stdout once
+//! it serves, and exits when its stdin closes (the worker went away).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tone_engine::closure::ClosureRegistry;
+use tone_engine::limits::runtime_env;
+use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
+use tone_proto::v1 as pb;
+use tone_proto::v1::executor_server::{Executor, ExecutorServer};
+use tone_proto::MAX_MESSAGE_BYTES;
+use tonic::{Request, Response, Status};
+
+use crate::tasks::Runner;
+use crate::WorkerError;
+
+/// Set (to the job id) when the process is a job's executor.
+pub const EXECUTOR_ENV: &str = "TONE_EXECUTOR";
+/// The Flight address of the worker that started the executor.
+pub const WORKER_ENV: &str = "TONE_EXECUTOR_WORKER";
+/// SHA-256 of the binary the driver submitted.
+pub const BINARY_ENV: &str = "TONE_EXECUTOR_BINARY";
+/// Which action of the program the job is (see `ExecutorSpec.action`).
+pub const ACTION_ENV: &str = "TONE_EXECUTOR_ACTION";
+/// Folder for the executor's shuffle files.
+pub const DIR_ENV: &str = "TONE_EXECUTOR_DIR";
+/// What the executor prints before its address once it serves.
+pub const LISTENING_MARKER: &str = "TONE_EXECUTOR_LISTENING ";
+
+/// What a worker told its executor process.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub job_id: String,
+    pub worker_address: String,
+    pub binary_sha256: String,
+    /// Actions before this one answer with no rows; this one serves.
+    pub action: u32,
+    pub dir: PathBuf,
+}
+
+impl ExecutorSettings {
+    /// The settings when this process was started as an executor; `None`
+    /// for any other process.
+    pub fn from_env() -> Option<Result<Self, WorkerError>> {
+        let job_id = std::env::var(EXECUTOR_ENV).ok()?;
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| WorkerError::Executor {
+                reason: format!("{EXECUTOR_ENV} is set but {name} is not"),
+            })
+        };
+        let settings = (|| {
+            let action = var(ACTION_ENV)?;
+            Ok(Self {
+                job_id,
+                worker_address: var(WORKER_ENV)?,
+                binary_sha256: var(BINARY_ENV)?,
+                action: action.parse().map_err(|_| WorkerError::Executor {
+                    reason: format!("{ACTION_ENV}='{action}' is not a number"),
+                })?,
+                dir: PathBuf::from(var(DIR_ENV)?),
+            })
+        })();
+        Some(settings)
+    }
+}
+
+/// Refuses to run as the executor of a different build than the driver's:
+/// the closure ids only mean the same code in the same binary.
+pub fn check_build(settings: &ExecutorSettings) -> Result<(), WorkerError> {
+    let executable = std::env::current_exe().map_err(|error| WorkerError::Executor {
+        reason: format!("cannot find this executable: {error}"),
+    })?;
+    let actual =
+        tone_proto::binary::sha256_file(&executable).map_err(|error| WorkerError::Executor {
+            reason: format!("cannot hash {}: {error}", executable.display()),
+        })?;
+    if actual != settings.binary_sha256 {
+        return Err(WorkerError::BuildMismatch {
+            expected: settings.binary_sha256.clone(),
+            actual,
+            path: executable,
+        });
+    }
+    Ok(())
+}
+
+/// Serves the job's tasks with `registry` until stdin closes.
+pub async fn serve(
+    settings: ExecutorSettings,
+    registry: Arc<ClosureRegistry>,
+) -> Result<(), WorkerError> {
+    check_build(&settings)?;
+    let work_dir = |reason: String| WorkerError::WorkDir {
+        path: settings.dir.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&settings.dir).map_err(|error| work_dir(error.to_string()))?;
+    let store = Arc::new(
+        LocalShuffleStore::new(0, Some(&settings.dir))
+            .map_err(|error| work_dir(error.to_string()))?,
+    );
+    let runtime = runtime_env(None, store.spill_dir().to_path_buf(), None).map_err(|error| {
+        WorkerError::Runtime {
+            reason: error.to_string(),
+        }
+    })?;
+    let env = ShuffleEnv {
+        store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
+        remote: Some(Arc::new(crate::remote::FlightRemote::default())),
+        // The job's outputs on this worker are all in this process's store.
+        local_address: Some(settings.worker_address.clone()),
+        compression: Some(arrow::ipc::CompressionType::LZ4_FRAME),
+    };
+    let config = crate::worker_session_config(env).with_extension(registry);
+    let session = datafusion::prelude::SessionContext::new_with_config_rt(config, runtime);
+    let address = "127.0.0.1:0".parse().map_err(|_| WorkerError::Executor {
+        reason: "bad loopback address".into(),
+    })?;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|error| WorkerError::Listen {
+            address,
+            reason: error.to_string(),
+        })?;
+    let local = listener.local_addr().map_err(|error| WorkerError::Listen {
+        address,
+        reason: error.to_string(),
+    })?;
+    let runner = Runner {
+        session,
+        memory_limit_bytes: None,
+        spills: Arc::default(),
+        executors: None,
+    };
+    let announce = {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{LISTENING_MARKER}{local}").and_then(|()| stdout.flush())
+    };
+    announce.map_err(|error| WorkerError::Executor {
+        reason: format!("cannot tell the worker the address: {error}"),
+    })?;
+    tracing::info!(job_id = %settings.job_id, %local, "executor serving");
+    tonic::transport::Server::builder()
+        .add_service(crate::flight::service(
+            Arc::clone(&store) as Arc<dyn ShuffleStore>,
+            None,
+        ))
+        .add_service(
+            ExecutorServer::new(ExecutorService { runner })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(crate::flight::incoming(listener), stdin_closed())
+        .await
+        .map_err(|error| WorkerError::Serve {
+            reason: error.to_string(),
+        })
+}
+
+/// Resolves when stdin reaches its end: the worker that started this
+/// process is gone, so nobody can send tasks or fetch outputs any more.
+async fn stdin_closed() {
+    let (closed, wait) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread: a blocking read of stdin must not hold a runtime
+    // thread, and ends with the process.
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buffer = [0u8; 256];
+        while matches!(stdin.read(&mut buffer), Ok(read) if read > 0) {}
+        let _ = closed.send(());
+    });
+    let _ = wait.await;
+}
+
+struct ExecutorService {
+    runner: Runner,
+}
+
+#[tonic::async_trait]
+impl Executor for ExecutorService {
+    async fn run_task(
+        &self,
+        request: Request<pb::AssignTask>,
+    ) -> Result<Response<pb::TaskStatus>, Status> {
+        let mut assign = request.into_inner();
+        // Runs here: the spec only told the worker where to send it.
+        assign.executor = None;
+        Ok(Response::new(
+            crate::tasks::run(assign, self.runner.clone()).await,
+        ))
+    }
+}
