@@ -1,6 +1,9 @@
 //! Typed datasets and the examples built on them, checked against plain
 //! Rust std over the same input (embedded).
 
+#[path = "../examples/inverted_index.rs"]
+#[allow(dead_code)]
+mod inverted_index;
 #[path = "../examples/pagerank.rs"]
 #[allow(dead_code)]
 mod pagerank;
@@ -104,6 +107,45 @@ async fn wordcount_matches_std() {
         }
     }
     assert_eq!(written, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inverted_index_matches_std() {
+    let temp = tempfile::tempdir().expect("temp");
+    let input = temp.path().join("docs");
+    std::fs::create_dir_all(&input).expect("docs dir");
+    // 300 documents over 3 files; words repeat within and across documents.
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for file in 0..3 {
+        let mut text = String::new();
+        for doc in 0..100 {
+            let id = format!("d{file}-{doc:03}");
+            let words: Vec<String> = (0..8)
+                .map(|w| format!("{}W{}", ["", "x"][w % 2], (doc * 7 + w * 13 + file) % 41))
+                .collect();
+            text.push_str(&format!("{id}\t{}\n", words.join("  ")));
+            for word in words {
+                expected
+                    .entry(word.to_lowercase())
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        std::fs::write(input.join(format!("part-{file}.tsv")), text).expect("write docs");
+    }
+    let expected: Vec<String> = expected
+        .into_iter()
+        .map(|(word, mut docs)| {
+            docs.sort();
+            docs.dedup();
+            format!("{word}\t{}", docs.join(","))
+        })
+        .collect();
+    let args = vec!["--input".to_string(), input.display().to_string()];
+    let found = inverted_index::run(&args)
+        .await
+        .expect("inverted_index runs");
+    assert_eq!(found, expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]
