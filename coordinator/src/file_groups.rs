@@ -81,3 +81,86 @@ fn regrouped(config: &FileScanConfig) -> Option<FileScanConfig> {
         .collect();
     Some(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+    use super::*;
+
+    /// Each scan's groups as (file name, read in a range) pairs.
+    fn groups(plan: &Arc<dyn ExecutionPlan>) -> Vec<Vec<(String, bool)>> {
+        let mut found = Vec::new();
+        let any = plan.as_ref() as &dyn std::any::Any;
+        if let Some(source) = any.downcast_ref::<DataSourceExec>() {
+            if let Some(config) = source.data_source().downcast_ref::<FileScanConfig>() {
+                for group in &config.file_groups {
+                    let files = group.files().iter().map(|file| {
+                        let name = file.object_meta.location.filename().unwrap_or_default();
+                        (name.to_string(), file.range.is_some())
+                    });
+                    found.push(files.collect());
+                }
+            }
+        }
+        for child in plan.children() {
+            found.extend(groups(child));
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn files_split_into_ranges_are_handed_out_whole_and_balanced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = SessionContext::new();
+        // Three files over two partitions: an even byte split must cut one.
+        // Together they pass DataFusion's 10 MB minimum for splitting.
+        for name in ["a", "b", "c"] {
+            let path = dir.path().join(format!("{name}.parquet"));
+            let copy = format!(
+                "COPY (SELECT random() AS v FROM generate_series(1, 600000)) TO '{}' STORED AS PARQUET",
+                path.display()
+            );
+            writer
+                .sql(&copy)
+                .await
+                .expect("plans")
+                .collect()
+                .await
+                .expect("writes");
+        }
+        let config = SessionConfig::new().with_target_partitions(2);
+        let context = SessionContext::new_with_config(config);
+        let table = dir.path().to_str().expect("utf-8 path");
+        context
+            .register_parquet("t", table, ParquetReadOptions::default())
+            .await
+            .expect("registers");
+        let plan = context
+            .sql("select v > 0.5 as k, sum(v) from t group by 1")
+            .await
+            .expect("plans")
+            .create_physical_plan()
+            .await
+            .expect("physical plan");
+        let split = groups(&plan);
+        assert!(
+            split.iter().flatten().any(|(_, ranged)| *ranged),
+            "DataFusion no longer splits these files into ranges: {split:?}"
+        );
+
+        let balanced = groups(&balance_file_groups(plan).expect("regroups"));
+        assert_eq!(balanced.len(), 2, "{balanced:?}");
+        assert!(
+            balanced.iter().all(|group| !group.is_empty()),
+            "{balanced:?}"
+        );
+        let mut files: Vec<(String, bool)> = balanced.into_iter().flatten().collect();
+        files.sort();
+        let whole = |name: &str| (name.to_string(), false);
+        assert_eq!(
+            files,
+            vec![whole("a.parquet"), whole("b.parquet"), whole("c.parquet")]
+        );
+    }
+}

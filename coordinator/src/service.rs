@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::binaries::{BinaryError, BinaryStore};
 use crate::planner::{Planned, Planner};
-use crate::scheduler::{Event, EventSender};
+use crate::scheduler::{has_ended, Event, EventSender};
 
 /// Numbers worker sessions, see `Event::WorkerJoined`.
 static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -100,13 +100,6 @@ fn file_chunks(
         buffer.truncate(filled);
         Ok(Some((buffer, file)))
     })
-}
-
-fn is_terminal(status: &pb::JobStatus) -> bool {
-    matches!(
-        pb::JobState::try_from(status.state),
-        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
-    )
 }
 
 #[tonic::async_trait]
@@ -259,7 +252,7 @@ impl Jobs for JobsService {
                     return None;
                 }
                 let status = receiver.borrow_and_update().clone();
-                let terminal = is_terminal(&status);
+                let terminal = has_ended(&status);
                 Some((Ok(status), (receiver, false, terminal)))
             },
         );

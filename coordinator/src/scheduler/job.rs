@@ -202,6 +202,14 @@ impl Job {
     }
 }
 
+/// True once the job's state can no longer change.
+pub fn has_ended(status: &pb::JobStatus) -> bool {
+    matches!(
+        pb::JobState::try_from(status.state),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    )
+}
+
 /// The result schema as an Arrow IPC stream with no batches.
 pub fn schema_bytes(schema: &SchemaRef) -> Vec<u8> {
     let mut writer = match arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema) {

@@ -23,6 +23,7 @@ use tone_proto::v1 as pb;
 use tonic::Status;
 
 use crate::state::StateStore;
+pub use job::has_ended;
 use job::{schema_bytes, Job, Task};
 
 /// Bound on events waiting for the loop.
@@ -171,11 +172,7 @@ pub fn spawn(
 
 /// A job an earlier coordinator recorded, as this one lists it.
 fn restored(mut status: pb::JobStatus, state: Option<&StateStore>) -> pb::JobStatus {
-    let ended = matches!(
-        pb::JobState::try_from(status.state),
-        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
-    );
-    if !ended {
+    if !has_ended(&status) {
         status.state = pb::JobState::Failed as i32;
         status.error_kind = pb::ErrorKind::Execution as i32;
         status.error = "the coordinator restarted while the job ran; submit it again".into();
@@ -285,10 +282,7 @@ impl Scheduler {
                 executor,
                 reply,
             } => {
-                self.submit(job_id, sql, dag, &schema, timeout);
-                if let Some(job) = self.jobs.last_mut() {
-                    job.executor = executor;
-                }
+                self.submit(job_id, sql, dag, &schema, timeout, executor);
                 // The client hears of the job once it is recorded.
                 match (&self.state, self.jobs.last()) {
                     (Some(state), Some(job)) => state.save_job(job.status(), Some(reply)),
@@ -402,9 +396,11 @@ impl Scheduler {
         dag: StageDag,
         schema: &SchemaRef,
         timeout: Option<Duration>,
+        executor: Option<pb::ExecutorSpec>,
     ) {
         let mut job = Job::new(job_id, sql, dag, schema_bytes(schema));
         job.deadline = timeout.map(|limit| job.started + limit);
+        job.executor = executor;
         tracing::info!(job_id = %job.id, stages = job.stages.len(), "job submitted");
         job.publish();
         self.jobs.push(job);
