@@ -22,6 +22,9 @@ use std::time::Instant;
 
 use tone::Context;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Writes about `bytes` of text (a Zipf-like vocabulary of 50 000 words)
 /// into 8 files.
 fn generate_text(dir: &Path, bytes: u64) -> std::io::Result<u64> {

@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// glibc malloc's arena locks showed up in profiles of multi-threaded jobs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = tone::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TONE_LOG")

@@ -2,6 +2,8 @@
 //! over whole batches on tone's CPU pool.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -110,24 +112,33 @@ impl<K: Key, I: Data, U: Data> PartitionFn for FoldFn<K, I, U> {
             pipe: Arc::clone(&self.pipe),
             fold: Arc::clone(&self.fold),
             emit: Arc::clone(&self.emit),
-            table: HashMap::new(),
+            table: HashMap::default(),
         }))
     }
 }
+
+/// Rows of a batch the fold decodes at a time.
+const FOLD_SLICE_ROWS: usize = 512;
 
 struct FoldState<K, I, U> {
     pipe: Pipe<(K, I)>,
     fold: Arc<dyn Fn(Option<U>, I) -> U + Send + Sync>,
     emit: Emit<(K, U)>,
-    table: HashMap<K, Option<U>>,
+    table: HashMap<K, Option<U>, RandomState>,
 }
 
 impl<K: Key, I: Data, U: Data> PartitionState for FoldState<K, I, U> {
     fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
-        for (key, input) in (self.pipe)(&batch)? {
-            let slot = self.table.entry(key).or_insert(None);
-            let previous = slot.take();
-            *slot = Some((self.fold)(previous, input));
+        // Slices keep the rows the pipe makes (a flat_map multiplies them)
+        // in cache until they are folded: folding a whole batch's worth
+        // afterwards measured slower.
+        for offset in (0..batch.num_rows()).step_by(FOLD_SLICE_ROWS) {
+            let length = FOLD_SLICE_ROWS.min(batch.num_rows() - offset);
+            for (key, input) in (self.pipe)(&batch.slice(offset, length))? {
+                let slot = self.table.entry(key).or_insert(None);
+                let previous = slot.take();
+                *slot = Some((self.fold)(previous, input));
+            }
         }
         Ok(None)
     }
