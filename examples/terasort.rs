@@ -130,12 +130,17 @@ pub async fn run(args: &[String]) -> Result<String, tone::Error> {
     let records = bytes / (RECORD_BYTES as u64 + 1);
     let input = dir.join("input");
     let output = dir.join("output");
-    let _ = std::fs::remove_dir_all(&dir);
     let io = |error: std::io::Error| tone::Error::Output {
         path: dir.clone(),
         reason: error.to_string(),
     };
-    let expected = generate(&input, records, 8).map_err(io)?;
+    // Executors run this program too: only the driver makes the input.
+    let expected = if ctx.is_executor() {
+        Summary::default()
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        generate(&input, records, 8).map_err(io)?
+    };
     let started = std::time::Instant::now();
     sort(&ctx, &input, &output).await?;
     let seconds = started.elapsed().as_secs_f64();

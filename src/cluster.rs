@@ -303,13 +303,53 @@ impl ClusterClient {
         Ok(sha256)
     }
 
-    /// Runs a physical plan with Rust closures (encoded by tone-engine's
-    /// codec) in executor processes started from `executor`, and collects
-    /// its rows.
+    /// Stores `bytes` on the coordinator like a binary (content-addressed)
+    /// unless it has them; returns their SHA-256.
+    pub async fn upload_bytes(&self, bytes: Vec<u8>) -> Result<String, ClusterError> {
+        let mut hasher = tone_proto::binary::BinaryHasher::default();
+        hasher.update(&bytes);
+        let sha256 = hasher.finish();
+        let request = pb::BinaryRef {
+            sha256: sha256.clone(),
+        };
+        if self
+            .jobs
+            .clone()
+            .has_binary(request)
+            .await?
+            .into_inner()
+            .stored
+        {
+            return Ok(sha256);
+        }
+        let mut chunks: Vec<pb::BinaryChunk> = bytes
+            .chunks(tone_proto::binary::CHUNK_BYTES)
+            .map(|data| pb::BinaryChunk {
+                sha256: String::new(),
+                data: data.to_vec(),
+            })
+            .collect();
+        match chunks.first_mut() {
+            Some(first) => first.sha256 = sha256.clone(),
+            None => chunks.push(pb::BinaryChunk {
+                sha256: sha256.clone(),
+                data: Vec::new(),
+            }),
+        }
+        self.jobs
+            .clone()
+            .upload_binary(futures::stream::iter(chunks))
+            .await?;
+        Ok(sha256)
+    }
+
+    /// Runs a physical plan its driver planned (encoded by tone-engine's
+    /// codec) and collects its rows; its Rust closures, if any, run in
+    /// executor processes started from `executor`.
     pub async fn run_plan(
         &self,
         plan: Vec<u8>,
-        executor: pb::ExecutorSpec,
+        executor: Option<pb::ExecutorSpec>,
     ) -> Result<Vec<arrow::array::RecordBatch>, ClusterError> {
         let request = pb::SubmitJobRequest {
             sql: String::new(),
@@ -319,7 +359,7 @@ impl ClusterClient {
                 .job_timeout
                 .map_or(0, |timeout| timeout.as_millis().max(1) as u64),
             plan,
-            executor: Some(executor),
+            executor,
         };
         let submitted = self.jobs.clone().submit(request).await?.into_inner();
         self.collect(&submitted.job_id).await

@@ -20,10 +20,11 @@ pub enum Error {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 
-    /// The operation runs embedded only for now; the context is connected
-    /// to a cluster, and tone does not quietly run it locally instead.
-    #[error("{what} cannot run on a cluster yet (the context is connected to {master}); run it embedded, without --master/TONE_MASTER")]
-    NotOnCluster { what: String, master: String },
+    /// In a job's executor process: an earlier action of the driver, whose
+    /// result (or failure) the executor replays, failed or cannot be
+    /// replayed.
+    #[error("as the driver's earlier action: {message}")]
+    Replay { message: String },
 
     /// A value could not be converted to or from Arrow rows.
     #[error("cannot convert {type_name} to or from Arrow rows: {reason}")]
@@ -44,8 +45,8 @@ impl Error {
         match self {
             Error::Engine(error) => error.is_user_error(),
             Error::Cluster(error) => error.is_user_error(),
-            Error::NotOnCluster { .. } | Error::Usage { .. } | Error::Output { .. } => true,
-            Error::Conversion { .. } => false,
+            Error::Usage { .. } | Error::Output { .. } => true,
+            Error::Conversion { .. } | Error::Replay { .. } => false,
         }
     }
 

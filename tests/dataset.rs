@@ -6,16 +6,16 @@
 mod inverted_index;
 #[path = "../examples/pagerank.rs"]
 #[allow(dead_code)]
-mod pagerank;
+pub(crate) mod pagerank;
 #[path = "../examples/terasort.rs"]
 #[allow(dead_code)]
-mod terasort;
+pub(crate) mod terasort;
 #[path = "../examples/typed_join.rs"]
 #[allow(dead_code)]
 mod typed_join;
 #[path = "../examples/wordcount.rs"]
 #[allow(dead_code)]
-mod wordcount;
+pub(crate) mod wordcount;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -96,17 +96,40 @@ async fn wordcount_matches_std() {
     .map(|arg| arg.to_string())
     .collect();
     wordcount::run(&args).await.expect("wordcount --output");
+    assert_eq!(read_word_counts(&output), expected);
+
+    // Tone neither overwrites nor appends: the same folder is refused.
+    let again = wordcount::run(&args)
+        .await
+        .expect_err("a folder with files");
+    assert!(again.to_string().contains("not empty"), "{again}");
+    assert_eq!(read_word_counts(&output), expected);
+}
+
+/// The counts in wordcount's CSV output folder: committed `part-*.csv`
+/// files with a `word,count` header, nothing left uncommitted.
+pub(crate) fn read_word_counts(output: &Path) -> HashMap<String, u64> {
     let mut written = HashMap::new();
-    for file in std::fs::read_dir(&output).expect("output") {
-        let text = std::fs::read_to_string(file.expect("entry").path()).expect("csv");
+    for file in std::fs::read_dir(output).expect("output") {
+        let path = file.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
+        assert!(
+            name.starts_with("part-") && name.ends_with(".csv"),
+            "only committed part files remain: {name}"
+        );
+        let text = std::fs::read_to_string(&path).expect("csv");
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("word,count"));
         for line in lines {
             let (word, count) = line.rsplit_once(',').expect("two fields");
-            written.insert(word.to_string(), count.parse::<u64>().expect("count"));
+            let fresh = written.insert(word.to_string(), count.parse::<u64>().expect("count"));
+            assert!(fresh.is_none(), "{word} written twice");
         }
     }
-    assert_eq!(written, expected);
+    written
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -227,11 +250,10 @@ async fn typed_join_matches_std() {
     assert_eq!(found_lonely.len(), 50);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pagerank_matches_std() {
-    let edges = pagerank::graph(300);
+/// PageRank in plain std, the same rules as the example.
+pub(crate) fn pagerank_std(edges: &[(u64, u64)]) -> BTreeMap<u64, f64> {
     let mut links: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for (from, to) in &edges {
+    for (from, to) in edges {
         links.entry(*from).or_default().push(*to);
     }
     let mut ranks: BTreeMap<u64, f64> = links.keys().map(|page| (*page, 1.0)).collect();
@@ -249,6 +271,13 @@ async fn pagerank_matches_std() {
             .map(|(page, sum)| (page, (1.0 - pagerank::DAMPING) + pagerank::DAMPING * sum))
             .collect();
     }
+    ranks
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pagerank_matches_std() {
+    let edges = pagerank::graph(300);
+    let ranks = pagerank_std(&edges);
     let found = pagerank::pagerank(&context(2), edges)
         .await
         .expect("pagerank");
@@ -568,10 +597,10 @@ async fn writes_read_back() {
 
 #[path = "../examples/tpch_dataframe.rs"]
 #[allow(dead_code)]
-mod tpch_dataframe;
+pub(crate) mod tpch_dataframe;
 
 /// Rows as text, for comparing two results of the same query.
-fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+pub(crate) fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
     let text = arrow::util::pretty::pretty_format_batches(batches)
         .expect("format")
         .to_string();

@@ -181,3 +181,225 @@ async fn a_different_pipeline_or_build_is_refused() {
         "{message}"
     );
 }
+
+#[path = "../examples/kmeans.rs"]
+#[allow(dead_code)]
+mod kmeans;
+
+/// K-means in plain std, the same rules as the example.
+fn kmeans_std(points: &[kmeans::Point], k: usize) -> (Vec<kmeans::Point>, usize) {
+    let mut centroids = kmeans::initial(points, k);
+    for step in 1..=kmeans::MAX_STEPS {
+        let mut sums = vec![(0i64, 0i64, 0i64); k];
+        for point in points {
+            let sum = &mut sums[kmeans::nearest(&centroids, *point)];
+            *sum = (sum.0 + point.0, sum.1 + point.1, sum.2 + 1);
+        }
+        let mut next = centroids.clone();
+        for (index, (x, y, count)) in sums.into_iter().enumerate() {
+            if count > 0 {
+                next[index] = (x / count, y / count);
+            }
+        }
+        if next == centroids {
+            return (centroids, step);
+        }
+        centroids = next;
+    }
+    (centroids, kmeans::MAX_STEPS)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iterative_jobs_built_from_earlier_results_run_on_a_cluster() {
+    let cluster = LocalCluster::start(2, 2).await;
+
+    // K-means: each step's closure captures the centroids the previous
+    // step collected, and the number of steps depends on them; executors
+    // rebuild it from the driver's results.
+    let (centroids, steps) = kmeans_std(&kmeans::points(6000, 4), 4);
+    assert!(steps > 2, "a test that iterates: {steps} steps");
+    let mut expected = format!("converged after {steps} steps\n");
+    for (x, y) in centroids {
+        expected.push_str(&format!("{x}\t{y}\n"));
+    }
+    let args = ["--points", "6000", "--k", "4", "--master", &cluster.master];
+    let remote = run("kmeans", &args, &[]);
+    assert!(remote.status.success(), "kmeans: {}", stderr(&remote));
+    assert_eq!(stdout(&remote), expected);
+
+    // PageRank: 10 iterations, each parallelizing the ranks collected last.
+    let ranks = crate::dataset::pagerank_std(&crate::dataset::pagerank::graph(500));
+    let mut top: Vec<f64> = ranks.values().copied().collect();
+    top.sort_by(|left, right| right.total_cmp(left));
+    let remote = run(
+        "pagerank",
+        &["--pages", "500", "--master", &cluster.master],
+        &[],
+    );
+    assert!(remote.status.success(), "pagerank: {}", stderr(&remote));
+    let printed: Vec<(u64, f64)> = stdout(&remote)
+        .lines()
+        .map(|line| {
+            let (page, rank) = line.split_once('\t').expect("page<TAB>rank");
+            (page.parse().expect("page"), rank.parse().expect("rank"))
+        })
+        .collect();
+    assert_eq!(printed.len(), 10);
+    for ((page, rank), expected) in printed.iter().zip(&top) {
+        assert!((rank - expected).abs() < 2e-6, "{rank} vs {expected}");
+        assert!((rank - ranks[page]).abs() < 2e-6, "page {page}: {rank}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sorts_and_writes_on_a_cluster_commit_each_partition_once() {
+    let cluster = LocalCluster::start(2, 2).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // TeraSort: sample for split points (one job), range-partition, sort
+    // and save as text (another); the example validates order and checksum.
+    let sort_dir = dir.path().join("terasort");
+    let args = [
+        "--bytes",
+        "3M",
+        "--dir",
+        sort_dir.to_str().expect("utf-8"),
+        "--master",
+        &cluster.master,
+    ];
+    let sorted = run("terasort", &args, &[]);
+    assert!(sorted.status.success(), "terasort: {}", stderr(&sorted));
+    assert!(stdout(&sorted).contains("VALID"), "{}", stdout(&sorted));
+    assert!(!stdout(&sorted).contains("INVALID"), "{}", stdout(&sorted));
+
+    // Word count written as CSV by the executors: the std counts, each
+    // word once, only committed part files.
+    let mut text = String::new();
+    for line in 0..2000u64 {
+        for word in 0..(line % 7) {
+            text.push_str(&format!("W{} ", (line * 31 + word * 17) % 113));
+        }
+        text.push('\n');
+    }
+    let input = dir.path().join("words.txt");
+    std::fs::write(&input, &text).expect("input written");
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for word in text.split_whitespace() {
+        *expected.entry(word.to_lowercase()).or_default() += 1;
+    }
+    let output = dir.path().join("counts");
+    let input = input.to_str().expect("utf-8");
+    let output_text = output.to_str().expect("utf-8");
+    let args = ["--input", input, "--output", output_text];
+    let remote = run(
+        "wordcount",
+        &[&args[..], &["--master", &cluster.master]].concat(),
+        &[],
+    );
+    assert!(remote.status.success(), "wordcount: {}", stderr(&remote));
+    assert_eq!(crate::dataset::read_word_counts(&output), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dataframes_on_a_cluster_match_embedded() {
+    use crate::dataset::{rows_text, tpch_dataframe};
+    use tone::prelude::*;
+
+    let data = crate::common::tpch_data();
+    let cluster = LocalCluster::start(2, 2).await;
+    let remote = tone::Context::connect(&cluster.master)
+        .await
+        .expect("connects");
+    assert!(remote.is_cluster());
+    assert_eq!(remote.partitions(), 4, "the cluster's slots");
+    let local = tone::Context::local_with(tone::EngineConfig {
+        partitions: 4,
+        ..tone::EngineConfig::default()
+    })
+    .expect("embedded");
+
+    // No closures here: the plans run in the worker daemons, no executor.
+    let on_cluster = tpch_dataframe::q1(&remote, data).await.expect("q1");
+    let embedded = tpch_dataframe::q1(&local, data).await.expect("q1");
+    assert_eq!(rows_text(&embedded).len(), 4);
+    assert_eq!(rows_text(&on_cluster), rows_text(&embedded));
+    let on_cluster = tpch_dataframe::q3(&remote, data).await.expect("q3");
+    let embedded = tpch_dataframe::q3(&local, data).await.expect("q3");
+    assert_eq!(rows_text(&embedded).len(), 10);
+    assert_eq!(rows_text(&on_cluster), rows_text(&embedded));
+
+    // Tables, SQL frames and a scalar subquery planned by the driver.
+    for ctx in [&remote, &local] {
+        ctx.register_table("orders", &data.join("orders"))
+            .await
+            .expect("table");
+    }
+    let query = "select o_orderpriority, count(*) as n from orders \
+                 where o_totalprice > (select avg(o_totalprice) from orders) \
+                 group by o_orderpriority order by o_orderpriority";
+    let frame = remote.sql_frame(query).await.expect("frame");
+    let on_cluster = frame.collect().await.expect("on the cluster");
+    let embedded = local.sql(query).await.expect("embedded");
+    assert_eq!(rows_text(&on_cluster), rows_text(&embedded));
+    assert_eq!(rows_text(&embedded).len(), 5);
+
+    // A DataFrame write on the cluster: a committed file per partition.
+    let out = tempfile::tempdir().expect("temp dir");
+    let folder = out.path().join("urgent");
+    let urgent = |ctx: &tone::Context| {
+        let ctx = ctx.clone();
+        async move {
+            ctx.table("orders")
+                .await?
+                .filter(col("o_orderpriority").eq(lit("1-URGENT")))?
+                .select_columns(&["o_orderkey", "o_totalprice"])
+        }
+    };
+    let written = urgent(&remote)
+        .await
+        .expect("frame")
+        .write_parquet(&folder)
+        .await
+        .expect("written on the cluster");
+    let expected = urgent(&local)
+        .await
+        .expect("frame")
+        .count()
+        .await
+        .expect("count");
+    assert_eq!(written, expected as u64);
+    let mut names: Vec<String> = std::fs::read_dir(&folder)
+        .expect("folder")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert!(!names.is_empty());
+    assert!(
+        names
+            .iter()
+            .all(|name| name.starts_with("part-") && name.ends_with(".parquet")),
+        "{names:?}"
+    );
+    let read_back = local
+        .read_parquet(&folder)
+        .await
+        .expect("read")
+        .count()
+        .await;
+    assert_eq!(read_back.expect("rows"), expected);
+    let again = urgent(&remote)
+        .await
+        .expect("frame")
+        .write_parquet(&folder)
+        .await;
+    assert!(again
+        .expect_err("not empty")
+        .to_string()
+        .contains("not empty"));
+}

@@ -42,18 +42,7 @@ pub struct Planner {
 impl Planner {
     pub fn new(state: Option<Arc<StateStore>>) -> Result<Self, EngineError> {
         let engine = Engine::new(EngineConfig::default())?;
-        {
-            // Operators that coordinate the partitions of one plan instance
-            // cannot run as independent tasks:
-            // A hash join's (and aggregate's) dynamic filter waits for every
-            // partition of its plan instance to build; on a cluster each task
-            // has its own instance, so the barrier would never open.
-            let state = engine.session().state_ref();
-            let mut state = state.write();
-            let optimizer = &mut state.config_mut().options_mut().optimizer;
-            optimizer.enable_join_dynamic_filter_pushdown = false;
-            optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-        }
+        engine.plan_for_tasks();
         Ok(Self {
             engine,
             state,
@@ -134,16 +123,22 @@ impl Planner {
         job_of(job_id, plan)
     }
 
-    /// A physical plan with Rust closures, encoded by a driver program:
-    /// decoded with placeholder closures (the code runs in executor
-    /// processes) and cut into stages like a SQL job.
-    pub fn plan_closures(&self, job_id: &JobId, bytes: &[u8]) -> Result<Planned, EngineError> {
+    /// A physical plan a driver program planned and encoded (a DataFrame
+    /// or Dataset job): decoded with placeholder closures (their code runs
+    /// in executor processes), given the same cluster rewrites as SQL
+    /// (whole-file scan groups, joins independent per task) and cut into
+    /// stages. Scalar subqueries already ran in the driver.
+    pub fn plan_encoded(&self, job_id: &JobId, bytes: &[u8]) -> Result<Planned, EngineError> {
         // Its own session: the catalog's has a real (empty) registry.
         let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(
             tone_engine::closure::ClosureRegistry::placeholders(),
         ));
         let session = datafusion::prelude::SessionContext::new_with_config(config);
         let plan = tone_engine::codec::decode_plan(bytes, &session.task_ctx())?;
+        let mut plan = crate::file_groups::balance_file_groups(plan)?;
+        if has_coordinating_join(&plan) {
+            plan = independent_joins(plan)?;
+        }
         job_of(job_id, plan)
     }
 }

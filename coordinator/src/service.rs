@@ -170,20 +170,20 @@ impl Jobs for JobsService {
             0 => self.default_partitions().await?,
             given => given as usize,
         };
-        let planned = match &request.executor {
-            Some(executor) => {
-                if !self
-                    .binaries
-                    .has(&executor.binary_sha256)
-                    .map_err(binary_status)?
-                {
+        if let Some(executor) = &request.executor {
+            let blobs = std::iter::once(&executor.binary_sha256).chain(&executor.results);
+            for sha256 in blobs {
+                if !self.binaries.has(sha256).map_err(binary_status)? {
                     return Err(binary_status(BinaryError::Missing {
-                        sha256: executor.binary_sha256.clone(),
+                        sha256: sha256.clone(),
                     }));
                 }
-                self.planner.plan_closures(&job_id, &request.plan)
             }
-            None => self.planner.plan(&job_id, &request, partitions).await,
+        }
+        let planned = if request.plan.is_empty() {
+            self.planner.plan(&job_id, &request, partitions).await
+        } else {
+            self.planner.plan_encoded(&job_id, &request.plan)
         }
         .map_err(planning_status)?;
         let has_results = match planned {
@@ -200,9 +200,10 @@ impl Jobs for JobsService {
             }
             Planned::Job { dag, schema } => {
                 let id = job_id.clone();
-                let sql = match &request.executor {
-                    Some(_) => "(Rust job with closures)".to_string(),
-                    None => request.sql.clone(),
+                let sql = match (&request.executor, request.plan.is_empty()) {
+                    (_, true) => request.sql.clone(),
+                    (Some(_), false) => "(Rust job with closures)".to_string(),
+                    (None, false) => "(DataFrame job)".to_string(),
                 };
                 let executor = request.executor.clone();
                 let timeout = (request.timeout_ms > 0)

@@ -53,8 +53,9 @@ impl fmt::Display for ClosureId {
 pub trait PartitionFn: Send + Sync {
     /// Starts a task's state. `argument` is the data the plan node carries
     /// for this use of the closure (e.g. a sort's split points): code is
-    /// found by id, data travels in the plan.
-    fn open(&self, argument: &[u8]) -> Result<Box<dyn PartitionState>>;
+    /// found by id, data travels in the plan. `partition` is the task's
+    /// partition of the node, the same for every attempt of the task.
+    fn open(&self, argument: &[u8], partition: usize) -> Result<Box<dyn PartitionState>>;
 }
 
 /// One task's state of a [`PartitionFn`].
@@ -298,7 +299,7 @@ impl ExecutionPlan for ClosureExec {
         let state = self
             .entry
             .function
-            .open(&self.argument)
+            .open(&self.argument, partition)
             .map_err(|error| closure_failed(&label, error))?;
         let schema = Arc::clone(&self.entry.schema);
         let stream = futures::stream::try_unfold(Some((input, state)), move |step| {
@@ -380,7 +381,7 @@ struct Unresolved {
 }
 
 impl PartitionFn for Unresolved {
-    fn open(&self, _argument: &[u8]) -> Result<Box<dyn PartitionState>> {
+    fn open(&self, _argument: &[u8], _partition: usize) -> Result<Box<dyn PartitionState>> {
         Err(EngineError::NotOnCluster {
             what: format!(
                 "closure '{}' (it runs in the job's executor process)",

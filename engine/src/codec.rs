@@ -33,6 +33,7 @@ use crate::closure::{placeholder_entry, registry_of, ClosureExec, ClosureId};
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+use crate::sink::{FileSinkExec, SinkFormat};
 use crate::text::{TextRange, TextSourceExec};
 
 /// Encodes a stage plan (tone nodes included) to bytes.
@@ -118,7 +119,7 @@ pub struct ToneCodec;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ToneNode {
-    #[prost(oneof = "tone_node::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "tone_node::Kind", tags = "1, 2, 3, 4, 5")]
     kind: Option<tone_node::Kind>,
 }
 
@@ -133,6 +134,8 @@ mod tone_node {
         Closure(super::ClosureNode),
         #[prost(message, tag = "4")]
         Text(super::TextNode),
+        #[prost(message, tag = "5")]
+        Sink(super::SinkNode),
     }
 }
 
@@ -164,6 +167,14 @@ struct ClosureNode {
     /// coordinator) can still plan around the node.
     #[prost(message, optional, tag = "5")]
     schema: Option<protobuf::Schema>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SinkNode {
+    #[prost(string, tag = "1")]
+    dir: String,
+    #[prost(string, tag = "2")]
+    format: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -230,6 +241,7 @@ impl PhysicalExtensionCodec for ToneCodec {
             }
             Some(tone_node::Kind::Closure(closure)) => decode_closure(closure, inputs, ctx),
             Some(tone_node::Kind::Text(text)) => decode_text(text),
+            Some(tone_node::Kind::Sink(sink)) => decode_sink(sink, inputs),
             None => Err(DataFusionError::Internal("empty tone plan node".into())),
         }
     }
@@ -263,6 +275,16 @@ impl PhysicalExtensionCodec for ToneCodec {
             })
         } else if let Some(text) = any.downcast_ref::<TextSourceExec>() {
             tone_node::Kind::Text(encode_text(text)?)
+        } else if let Some(sink) = any.downcast_ref::<FileSinkExec>() {
+            tone_node::Kind::Sink(SinkNode {
+                dir: sink.dir().to_str().map(str::to_string).ok_or_else(|| {
+                    DataFusionError::Plan(format!(
+                        "output folder {} is not UTF-8",
+                        sink.dir().display()
+                    ))
+                })?,
+                format: sink.format().name().to_string(),
+            })
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "tone cannot serialize plan node {}",
@@ -450,4 +472,24 @@ fn decode_text(node: TextNode) -> DfResult<Arc<dyn ExecutionPlan>> {
         })
         .collect();
     Ok(Arc::new(TextSourceExec::from_ranges(partitions, schema)?))
+}
+
+fn decode_sink(
+    node: SinkNode,
+    inputs: &[Arc<dyn ExecutionPlan>],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let [input] = inputs else {
+        return Err(DataFusionError::Internal(format!(
+            "FileSinkExec has one input, the plan gave {}",
+            inputs.len()
+        )));
+    };
+    let format = SinkFormat::from_name(&node.format).ok_or_else(|| {
+        DataFusionError::Internal(format!("unknown output format '{}'", node.format))
+    })?;
+    Ok(Arc::new(FileSinkExec::new(
+        Arc::clone(input),
+        node.dir.into(),
+        format,
+    )))
 }

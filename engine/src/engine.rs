@@ -112,6 +112,19 @@ impl Engine {
         })
     }
 
+    /// Plans from now on for a cluster, where each task runs its own plan
+    /// instance: operators that coordinate the partitions of one instance
+    /// are turned off. A hash join's (and aggregate's) dynamic filter waits
+    /// for every partition of its plan instance to build; on a cluster that
+    /// barrier would never open.
+    pub fn plan_for_tasks(&self) {
+        let state = self.context.state_ref();
+        let mut state = state.write();
+        let optimizer = &mut state.config_mut().options_mut().optimizer;
+        optimizer.enable_join_dynamic_filter_pushdown = false;
+        optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    }
+
     /// The DataFusion session: catalog, functions, settings.
     pub fn session(&self) -> &SessionContext {
         &self.context

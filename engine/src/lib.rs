@@ -25,6 +25,7 @@ pub mod limits;
 pub mod runtime;
 pub mod session;
 pub mod shuffle;
+pub mod sink;
 mod sql_location;
 pub mod stage;
 pub mod text;

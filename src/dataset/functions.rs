@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array, UInt64Array};
@@ -30,7 +29,7 @@ pub(crate) struct MapFn<T> {
 }
 
 impl<T: Data> PartitionFn for MapFn<T> {
-    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+    fn open(&self, _argument: &[u8], _partition: usize) -> EResult<Box<dyn PartitionState>> {
         Ok(Box::new(MapState {
             pipe: Arc::clone(&self.pipe),
             emit: Arc::clone(&self.emit),
@@ -65,7 +64,7 @@ pub(crate) struct PartitionMapFn<T, U> {
 }
 
 impl<T: Data, U: Data> PartitionFn for PartitionMapFn<T, U> {
-    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+    fn open(&self, _argument: &[u8], _partition: usize) -> EResult<Box<dyn PartitionState>> {
         Ok(Box::new(PartitionMapState {
             pipe: Arc::clone(&self.pipe),
             apply: Arc::clone(&self.apply),
@@ -107,7 +106,7 @@ pub(crate) struct FoldFn<K, I, U> {
 }
 
 impl<K: Key, I: Data, U: Data> PartitionFn for FoldFn<K, I, U> {
-    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+    fn open(&self, _argument: &[u8], _partition: usize) -> EResult<Box<dyn PartitionState>> {
         Ok(Box::new(FoldState {
             pipe: Arc::clone(&self.pipe),
             fold: Arc::clone(&self.fold),
@@ -171,7 +170,7 @@ pub(crate) fn count_schema() -> SchemaRef {
 }
 
 impl<T: Data> PartitionFn for CountFn<T> {
-    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+    fn open(&self, _argument: &[u8], _partition: usize) -> EResult<Box<dyn PartitionState>> {
         Ok(Box::new(CountState {
             pipe: Arc::clone(&self.pipe),
             rows: 0,
@@ -217,7 +216,7 @@ pub(crate) struct RouteFn<T, K> {
 }
 
 impl<T: Data, K: Data + Ord> PartitionFn for RouteFn<T, K> {
-    fn open(&self, argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+    fn open(&self, argument: &[u8], _partition: usize) -> EResult<Box<dyn PartitionState>> {
         let splits: Vec<K> =
             serde_json::from_slice(argument).map_err(|error| EngineError::Internal {
                 message: format!("bad sort split points: {error}"),
@@ -285,7 +284,7 @@ pub(crate) struct SortFn<T, K> {
 }
 
 impl<T: Data, K: Data + Ord> PartitionFn for SortFn<T, K> {
-    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+    fn open(&self, _argument: &[u8], _partition: usize) -> EResult<Box<dyn PartitionState>> {
         Ok(Box::new(SortState {
             key: Arc::clone(&self.key),
             layout: self.layout.clone(),
@@ -349,7 +348,7 @@ pub(crate) struct SampleFn<T, K> {
 const SAMPLE_KEYS_MAX: usize = 1024;
 
 impl<T: Data, K: Data> PartitionFn for SampleFn<T, K> {
-    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
+    fn open(&self, _argument: &[u8], _partition: usize) -> EResult<Box<dyn PartitionState>> {
         Ok(Box::new(SampleState {
             pipe: Arc::clone(&self.pipe),
             key: Arc::clone(&self.key),
@@ -397,136 +396,4 @@ impl<T: Data, K: Data> PartitionState for SampleState<T, K> {
         }
         (self.emit)(self.sample).map(Some)
     }
-}
-
-/// File formats typed rows are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteFormat {
-    Csv,
-    Parquet,
-    Text,
-}
-
-impl WriteFormat {
-    fn extension(self) -> &'static str {
-        match self {
-            WriteFormat::Csv => "csv",
-            WriteFormat::Parquet => "parquet",
-            WriteFormat::Text => "txt",
-        }
-    }
-}
-
-/// Each task writes its partition to a file of its own in `dir` and
-/// emits the number of rows it wrote.
-pub(crate) struct WriteFn<T> {
-    pub pipe: Pipe<T>,
-    pub encode: Emit<T>,
-    pub format: WriteFormat,
-    pub dir: PathBuf,
-}
-
-impl<T: Data> PartitionFn for WriteFn<T> {
-    fn open(&self, _argument: &[u8]) -> EResult<Box<dyn PartitionState>> {
-        let name = format!(
-            "part-{}.{}",
-            uuid::Uuid::new_v4().simple(),
-            self.format.extension()
-        );
-        Ok(Box::new(WriteState {
-            pipe: Arc::clone(&self.pipe),
-            encode: Arc::clone(&self.encode),
-            format: self.format,
-            path: self.dir.join(name),
-            writer: None,
-            rows: 0,
-        }))
-    }
-}
-
-struct WriteState<T> {
-    pipe: Pipe<T>,
-    encode: Emit<T>,
-    format: WriteFormat,
-    path: PathBuf,
-    writer: Option<FileWriter>,
-    rows: u64,
-}
-
-enum FileWriter {
-    Csv(arrow::csv::Writer<std::io::BufWriter<std::fs::File>>),
-    Parquet(parquet::arrow::ArrowWriter<std::fs::File>),
-    Text(std::io::BufWriter<std::fs::File>),
-}
-
-impl<T: Data> PartitionState for WriteState<T> {
-    fn push(&mut self, batch: RecordBatch) -> EResult<Option<RecordBatch>> {
-        let rows = (self.pipe)(&batch)?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        self.rows += rows.len() as u64;
-        let batch = (self.encode)(rows)?;
-        let output_error = |reason: String| EngineError::Execution {
-            message: format!("cannot write '{}': {reason}", self.path.display()),
-        };
-        if self.writer.is_none() {
-            let file =
-                std::fs::File::create(&self.path).map_err(|e| output_error(e.to_string()))?;
-            self.writer = Some(match self.format {
-                WriteFormat::Csv => {
-                    FileWriter::Csv(arrow::csv::Writer::new(std::io::BufWriter::new(file)))
-                }
-                WriteFormat::Parquet => FileWriter::Parquet(
-                    parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
-                        .map_err(|e| output_error(e.to_string()))?,
-                ),
-                WriteFormat::Text => FileWriter::Text(std::io::BufWriter::new(file)),
-            });
-        }
-        match self.writer.as_mut() {
-            Some(FileWriter::Csv(writer)) => writer
-                .write(&batch)
-                .map_err(|e| output_error(e.to_string()))?,
-            Some(FileWriter::Parquet(writer)) => writer
-                .write(&batch)
-                .map_err(|e| output_error(e.to_string()))?,
-            Some(FileWriter::Text(writer)) => write_lines(writer, &batch).map_err(output_error)?,
-            None => {}
-        }
-        Ok(None)
-    }
-
-    fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
-        let output_error = |reason: String| EngineError::Execution {
-            message: format!("cannot write '{}': {reason}", self.path.display()),
-        };
-        match self.writer {
-            Some(FileWriter::Csv(writer)) => {
-                let mut inner = writer.into_inner();
-                std::io::Write::flush(&mut inner).map_err(|e| output_error(e.to_string()))?;
-            }
-            Some(FileWriter::Parquet(writer)) => {
-                writer.close().map_err(|e| output_error(e.to_string()))?;
-            }
-            Some(FileWriter::Text(mut writer)) => {
-                std::io::Write::flush(&mut writer).map_err(|e| output_error(e.to_string()))?;
-            }
-            None => {}
-        }
-        count_batch(self.rows)
-    }
-}
-
-/// Writes a one-string-column batch as lines.
-fn write_lines(writer: &mut impl std::io::Write, batch: &RecordBatch) -> Result<(), String> {
-    let lines = batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::StringArray>()
-        .ok_or_else(|| "text output is not a string column".to_string())?;
-    for line in lines.iter() {
-        writeln!(writer, "{}", line.unwrap_or_default()).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }

@@ -39,9 +39,10 @@ use tone_engine::EngineError;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use functions::{CountFn, Emit, MapFn, PartitionMapFn, Pipe, WriteFn, WriteFormat};
+use functions::{CountFn, Emit, MapFn, PartitionMapFn, Pipe};
 use rows::{decode_items, Layout};
 pub use rows::{Data, Key, ITEM_COLUMN, KEY_COLUMN};
+use tone_engine::sink::{FileSinkExec, SinkFormat};
 
 /// Builds a dataset's physical plan when an action runs (a sort samples
 /// its input first, so building may run jobs).
@@ -466,54 +467,73 @@ impl<T: Data> Dataset<T> {
 
     /// Writes the rows as CSV files (with a header) into folder `dir`, one
     /// per task; a struct's fields become columns. Returns rows written.
+    ///
+    /// The folder must not hold files yet (tone neither overwrites nor
+    /// appends); each task commits `part-NNNNN.csv` once complete.
     pub async fn write_csv(self, dir: impl AsRef<Path>) -> Result<u64> {
-        let layout = Layout::flat::<T>()?;
-        let encode: Emit<T> = if layout.schema.field(0).name() == ITEM_COLUMN {
-            items_emit::<T>(layout)
-        } else {
-            Arc::new(move |rows: Vec<T>| layout.encode_rows(&rows))
-        };
-        self.write(dir.as_ref(), WriteFormat::Csv, encode).await
+        self.write_flat(dir.as_ref(), SinkFormat::Csv).await
     }
 
     /// Writes the rows as Parquet files into folder `dir`, one per task; a
-    /// struct's fields become columns. Returns rows written.
+    /// struct's fields become columns. Returns rows written. The folder
+    /// must not hold files yet.
     pub async fn write_parquet(self, dir: impl AsRef<Path>) -> Result<u64> {
+        self.write_flat(dir.as_ref(), SinkFormat::Parquet).await
+    }
+
+    /// Writes the rows with a struct's fields as columns (else as `item`).
+    async fn write_flat(self, dir: &Path, format: SinkFormat) -> Result<u64> {
         let layout = Layout::flat::<T>()?;
+        let schema = Arc::clone(&layout.schema);
         let encode: Emit<T> = if layout.schema.field(0).name() == ITEM_COLUMN {
             items_emit::<T>(layout)
         } else {
             Arc::new(move |rows: Vec<T>| layout.encode_rows(&rows))
         };
-        self.write(dir.as_ref(), WriteFormat::Parquet, encode).await
+        self.write(dir, format, schema, encode).await
     }
 
-    async fn write(self, dir: &Path, format: WriteFormat, encode: Emit<T>) -> Result<u64> {
-        self.ctx.local_engine("a typed Dataset")?;
-        std::fs::create_dir_all(dir).map_err(|error| Error::output(dir, error))?;
-        let function = Arc::new(WriteFn {
+    /// Encodes the rows (`schema`) with `encode` and writes each task's
+    /// share to a committed file of its own (see `tone_engine::sink`).
+    async fn write(
+        self,
+        dir: &Path,
+        format: SinkFormat,
+        schema: arrow::datatypes::SchemaRef,
+        encode: Emit<T>,
+    ) -> Result<u64> {
+        let dir = self.ctx.prepare_output(dir)?;
+        let function = Arc::new(MapFn {
             pipe: Arc::clone(&self.pipe),
-            encode,
-            format,
-            dir: dir.to_path_buf(),
+            emit: encode,
         });
-        let (id, entry) = self.register("write", functions::count_schema(), function);
-        let plan = closure_plan(Arc::clone(&self.plan), id, entry, Vec::new(), None);
+        let (id, entry) = self.register("write", schema, function);
+        let encoded = closure_plan(Arc::clone(&self.plan), id, entry, Vec::new(), None);
+        let target = dir.clone();
+        let plan = then(encoded, move |input| {
+            let sink: Arc<dyn ExecutionPlan> =
+                Arc::new(FileSinkExec::new(input, target.clone(), format));
+            Ok(sink)
+        });
         let batches = self.ctx.run_plan(plan().await?).await?;
+        self.ctx.finish_output(&dir)?;
         Ok(sum_counts(&batches))
     }
 }
 
 impl<T: Data + Display> Dataset<T> {
     /// Writes each row's `Display` text as a line into files in folder
-    /// `dir`, one per task. Returns rows written.
+    /// `dir`, one per task. Returns rows written. The folder must not hold
+    /// files yet.
     pub async fn save_as_text(self, dir: impl AsRef<Path>) -> Result<u64> {
         let layout = Layout::items::<String>()?;
+        let schema = Arc::clone(&layout.schema);
         let encode: Emit<T> = Arc::new(move |rows: Vec<T>| {
             let lines: Vec<String> = rows.iter().map(ToString::to_string).collect();
             layout.encode_items(&lines)
         });
-        self.write(dir.as_ref(), WriteFormat::Text, encode).await
+        self.write(dir.as_ref(), SinkFormat::Text, schema, encode)
+            .await
     }
 }
 

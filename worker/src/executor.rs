@@ -33,6 +33,11 @@ pub const BINARY_ENV: &str = "TONE_EXECUTOR_BINARY";
 pub const ACTION_ENV: &str = "TONE_EXECUTOR_ACTION";
 /// Folder for the executor's shuffle files.
 pub const DIR_ENV: &str = "TONE_EXECUTOR_DIR";
+/// Partitions per stage the driver plans with.
+pub const PARTITIONS_ENV: &str = "TONE_EXECUTOR_PARTITIONS";
+/// Files holding the results of the driver's earlier actions, in order
+/// (a path list, as `std::env::join_paths` makes it).
+pub const RESULTS_ENV: &str = "TONE_EXECUTOR_RESULTS";
 /// What the executor prints before its address once it serves.
 pub const LISTENING_MARKER: &str = "TONE_EXECUTOR_LISTENING ";
 
@@ -45,6 +50,10 @@ pub struct ExecutorSettings {
     /// Actions before this one answer with no rows; this one serves.
     pub action: u32,
     pub dir: PathBuf,
+    /// The driver's partitions per stage (0: not given).
+    pub partitions: usize,
+    /// The driver's earlier actions' results (see [`RESULTS_ENV`]).
+    pub results: Vec<PathBuf>,
 }
 
 impl ExecutorSettings {
@@ -67,6 +76,13 @@ impl ExecutorSettings {
                     reason: format!("{ACTION_ENV}='{action}' is not a number"),
                 })?,
                 dir: PathBuf::from(var(DIR_ENV)?),
+                partitions: std::env::var(PARTITIONS_ENV)
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .unwrap_or(0),
+                results: std::env::var_os(RESULTS_ENV)
+                    .map(|paths| std::env::split_paths(&paths).collect())
+                    .unwrap_or_default(),
             })
         })();
         Some(settings)

@@ -21,7 +21,8 @@ use tone_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::Channel;
 
 use crate::executor::{
-    ACTION_ENV, BINARY_ENV, DIR_ENV, EXECUTOR_ENV, LISTENING_MARKER, WORKER_ENV,
+    ACTION_ENV, BINARY_ENV, DIR_ENV, EXECUTOR_ENV, LISTENING_MARKER, PARTITIONS_ENV, RESULTS_ENV,
+    WORKER_ENV,
 };
 
 /// How long an executor may take to build its pipeline and listen.
@@ -218,8 +219,16 @@ impl Executors {
         std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
         let stderr = std::fs::File::create(dir.join("stderr.log"))
             .map_err(|error| format!("{}: {error}", dir.display()))?;
-        let mut child = Command::new(binary)
+        let results = self.fetch_results(spec, &dir).await?;
+        let mut command = Command::new(binary);
+        let cwd = Path::new(&spec.cwd);
+        if !spec.cwd.is_empty() && cwd.is_dir() {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(&spec.args)
+            .env(PARTITIONS_ENV, spec.partitions.to_string())
+            .env(RESULTS_ENV, results)
             .env(EXECUTOR_ENV, job_id)
             .env(WORKER_ENV, &self.worker_address)
             .env(BINARY_ENV, &spec.binary_sha256)
@@ -283,6 +292,27 @@ impl Executors {
             child: tokio::sync::Mutex::new(child),
             dir,
         })
+    }
+}
+
+impl Executors {
+    /// Fetches the driver's earlier action results into the job's folder
+    /// (they go with it); returns their paths as one path list.
+    async fn fetch_results(
+        &self,
+        spec: &pb::ExecutorSpec,
+        dir: &Path,
+    ) -> Result<std::ffi::OsString, String> {
+        let mut paths = Vec::new();
+        for (index, sha256) in spec.results.iter().enumerate() {
+            if !is_sha256(sha256) {
+                return Err(format!("'{sha256}' is not a result hash"));
+            }
+            let path = dir.join(format!("result-{index}"));
+            self.fetch(sha256, &path).await?;
+            paths.push(path);
+        }
+        std::env::join_paths(paths).map_err(|error| format!("{}: {error}", dir.display()))
     }
 }
 

@@ -1,0 +1,409 @@
+//! How a context runs its actions: on the embedded engine, on a cluster
+//! (the driver), or as a job's executor process on a worker.
+//!
+//! On a cluster every action (a Dataset or DataFrame action, a SQL
+//! statement) is numbered in program order, and the driver keeps each
+//! action's result. A job whose plan holds Rust closures runs them in
+//! executor processes: each worker starts the driver's binary with the
+//! same arguments and working directory, and the executor rebuilds the
+//! pipeline. So that it builds exactly the driver's pipeline, even when
+//! that depends on rows an earlier action returned (a loop's condition,
+//! split points, values a closure captures), its earlier actions return
+//! the driver's results, shipped with the job as blobs. Actions of one
+//! context therefore run one at a time.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::physical_plan::ExecutionPlan;
+use tone_engine::closure::{as_closure, ClosureRegistry};
+use tone_engine::{Engine, EngineConfig};
+use tone_proto::v1 as pb;
+use tone_worker::executor::ExecutorSettings;
+
+use super::{absolute, Backend, Context};
+use crate::cluster::{ClusterClient, ClusterError, TableRef};
+use crate::error::{Error, Result};
+
+/// Results larger than this (encoded) are not kept for executors: a
+/// pipeline built from them cannot run on a cluster.
+const REPLAY_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// A driver's connection to a cluster.
+pub(super) struct ClusterJobs {
+    client: ClusterClient,
+    tables: Mutex<Vec<TableRef>>,
+    /// Plans DataFrames, configured like the coordinator's planner.
+    pub(super) planner: Engine,
+    // Closures are registered on a cluster context too, so ids come out as
+    // in the job's executors, which build the same pipeline.
+    pub(super) closures: Arc<ClosureRegistry>,
+    /// SHA-256 of this executable once uploaded (at the first job with
+    /// closures).
+    binary: tokio::sync::OnceCell<String>,
+    /// Held for a whole action: its number is the log's length.
+    log: tokio::sync::Mutex<Vec<Logged>>,
+}
+
+/// An earlier action's result, as executors will replay it.
+struct Logged {
+    /// Encoded (see [`encode_result`]); dropped once uploaded.
+    bytes: Option<Vec<u8>>,
+    /// Its blob's SHA-256 once uploaded.
+    sha256: Option<String>,
+}
+
+impl ClusterJobs {
+    /// Plans with as many partitions as the cluster has task slots now (the
+    /// coordinator's default for SQL), or this machine's cores when no
+    /// worker has joined yet.
+    pub(super) async fn new(client: ClusterClient, url: &str) -> Result<Self> {
+        let slots: u32 = client.workers().await?.iter().map(|w| w.slots).sum();
+        let partitions = match slots {
+            0 => std::thread::available_parallelism().map_or(2, |count| count.get()),
+            slots => slots as usize,
+        };
+        tracing::debug!(url, partitions, "connected to the cluster");
+        Ok(Self {
+            client,
+            tables: Mutex::default(),
+            planner: task_planner(partitions)?,
+            closures: Arc::default(),
+            binary: tokio::sync::OnceCell::new(),
+            log: tokio::sync::Mutex::default(),
+        })
+    }
+
+    pub(super) async fn register_table(&self, name: &str, path: &Path) -> Result<()> {
+        let path = absolute(path)?;
+        self.planner.session().deregister_table(name)?;
+        self.planner.register_table(name, &path).await?;
+        let mut tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        tables.retain(|table| table.name != name);
+        tables.push(TableRef {
+            name: name.to_string(),
+            path: path.to_string_lossy().into_owned(),
+        });
+        Ok(())
+    }
+
+    /// Runs SQL on the coordinator (it plans it against its catalog).
+    pub(super) async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let mut log = self.log.lock().await;
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let partitions = self.planner.session().state().config().target_partitions();
+        let outcome = self
+            .client
+            .sql(sql, &tables, partitions)
+            .await
+            .map_err(Error::from);
+        log.push(logged(&outcome, None));
+        outcome
+    }
+
+    /// Runs a plan as a job of the cluster and collects its rows.
+    async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        let mut log = self.log.lock().await;
+        let schema = plan.schema();
+        let outcome = self.submit(plan, &mut log).await;
+        log.push(logged(&outcome, Some(schema)));
+        outcome
+    }
+
+    async fn submit(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        log: &mut [Logged],
+    ) -> Result<Vec<RecordBatch>> {
+        // Scalar subqueries run here first, as the coordinator does for SQL.
+        let plan = self.planner.prepare_plan(plan).await?;
+        let executor = match has_closures(&plan) {
+            true => Some(self.executor_spec(log).await?),
+            false => None,
+        };
+        let bytes = tone_engine::codec::encode_plan(plan)?;
+        Ok(self.client.run_plan(bytes, executor).await?)
+    }
+
+    /// How workers start this job's executors: this binary, its arguments
+    /// and working directory, and the earlier actions' results (uploaded
+    /// now if they are not yet).
+    async fn executor_spec(&self, log: &mut [Logged]) -> Result<pb::ExecutorSpec> {
+        let binary_sha256 = self
+            .binary
+            .get_or_try_init(|| async {
+                let executable = std::env::current_exe().map_err(|error| ClusterError::Binary {
+                    path: PathBuf::from("(this executable)"),
+                    reason: error.to_string(),
+                })?;
+                self.client.upload_binary(&executable).await
+            })
+            .await?
+            .clone();
+        let mut results = Vec::with_capacity(log.len());
+        for entry in log.iter_mut() {
+            if entry.sha256.is_none() {
+                let bytes = entry.bytes.take().unwrap_or_default();
+                entry.sha256 = Some(self.client.upload_bytes(bytes).await?);
+            }
+            results.extend(entry.sha256.clone());
+        }
+        let cwd = std::env::current_dir()
+            .map(|dir| dir.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(pb::ExecutorSpec {
+            binary_sha256,
+            args: std::env::args().skip(1).collect(),
+            action: log.len() as u32,
+            partitions: self.planner.session().state().config().target_partitions() as u32,
+            cwd,
+            results,
+        })
+    }
+}
+
+/// A job's executor process: mirrors the driver's actions.
+pub(super) struct ExecutorJobs {
+    settings: ExecutorSettings,
+    pub(super) closures: Arc<ClosureRegistry>,
+    pub(super) planner: Engine,
+    /// Actions run so far, counted as the driver counts them.
+    actions: AtomicU32,
+}
+
+impl ExecutorJobs {
+    pub(super) fn new(settings: ExecutorSettings) -> Result<Self> {
+        let partitions = match settings.partitions {
+            0 => std::thread::available_parallelism().map_or(2, |count| count.get()),
+            given => given,
+        };
+        Ok(Self {
+            settings,
+            closures: Arc::default(),
+            planner: task_planner(partitions)?,
+            actions: AtomicU32::new(0),
+        })
+    }
+
+    /// An action before the job's: the driver's result of it.
+    pub(super) fn replay_action(&self) -> Result<Vec<RecordBatch>> {
+        let action = self.actions.fetch_add(1, Ordering::SeqCst);
+        if action >= self.settings.action {
+            return Err(Error::Replay {
+                message: format!(
+                    "action {action} is not a job with closures, but job {} is that action of the driver; the program did not build the same pipeline here",
+                    self.settings.job_id
+                ),
+            });
+        }
+        self.replayed(action)
+    }
+
+    fn replayed(&self, action: u32) -> Result<Vec<RecordBatch>> {
+        let path = self
+            .settings
+            .results
+            .get(action as usize)
+            .ok_or_else(|| Error::Replay {
+                message: format!("the driver sent no result for its action {action}"),
+            })?;
+        let bytes = std::fs::read(path).map_err(|error| Error::Replay {
+            message: format!("{}: {error}", path.display()),
+        })?;
+        decode_result(&bytes)
+    }
+
+    /// The job's action serves its tasks and ends the process; earlier
+    /// ones return the driver's results.
+    async fn run(&self) -> Result<Vec<RecordBatch>> {
+        let action = self.actions.fetch_add(1, Ordering::SeqCst);
+        if action < self.settings.action {
+            return self.replayed(action);
+        }
+        // Every closure of this job is registered now: serve its tasks
+        // until the worker closes stdin, then end the process (the user's
+        // code after this action is the driver's).
+        let settings = self.settings.clone();
+        match tone_worker::executor::serve(settings, Arc::clone(&self.closures)).await {
+            Ok(()) => std::process::exit(0),
+            Err(error) => {
+                eprintln!("tone: executor of job {}: {error}", self.settings.job_id);
+                std::process::exit(3)
+            }
+        }
+    }
+}
+
+impl Context {
+    /// Runs a physical plan on the stage engine and collects its rows.
+    pub(crate) async fn run_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        match &*self.inner {
+            Backend::Local(engine) => {
+                let stream = engine.execute(plan).await?;
+                Ok(tone_engine::runtime::collect_stream(stream).await?)
+            }
+            Backend::Cluster(jobs) => jobs.run(plan).await,
+            Backend::Executor(jobs) => jobs.run().await,
+        }
+    }
+
+    /// The absolute output folder for a write, created. Tone neither
+    /// overwrites nor appends (as Spark's default): a folder that holds
+    /// anything is refused. An executor only computes the path; the
+    /// driver checked it.
+    pub(crate) fn prepare_output(&self, dir: &Path) -> Result<PathBuf> {
+        let dir = absolute(dir)?;
+        if matches!(*self.inner, Backend::Executor(_)) {
+            return Ok(dir);
+        }
+        if let Ok(mut entries) = std::fs::read_dir(&dir) {
+            if entries.next().is_some() {
+                return Err(Error::output(
+                    &dir,
+                    "the folder is not empty; tone neither overwrites nor appends: remove it or write to a new folder",
+                ));
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(|error| Error::output(&dir, error))?;
+        Ok(dir)
+    }
+
+    /// After a write's job: removes what uncommitted attempts left.
+    pub(crate) fn finish_output(&self, dir: &Path) -> Result<()> {
+        if matches!(*self.inner, Backend::Executor(_)) {
+            return Ok(());
+        }
+        tone_engine::sink::remove_uncommitted(dir).map_err(|error| Error::output(dir, error))
+    }
+}
+
+/// The sum of the `rows` the write tasks report.
+pub(super) fn rows_written(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|batch| batch.column(0).as_any().downcast_ref::<UInt64Array>())
+        .flat_map(|counts| counts.iter().flatten())
+        .sum()
+}
+
+/// An engine that plans for tasks run as separate plan instances.
+fn task_planner(partitions: usize) -> Result<Engine> {
+    let planner = Engine::new(EngineConfig {
+        partitions: partitions.max(1),
+        ..EngineConfig::default()
+    })?;
+    planner.plan_for_tasks();
+    Ok(planner)
+}
+
+fn has_closures(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    as_closure(plan.as_ref()).is_some() || plan.children().into_iter().any(has_closures)
+}
+
+fn logged(outcome: &Result<Vec<RecordBatch>>, schema: Option<SchemaRef>) -> Logged {
+    let bytes = encode_result(outcome, schema).unwrap_or_else(|message| {
+        encode_result(&Err(Error::Replay { message }), None).unwrap_or_default()
+    });
+    Logged {
+        bytes: Some(bytes),
+        sha256: None,
+    }
+}
+
+const RESULT_ROWS: u8 = 0;
+const RESULT_ERROR: u8 = 1;
+
+/// An action's outcome as bytes: a tag, then an Arrow IPC stream of the
+/// rows or the error's text.
+fn encode_result(
+    outcome: &Result<Vec<RecordBatch>>,
+    schema: Option<SchemaRef>,
+) -> std::result::Result<Vec<u8>, String> {
+    let batches = match outcome {
+        Ok(batches) => batches,
+        Err(error) => {
+            let mut bytes = vec![RESULT_ERROR];
+            bytes.extend(error.to_string().into_bytes());
+            return Ok(bytes);
+        }
+    };
+    let schema = batches
+        .first()
+        .map(RecordBatch::schema)
+        .or(schema)
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    let mut bytes = vec![RESULT_ROWS];
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema)
+        .map_err(|error| error.to_string())?;
+    for batch in batches {
+        writer.write(batch).map_err(|error| error.to_string())?;
+        if writer.get_ref().len() > REPLAY_BYTES_MAX {
+            return Err(format!(
+                "the result is larger than {} MiB, too large to ship to executors; build the pipeline without collecting it",
+                REPLAY_BYTES_MAX >> 20
+            ));
+        }
+    }
+    writer.finish().map_err(|error| error.to_string())?;
+    drop(writer);
+    Ok(bytes)
+}
+
+fn decode_result(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    let bad = |reason: String| Error::Replay {
+        message: format!("a bad result from the driver: {reason}"),
+    };
+    match bytes.split_first() {
+        Some((&RESULT_ROWS, ipc)) => {
+            let reader = arrow::ipc::reader::StreamReader::try_new(Cursor::new(ipc), None)
+                .map_err(|error| bad(error.to_string()))?;
+            reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|error| bad(error.to_string()))
+        }
+        Some((&RESULT_ERROR, text)) => Err(Error::Replay {
+            message: String::from_utf8_lossy(text).into_owned(),
+        }),
+        _ => Err(bad("unknown tag".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+    use arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn results_replay_as_the_driver_saw_them() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int32, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int32Array::from(vec![3, 1, 2]))],
+        )
+        .expect("batch");
+        let bytes = encode_result(&Ok(vec![batch.clone()]), None).expect("encodes");
+        assert_eq!(decode_result(&bytes).expect("decodes"), vec![batch]);
+
+        let empty = encode_result(&Ok(Vec::new()), Some(schema)).expect("encodes");
+        assert!(decode_result(&empty).expect("decodes").is_empty());
+
+        let failed = Err(Error::Usage {
+            message: "no such table".into(),
+        });
+        let bytes = encode_result(&failed, None).expect("encodes");
+        let error = decode_result(&bytes).expect_err("replays the failure");
+        assert!(error.to_string().contains("no such table"), "{error}");
+    }
+}
