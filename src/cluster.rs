@@ -257,17 +257,7 @@ impl ClusterClient {
             reason: error.to_string(),
         };
         let sha256 = tone_proto::binary::sha256_file(path).map_err(binary_error)?;
-        let request = pb::BinaryRef {
-            sha256: sha256.clone(),
-        };
-        if self
-            .jobs
-            .clone()
-            .has_binary(request)
-            .await?
-            .into_inner()
-            .stored
-        {
+        if self.has_blob(&sha256).await? {
             return Ok(sha256);
         }
         let file = tokio::fs::File::open(path).await.map_err(binary_error)?;
@@ -303,23 +293,27 @@ impl ClusterClient {
         Ok(sha256)
     }
 
+    /// Whether the coordinator stores the binary (or blob) `sha256`.
+    async fn has_blob(&self, sha256: &str) -> Result<bool, ClusterError> {
+        let request = pb::BinaryRef {
+            sha256: sha256.to_string(),
+        };
+        Ok(self
+            .jobs
+            .clone()
+            .has_binary(request)
+            .await?
+            .into_inner()
+            .stored)
+    }
+
     /// Stores `bytes` on the coordinator like a binary (content-addressed)
     /// unless it has them; returns their SHA-256.
     pub async fn upload_bytes(&self, bytes: Vec<u8>) -> Result<String, ClusterError> {
         let mut hasher = tone_proto::binary::BinaryHasher::default();
         hasher.update(&bytes);
         let sha256 = hasher.finish();
-        let request = pb::BinaryRef {
-            sha256: sha256.clone(),
-        };
-        if self
-            .jobs
-            .clone()
-            .has_binary(request)
-            .await?
-            .into_inner()
-            .stored
-        {
+        if self.has_blob(&sha256).await? {
             return Ok(sha256);
         }
         let mut chunks: Vec<pb::BinaryChunk> = bytes

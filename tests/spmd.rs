@@ -402,4 +402,24 @@ async fn dataframes_on_a_cluster_match_embedded() {
         .expect_err("not empty")
         .to_string()
         .contains("not empty"));
+
+    // Bad input is named, and the context goes on working.
+    let missing = out.path().join("no-such-table");
+    let error = match remote.read_parquet(&missing).await {
+        Ok(frame) => frame.collect().await.expect_err("nothing to read"),
+        Err(error) => error,
+    };
+    assert!(error.is_user_error(), "{error}");
+    assert!(error.to_string().contains("no-such-table"), "{error}");
+    let error = remote
+        .sql_frame("select nope from orders")
+        .await
+        .err()
+        .expect("no column nope");
+    assert!(error.to_string().contains("nope"), "{error}");
+    let after = remote
+        .sql("select count(*) from orders")
+        .await
+        .expect("still works");
+    assert_eq!(after[0].num_rows(), 1);
 }

@@ -202,7 +202,7 @@ impl Context {
 
     /// Parquet files (a file, or a folder of them) as a DataFrame.
     pub async fn read_parquet(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
-        let path = absolute(path.as_ref())?;
+        let path = input(path.as_ref(), "Parquet input")?;
         let frame = self
             .session()
             .read_parquet(path_text(&path)?, ParquetReadOptions::default())
@@ -212,7 +212,7 @@ impl Context {
 
     /// CSV files with a header row as a DataFrame.
     pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
-        let path = absolute(path.as_ref())?;
+        let path = input(path.as_ref(), "CSV input")?;
         let frame = self
             .session()
             .read_csv(path_text(&path)?, CsvReadOptions::default())
@@ -222,7 +222,7 @@ impl Context {
 
     /// Newline-delimited JSON files (`.json`) as a DataFrame.
     pub async fn read_json(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
-        let path = absolute(path.as_ref())?;
+        let path = input(path.as_ref(), "JSON input")?;
         let frame = self
             .session()
             .read_json(path_text(&path)?, JsonReadOptions::default())
@@ -285,6 +285,20 @@ fn absolute(path: &Path) -> Result<PathBuf> {
             reason: error.to_string(),
         })
     })
+}
+
+/// An input path made absolute; one that does not exist is named in the
+/// error (DataFusion would only say that it lacks the extension).
+fn input(path: &Path, what: &'static str) -> Result<PathBuf> {
+    let path = absolute(path)?;
+    match std::fs::metadata(&path) {
+        Ok(_) => Ok(path),
+        Err(error) => Err(Error::Engine(tone_engine::EngineError::InputPath {
+            what,
+            path,
+            reason: error.to_string(),
+        })),
+    }
 }
 
 /// Files directly inside `dir` whose names end with `extension`, sorted.
