@@ -142,7 +142,11 @@ impl Jobs for JobsService {
         request: Request<pb::BinaryRef>,
     ) -> Result<Response<Self::FetchBinaryStream>, Status> {
         let sha256 = request.into_inner().sha256;
-        let path = self.binaries.path(&sha256).map_err(binary_status)?;
+        let path = self
+            .binaries
+            .open_for_fetch(&sha256)
+            .map_err(binary_status)?;
+        // Collected between the check and here: as missing.
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|_| binary_status(BinaryError::Missing { sha256 }))?;
@@ -170,19 +174,18 @@ impl Jobs for JobsService {
             0 => self.default_partitions().await?,
             given => given as usize,
         };
+        // Pinned before the job exists, so it cannot be collected between
+        // this check and the job's start; the job holds it until it ends.
+        let binary = match &request.executor {
+            Some(executor) => Some(
+                self.binaries
+                    .pin(&executor.binary_sha256)
+                    .map_err(binary_status)?,
+            ),
+            None => None,
+        };
         let planned = match &request.executor {
-            Some(executor) => {
-                if !self
-                    .binaries
-                    .has(&executor.binary_sha256)
-                    .map_err(binary_status)?
-                {
-                    return Err(binary_status(BinaryError::Missing {
-                        sha256: executor.binary_sha256.clone(),
-                    }));
-                }
-                self.planner.plan_closures(&job_id, &request.plan)
-            }
+            Some(_) => self.planner.plan_closures(&job_id, &request.plan),
             None => self.planner.plan(&job_id, &request, partitions).await,
         }
         .map_err(planning_status)?;
@@ -214,6 +217,7 @@ impl Jobs for JobsService {
                     schema,
                     timeout,
                     executor,
+                    binary,
                     reply,
                 })
                 .await?;

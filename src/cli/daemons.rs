@@ -21,6 +21,12 @@ pub struct CoordinatorArgs {
     /// Folder for durable job and catalog state.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Delete a stored job binary once it has not been uploaded, checked,
+    /// fetched or named by a job for this long; never while a job that
+    /// names it has not ended.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub binary_ttl: u64,
     #[command(flatten)]
     pub failures: FailureArgs,
 }
@@ -162,6 +168,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         listen: args.listen,
         state_dir: args.state_dir,
         scheduler: args.failures.scheduler(),
+        binary_ttl: std::time::Duration::from_secs(args.binary_ttl),
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await

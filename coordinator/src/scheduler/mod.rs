@@ -22,6 +22,7 @@ use tone_engine::{JobId, StageDag};
 use tone_proto::v1 as pb;
 use tonic::Status;
 
+use crate::binaries::BinaryPin;
 use crate::state::StateStore;
 pub use job::has_ended;
 use job::{schema_bytes, Job, Task};
@@ -68,6 +69,8 @@ pub enum Event {
         timeout: Option<Duration>,
         /// Set for a job with Rust closures.
         executor: Option<pb::ExecutorSpec>,
+        /// Keeps the job's binary stored until the job ends.
+        binary: Option<BinaryPin>,
         reply: oneshot::Sender<()>,
     },
     /// A statement that only changed the catalog, listed as done.
@@ -280,9 +283,10 @@ impl Scheduler {
                 schema,
                 timeout,
                 executor,
+                binary,
                 reply,
             } => {
-                self.submit(job_id, sql, dag, &schema, timeout, executor);
+                self.submit(job_id, sql, dag, &schema, timeout, executor, binary);
                 // The client hears of the job once it is recorded.
                 match (&self.state, self.jobs.last()) {
                     (Some(state), Some(job)) => state.save_job(job.status(), Some(reply)),
@@ -397,10 +401,12 @@ impl Scheduler {
         schema: &SchemaRef,
         timeout: Option<Duration>,
         executor: Option<pb::ExecutorSpec>,
+        binary: Option<BinaryPin>,
     ) {
         let mut job = Job::new(job_id, sql, dag, schema_bytes(schema));
         job.deadline = timeout.map(|limit| job.started + limit);
         job.executor = executor;
+        job.binary = binary;
         tracing::info!(job_id = %job.id, stages = job.stages.len(), "job submitted");
         job.publish();
         self.jobs.push(job);
@@ -445,6 +451,9 @@ impl Scheduler {
         job.results = results;
         job.state = pb::JobState::Succeeded;
         job.finished = Some(Instant::now());
+        // Ended: its binary may be collected once unused for the ttl (the
+        // results are on the workers and need no executor to start).
+        job.binary = None;
         tracing::info!(job_id = %job.id, elapsed_s = job.status().elapsed_s, "job succeeded");
         job.publish();
         self.record(index);
@@ -474,6 +483,7 @@ impl Scheduler {
         job.state = state;
         job.error = Some((kind, message));
         job.finished = Some(Instant::now());
+        job.binary = None;
         job.publish();
         let job_id = job.id.0.clone();
         self.record(index);
