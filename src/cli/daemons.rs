@@ -89,7 +89,8 @@ pub struct WorkerArgs {
     pub limits: WorkerLimitArgs,
 }
 
-/// Memory and disk limits of a worker (also given to local-cluster's).
+/// Memory, disk and executor limits of a worker (also given to
+/// local-cluster's).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerLimitArgs {
     /// Memory for running tasks, e.g. 512M or 4G: sorts, aggregates and
@@ -101,6 +102,16 @@ pub struct WorkerLimitArgs {
     /// fails with a resources error [default: unlimited].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub disk_limit: Option<u64>,
+    /// Executor processes (jobs with Rust closures) run at once: a job
+    /// that needs one more waits until a job's release stops one.
+    #[arg(long, value_name = "N", default_value_t = tone_worker::DEFAULT_MAX_EXECUTORS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_executors: usize,
+    /// Job binaries kept in the worker's cache; the least recently used
+    /// ones no executor runs are deleted when a new one is fetched.
+    #[arg(long, value_name = "N", default_value_t = tone_worker::DEFAULT_BINARY_CACHE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub binary_cache: usize,
 }
 
 impl WorkerLimitArgs {
@@ -113,6 +124,11 @@ impl WorkerLimitArgs {
         if let Some(bytes) = self.disk_limit {
             args.extend(["--disk-limit".to_string(), bytes.to_string()]);
         }
+        args.extend([
+            "--max-executors".to_string(),
+            self.max_executors.to_string(),
+        ]);
+        args.extend(["--binary-cache".to_string(), self.binary_cache.to_string()]);
         args
     }
 }
@@ -204,6 +220,8 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
         shuffle_compression: args.shuffle_compression.codec(),
         memory_limit_bytes: args.limits.memory_limit,
         disk_limit_bytes: args.limits.disk_limit,
+        max_executors: args.limits.max_executors,
+        binary_cache: args.limits.binary_cache,
     };
     // SIGTERM drains (finish running tasks, take no new ones); Ctrl-C, or
     // a second SIGTERM, stops at once.
