@@ -347,6 +347,7 @@ impl WorkerControl for ControlService {
             session,
             address: register.flight_address,
             slots: register.slots as usize,
+            max_executors: register.max_executors as usize,
             outbox,
         };
         self.events
