@@ -2,9 +2,11 @@
 //! panic in a closure, or build a different pipeline in the driver than in
 //! its executors.
 //!
-//! `spmd_faults [--panic-on N] [--diverge] [--master URL]` prints the sum of
-//! `2 * x` over `x` in `0..1000` (after the closures ran).
+//! `spmd_faults [--panic-on N] [--sleep-ms MS] [--diverge] [--master URL]`
+//! prints the sum of `2 * x` over `x` in `0..1000` (after the closures ran).
 //! - `--panic-on N`: the map closure panics at `x == N`.
+//! - `--sleep-ms MS`: the map closure sleeps MS at `x == 0` and `x == 500`,
+//!   so the job runs at least that long.
 //! - `--diverge`: the pipeline depends on `SPMD_FAULTS_DRIVER`, set only in
 //!   the driver's environment, so executors build another one.
 
@@ -18,6 +20,11 @@ async fn main() -> Result<(), tone::Error> {
         .position(|arg| arg == "--panic-on")
         .and_then(|index| args.get(index + 1))
         .and_then(|text| text.parse().ok());
+    let sleep_ms: Option<u64> = args
+        .iter()
+        .position(|arg| arg == "--sleep-ms")
+        .and_then(|index| args.get(index + 1))
+        .and_then(|text| text.parse().ok());
     let diverge = args.iter().any(|arg| arg == "--diverge");
     let ctx = Context::from_args().await?;
     let numbers = ctx.parallelize((0..1000u64).collect());
@@ -29,6 +36,9 @@ async fn main() -> Result<(), tone::Error> {
     let doubled = numbers.map(move |x| {
         if Some(x) == panic_on {
             panic!("user closure gave up at {x}");
+        }
+        if let (Some(ms), 0 | 500) = (sleep_ms, x) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         (x % 7, 2 * x)
     });

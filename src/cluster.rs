@@ -293,8 +293,9 @@ impl ClusterClient {
         Ok(sha256)
     }
 
-    /// Whether the coordinator stores the binary (or blob) `sha256`.
-    async fn has_blob(&self, sha256: &str) -> Result<bool, ClusterError> {
+    /// Whether the coordinator stores the binary (or blob) `sha256`; asking
+    /// counts as a use (see the coordinator's `--binary-ttl`).
+    pub async fn has_blob(&self, sha256: &str) -> Result<bool, ClusterError> {
         let request = pb::BinaryRef {
             sha256: sha256.to_string(),
         };

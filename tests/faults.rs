@@ -44,9 +44,15 @@ impl Cluster {
 
     /// Starts a worker with one slot and `env`; returns its index.
     pub fn add_worker(&mut self, env: &[(&str, &str)]) -> usize {
+        self.add_worker_with(env, &[])
+    }
+
+    /// Starts a worker with one slot, `env` and more arguments.
+    pub fn add_worker_with(&mut self, env: &[(&str, &str)], args: &[&str]) -> usize {
         let child = tone()
             .envs(env.iter().copied())
             .args(["worker", "--coordinator", &self.master, "--slots", "1"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log_sink("worker"))
             .process_group(0)

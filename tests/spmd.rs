@@ -2,10 +2,12 @@
 //! example binaries ship themselves, workers run them as executors.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::cluster::LocalCluster;
+use crate::cluster::{tone_ok, LocalCluster};
+use crate::faults::{wait_until, Cluster};
 
 /// An example binary built next to this test binary (`cargo test` builds
 /// the examples).
@@ -422,4 +424,173 @@ async fn dataframes_on_a_cluster_match_embedded() {
         .await
         .expect("still works");
     assert_eq!(after[0].num_rows(), 1);
+}
+
+/// What `spmd_faults` prints: the sum of `2 * x` over `0..1000`.
+fn spmd_faults_sum() -> String {
+    format!("sum {}\n", (0..1000u64).map(|x| 2 * x).sum::<u64>())
+}
+
+/// A driver run in the background, its output going to files (so a full
+/// pipe never blocks it).
+struct Driver {
+    child: Child,
+    out: tempfile::NamedTempFile,
+    err: tempfile::NamedTempFile,
+}
+
+impl Driver {
+    fn start(name: &str, args: &[&str]) -> Self {
+        let out = tempfile::NamedTempFile::new().expect("stdout file");
+        let err = tempfile::NamedTempFile::new().expect("stderr file");
+        let child = Command::new(example(name))
+            .args(args)
+            .env_remove("TONE_MASTER")
+            .stdout(Stdio::from(out.reopen().expect("stdout file")))
+            .stderr(Stdio::from(err.reopen().expect("stderr file")))
+            .spawn()
+            .expect("example runs");
+        Self { child, out, err }
+    }
+
+    /// True once the driver has exited.
+    fn done(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits for the end; asserts success and returns stdout.
+    fn succeeded(mut self) -> String {
+        let status = self.child.wait().expect("driver ends");
+        let read = |file: &tempfile::NamedTempFile| {
+            std::fs::read_to_string(file.path()).expect("output readable")
+        };
+        assert!(status.success(), "driver failed: {}", read(&self.err));
+        read(&self.out)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a driver to its end, checking every 20 ms whether `file` exists;
+/// returns its stdout and whether the file went missing after it was
+/// first seen.
+fn run_watching(args: &[&str], file: &Path) -> (String, bool, bool) {
+    let mut driver = Driver::start("spmd_faults", args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut seen, mut lost) = (false, false);
+    while !driver.done() {
+        assert!(Instant::now() < deadline, "the driver did not end");
+        match (file.exists(), seen) {
+            (true, _) => seen = true,
+            (false, true) => lost = true,
+            (false, false) => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (driver.succeeded(), seen, lost)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unused_binaries_are_collected_but_never_while_their_job_runs() {
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().to_str().expect("utf-8 path");
+    let mut cluster = Cluster::coordinator(&["--binary-ttl", "2", "--state-dir", state_dir]);
+    cluster.add_worker(&[]);
+    cluster.add_worker(&[]);
+    cluster.wait_for_workers(2).await;
+    let sha256 = tone_proto::binary::sha256_file(&example("spmd_faults")).expect("hashed");
+    let stored = state.path().join("binaries").join(&sha256);
+
+    // The job runs for twice the ttl with no upload, check or fetch of its
+    // binary after it started: only the job naming it keeps it.
+    let master = cluster.master.clone();
+    let (output, seen, lost) = run_watching(&["--sleep-ms", "4000", "--master", &master], &stored);
+    assert_eq!(output, spmd_faults_sum());
+    assert!(
+        seen,
+        "the driver uploaded its binary to {}",
+        stored.display()
+    );
+    assert!(!lost, "the binary was deleted while its job ran");
+
+    // Unused past the ttl once the job ended: deleted.
+    let path = stored.as_path();
+    wait_until(
+        Duration::from_secs(20),
+        move || async move { !path.exists() },
+    )
+    .await;
+
+    // The next driver finds it missing and uploads it again.
+    let (output, seen, _) = run_watching(&["--master", &master], &stored);
+    assert_eq!(output, spmd_faults_sum());
+    assert!(seen, "the binary was uploaded again");
+}
+
+/// Live (not zombie) child processes of `parent`, from /proc.
+fn live_children(parent: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) state ppid ...": comm may hold spaces and parens.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let ppid = fields.next().and_then(|ppid| ppid.parse::<u32>().ok());
+            ppid == Some(parent) && state != "Z" && state != "X"
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_one_executor_per_worker_concurrent_jobs_all_finish() {
+    let mut cluster = Cluster::coordinator(&[]);
+    cluster.add_worker_with(&[], &["--max-executors", "1"]);
+    cluster.add_worker_with(&[], &["--max-executors", "1"]);
+    cluster.wait_for_workers(2).await;
+    let workers = [cluster.worker_pid(0), cluster.worker_pid(1)];
+
+    // Three jobs with closures on two workers that run one executor each:
+    // one of them waits until another is released.
+    let master = cluster.master.clone();
+    let args = ["--sleep-ms", "1500", "--master", master.as_str()];
+    let mut drivers: Vec<Driver> = (0..3)
+        .map(|_| Driver::start("spmd_faults", &args))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut most = [0usize; 2];
+    while !drivers.iter_mut().all(Driver::done) {
+        assert!(Instant::now() < deadline, "the jobs did not end");
+        for (most, pid) in most.iter_mut().zip(workers) {
+            *most = (*most).max(live_children(pid));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for driver in drivers {
+        assert_eq!(driver.succeeded(), spmd_faults_sum());
+    }
+    assert!(
+        most.iter().all(|count| *count <= 1),
+        "executor processes per worker at most {most:?}"
+    );
+    assert!(most.iter().any(|count| *count == 1), "no executor ran");
+
+    // `tone workers` shows the limit, and no executor once all are released.
+    let master = master.as_str();
+    wait_until(Duration::from_secs(10), move || async move {
+        let listed = tone_ok(None, &["workers", "--master", master]);
+        listed.lines().count() == 2 && listed.lines().all(|line| line.contains("executors=0/1"))
+    })
+    .await;
 }

@@ -10,7 +10,8 @@
 //!   that holds the task's input), status is published on watch channels.
 //! - `service`: the gRPC services, translating messages to events.
 //! - `binaries`: user binaries (Rust jobs), stored by SHA-256, uploaded by
-//!   drivers and fetched by workers to start per-job executors.
+//!   drivers and fetched by workers to start per-job executors; deleted
+//!   once unused for `binary_ttl`, never while a job that names them runs.
 
 mod binaries;
 mod file_groups;
@@ -32,6 +33,8 @@ use tone_proto::MAX_MESSAGE_BYTES;
 
 /// The coordinator's default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50050";
+/// How long a stored binary stays unused before it is deleted.
+pub const DEFAULT_BINARY_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Validated settings of a coordinator process.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct CoordinatorConfig {
     pub state_dir: Option<PathBuf>,
     /// Heartbeat timeout, task attempts, grace without workers.
     pub scheduler: SchedulerConfig,
+    /// A stored binary unused for this long is deleted (`--binary-ttl`).
+    pub binary_ttl: std::time::Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -50,6 +55,7 @@ impl Default for CoordinatorConfig {
             listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN parses"),
             state_dir: None,
             scheduler: SchedulerConfig::default(),
+            binary_ttl: DEFAULT_BINARY_TTL,
         }
     }
 }
@@ -121,7 +127,14 @@ pub async fn serve(
             reason: error.to_string(),
         }
     })?;
-    let jobs = service::JobsService::new(events.clone(), planner, Arc::new(binaries));
+    let binaries = Arc::new(binaries);
+    let collector = tokio::spawn(binaries::collect_periodically(
+        Arc::clone(&binaries),
+        config.binary_ttl,
+    ));
+    // The collector stops with the server, however `serve` returns.
+    let _collector = AbortOnDrop(collector.abort_handle());
+    let jobs = service::JobsService::new(events.clone(), planner, binaries);
     let control = service::ControlService::new(events);
     tracing::info!(address = ?listener.local_addr().ok(), "coordinator listening");
     tonic::transport::Server::builder()
@@ -140,6 +153,14 @@ pub async fn serve(
         .map_err(|error| CoordinatorError::Serve {
             reason: error.to_string(),
         })
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

@@ -142,7 +142,11 @@ impl Jobs for JobsService {
         request: Request<pb::BinaryRef>,
     ) -> Result<Response<Self::FetchBinaryStream>, Status> {
         let sha256 = request.into_inner().sha256;
-        let path = self.binaries.path(&sha256).map_err(binary_status)?;
+        let path = self
+            .binaries
+            .open_for_fetch(&sha256)
+            .map_err(binary_status)?;
+        // Collected between the check and here: as missing.
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|_| binary_status(BinaryError::Missing { sha256 }))?;
@@ -170,14 +174,13 @@ impl Jobs for JobsService {
             0 => self.default_partitions().await?,
             given => given as usize,
         };
+        // Pinned before the job exists, so they cannot be collected between
+        // this check and the job's start; the job holds them until it ends.
+        let mut binary = Vec::new();
         if let Some(executor) = &request.executor {
             let blobs = std::iter::once(&executor.binary_sha256).chain(&executor.results);
             for sha256 in blobs {
-                if !self.binaries.has(sha256).map_err(binary_status)? {
-                    return Err(binary_status(BinaryError::Missing {
-                        sha256: sha256.clone(),
-                    }));
-                }
+                binary.push(self.binaries.pin(sha256).map_err(binary_status)?);
             }
         }
         let planned = if request.plan.is_empty() {
@@ -215,6 +218,7 @@ impl Jobs for JobsService {
                     schema,
                     timeout,
                     executor,
+                    binary,
                     reply,
                 })
                 .await?;
@@ -344,6 +348,7 @@ impl WorkerControl for ControlService {
             session,
             address: register.flight_address,
             slots: register.slots as usize,
+            max_executors: register.max_executors as usize,
             outbox,
         };
         self.events

@@ -21,6 +21,12 @@ pub struct CoordinatorArgs {
     /// Folder for durable job and catalog state.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Delete a stored job binary once it has not been uploaded, checked,
+    /// fetched or named by a job for this long; never while a job that
+    /// names it has not ended.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub binary_ttl: u64,
     #[command(flatten)]
     pub failures: FailureArgs,
 }
@@ -83,7 +89,8 @@ pub struct WorkerArgs {
     pub limits: WorkerLimitArgs,
 }
 
-/// Memory and disk limits of a worker (also given to local-cluster's).
+/// Memory, disk and executor limits of a worker (also given to
+/// local-cluster's).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerLimitArgs {
     /// Memory for running tasks, e.g. 512M or 4G: sorts, aggregates and
@@ -95,6 +102,16 @@ pub struct WorkerLimitArgs {
     /// fails with a resources error [default: unlimited].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub disk_limit: Option<u64>,
+    /// Executor processes (jobs with Rust closures) run at once: a job
+    /// that needs one more waits until a job's release stops one.
+    #[arg(long, value_name = "N", default_value_t = tone_worker::DEFAULT_MAX_EXECUTORS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_executors: usize,
+    /// Job binaries kept in the worker's cache; the least recently used
+    /// ones no executor runs are deleted when a new one is fetched.
+    #[arg(long, value_name = "N", default_value_t = tone_worker::DEFAULT_BINARY_CACHE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub binary_cache: usize,
 }
 
 impl WorkerLimitArgs {
@@ -107,6 +124,11 @@ impl WorkerLimitArgs {
         if let Some(bytes) = self.disk_limit {
             args.extend(["--disk-limit".to_string(), bytes.to_string()]);
         }
+        args.extend([
+            "--max-executors".to_string(),
+            self.max_executors.to_string(),
+        ]);
+        args.extend(["--binary-cache".to_string(), self.binary_cache.to_string()]);
         args
     }
 }
@@ -162,6 +184,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         listen: args.listen,
         state_dir: args.state_dir,
         scheduler: args.failures.scheduler(),
+        binary_ttl: std::time::Duration::from_secs(args.binary_ttl),
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
@@ -197,6 +220,8 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
         shuffle_compression: args.shuffle_compression.codec(),
         memory_limit_bytes: args.limits.memory_limit,
         disk_limit_bytes: args.limits.disk_limit,
+        max_executors: args.limits.max_executors,
+        binary_cache: args.limits.binary_cache,
     };
     // SIGTERM drains (finish running tasks, take no new ones); Ctrl-C, or
     // a second SIGTERM, stops at once.

@@ -376,14 +376,26 @@ pub async fn workers(args: MasterArgs) -> Result<(), CliError> {
     let client = ClusterClient::connect(&args.master).await?;
     for worker in client.workers().await? {
         emit(format_args!(
-            "{} {} slots={} running={} shuffle_disk_bytes={} operator_spilled_bytes={}",
+            "{} {} slots={} running={} shuffle_disk_bytes={} operator_spilled_bytes={} executors={}/{}",
             worker.worker_id,
             worker.flight_address,
             worker.slots,
             worker.running_tasks,
             worker.shuffle_disk_bytes,
-            worker.operator_spilled_bytes
+            worker.operator_spilled_bytes,
+            worker.executors,
+            executor_limit(worker.max_executors)
         ))?;
     }
     Ok(())
+}
+
+/// A worker's `--max-executors` as `tone workers` prints it (0: no limit,
+/// a worker older than the flag).
+fn executor_limit(max: u32) -> String {
+    if max == 0 {
+        "unlimited".into()
+    } else {
+        max.to_string()
+    }
 }

@@ -51,8 +51,9 @@ pub(super) struct ClusterJobs {
 
 /// An earlier action's result, as executors will replay it.
 struct Logged {
-    /// Encoded (see [`encode_result`]); dropped once uploaded.
-    bytes: Option<Vec<u8>>,
+    /// Encoded (see [`encode_result`]); kept after the upload, since the
+    /// coordinator may collect it while the driver is idle.
+    bytes: Vec<u8>,
     /// Its blob's SHA-256 once uploaded.
     sha256: Option<String>,
 }
@@ -140,22 +141,28 @@ impl ClusterJobs {
     /// and working directory, and the earlier actions' results (uploaded
     /// now if they are not yet).
     async fn executor_spec(&self, log: &mut [Logged]) -> Result<pb::ExecutorSpec> {
-        let binary_sha256 = self
-            .binary
-            .get_or_try_init(|| async {
-                let executable = std::env::current_exe().map_err(|error| ClusterError::Binary {
-                    path: PathBuf::from("(this executable)"),
-                    reason: error.to_string(),
-                })?;
-                self.client.upload_binary(&executable).await
-            })
-            .await?
-            .clone();
+        let executable = std::env::current_exe().map_err(|error| ClusterError::Binary {
+            path: PathBuf::from("(this executable)"),
+            reason: error.to_string(),
+        })?;
+        let binary_sha256 = match self.binary.get() {
+            // The coordinator collects binaries idle past its ttl: a driver
+            // idle that long uploads again.
+            Some(sha256) if self.client.has_blob(sha256).await? => sha256.clone(),
+            _ => {
+                let sha256 = self.client.upload_binary(&executable).await?;
+                let _ = self.binary.set(sha256.clone());
+                sha256
+            }
+        };
         let mut results = Vec::with_capacity(log.len());
         for entry in log.iter_mut() {
-            if entry.sha256.is_none() {
-                let bytes = entry.bytes.take().unwrap_or_default();
-                entry.sha256 = Some(self.client.upload_bytes(bytes).await?);
+            let stored = match &entry.sha256 {
+                Some(sha256) => self.client.has_blob(sha256).await?,
+                None => false,
+            };
+            if !stored {
+                entry.sha256 = Some(self.client.upload_bytes(entry.bytes.clone()).await?);
             }
             results.extend(entry.sha256.clone());
         }
@@ -316,7 +323,7 @@ fn logged(outcome: &Result<Vec<RecordBatch>>, schema: Option<SchemaRef>) -> Logg
         encode_result(&Err(Error::Replay { message }), None).unwrap_or_default()
     });
     Logged {
-        bytes: Some(bytes),
+        bytes,
         sha256: None,
     }
 }

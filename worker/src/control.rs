@@ -19,6 +19,7 @@ use tone_proto::v1::{
 };
 use tone_proto::{MAX_MESSAGE_BYTES, MAX_PLAN_BYTES};
 
+use crate::executors::Executors;
 use crate::tasks::Runner;
 use crate::WorkerConfig;
 
@@ -37,13 +38,13 @@ type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 /// `drain` turns true and the running tasks have finished.
 pub async fn run(
     config: WorkerConfig,
+    worker_id: String,
     address: String,
     runner: Runner,
     store: Arc<LocalShuffleStore>,
     stop: impl std::future::Future<Output = ()>,
     drain: watch::Receiver<bool>,
 ) {
-    let worker_id = format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let worker = Session {
         config: &config,
         worker_id: &worker_id,
@@ -104,6 +105,7 @@ impl Session<'_> {
                 worker_id: worker_id.to_string(),
                 flight_address: address.to_string(),
                 slots: config.slots as u32,
+                max_executors: config.max_executors as u32,
             })),
         };
         outbox
@@ -123,6 +125,7 @@ impl Session<'_> {
             Arc::clone(&running),
             Arc::clone(store),
             Arc::clone(&runner.spills),
+            runner.executors.clone(),
         ));
         let mut draining = false;
         let outcome = loop {
@@ -283,6 +286,7 @@ async fn heartbeats(
     running: Running,
     store: Arc<LocalShuffleStore>,
     spills: Arc<OperatorSpills>,
+    executors: Option<Arc<Executors>>,
 ) {
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
@@ -290,6 +294,7 @@ async fn heartbeats(
             running_tasks: lock(&running).len() as u32,
             shuffle_disk_bytes: store.disk().used_bytes(),
             operator_spilled_bytes: spills.spilled_bytes(),
+            executors: executors.as_ref().map_or(0, |executors| executors.count()) as u32,
         };
         let message = WorkerMessage {
             kind: Some(worker_message::Kind::Heartbeat(heartbeat)),

@@ -4,15 +4,23 @@
 //! environment, forward the job's tasks to it, and stop it when the job is
 //! released. User code never runs in the daemon, so a crash or a panic
 //! there only fails tasks.
+//!
+//! Limits: at most `--max-executors` processes at once (one still stopping
+//! counts); a job that needs one more waits up to `ROOM_WAIT` for a
+//! release, then its task is handed back as an interruption. The cache
+//! keeps `--binary-cache` binaries: after a fetch, the least recently used
+//! (file mtime, touched at each executor start) that no executor runs go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
 use tone_proto::binary::{is_sha256, BinaryHasher};
 use tone_proto::v1 as pb;
 use tone_proto::v1::executor_client::ExecutorClient;
@@ -29,16 +37,82 @@ use crate::executor::{
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes of an executor's stderr quoted in a failure.
 const STDERR_TAIL_BYTES: u64 = 2048;
+/// How long a task that needs a new executor waits for a release when
+/// the worker runs `--max-executors` already. The coordinator avoids that
+/// case, so this covers what it cannot see (executors it does not know
+/// of, a heartbeat late); bounded, since the task holds a slot meanwhile.
+const ROOM_WAIT: Duration = Duration::from_secs(30);
+/// How long a stopped executor may take to exit before it no longer
+/// counts toward the limit.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a task could not run in its executor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error(
+        "worker {worker_id} runs {running} executors (--max-executors {max}); none stopped \
+         within {waited:?} (an executor stops when its job is released), so the task goes \
+         back to the coordinator to run later or elsewhere"
+    )]
+    AtLimit {
+        worker_id: String,
+        running: usize,
+        max: usize,
+        waited: Duration,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for ExecutorError {
+    fn from(message: String) -> Self {
+        ExecutorError::Failed(message)
+    }
+}
+
+impl ExecutorError {
+    /// The limit is not the task's fault: the coordinator re-queues it
+    /// like the refusal of a draining worker (an interruption, bounded
+    /// loosely, not a failed attempt that would exclude the worker).
+    fn kind(&self) -> pb::ErrorKind {
+        match self {
+            ExecutorError::AtLimit { .. } => pb::ErrorKind::WorkerLost,
+            ExecutorError::Failed(_) => pb::ErrorKind::Execution,
+        }
+    }
+}
+
+/// Where executors live and how many may run.
+pub struct ExecutorsConfig {
+    pub coordinator_url: String,
+    pub worker_id: String,
+    /// The worker's Flight address, given to its executors.
+    pub worker_address: String,
+    pub work_dir: PathBuf,
+    /// Executor processes at once (`--max-executors`).
+    pub max_executors: usize,
+    /// Binaries kept in the cache (`--binary-cache`).
+    pub binary_cache: usize,
+}
 
 /// The executor processes of one worker, by job.
 pub struct Executors {
     coordinator_url: String,
+    worker_id: String,
     worker_address: String,
     binaries_dir: PathBuf,
     jobs_dir: PathBuf,
+    max_executors: usize,
+    binary_cache: usize,
+    /// `ROOM_WAIT`, shorter in tests.
+    room_wait: Duration,
     running: Mutex<HashMap<String, Arc<Process>>>,
+    /// Executors killed and not yet exited: still processes, so they count.
+    stopping: Arc<AtomicUsize>,
+    /// Woken whenever an executor is gone, for tasks waiting for room.
+    gone: Arc<Notify>,
     /// One start at a time: two slots getting the job's first tasks at once
-    /// must not start two processes.
+    /// must not start two processes, nor two jobs pass the limit together.
     starting: tokio::sync::Mutex<()>,
 }
 
@@ -47,18 +121,31 @@ struct Process {
     client: ExecutorClient<Channel>,
     child: tokio::sync::Mutex<Child>,
     dir: PathBuf,
+    /// The binary it runs, kept in the cache while it runs.
+    sha256: String,
 }
 
 impl Executors {
-    pub fn new(coordinator_url: String, worker_address: String, work_dir: &Path) -> Self {
+    pub fn new(config: ExecutorsConfig) -> Self {
         Self {
-            coordinator_url,
-            worker_address,
-            binaries_dir: work_dir.join("binaries"),
-            jobs_dir: work_dir.join("executors"),
+            coordinator_url: config.coordinator_url,
+            worker_id: config.worker_id,
+            worker_address: config.worker_address,
+            binaries_dir: config.work_dir.join("binaries"),
+            jobs_dir: config.work_dir.join("executors"),
+            max_executors: config.max_executors.max(1),
+            binary_cache: config.binary_cache.max(1),
+            room_wait: ROOM_WAIT,
             running: Mutex::default(),
+            stopping: Arc::default(),
+            gone: Arc::default(),
             starting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Executor processes now, those still stopping included.
+    pub fn count(&self) -> usize {
+        lock(&self.running).len() + self.stopping.load(Ordering::SeqCst)
     }
 
     /// The Flight address of the job's executor, if it has one here.
@@ -68,15 +155,35 @@ impl Executors {
             .map(|process| process.address.clone())
     }
 
-    /// Stops the job's executor (its outputs go with it).
+    /// Stops the job's executor (its outputs go with it). It counts
+    /// toward the limit until it has exited; then its folder goes.
     pub fn stop(&self, job_id: &str) {
-        if let Some(process) = lock(&self.running).remove(job_id) {
-            tracing::info!(job_id, "stopping executor");
-            if let Ok(mut child) = process.child.try_lock() {
-                let _ = child.start_kill();
+        let Some(process) = lock(&self.running).remove(job_id) else {
+            // Its process exited earlier (a crash): only the folder is left.
+            if is_plain_name(job_id) {
+                let _ = std::fs::remove_dir_all(self.jobs_dir.join(job_id));
             }
-            let _ = std::fs::remove_dir_all(&process.dir);
-        }
+            return;
+        };
+        tracing::info!(job_id, "stopping executor");
+        self.stopping.fetch_add(1, Ordering::SeqCst);
+        let stopping = Arc::clone(&self.stopping);
+        let gone = Arc::clone(&self.gone);
+        let job_id = job_id.to_string();
+        tokio::spawn(async move {
+            let exited = tokio::time::timeout(STOP_WAIT, async {
+                let mut child = process.child.lock().await;
+                let _ = child.start_kill();
+                child.wait().await
+            })
+            .await;
+            if exited.is_err() {
+                tracing::warn!(%job_id, "executor did not exit after being killed");
+            }
+            let _ = tokio::fs::remove_dir_all(&process.dir).await;
+            stopping.fetch_sub(1, Ordering::SeqCst);
+            gone.notify_waiters();
+        });
     }
 
     /// Runs the task in its job's executor (started first if needed).
@@ -87,26 +194,30 @@ impl Executors {
             task,
             outcome: Some(match outcome {
                 Ok(outcome) => outcome,
-                Err(message) => pb::task_status::Outcome::Failed(pb::TaskFailed {
-                    kind: pb::ErrorKind::Execution as i32,
-                    message,
+                Err(error) => pb::task_status::Outcome::Failed(pb::TaskFailed {
+                    kind: error.kind() as i32,
+                    message: error.to_string(),
                     fetch: None,
                 }),
             }),
         }
     }
 
-    async fn forward(&self, assign: pb::AssignTask) -> Result<pb::task_status::Outcome, String> {
+    async fn forward(
+        &self,
+        assign: pb::AssignTask,
+    ) -> Result<pb::task_status::Outcome, ExecutorError> {
         let (Some(spec), Some(key)) = (assign.executor.clone(), assign.task.clone()) else {
-            return Err("an executor task without its spec or key".into());
+            return Err(ExecutorError::Failed(
+                "an executor task without its spec or key".into(),
+            ));
         };
         let process = self.process(&key.job_id, &spec).await?;
         let mut client = process.client.clone();
         match client.run_task(assign).await {
-            Ok(status) => status
-                .into_inner()
-                .outcome
-                .ok_or_else(|| "the executor sent a status without outcome".to_string()),
+            Ok(status) => status.into_inner().outcome.ok_or_else(|| {
+                ExecutorError::Failed("the executor sent a status without outcome".into())
+            }),
             Err(status) => {
                 // Did user code take the process down (abort, out of memory)?
                 let exit = {
@@ -118,26 +229,99 @@ impl Executors {
                 };
                 match exit {
                     Some(exit) => {
-                        lock(&self.running).remove(&key.job_id);
-                        Err(format!(
+                        self.forget(&key.job_id, &process);
+                        Err(ExecutorError::Failed(format!(
                             "the job's executor process exited ({exit}) while running the task{}",
                             stderr_tail(&process.dir)
-                        ))
+                        )))
                     }
-                    None => Err(format!("the job's executor failed: {}", status.message())),
+                    None => Err(ExecutorError::Failed(format!(
+                        "the job's executor failed: {}",
+                        status.message()
+                    ))),
                 }
             }
         }
     }
 
-    async fn process(&self, job_id: &str, spec: &pb::ExecutorSpec) -> Result<Arc<Process>, String> {
+    /// Drops a process that exited by itself from the running ones.
+    fn forget(&self, job_id: &str, process: &Arc<Process>) {
+        let mut running = lock(&self.running);
+        if running
+            .get(job_id)
+            .is_some_and(|current| Arc::ptr_eq(current, process))
+        {
+            running.remove(job_id);
+            drop(running);
+            self.gone.notify_waiters();
+        }
+    }
+
+    /// The job's executor: the running one, or a new one once there is
+    /// room for it (waiting up to `ROOM_WAIT`).
+    async fn process(
+        &self,
+        job_id: &str,
+        spec: &pb::ExecutorSpec,
+    ) -> Result<Arc<Process>, ExecutorError> {
         if let Some(process) = lock(&self.running).get(job_id) {
             return Ok(Arc::clone(process));
         }
-        let _starting = self.starting.lock().await;
-        if let Some(process) = lock(&self.running).get(job_id) {
-            return Ok(Arc::clone(process));
+        let deadline = tokio::time::Instant::now() + self.room_wait;
+        loop {
+            // Enabled before the count is read, so a stop in between wakes it.
+            let gone = self.gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            {
+                let _starting = self.starting.lock().await;
+                if let Some(process) = lock(&self.running).get(job_id) {
+                    return Ok(Arc::clone(process));
+                }
+                self.forget_exited();
+                if self.count() < self.max_executors {
+                    return self.start_new(job_id, spec).await;
+                }
+            }
+            if tokio::time::timeout_at(deadline, gone).await.is_err() {
+                return Err(ExecutorError::AtLimit {
+                    worker_id: self.worker_id.clone(),
+                    running: self.count(),
+                    max: self.max_executors,
+                    waited: self.room_wait,
+                });
+            }
         }
+    }
+
+    /// Forgets executors that exited while idle (killed from outside, out
+    /// of memory): they no longer take room.
+    fn forget_exited(&self) {
+        let mut running = lock(&self.running);
+        let before = running.len();
+        running.retain(|job_id, process| {
+            let exited = process
+                .child
+                .try_lock()
+                .ok()
+                .and_then(|mut child| child.try_wait().ok().flatten());
+            if let Some(exit) = exited {
+                tracing::warn!(%job_id, %exit, "executor had exited");
+            }
+            exited.is_none()
+        });
+        if running.len() < before {
+            drop(running);
+            self.gone.notify_waiters();
+        }
+    }
+
+    /// Starts the job's executor; the caller holds `starting`.
+    async fn start_new(
+        &self,
+        job_id: &str,
+        spec: &pb::ExecutorSpec,
+    ) -> Result<Arc<Process>, ExecutorError> {
         let binary = self.binary(&spec.binary_sha256).await?;
         let process = Arc::new(self.start(job_id, spec, &binary).await?);
         lock(&self.running).insert(job_id.to_string(), Arc::clone(&process));
@@ -145,13 +329,13 @@ impl Executors {
     }
 
     /// The binary's path in the cache, fetched from the coordinator first
-    /// if it is not there.
+    /// if it is not there (then the cache is trimmed to `binary_cache`).
     async fn binary(&self, sha256: &str) -> Result<PathBuf, String> {
         if !is_sha256(sha256) {
             return Err(format!("'{sha256}' is not a binary hash"));
         }
         let path = self.binaries_dir.join(sha256);
-        if path.is_file() {
+        if touch(&path) {
             return Ok(path);
         }
         tokio::fs::create_dir_all(&self.binaries_dir)
@@ -169,7 +353,27 @@ impl Executors {
         tokio::fs::rename(&partial, &path)
             .await
             .map_err(|error| format!("{}: {error}", path.display()))?;
+        touch(&path);
+        self.trim_cache(sha256);
         Ok(path)
+    }
+
+    /// Deletes the least recently used cached binaries past `binary_cache`,
+    /// except `new` and those running executors use.
+    fn trim_cache(&self, new: &str) {
+        let mut in_use: HashSet<String> = lock(&self.running)
+            .values()
+            .map(|process| process.sha256.clone())
+            .collect();
+        in_use.insert(new.to_string());
+        match evict_least_recently_used(&self.binaries_dir, self.binary_cache, &in_use) {
+            Ok(removed) => {
+                for sha256 in removed {
+                    tracing::info!(%sha256, keep = self.binary_cache, "cached binary deleted");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "trimming the binary cache failed"),
+        }
     }
 
     async fn fetch(&self, sha256: &str, partial: &Path) -> Result<(), String> {
@@ -291,6 +495,7 @@ impl Executors {
             client,
             child: tokio::sync::Mutex::new(child),
             dir,
+            sha256: spec.binary_sha256.clone(),
         })
     }
 }
@@ -314,6 +519,82 @@ impl Executors {
         }
         std::env::join_paths(paths).map_err(|error| format!("{}: {error}", dir.display()))
     }
+}
+
+/// Deletes the oldest-used binaries (file mtime) in `dir` until at most
+/// `keep` remain, skipping those in `in_use`; returns the deleted hashes.
+/// Only files named by a hash are binaries; anything else stays.
+fn evict_least_recently_used(
+    dir: &Path,
+    keep: usize,
+    in_use: &HashSet<String>,
+) -> std::io::Result<Vec<String>> {
+    let mut cached: Vec<(SystemTime, String)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let used = entry.metadata().and_then(|meta| meta.modified()).ok()?;
+            is_sha256(&name).then_some((used, name))
+        })
+        .collect();
+    cached.sort();
+    let mut excess = cached.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for (_, sha256) in cached {
+        if excess == 0 {
+            break;
+        }
+        if in_use.contains(&sha256) {
+            continue;
+        }
+        std::fs::remove_file(dir.join(&sha256))?;
+        removed.push(sha256);
+        excess -= 1;
+    }
+    Ok(removed)
+}
+
+/// Records a use of the cached binary (its mtime, for the LRU order);
+/// false when it is not cached.
+fn touch(path: &Path) -> bool {
+    match std::fs::File::open(path) {
+        Ok(file) => {
+            // A failed touch only makes it look older than it is.
+            let _ = file.set_modified(SystemTime::now());
+            file.metadata().is_ok_and(|meta| meta.is_file())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Fetches cut short by an earlier worker process (`<hash>.<id>.partial`
+/// in `<work dir>/binaries`): nothing would finish or delete them.
+pub fn remove_partial_binaries(work_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = work_dir.join("binaries");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let partial = path.extension().is_some_and(|ext| ext == "partial");
+        if partial && path.is_file() {
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// A job id usable as a folder name under the executors dir.
+fn is_plain_name(name: &str) -> bool {
+    let mut components = Path::new(name).components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
 }
 
 /// The end of the executor's stderr, as a suffix for an error message.
@@ -350,4 +631,154 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u8) -> String {
+        format!("{n:064x}")
+    }
+
+    fn cached(dir: &Path, name: &str, age_s: u64) {
+        let path = dir.join(name);
+        std::fs::write(&path, name).expect("write");
+        let used = SystemTime::now() - Duration::from_secs(age_s);
+        std::fs::File::open(&path)
+            .and_then(|file| file.set_modified(used))
+            .expect("mtime set");
+    }
+
+    #[test]
+    fn the_cache_drops_least_recently_used_binaries_no_executor_runs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // hash(1) is the oldest, hash(5) the newest.
+        for n in 1..=5u8 {
+            cached(dir.path(), &hash(n), 100 - u64::from(n) * 10);
+        }
+        cached(dir.path(), "notes.txt", 1000);
+        cached(dir.path(), &format!("{}.abc.partial", hash(9)), 1000);
+        // The oldest runs an executor: it stays, and the next ones go.
+        let in_use: HashSet<String> = [hash(1)].into();
+        let removed = evict_least_recently_used(dir.path(), 2, &in_use).expect("evicted");
+        assert_eq!(removed, vec![hash(2), hash(3), hash(4)]);
+        for (n, kept) in [(1, true), (2, false), (3, false), (4, false), (5, true)] {
+            assert_eq!(dir.path().join(hash(n)).exists(), kept, "binary {n}");
+        }
+        assert!(dir.path().join("notes.txt").exists());
+
+        // A use moves a binary to the back of the queue.
+        cached(dir.path(), &hash(6), 5);
+        assert!(touch(&dir.path().join(hash(5))));
+        let removed = evict_least_recently_used(dir.path(), 2, &HashSet::new()).expect("evicted");
+        assert_eq!(removed, vec![hash(1)]);
+        let removed = evict_least_recently_used(dir.path(), 1, &HashSet::new()).expect("evicted");
+        assert_eq!(removed, vec![hash(6)], "hash(5) was used last");
+    }
+
+    #[test]
+    fn only_partial_fetches_are_leftovers() {
+        let work = tempfile::tempdir().expect("temp dir");
+        assert!(remove_partial_binaries(work.path())
+            .expect("no binaries dir")
+            .is_empty());
+        let dir = work.path().join("binaries");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        cached(&dir, &format!("{}.0123.partial", hash(1)), 0);
+        cached(&dir, &hash(2), 0);
+        cached(&dir, "notes.txt", 0);
+        let removed = remove_partial_binaries(work.path()).expect("removed");
+        assert_eq!(removed.len(), 1);
+        assert!(dir.join(hash(2)).exists() && dir.join("notes.txt").exists());
+    }
+
+    fn executors(work_dir: &Path, max_executors: usize) -> Executors {
+        let mut executors = Executors::new(ExecutorsConfig {
+            // Nothing listens there: a start gets as far as the fetch.
+            coordinator_url: "http://127.0.0.1:1".into(),
+            worker_id: "worker-test".into(),
+            worker_address: "127.0.0.1:2".into(),
+            work_dir: work_dir.to_path_buf(),
+            max_executors,
+            binary_cache: 4,
+        });
+        executors.room_wait = Duration::from_millis(300);
+        executors
+    }
+
+    /// A stand-in executor: a sleeping process.
+    fn sleeping(dir: &Path) -> Arc<Process> {
+        let child = Command::new("sleep")
+            .arg("60")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sleep starts");
+        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        Arc::new(Process {
+            address: "127.0.0.1:1".into(),
+            client: ExecutorClient::new(channel),
+            child: tokio::sync::Mutex::new(child),
+            dir: dir.to_path_buf(),
+            sha256: hash(1),
+        })
+    }
+
+    fn spec() -> pb::ExecutorSpec {
+        pb::ExecutorSpec {
+            binary_sha256: hash(7),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_a_new_job_waits_for_a_release_then_fails_as_retriable() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let executors = executors(work.path(), 1);
+        lock(&executors.running).insert("job-a".into(), sleeping(&work.path().join("a")));
+        assert_eq!(executors.count(), 1);
+
+        let Err(error) = executors.process("job-b", &spec()).await else {
+            panic!("a second executor must not start");
+        };
+        assert!(matches!(error, ExecutorError::AtLimit { .. }), "{error}");
+        assert_eq!(error.kind(), pb::ErrorKind::WorkerLost);
+        let message = error.to_string();
+        assert!(
+            message.contains("worker worker-test runs 1 executors (--max-executors 1)"),
+            "{message}"
+        );
+
+        // A release while it waits lets it go on (to the binary fetch,
+        // which fails here: no coordinator).
+        let spec = spec();
+        let waiting = executors.process("job-b", &spec);
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            executors.stop("job-a");
+        };
+        let (started, ()) = tokio::join!(waiting, release);
+        let Err(error) = started else {
+            panic!("no coordinator to fetch from");
+        };
+        assert!(
+            matches!(&error, ExecutorError::Failed(message) if message.contains("binary")),
+            "{error}"
+        );
+        assert_eq!(executors.count(), 0, "the stopped executor has exited");
+    }
+
+    #[tokio::test]
+    async fn an_executor_that_exited_by_itself_takes_no_room() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let executors = executors(work.path(), 1);
+        let process = sleeping(&work.path().join("a"));
+        process.child.lock().await.start_kill().expect("killed");
+        process.child.lock().await.wait().await.expect("exited");
+        lock(&executors.running).insert("job-a".into(), process);
+        let Err(error) = executors.process("job-b", &spec()).await else {
+            panic!("no coordinator to fetch from");
+        };
+        assert!(matches!(error, ExecutorError::Failed(_)), "{error}");
+    }
 }

@@ -18,7 +18,9 @@
 //! partition. Files left there by an earlier process are removed at start;
 //! a job's files go when the coordinator releases it (after the client read
 //! the results, or when the job failed or was cancelled). `--disk-limit`
-//! bounds them; `--memory-limit` bounds the session's memory pool.
+//! bounds them; `--memory-limit` bounds the session's memory pool;
+//! `--max-executors` the executor processes, `--binary-cache` the cached
+//! binaries (fetches cut short by an earlier process go at start too).
 
 mod control;
 pub mod executor;
@@ -36,6 +38,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::net::TcpListener;
 use tone_engine::limits::runtime_env;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
+
+/// Executor processes a worker runs at once unless told otherwise.
+pub const DEFAULT_MAX_EXECUTORS: usize = 4;
+/// Job binaries a worker keeps cached unless told otherwise.
+pub const DEFAULT_BINARY_CACHE: usize = 4;
 
 /// Validated settings of a worker process.
 #[derive(Debug, Clone)]
@@ -57,6 +64,10 @@ pub struct WorkerConfig {
     /// Bytes of shuffle files this worker may hold (`--disk-limit`); also
     /// caps DataFusion's operator spill files. Unbounded when unset.
     pub disk_limit_bytes: Option<u64>,
+    /// Executor processes (jobs with Rust closures) at once.
+    pub max_executors: usize,
+    /// Job binaries kept in `<work dir>/binaries`.
+    pub binary_cache: usize,
 }
 
 /// Why a worker configuration was refused or the worker stopped.
@@ -64,6 +75,10 @@ pub struct WorkerConfig {
 pub enum WorkerError {
     #[error("--slots must be at least 1")]
     NoSlots,
+    #[error("--max-executors must be at least 1")]
+    NoExecutors,
+    #[error("--binary-cache must be at least 1")]
+    NoBinaryCache,
     #[error("coordinator URL '{url}' must start with http:// or https://")]
     BadCoordinatorUrl { url: String },
     #[error("cannot listen on {address}: {reason}")]
@@ -91,6 +106,12 @@ impl WorkerConfig {
     pub fn validate(self) -> Result<Self, WorkerError> {
         if self.slots == 0 {
             return Err(WorkerError::NoSlots);
+        }
+        if self.max_executors == 0 {
+            return Err(WorkerError::NoExecutors);
+        }
+        if self.binary_cache == 0 {
+            return Err(WorkerError::NoBinaryCache);
         }
         let scheme_ok = self.coordinator_url.starts_with("http://")
             || self.coordinator_url.starts_with("https://");
@@ -160,11 +181,16 @@ pub async fn run(
         "worker listening"
     );
 
-    let executors = Arc::new(executors::Executors::new(
-        config.coordinator_url.clone(),
-        address.to_string(),
-        &config.work_dir,
-    ));
+    // One identity for the whole process: its sessions and its messages.
+    let worker_id = format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let executors = Arc::new(executors::Executors::new(executors::ExecutorsConfig {
+        coordinator_url: config.coordinator_url.clone(),
+        worker_id: worker_id.clone(),
+        worker_address: address.to_string(),
+        work_dir: config.work_dir.clone(),
+        max_executors: config.max_executors,
+        binary_cache: config.binary_cache,
+    }));
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let (drain_sender, drain_receiver) = tokio::sync::watch::channel(false);
     let flight = tokio::spawn(flight::serve(
@@ -175,6 +201,7 @@ pub async fn run(
     ));
     let mut control = tokio::spawn(control::run(
         config.clone(),
+        worker_id,
         address.to_string(),
         tasks::Runner {
             session,
@@ -214,7 +241,8 @@ pub async fn run(
 
 /// A restarted worker has a new identity, so no shuffle file an earlier
 /// process left in the work dir can be asked for again. Only the store's
-/// own files go; anything else in the work dir stays.
+/// own files go, and binary fetches that process left unfinished; anything
+/// else in the work dir stays (cached binaries too: they may serve again).
 fn remove_leftovers(work_dir: &std::path::Path) -> Result<(), WorkerError> {
     let removed =
         LocalShuffleStore::remove_leftovers(work_dir).map_err(|error| WorkerError::WorkDir {
@@ -223,6 +251,14 @@ fn remove_leftovers(work_dir: &std::path::Path) -> Result<(), WorkerError> {
         })?;
     if !removed.is_empty() {
         tracing::info!(count = removed.len(), work_dir = %work_dir.display(), "removed leftover shuffle files");
+    }
+    let partial =
+        executors::remove_partial_binaries(work_dir).map_err(|error| WorkerError::WorkDir {
+            path: work_dir.to_path_buf(),
+            reason: format!("removing unfinished binary fetches: {error}"),
+        })?;
+    if !partial.is_empty() {
+        tracing::info!(count = partial.len(), work_dir = %work_dir.display(), "removed unfinished binary fetches");
     }
     Ok(())
 }
@@ -257,6 +293,8 @@ mod tests {
             shuffle_compression: None,
             memory_limit_bytes: None,
             disk_limit_bytes: None,
+            max_executors: DEFAULT_MAX_EXECUTORS,
+            binary_cache: DEFAULT_BINARY_CACHE,
         }
     }
 
@@ -271,5 +309,11 @@ mod tests {
             Err(WorkerError::BadCoordinatorUrl { .. })
         ));
         assert!(config("http://127.0.0.1:50050", 2).validate().is_ok());
+        let mut no_executors = config("http://x:1", 2);
+        no_executors.max_executors = 0;
+        assert!(matches!(
+            no_executors.validate(),
+            Err(WorkerError::NoExecutors)
+        ));
     }
 }

@@ -41,7 +41,10 @@ impl Scheduler {
         let count = self.jobs.len();
         for offset in 0..count {
             let index = (self.cursor + offset) % count;
-            if !self.jobs[index].is_active() || self.excluded(index, worker_id) {
+            if !self.jobs[index].is_active()
+                || self.excluded(index, worker_id)
+                || !self.executor_room(index, worker_id)
+            {
                 continue;
             }
             if let Some((stage, partition)) = self.pick_in_job(index, worker_id) {
@@ -62,6 +65,19 @@ impl Scheduler {
                 .workers
                 .iter()
                 .any(|(id, worker)| !worker.draining && !job.excludes(id, threshold))
+    }
+
+    /// False when the job has Rust closures and the worker runs as many
+    /// executors as it may, none of them the job's: its tasks would only
+    /// wait there, holding slots the running jobs need (two jobs each
+    /// waiting for the other's executor to go).
+    fn executor_room(&self, index: usize, worker_id: &str) -> bool {
+        let job = &self.jobs[index];
+        job.executor.is_none()
+            || self
+                .workers
+                .get(worker_id)
+                .is_some_and(|worker| worker.executor_room(&job.id.0))
     }
 
     fn pick_in_job(&mut self, index: usize, worker_id: &str) -> Option<(usize, usize)> {
@@ -172,6 +188,9 @@ impl Scheduler {
             }
         }
         worker.running += 1;
+        if job.executor.is_some() {
+            worker.executors.insert(job.id.0.clone());
+        }
         task.state = Task::Running {
             worker: worker_id.to_string(),
             attempt: task.next_attempt,

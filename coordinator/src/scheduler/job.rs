@@ -83,6 +83,9 @@ pub struct Job {
     pub publisher: watch::Sender<pb::JobStatus>,
     /// For a job with Rust closures: the executor its tasks run in.
     pub executor: Option<pb::ExecutorSpec>,
+    /// For a job with Rust closures, until it ends: keeps its binary from
+    /// being collected.
+    pub binary: Vec<crate::binaries::BinaryPin>,
 }
 
 impl Job {
@@ -117,6 +120,7 @@ impl Job {
             finished: None,
             publisher,
             executor: None,
+            binary: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ mod assign;
 mod job;
 mod recovery;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use tone_engine::{JobId, StageDag};
 use tone_proto::v1 as pb;
 use tonic::Status;
 
+use crate::binaries::BinaryPin;
 use crate::state::StateStore;
 pub use job::has_ended;
 use job::{schema_bytes, Job, Task};
@@ -41,6 +42,8 @@ pub enum Event {
         session: u64,
         address: String,
         slots: usize,
+        /// Executors the worker runs at once; 0: no limit.
+        max_executors: usize,
         outbox: Outbox,
     },
     WorkerLeft {
@@ -68,6 +71,9 @@ pub enum Event {
         timeout: Option<Duration>,
         /// Set for a job with Rust closures.
         executor: Option<pb::ExecutorSpec>,
+        /// Keep the job's binary and replayed results stored until the
+        /// job ends.
+        binary: Vec<BinaryPin>,
         reply: oneshot::Sender<()>,
     },
     /// A statement that only changed the catalog, listed as done.
@@ -152,6 +158,7 @@ pub fn spawn(
 ) -> EventSender {
     let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
     let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), TICK_MAX);
+    let released = interrupted_jobs(&history);
     let history = history
         .into_iter()
         .map(|status| restored(status, state.as_deref()))
@@ -161,13 +168,28 @@ pub fn spawn(
         workers: BTreeMap::new(),
         jobs: Vec::new(),
         cursor: 0,
-        released: Default::default(),
+        released,
         state,
         history,
     };
     tokio::spawn(scheduler.run(receiver));
     tokio::spawn(ticks(sender.clone(), period));
     sender
+}
+
+/// Jobs that were running when an earlier coordinator stopped (the newest
+/// `RELEASED_REMEMBERED`): they are released to every worker that joins,
+/// since no one else will, and their files and executors (which count
+/// toward `--max-executors`) would otherwise stay on the workers.
+fn interrupted_jobs(history: &[pb::JobStatus]) -> std::collections::VecDeque<String> {
+    let interrupted: Vec<&pb::JobStatus> =
+        history.iter().filter(|status| !has_ended(status)).collect();
+    let skip = interrupted.len().saturating_sub(RELEASED_REMEMBERED);
+    interrupted
+        .into_iter()
+        .skip(skip)
+        .map(|status| status.job_id.clone())
+        .collect()
 }
 
 /// A job an earlier coordinator recorded, as this one lists it.
@@ -207,8 +229,24 @@ struct Worker {
     session: u64,
     /// Shutting down gracefully: no new tasks.
     draining: bool,
-    /// The worker's last report (disk and spill figures).
+    /// The worker's last report (disk, spill and executor figures).
     heartbeat: pb::Heartbeat,
+    /// `--max-executors` of the worker; 0: no limit.
+    max_executors: usize,
+    /// Closure jobs given tasks here and not released since: each has (or
+    /// had) an executor process here until its release stops it.
+    executors: BTreeSet<String>,
+}
+
+impl Worker {
+    /// True when a task of closure job `job_id` may come here: the job
+    /// has an executor here already, or one more fits. The worker's own
+    /// count counts too (executors of jobs this coordinator does not know,
+    /// processes still stopping); it lags by a heartbeat.
+    fn executor_room(&self, job_id: &str) -> bool {
+        let running = self.executors.len().max(self.heartbeat.executors as usize);
+        self.max_executors == 0 || self.executors.contains(job_id) || running < self.max_executors
+    }
 }
 
 struct Scheduler {
@@ -247,8 +285,9 @@ impl Scheduler {
                 session,
                 address,
                 slots,
+                max_executors,
                 outbox,
-            } => self.worker_joined(worker_id, session, address, slots, outbox),
+            } => self.worker_joined(worker_id, session, address, slots, max_executors, outbox),
             Event::WorkerLeft { worker_id, session } => {
                 let current = self
                     .workers
@@ -280,9 +319,10 @@ impl Scheduler {
                 schema,
                 timeout,
                 executor,
+                binary,
                 reply,
             } => {
-                self.submit(job_id, sql, dag, &schema, timeout, executor);
+                self.submit(job_id, sql, dag, &schema, timeout, executor, binary);
                 // The client hears of the job once it is recorded.
                 match (&self.state, self.jobs.last()) {
                     (Some(state), Some(job)) => state.save_job(job.status(), Some(reply)),
@@ -333,6 +373,8 @@ impl Scheduler {
                         tasks_done: worker.tasks_done,
                         shuffle_disk_bytes: worker.heartbeat.shuffle_disk_bytes,
                         operator_spilled_bytes: worker.heartbeat.operator_spilled_bytes,
+                        executors: worker.heartbeat.executors,
+                        max_executors: worker.max_executors as u32,
                     })
                     .collect();
                 let _ = reply.send(workers);
@@ -346,9 +388,10 @@ impl Scheduler {
         session: u64,
         address: String,
         slots: usize,
+        max_executors: usize,
         outbox: Outbox,
     ) {
-        tracing::info!(%worker_id, %address, slots, "worker joined");
+        tracing::info!(%worker_id, %address, slots, max_executors, "worker joined");
         // A worker that reconnects under the same id lost its running tasks
         // with its old session.
         if self.workers.contains_key(&worker_id) {
@@ -364,6 +407,8 @@ impl Scheduler {
             session,
             draining: false,
             heartbeat: pb::Heartbeat::default(),
+            max_executors,
+            executors: BTreeSet::new(),
         };
         for job_id in &self.released {
             let _ = worker.outbox.try_send(Ok(release(job_id)));
@@ -397,10 +442,12 @@ impl Scheduler {
         schema: &SchemaRef,
         timeout: Option<Duration>,
         executor: Option<pb::ExecutorSpec>,
+        binary: Vec<BinaryPin>,
     ) {
         let mut job = Job::new(job_id, sql, dag, schema_bytes(schema));
         job.deadline = timeout.map(|limit| job.started + limit);
         job.executor = executor;
+        job.binary = binary;
         tracing::info!(job_id = %job.id, stages = job.stages.len(), "job submitted");
         job.publish();
         self.jobs.push(job);
@@ -445,6 +492,9 @@ impl Scheduler {
         job.results = results;
         job.state = pb::JobState::Succeeded;
         job.finished = Some(Instant::now());
+        // Ended: its binary may be collected once unused for the ttl (the
+        // results are on the workers and need no executor to start).
+        job.binary = Vec::new();
         tracing::info!(job_id = %job.id, elapsed_s = job.status().elapsed_s, "job succeeded");
         job.publish();
         self.record(index);
@@ -474,6 +524,7 @@ impl Scheduler {
         job.state = state;
         job.error = Some((kind, message));
         job.finished = Some(Instant::now());
+        job.binary = Vec::new();
         job.publish();
         let job_id = job.id.0.clone();
         self.record(index);
@@ -481,9 +532,11 @@ impl Scheduler {
     }
 
     fn broadcast_release(&mut self, job_id: &str) {
-        for worker in self.workers.values() {
+        for worker in self.workers.values_mut() {
             // A full outbox means a stuck worker; its session ends soon.
             let _ = worker.outbox.try_send(Ok(release(job_id)));
+            // The release stops the job's executor there.
+            worker.executors.remove(job_id);
         }
         if self.released.len() == RELEASED_REMEMBERED {
             self.released.pop_front();
@@ -501,5 +554,68 @@ fn release(job_id: &str) -> pb::CoordinatorMessage {
         kind: Some(pb::coordinator_message::Kind::ReleaseJob(pb::ReleaseJob {
             job_id: job_id.to_string(),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(max_executors: usize) -> Worker {
+        let (outbox, _) = mpsc::channel(1);
+        Worker {
+            address: "127.0.0.1:1".into(),
+            slots: 2,
+            running: 0,
+            tasks_done: 0,
+            outbox,
+            last_seen: Instant::now(),
+            session: 1,
+            draining: false,
+            heartbeat: pb::Heartbeat::default(),
+            max_executors,
+            executors: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_closure_job_goes_where_it_has_an_executor_or_one_fits() {
+        let mut full = worker(1);
+        full.executors.insert("job-a".into());
+        assert!(full.executor_room("job-a"), "its own executor is there");
+        assert!(!full.executor_room("job-b"), "no room for a second one");
+
+        // The worker's own count covers executors the coordinator does not
+        // know of (an earlier coordinator's jobs, one still stopping).
+        let mut busy = worker(2);
+        busy.executors.insert("job-a".into());
+        busy.heartbeat.executors = 2;
+        assert!(!busy.executor_room("job-b"));
+        busy.heartbeat.executors = 1;
+        assert!(busy.executor_room("job-b"));
+
+        let unlimited = worker(0);
+        assert!(
+            unlimited.executor_room("job-b"),
+            "0: a worker without the limit"
+        );
+    }
+
+    #[test]
+    fn jobs_an_earlier_coordinator_left_running_are_released_to_joining_workers() {
+        let status = |id: &str, state: pb::JobState| pb::JobStatus {
+            job_id: id.into(),
+            state: state as i32,
+            ..Default::default()
+        };
+        let history = vec![
+            status("job-done", pb::JobState::Succeeded),
+            status("job-cut", pb::JobState::Running),
+            status("job-queued", pb::JobState::Queued),
+        ];
+        assert_eq!(
+            interrupted_jobs(&history),
+            ["job-cut".to_string(), "job-queued".to_string()]
+        );
     }
 }

@@ -73,6 +73,9 @@ impl Scheduler {
                     kind,
                     message: failed.message,
                 };
+                if kind == pb::ErrorKind::WorkerLost {
+                    self.no_executor_on(reporter, &key.job_id);
+                }
                 if let (pb::ErrorKind::FetchFailed, Some(fetch)) = (kind, &failed.fetch) {
                     self.lose_output(
                         index,
@@ -84,6 +87,17 @@ impl Scheduler {
                 self.task_failed(index, failure);
             }
             None => {}
+        }
+    }
+
+    /// A live worker handed back a task of the job as `WORKER_LOST`: it is
+    /// draining, or it runs `--max-executors` and none is the job's. Either
+    /// way the job is not counted there any more, or its next tasks would
+    /// go back to a worker that has no room for them. (Counted low for a
+    /// moment at worst: the worker's next heartbeat has its real count.)
+    fn no_executor_on(&mut self, worker_id: &str, job_id: &str) {
+        if let Some(worker) = self.workers.get_mut(worker_id) {
+            worker.executors.remove(job_id);
         }
     }
 
