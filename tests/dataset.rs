@@ -136,7 +136,18 @@ pub(crate) fn read_word_counts(output: &Path) -> HashMap<String, u64> {
 async fn inverted_index_matches_std() {
     let temp = tempfile::tempdir().expect("temp");
     let input = temp.path().join("docs");
-    std::fs::create_dir_all(&input).expect("docs dir");
+    let expected = inverted_index_input(&input);
+    let args = vec!["--input".to_string(), input.display().to_string()];
+    let found = inverted_index::run(&args)
+        .await
+        .expect("inverted_index runs");
+    assert_eq!(found, expected);
+}
+
+/// Writes 300 documents (`DOC_ID<TAB>TEXT` lines) into 3 files in `input`;
+/// returns the index std computes from them, as the example prints it.
+pub(crate) fn inverted_index_input(input: &Path) -> Vec<String> {
+    std::fs::create_dir_all(input).expect("docs dir");
     // 300 documents over 3 files; words repeat within and across documents.
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for file in 0..3 {
@@ -156,19 +167,14 @@ async fn inverted_index_matches_std() {
         }
         std::fs::write(input.join(format!("part-{file}.tsv")), text).expect("write docs");
     }
-    let expected: Vec<String> = expected
+    expected
         .into_iter()
         .map(|(word, mut docs)| {
             docs.sort();
             docs.dedup();
             format!("{word}\t{}", docs.join(","))
         })
-        .collect();
-    let args = vec!["--input".to_string(), input.display().to_string()];
-    let found = inverted_index::run(&args)
-        .await
-        .expect("inverted_index runs");
-    assert_eq!(found, expected);
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

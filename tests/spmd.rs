@@ -300,6 +300,23 @@ async fn sorts_and_writes_on_a_cluster_commit_each_partition_once() {
     );
     assert!(remote.status.success(), "wordcount: {}", stderr(&remote));
     assert_eq!(crate::dataset::read_word_counts(&output), expected);
+
+    // The inverted index: documents per word, against std.
+    let docs = dir.path().join("docs");
+    let expected = crate::dataset::inverted_index_input(&docs);
+    let docs = docs.to_str().expect("utf-8");
+    let remote = run(
+        "inverted_index",
+        &["--input", docs, "--master", &cluster.master],
+        &[],
+    );
+    assert!(
+        remote.status.success(),
+        "inverted_index: {}",
+        stderr(&remote)
+    );
+    let printed: Vec<String> = stdout(&remote).lines().map(str::to_string).collect();
+    assert_eq!(printed, expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -404,6 +421,39 @@ async fn dataframes_on_a_cluster_match_embedded() {
         .expect_err("not empty")
         .to_string()
         .contains("not empty"));
+
+    // CSV out on the cluster, CSV and JSON in.
+    let csv = out.path().join("urgent-csv");
+    let written = urgent(&remote)
+        .await
+        .expect("frame")
+        .write_csv(&csv)
+        .await
+        .expect("csv written on the cluster");
+    assert_eq!(written, expected as u64);
+    let from_csv = remote.read_csv(&csv).await.expect("csv").count().await;
+    assert_eq!(from_csv.expect("rows"), expected);
+    let json = out.path().join("points.json");
+    std::fs::write(
+        &json,
+        "{\"k\": \"a\", \"v\": 1}\n{\"k\": \"b\", \"v\": 2}\n{\"k\": \"a\", \"v\": 4}\n",
+    )
+    .expect("json written");
+    let sums = remote
+        .read_json(&json)
+        .await
+        .expect("json")
+        .aggregate(vec![col("k")], vec![sum(col("v")).alias("total")])
+        .expect("aggregate")
+        .sort(vec![col("k").sort(true, false)])
+        .expect("sort")
+        .collect()
+        .await
+        .expect("on the cluster");
+    assert_eq!(
+        rows_text(&sums),
+        ["| a | 5     |", "| b | 2     |"].map(str::to_string)
+    );
 
     // Bad input is named, and the context goes on working.
     let missing = out.path().join("no-such-table");
