@@ -17,25 +17,50 @@ use tonic::transport::Channel;
 /// Why a cluster call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// No connection to the coordinator at `url`.
     #[error("cannot reach the coordinator at {url}: {reason}")]
-    Connect { url: String, reason: String },
-    /// The coordinator refused the request; `user_error` when the input
-    /// (SQL, tables) is at fault.
+    Connect {
+        /// The coordinator's address as given.
+        url: String,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The coordinator refused the request.
     #[error("{message}")]
-    Refused { message: String, user_error: bool },
-    #[error("job {job_id} failed: {message}")]
-    JobFailed {
-        job_id: String,
+    Refused {
+        /// The coordinator's reason.
         message: String,
+        /// True when the input (SQL, tables) is at fault.
         user_error: bool,
     },
+    /// The job ran and failed.
+    #[error("job {job_id} failed: {message}")]
+    JobFailed {
+        /// The failed job.
+        job_id: String,
+        /// Its first real cause.
+        message: String,
+        /// True when the input (SQL, data) is at fault.
+        user_error: bool,
+    },
+    /// The job was cancelled before it finished.
     #[error("job {job_id} was cancelled")]
-    JobCancelled { job_id: String },
+    JobCancelled {
+        /// The cancelled job.
+        job_id: String,
+    },
+    /// The job finished but its rows could not be read from the workers.
     #[error("reading results: {message}")]
-    Results { message: String },
+    Results {
+        /// What went wrong.
+        message: String,
+    },
+    /// The program's own executable could not be read or uploaded.
     #[error("cannot ship the job's binary {path}: {reason}")]
     Binary {
+        /// The executable.
         path: std::path::PathBuf,
+        /// What went wrong.
         reason: String,
     },
 }
@@ -69,7 +94,9 @@ impl From<tonic::Status> for ClusterError {
 /// A table for the coordinator's catalog.
 #[derive(Debug, Clone)]
 pub struct TableRef {
+    /// The table's name in SQL.
     pub name: String,
+    /// A path every worker can read (a file or a folder).
     pub path: String,
 }
 
@@ -206,6 +233,7 @@ impl ClusterClient {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
+    /// One job's status.
     pub async fn status(&self, job_id: &str) -> Result<pb::JobStatus, ClusterError> {
         let request = pb::JobStatusRequest {
             job_id: job_id.to_string(),
@@ -213,6 +241,7 @@ impl ClusterClient {
         Ok(self.jobs.clone().status(request).await?.into_inner())
     }
 
+    /// Cancels a job; returns its status after the cancel.
     pub async fn cancel(&self, job_id: &str) -> Result<pb::JobStatus, ClusterError> {
         let request = pb::CancelJobRequest {
             job_id: job_id.to_string(),
@@ -229,6 +258,7 @@ impl ClusterClient {
         Ok(())
     }
 
+    /// Every job the coordinator knows, oldest first.
     pub async fn jobs(&self) -> Result<Vec<pb::JobStatus>, ClusterError> {
         Ok(self
             .jobs
@@ -239,6 +269,7 @@ impl ClusterClient {
             .jobs)
     }
 
+    /// The live workers.
     pub async fn workers(&self) -> Result<Vec<pb::WorkerInfo>, ClusterError> {
         Ok(self
             .jobs

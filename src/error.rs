@@ -24,19 +24,35 @@ pub enum Error {
     /// result (or failure) the executor replays, failed or cannot be
     /// replayed.
     #[error("as the driver's earlier action: {message}")]
-    Replay { message: String },
+    Replay {
+        /// The driver's error, or why the replay failed.
+        message: String,
+    },
 
     /// A value could not be converted to or from Arrow rows.
     #[error("cannot convert {type_name} to or from Arrow rows: {reason}")]
-    Conversion { type_name: String, reason: String },
+    Conversion {
+        /// The Rust type.
+        type_name: String,
+        /// serde_arrow's reason.
+        reason: String,
+    },
 
     /// An output file or folder could not be written.
     #[error("cannot write '{path}': {reason}")]
-    Output { path: PathBuf, reason: String },
+    Output {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 
     /// The program was started with arguments tone cannot use.
     #[error("{message}")]
-    Usage { message: String },
+    Usage {
+        /// What is wrong and how it is used.
+        message: String,
+    },
 }
 
 impl Error {

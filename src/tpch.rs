@@ -53,7 +53,9 @@ pub const QUERIES: [(&str, &str); 22] = [
 /// Output format of generated files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DataFormat {
+    /// One Parquet file per table part.
     Parquet,
+    /// CSV with a header row.
     Csv,
 }
 
@@ -61,7 +63,9 @@ pub enum DataFormat {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write {path}: {reason}")]
 pub struct GenerateError {
+    /// The file being written.
     pub path: PathBuf,
+    /// What went wrong.
     pub reason: String,
 }
 

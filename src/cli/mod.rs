@@ -24,10 +24,12 @@ use tone_engine::EngineError;
 #[derive(Debug, Parser)]
 #[command(name = "tone", version, about, long_about = None)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The `tone` commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run SQL statements and print their results.
@@ -63,15 +65,21 @@ pub enum Command {
 /// Why a command failed, and so which exit code it returns.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// Planning or running failed in the engine.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Bad arguments or input (exit code 2).
     #[error("{0}")]
     Usage(String),
+    /// A job failed (exit code 1).
     #[error("{0}")]
     JobFailed(String),
+    /// Reading or writing a file or stream failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being read or written.
         context: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
