@@ -9,6 +9,8 @@
 //!   so the job runs at least that long.
 //! - `--diverge`: the pipeline depends on `SPMD_FAULTS_DRIVER`, set only in
 //!   the driver's environment, so executors build another one.
+//! - `--again-after-ms MS`: the driver then waits MS, idle, and runs the
+//!   job a second time (a second action; prints the sum again).
 
 use tone::Context;
 
@@ -23,6 +25,11 @@ async fn main() -> Result<(), tone::Error> {
     let sleep_ms: Option<u64> = args
         .iter()
         .position(|arg| arg == "--sleep-ms")
+        .and_then(|index| args.get(index + 1))
+        .and_then(|text| text.parse().ok());
+    let again_after_ms: Option<u64> = args
+        .iter()
+        .position(|arg| arg == "--again-after-ms")
         .and_then(|index| args.get(index + 1))
         .and_then(|text| text.parse().ok());
     let diverge = args.iter().any(|arg| arg == "--diverge");
@@ -42,11 +49,16 @@ async fn main() -> Result<(), tone::Error> {
         }
         (x % 7, 2 * x)
     });
-    let sums = doubled
-        .reduce_by_key(|left, right| left + right)
-        .collect()
-        .await?;
+    let summed = doubled.reduce_by_key(|left, right| left + right);
+    let sums = summed.clone().collect().await?;
     let total: u64 = sums.iter().map(|(_, sum)| sum).sum();
     println!("sum {total}");
+    if let Some(ms) = again_after_ms {
+        if !ctx.is_executor() {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let total: u64 = summed.collect().await?.iter().map(|(_, sum)| sum).sum();
+        println!("sum {total}");
+    }
     Ok(())
 }

@@ -55,6 +55,13 @@ pub enum ClusterError {
         /// What went wrong.
         message: String,
     },
+    /// The coordinator does not store a binary or blob the request names
+    /// (never uploaded, or collected after its `--binary-ttl`).
+    #[error("{message}")]
+    MissingBlob {
+        /// The coordinator's message, naming the SHA-256.
+        message: String,
+    },
     /// The program's own executable could not be read or uploaded.
     #[error("cannot ship the job's binary {path}: {reason}")]
     Binary {
@@ -83,6 +90,11 @@ impl ClusterError {
 
 impl From<tonic::Status> for ClusterError {
     fn from(status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::FailedPrecondition {
+            return ClusterError::MissingBlob {
+                message: status.message().to_string(),
+            };
+        }
         ClusterError::Refused {
             message: status.message().to_string(),
             user_error: status.code() == tonic::Code::InvalidArgument

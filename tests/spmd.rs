@@ -580,6 +580,15 @@ async fn unused_binaries_are_collected_but_never_while_their_job_runs() {
     let (output, seen, _) = run_watching(&["--master", &master], &stored);
     assert_eq!(output, spmd_faults_sum());
     assert!(seen, "the binary was uploaded again");
+
+    // A driver idle past the ttl between two jobs: its binary (and its
+    // first result) are collected meanwhile; the second job is refused as
+    // missing, and the driver ships them again and resubmits.
+    let args = ["--again-after-ms", "4000", "--master", &master];
+    let (output, seen, lost) = run_watching(&args, &stored);
+    assert_eq!(output, spmd_faults_sum().repeat(2));
+    assert!(seen && lost, "collected while the driver was idle");
+    assert!(stored.exists(), "uploaded again for the second job");
 }
 
 /// Live (not zombie) child processes of `parent`, from /proc.

@@ -75,6 +75,8 @@ fn planning_status(error: EngineError) -> Status {
 fn binary_status(error: BinaryError) -> Status {
     match error {
         BinaryError::Io { .. } => Status::internal(error.to_string()),
+        // Collected (or never uploaded): the client uploads and asks again.
+        BinaryError::Missing { .. } => Status::failed_precondition(error.to_string()),
         _ => Status::invalid_argument(error.to_string()),
     }
 }

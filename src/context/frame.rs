@@ -160,7 +160,7 @@ impl DataFrame {
         let sink: Arc<dyn ExecutionPlan> = Arc::new(FileSinkExec::new(plan, dir.clone(), format));
         let batches = self.ctx.run_plan(sink).await?;
         self.ctx.finish_output(&dir)?;
-        Ok(super::jobs::rows_written(&batches))
+        Ok(crate::dataset::sum_counts(&batches))
     }
 
     /// Typed rows: each row becomes a `T` whose field names are the

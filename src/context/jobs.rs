@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{RecordBatch, UInt64Array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::physical_plan::ExecutionPlan;
 use tone_engine::closure::{as_closure, ClosureRegistry};
@@ -42,20 +42,55 @@ pub(super) struct ClusterJobs {
     // Closures are registered on a cluster context too, so ids come out as
     // in the job's executors, which build the same pipeline.
     pub(super) closures: Arc<ClosureRegistry>,
-    /// SHA-256 of this executable once uploaded (at the first job with
-    /// closures).
-    binary: tokio::sync::OnceCell<String>,
     /// Held for a whole action: its number is the log's length.
-    log: tokio::sync::Mutex<Vec<Logged>>,
+    actions: tokio::sync::Mutex<Actions>,
 }
 
-/// An earlier action's result, as executors will replay it.
+/// What the driver has shipped and done so far.
+#[derive(Default)]
+struct Actions {
+    /// SHA-256 of this executable once uploaded (at the first job with
+    /// closures).
+    binary: Option<String>,
+    /// Every action's result, in program order.
+    log: Vec<Logged>,
+}
+
+/// An earlier action's result, as executors will replay it. Kept as rows
+/// (shared buffers, no copy) and encoded only when a job with closures
+/// ships it; kept after the upload too, since the coordinator may collect
+/// the blob while the driver is idle.
 struct Logged {
-    /// Encoded (see [`encode_result`]); kept after the upload, since the
-    /// coordinator may collect it while the driver is idle.
-    bytes: Vec<u8>,
+    result: std::result::Result<(Vec<RecordBatch>, SchemaRef), String>,
     /// Its blob's SHA-256 once uploaded.
     sha256: Option<String>,
+}
+
+impl Logged {
+    /// Results over [`REPLAY_BYTES_MAX`] are logged as an error: holding
+    /// them for a replay that may never come would double the driver's
+    /// memory.
+    fn of(outcome: &Result<Vec<RecordBatch>>, schema: SchemaRef) -> Self {
+        let result = match outcome {
+            Ok(batches) => {
+                let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+                if bytes > REPLAY_BYTES_MAX {
+                    Err(format!(
+                        "the result ({} MiB) is larger than {} MiB, too large to ship to executors; build the pipeline without collecting it",
+                        bytes >> 20,
+                        REPLAY_BYTES_MAX >> 20
+                    ))
+                } else {
+                    Ok((batches.clone(), schema))
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        Self {
+            result,
+            sha256: None,
+        }
+    }
 }
 
 impl ClusterJobs {
@@ -74,15 +109,12 @@ impl ClusterJobs {
             tables: Mutex::default(),
             planner: task_planner(partitions)?,
             closures: Arc::default(),
-            binary: tokio::sync::OnceCell::new(),
-            log: tokio::sync::Mutex::default(),
+            actions: tokio::sync::Mutex::default(),
         })
     }
 
     pub(super) async fn register_table(&self, name: &str, path: &Path) -> Result<()> {
-        let path = absolute(path)?;
-        self.planner.session().deregister_table(name)?;
-        self.planner.register_table(name, &path).await?;
+        let path = register_in(&self.planner, name, path).await?;
         let mut tables = self
             .tables
             .lock()
@@ -97,7 +129,7 @@ impl ClusterJobs {
 
     /// Runs SQL on the coordinator (it plans it against its catalog).
     pub(super) async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let mut log = self.log.lock().await;
+        let mut actions = self.actions.lock().await;
         let tables = self
             .tables
             .lock()
@@ -109,60 +141,73 @@ impl ClusterJobs {
             .sql(sql, &tables, partitions)
             .await
             .map_err(Error::from);
-        log.push(logged(&outcome, None));
+        let schema = match &outcome {
+            Ok(batches) => batches.first().map(RecordBatch::schema),
+            Err(_) => None,
+        };
+        let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
+        actions.log.push(Logged::of(&outcome, schema));
         outcome
     }
 
     /// Runs a plan as a job of the cluster and collects its rows.
     async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
-        let mut log = self.log.lock().await;
+        let mut actions = self.actions.lock().await;
         let schema = plan.schema();
-        let outcome = self.submit(plan, &mut log).await;
-        log.push(logged(&outcome, Some(schema)));
+        let outcome = self.submit(plan, &mut actions).await;
+        actions.log.push(Logged::of(&outcome, schema));
         outcome
     }
 
     async fn submit(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        log: &mut [Logged],
+        actions: &mut Actions,
     ) -> Result<Vec<RecordBatch>> {
         // Scalar subqueries run here first, as the coordinator does for SQL.
         let plan = self.planner.prepare_plan(plan).await?;
-        let executor = match has_closures(&plan) {
-            true => Some(self.executor_spec(log).await?),
-            false => None,
-        };
+        let closures = has_closures(&plan);
         let bytes = tone_engine::codec::encode_plan(plan)?;
-        Ok(self.client.run_plan(bytes, executor).await?)
+        if !closures {
+            return Ok(self.client.run_plan(bytes, None).await?);
+        }
+        let spec = self.executor_spec(actions).await?;
+        match self.client.run_plan(bytes.clone(), Some(spec)).await {
+            // The coordinator collects blobs idle past its ttl: a driver
+            // idle that long ships them again, once.
+            Err(ClusterError::MissingBlob { .. }) => {
+                actions.binary = None;
+                for entry in &mut actions.log {
+                    entry.sha256 = None;
+                }
+                let spec = self.executor_spec(actions).await?;
+                Ok(self.client.run_plan(bytes, Some(spec)).await?)
+            }
+            outcome => Ok(outcome?),
+        }
     }
 
     /// How workers start this job's executors: this binary, its arguments
     /// and working directory, and the earlier actions' results (uploaded
     /// now if they are not yet).
-    async fn executor_spec(&self, log: &mut [Logged]) -> Result<pb::ExecutorSpec> {
-        let executable = std::env::current_exe().map_err(|error| ClusterError::Binary {
-            path: PathBuf::from("(this executable)"),
-            reason: error.to_string(),
-        })?;
-        let binary_sha256 = match self.binary.get() {
-            // The coordinator collects binaries idle past its ttl: a driver
-            // idle that long uploads again.
-            Some(sha256) if self.client.has_blob(sha256).await? => sha256.clone(),
-            _ => {
+    async fn executor_spec(&self, actions: &mut Actions) -> Result<pb::ExecutorSpec> {
+        let binary_sha256 = match &actions.binary {
+            Some(sha256) => sha256.clone(),
+            None => {
+                let executable = std::env::current_exe().map_err(|error| ClusterError::Binary {
+                    path: PathBuf::from("(this executable)"),
+                    reason: error.to_string(),
+                })?;
                 let sha256 = self.client.upload_binary(&executable).await?;
-                let _ = self.binary.set(sha256.clone());
+                actions.binary = Some(sha256.clone());
                 sha256
             }
         };
-        let mut results = Vec::with_capacity(log.len());
-        for entry in log.iter_mut() {
-            let stored = match &entry.sha256 {
-                Some(sha256) => self.client.has_blob(sha256).await?,
-                None => false,
-            };
-            if !stored {
-                entry.sha256 = Some(self.client.upload_bytes(entry.bytes.clone()).await?);
+        let mut results = Vec::with_capacity(actions.log.len());
+        for entry in &mut actions.log {
+            if entry.sha256.is_none() {
+                let bytes = encode_result(&entry.result)?;
+                entry.sha256 = Some(self.client.upload_bytes(bytes).await?);
             }
             results.extend(entry.sha256.clone());
         }
@@ -172,7 +217,7 @@ impl ClusterJobs {
         Ok(pb::ExecutorSpec {
             binary_sha256,
             args: std::env::args().skip(1).collect(),
-            action: log.len() as u32,
+            action: actions.log.len() as u32,
             partitions: self.planner.session().state().config().target_partitions() as u32,
             cwd,
             results,
@@ -295,13 +340,13 @@ impl Context {
     }
 }
 
-/// The sum of the `rows` the write tasks report.
-pub(super) fn rows_written(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .filter_map(|batch| batch.column(0).as_any().downcast_ref::<UInt64Array>())
-        .flat_map(|counts| counts.iter().flatten())
-        .sum()
+/// Registers table `name` (replacing one of that name) in a planning
+/// engine; returns the absolute path it was registered with.
+pub(super) async fn register_in(planner: &Engine, name: &str, path: &Path) -> Result<PathBuf> {
+    let path = absolute(path)?;
+    planner.session().deregister_table(name)?;
+    planner.register_table(name, &path).await?;
+    Ok(path)
 }
 
 /// An engine that plans for tasks run as separate plan instances.
@@ -318,51 +363,33 @@ fn has_closures(plan: &Arc<dyn ExecutionPlan>) -> bool {
     as_closure(plan.as_ref()).is_some() || plan.children().into_iter().any(has_closures)
 }
 
-fn logged(outcome: &Result<Vec<RecordBatch>>, schema: Option<SchemaRef>) -> Logged {
-    let bytes = encode_result(outcome, schema).unwrap_or_else(|message| {
-        encode_result(&Err(Error::Replay { message }), None).unwrap_or_default()
-    });
-    Logged {
-        bytes,
-        sha256: None,
-    }
-}
-
 const RESULT_ROWS: u8 = 0;
 const RESULT_ERROR: u8 = 1;
 
 /// An action's outcome as bytes: a tag, then an Arrow IPC stream of the
 /// rows or the error's text.
 fn encode_result(
-    outcome: &Result<Vec<RecordBatch>>,
-    schema: Option<SchemaRef>,
-) -> std::result::Result<Vec<u8>, String> {
-    let batches = match outcome {
-        Ok(batches) => batches,
-        Err(error) => {
+    result: &std::result::Result<(Vec<RecordBatch>, SchemaRef), String>,
+) -> Result<Vec<u8>> {
+    let (batches, schema) = match result {
+        Ok(rows) => rows,
+        Err(message) => {
             let mut bytes = vec![RESULT_ERROR];
-            bytes.extend(error.to_string().into_bytes());
+            bytes.extend(message.as_bytes());
             return Ok(bytes);
         }
     };
     let schema = batches
         .first()
-        .map(RecordBatch::schema)
-        .or(schema)
-        .unwrap_or_else(|| Arc::new(Schema::empty()));
+        .map_or_else(|| Arc::clone(schema), RecordBatch::schema);
     let mut bytes = vec![RESULT_ROWS];
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema)
-        .map_err(|error| error.to_string())?;
+    let arrow = datafusion::error::DataFusionError::from;
+    let mut writer =
+        arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema).map_err(arrow)?;
     for batch in batches {
-        writer.write(batch).map_err(|error| error.to_string())?;
-        if writer.get_ref().len() > REPLAY_BYTES_MAX {
-            return Err(format!(
-                "the result is larger than {} MiB, too large to ship to executors; build the pipeline without collecting it",
-                REPLAY_BYTES_MAX >> 20
-            ));
-        }
+        writer.write(batch).map_err(arrow)?;
     }
-    writer.finish().map_err(|error| error.to_string())?;
+    writer.finish().map_err(arrow)?;
     drop(writer);
     Ok(bytes)
 }
@@ -400,16 +427,19 @@ mod tests {
             vec![Arc::new(Int32Array::from(vec![3, 1, 2]))],
         )
         .expect("batch");
-        let bytes = encode_result(&Ok(vec![batch.clone()]), None).expect("encodes");
+        let logged = Logged::of(&Ok(vec![batch.clone()]), Arc::clone(&schema));
+        let bytes = encode_result(&logged.result).expect("encodes");
         assert_eq!(decode_result(&bytes).expect("decodes"), vec![batch]);
 
-        let empty = encode_result(&Ok(Vec::new()), Some(schema)).expect("encodes");
-        assert!(decode_result(&empty).expect("decodes").is_empty());
+        let empty = Logged::of(&Ok(Vec::new()), schema);
+        let bytes = encode_result(&empty.result).expect("encodes");
+        assert!(decode_result(&bytes).expect("decodes").is_empty());
 
         let failed = Err(Error::Usage {
             message: "no such table".into(),
         });
-        let bytes = encode_result(&failed, None).expect("encodes");
+        let bytes =
+            encode_result(&Logged::of(&failed, Arc::new(Schema::empty())).result).expect("encodes");
         let error = decode_result(&bytes).expect_err("replays the failure");
         assert!(error.to_string().contains("no such table"), "{error}");
     }

@@ -170,11 +170,9 @@ impl Context {
         match &*self.inner {
             Backend::Local(engine) => Ok(engine.register_table(name, path).await?),
             Backend::Cluster(jobs) => jobs.register_table(name, path).await,
-            Backend::Executor(jobs) => {
-                let path = absolute(path)?;
-                jobs.planner.session().deregister_table(name)?;
-                Ok(jobs.planner.register_table(name, &path).await?)
-            }
+            Backend::Executor(jobs) => jobs::register_in(&jobs.planner, name, path)
+                .await
+                .map(|_| ()),
         }
     }
 

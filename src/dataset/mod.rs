@@ -537,7 +537,9 @@ impl<T: Data + Display> Dataset<T> {
     }
 }
 
-fn sum_counts(batches: &[RecordBatch]) -> u64 {
+/// The sum of the one-column `UInt64` counts tasks report (rows counted
+/// or written).
+pub(crate) fn sum_counts(batches: &[RecordBatch]) -> u64 {
     batches
         .iter()
         .filter_map(|batch| batch.column(0).as_any().downcast_ref::<UInt64Array>())
