@@ -11,12 +11,11 @@ use arrow_flight::Ticket;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::security::ClientSecurity;
 use crate::v1::ShuffleTicket;
 use crate::MAX_MESSAGE_BYTES;
-
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a fetch failed, with the address it was fetching from.
 #[derive(Debug, thiserror::Error)]
@@ -31,32 +30,35 @@ pub enum FetchError {
     },
 }
 
-/// Reusable channels to shuffle services, one per address.
+/// Reusable channels to shuffle services, one per address. Tickets are
+/// the only credential a fetch needs; TLS comes from `security`.
 #[derive(Debug, Default, Clone)]
 pub struct FlightPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    security: ClientSecurity,
 }
 
 impl FlightPool {
+    /// A pool that connects with `security`'s TLS settings.
+    pub fn new(security: ClientSecurity) -> Self {
+        Self {
+            channels: Arc::default(),
+            security,
+        }
+    }
+
     async fn channel(&self, address: &str) -> Result<Channel, FetchError> {
         if let Some(channel) = self.lock().get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|error| {
-            FetchError::Connect {
-                address: address.to_string(),
-                reason: error.to_string(),
-            }
-        })?;
-        // A frozen process still accepts TCP connections; do not wait on
-        // it forever.
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
+        // Bounded: a frozen process still accepts TCP connections.
+        let channel = self
+            .security
+            .connect(&self.security.url_for(address))
             .await
             .map_err(|error| FetchError::Connect {
                 address: address.to_string(),
-                reason: error.to_string(),
+                reason: error.reason,
             })?;
         self.lock().insert(address.to_string(), channel.clone());
         Ok(channel)
@@ -99,7 +101,7 @@ impl FlightPool {
         let response = client
             .do_get(request)
             .await
-            .map_err(|status| transfer(status.message().to_string()))?;
+            .map_err(|status| transfer(format!("{:?}: {}", status.code(), status.message())))?;
         let data = response.into_inner().map_err(FlightError::from);
         let batches = FlightRecordBatchStream::new_from_flight_data(data)
             .map_err(move |error| transfer(error.to_string()));

@@ -1,13 +1,15 @@
 //! tone-proto: the wire protocol between clients, the coordinator and
 //! workers, generated from `proto/tone.proto` by tonic/prost at build time,
 //! plus the Arrow Flight client every process uses to fetch shuffle data
-//! and results ([`flight`]).
+//! and results ([`flight`]), and the security every process shares
+//! ([`security`]: TLS, tokens, signed tickets).
 //!
 //! Only the worker, the coordinator and the client edge use these types;
 //! they convert them to domain types at the boundary.
 
 pub mod binary;
 pub mod flight;
+pub mod security;
 
 /// Generated messages and service stubs of package `tone.v1`.
 #[allow(clippy::all, missing_docs)]
