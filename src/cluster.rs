@@ -9,10 +9,10 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 use tone_proto::flight::FlightPool;
+use tone_proto::security::{AuthChannel, ClientFiles, ClientSecurity};
 use tone_proto::v1 as pb;
 use tone_proto::v1::jobs_client::JobsClient;
 use tone_proto::MAX_MESSAGE_BYTES;
-use tonic::transport::Channel;
 
 /// Why a cluster call failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,12 @@ pub enum ClusterError {
         /// The coordinator's address as given.
         url: String,
         /// What the transport said.
+        reason: String,
+    },
+    /// The connection to the coordinator failed during a call.
+    #[error("the connection to the coordinator failed: {reason}")]
+    Connection {
+        /// What the transport said, and what to check.
         reason: String,
     },
     /// The coordinator refused the request.
@@ -62,6 +68,12 @@ pub enum ClusterError {
         /// The coordinator's message, naming the SHA-256.
         message: String,
     },
+    /// TLS or token settings could not be used (a missing or bad file).
+    #[error("{message}")]
+    Security {
+        /// What is wrong, naming the file.
+        message: String,
+    },
     /// The program's own executable could not be read or uploaded.
     #[error("cannot ship the job's binary {path}: {reason}")]
     Binary {
@@ -73,7 +85,9 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    /// True when the user must fix their input (exit code 2).
+    /// True when the user must fix their input or settings (exit code 2):
+    /// bad SQL or data, a refused token, a TLS setup that does not fit the
+    /// server, a coordinator that cannot be reached.
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
@@ -83,22 +97,53 @@ impl ClusterError {
             } | ClusterError::JobFailed {
                 user_error: true,
                 ..
-            }
+            } | ClusterError::Connect { .. }
+                | ClusterError::Connection { .. }
+                | ClusterError::Security { .. }
         )
     }
 }
 
 impl From<tonic::Status> for ClusterError {
     fn from(status: tonic::Status) -> Self {
-        if status.code() == tonic::Code::FailedPrecondition {
-            return ClusterError::MissingBlob {
+        use tonic::Code;
+        match status.code() {
+            Code::FailedPrecondition => ClusterError::MissingBlob {
                 message: status.message().to_string(),
-            };
-        }
-        ClusterError::Refused {
-            message: status.message().to_string(),
-            user_error: status.code() == tonic::Code::InvalidArgument
-                || status.code() == tonic::Code::NotFound,
+            },
+            // The connection itself failed (tonic reports transport errors
+            // as UNAVAILABLE or UNKNOWN with the cause as the source).
+            Code::Unavailable | Code::Unknown => match std::error::Error::source(&status) {
+                Some(cause) => ClusterError::Connection {
+                    reason: format!(
+                        "{}: {}",
+                        status.message(),
+                        tone_proto::security::tls::explain(cause, false)
+                    ),
+                },
+                None => ClusterError::Refused {
+                    message: status.message().to_string(),
+                    user_error: false,
+                },
+            },
+            code => ClusterError::Refused {
+                message: match code {
+                    Code::Unauthenticated | Code::PermissionDenied => {
+                        format!("refused: {}", status.message())
+                    }
+                    _ => status.message().to_string(),
+                },
+                user_error: matches!(
+                    code,
+                    Code::InvalidArgument
+                        | Code::NotFound
+                        | Code::Unauthenticated
+                        | Code::PermissionDenied
+                        | Code::ResourceExhausted
+                        | Code::AlreadyExists
+                        | Code::OutOfRange
+                ),
+            },
         }
     }
 }
@@ -115,30 +160,52 @@ pub struct TableRef {
 /// A connection to a coordinator.
 #[derive(Clone)]
 pub struct ClusterClient {
-    jobs: JobsClient<Channel>,
+    jobs: JobsClient<AuthChannel>,
     flight: FlightPool,
     job_timeout: Option<std::time::Duration>,
 }
 
 impl ClusterClient {
-    /// Connects to the coordinator at `url` (`http://host:port`).
+    /// Connects to the coordinator at `url` (`http://host:port`, or
+    /// `https://…` for a TLS cluster) with the TLS files and token the
+    /// environment names (`TONE_TLS_CA`, `TONE_TLS_CERT`, `TONE_TLS_KEY`,
+    /// `TONE_TOKEN_FILE`, `TONE_TOKEN`).
     pub async fn connect(url: &str) -> Result<Self, ClusterError> {
+        let security = ClientFiles::from_env()
+            .load()
+            .map_err(|error| ClusterError::Security {
+                message: error.to_string(),
+            })?;
+        Self::connect_with(url, &security).await
+    }
+
+    /// Connects to the coordinator at `url` with `security`.
+    pub async fn connect_with(url: &str, security: &ClientSecurity) -> Result<Self, ClusterError> {
         let url = if url.contains("://") {
             url.to_string()
+        } else if security.tls.is_some() {
+            format!("https://{url}")
         } else {
             format!("http://{url}")
         };
-        let jobs = JobsClient::connect(url.clone())
+        let channel = security
+            .connect_authenticated(&url)
             .await
             .map_err(|error| ClusterError::Connect {
-                url: url.clone(),
-                reason: error.to_string(),
-            })?
+                url: error.url,
+                reason: error.reason,
+            })?;
+        let jobs = JobsClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // Workers need no token: the coordinator's tickets let us read.
+        let flight = FlightPool::new(ClientSecurity {
+            tls: security.tls.clone(),
+            token: None,
+        });
         Ok(Self {
             jobs,
-            flight: FlightPool::default(),
+            flight,
             job_timeout: None,
         })
     }
@@ -270,15 +337,16 @@ impl ClusterClient {
         Ok(())
     }
 
-    /// Every job the coordinator knows, oldest first.
-    pub async fn jobs(&self) -> Result<Vec<pb::JobStatus>, ClusterError> {
-        Ok(self
+    /// The newest `limit` jobs the coordinator knows (0: as many as it
+    /// sends at most), oldest first, and how many it knows in all.
+    pub async fn jobs(&self, limit: u32) -> Result<(Vec<pb::JobStatus>, u64), ClusterError> {
+        let listed = self
             .jobs
             .clone()
-            .list_jobs(pb::ListJobsRequest {})
+            .list_jobs(pb::ListJobsRequest { limit })
             .await?
-            .into_inner()
-            .jobs)
+            .into_inner();
+        Ok((listed.jobs, listed.total))
     }
 
     /// The live workers.

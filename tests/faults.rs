@@ -391,7 +391,7 @@ async fn killed_workers_are_replaced_and_jobs_keep_giving_the_embedded_answer() 
     eprintln!("chaos: {jobs} jobs correct through {kills} kills");
     assert!(kills >= 3 && jobs >= picks.len());
     // No job was lost: every one is listed as succeeded.
-    let listed = client.jobs().await.expect("jobs");
+    let listed = client.jobs(0).await.expect("jobs").0;
     let succeeded = listed
         .iter()
         .filter(|job| job.state == pb::JobState::Succeeded as i32)
@@ -559,7 +559,7 @@ async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_bac
     // Workers reconnect by themselves.
     cluster.wait_for_workers(2).await;
     let client = cluster.client().await;
-    let jobs = client.jobs().await.expect("jobs");
+    let jobs = client.jobs(0).await.expect("jobs").0;
     let state_of = |job_id: &str| {
         jobs.iter()
             .find(|job| job.job_id == job_id)

@@ -131,7 +131,7 @@ async fn panic_in_a_closure_fails_the_job_after_retries_and_workers_stay_up() {
         "the panic message must reach the client: {message}"
     );
     let client = cluster.client().await;
-    let jobs = client.jobs().await.expect("jobs listed");
+    let jobs = client.jobs(0).await.expect("jobs listed").0;
     let job = jobs.last().expect("the failed job is listed");
     assert!(
         job.failures.len() > 1,

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +26,12 @@ pub enum BinaryError {
     HashMismatch { announced: String, actual: String },
     #[error("the binary is larger than {max_bytes} bytes")]
     TooLarge { max_bytes: u64 },
+    #[error(
+        "the binary store is full: {used_bytes} bytes stored or being uploaded, and this \
+         upload would pass --binary-store-limit ({limit_bytes} bytes); the partial upload \
+         was removed (stored binaries go once unused for --binary-ttl)"
+    )]
+    StoreFull { used_bytes: u64, limit_bytes: u64 },
     #[error("no binary with SHA-256 {sha256} is stored; the driver uploads it first")]
     Missing { sha256: String },
     #[error("binary store {path}: {reason}")]
@@ -38,14 +45,19 @@ pub struct BinaryStore {
     /// name each. The lock also orders every use (touch) against a sweep, so
     /// a binary a client was just told is stored is not deleted under it.
     pins: Mutex<HashMap<String, usize>>,
+    /// Bytes the stored binaries and uploads under way may take
+    /// (`--binary-store-limit`).
+    limit_bytes: u64,
+    /// Bytes written by uploads that have not finished.
+    in_flight: Arc<AtomicU64>,
     /// Holds the temporary folder when there is no state dir.
     _temporary: Option<tempfile::TempDir>,
 }
 
 impl BinaryStore {
     /// Binaries under `state_dir/binaries`, or in a temporary folder that
-    /// goes with the coordinator.
-    pub fn open(state_dir: Option<&Path>) -> Result<Self, BinaryError> {
+    /// goes with the coordinator, taking at most `limit_bytes` in all.
+    pub fn open(state_dir: Option<&Path>, limit_bytes: u64) -> Result<Self, BinaryError> {
         let (dir, temporary) = match state_dir {
             Some(dir) => (dir.join("binaries"), None),
             None => {
@@ -61,8 +73,23 @@ impl BinaryStore {
         Ok(Self {
             dir,
             pins: Mutex::default(),
+            limit_bytes,
+            in_flight: Arc::default(),
             _temporary: temporary,
         })
+    }
+
+    /// Bytes of the binaries stored now.
+    fn stored_bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|entry| is_sha256(&entry.file_name().to_string_lossy()))
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|meta| meta.len())
+            .sum()
     }
 
     /// Where the binary with `sha256` is (or would be) stored.
@@ -162,6 +189,12 @@ impl BinaryStore {
             file,
             hasher: BinaryHasher::default(),
             bytes: 0,
+            stored_bytes: self.stored_bytes(),
+            limit_bytes: self.limit_bytes,
+            in_flight: Reservation {
+                counter: Arc::clone(&self.in_flight),
+                bytes: 0,
+            },
         })
     }
 }
@@ -174,15 +207,44 @@ pub struct Upload {
     file: tempfile::NamedTempFile,
     hasher: BinaryHasher,
     bytes: u64,
+    /// The store's size when the upload began, and its bound.
+    stored_bytes: u64,
+    limit_bytes: u64,
+    /// This upload's share of every unfinished upload's bytes.
+    in_flight: Reservation,
+}
+
+/// Bytes an unfinished upload holds; they leave the count with it (its
+/// temporary file goes with it too).
+struct Reservation {
+    counter: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 impl Upload {
-    /// Appends `data`.
+    /// Appends `data`. Past the size or store limit the upload fails; the
+    /// caller drops it, which removes what was written.
     pub fn write(&mut self, data: &[u8]) -> Result<(), BinaryError> {
-        self.bytes += data.len() as u64;
+        let length = data.len() as u64;
+        self.bytes += length;
+        self.in_flight.bytes += length;
+        let in_flight = self.in_flight.counter.fetch_add(length, Ordering::SeqCst) + length;
         if self.bytes > MAX_BINARY_BYTES {
             return Err(BinaryError::TooLarge {
                 max_bytes: MAX_BINARY_BYTES,
+            });
+        }
+        let used_bytes = self.stored_bytes.saturating_add(in_flight);
+        if used_bytes > self.limit_bytes {
+            return Err(BinaryError::StoreFull {
+                used_bytes,
+                limit_bytes: self.limit_bytes,
             });
         }
         self.hasher.update(data);
@@ -298,7 +360,7 @@ mod tests {
 
     #[test]
     fn stores_only_what_matches_its_hash() {
-        let store = BinaryStore::open(None).expect("temporary store");
+        let store = BinaryStore::open(None, u64::MAX).expect("temporary store");
         let mut hasher = BinaryHasher::default();
         hasher.update(b"program");
         let sha256 = hasher.finish();
@@ -324,6 +386,42 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn an_upload_past_the_store_limit_is_refused_and_removed() {
+        let store = BinaryStore::open(None, 10).expect("temporary store");
+        let small = stored(&store, b"1234");
+        let mut hasher = BinaryHasher::default();
+        hasher.update(b"0123456789");
+        let mut upload = store.upload(&hasher.finish()).expect("upload");
+        upload.write(b"012345").expect("10 bytes with the stored 4");
+        let refused = upload.write(b"6789").expect_err("past the limit");
+        assert!(matches!(
+            refused,
+            BinaryError::StoreFull {
+                used_bytes: 14,
+                limit_bytes: 10
+            }
+        ));
+        assert!(
+            refused.to_string().contains("--binary-store-limit"),
+            "{refused}"
+        );
+        drop(upload);
+        let files: Vec<_> = std::fs::read_dir(&store.dir)
+            .expect("dir")
+            .flatten()
+            .collect();
+        assert_eq!(files.len(), 1, "only the stored binary is left");
+        assert_eq!(store.in_flight.load(Ordering::SeqCst), 0);
+        assert!(store.has(&small).expect("valid"));
+        // With room again, the same upload goes through.
+        assert_eq!(stored(&store, b"567890"), {
+            let mut hasher = BinaryHasher::default();
+            hasher.update(b"567890");
+            hasher.finish()
+        });
+    }
+
     fn stored(store: &BinaryStore, content: &[u8]) -> String {
         let mut hasher = BinaryHasher::default();
         hasher.update(content);
@@ -336,7 +434,7 @@ mod tests {
 
     #[test]
     fn sweep_deletes_unused_binaries_but_never_pinned_ones() {
-        let store = Arc::new(BinaryStore::open(None).expect("temporary store"));
+        let store = Arc::new(BinaryStore::open(None, u64::MAX).expect("temporary store"));
         let ttl = Duration::from_secs(2);
         let kept = stored(&store, b"a running job's program");
         let idle = stored(&store, b"nobody's program");
@@ -369,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_check_or_a_fetch_is_a_use_and_two_pins_need_two_drops() {
-        let store = Arc::new(BinaryStore::open(None).expect("temporary store"));
+        let store = Arc::new(BinaryStore::open(None, u64::MAX).expect("temporary store"));
         let ttl = Duration::from_secs(60);
         let sha256 = stored(&store, b"program");
         let path = store.path(&sha256).expect("valid hash");
@@ -409,7 +507,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join(".tmpAbC123"), b"half a binary").expect("write");
         std::fs::write(dir.join("notes.txt"), b"the user's").expect("write");
-        let _store = BinaryStore::open(Some(state.path())).expect("store");
+        let _store = BinaryStore::open(Some(state.path()), u64::MAX).expect("store");
         assert!(!dir.join(".tmpAbC123").exists());
         assert!(dir.join("notes.txt").exists());
     }

@@ -8,25 +8,33 @@
 //!   worker state: stages start when their inputs are done, tasks go to free
 //!   slots (round robin across jobs, FIFO within one, preferring the worker
 //!   that holds the task's input), status is published on watch channels.
-//! - `service`: the gRPC services, translating messages to events.
+//! - `service`: the gRPC services, checking callers and translating
+//!   messages to events.
+//! - `security`: tokens per role, `--allow-binaries`, path roots and the
+//!   ticket key, asked by the services (`Guard`); `limits`: bounds on
+//!   every number and name from the network.
 //! - `binaries`: user binaries (Rust jobs), stored by SHA-256, uploaded by
 //!   drivers and fetched by workers to start per-job executors; deleted
 //!   once unused for `binary_ttl`, never while a job that names them runs.
 
 mod binaries;
 mod file_groups;
+pub mod limits;
 mod planner;
 mod scheduler;
+pub mod security;
 mod service;
 mod state;
 
 pub use scheduler::SchedulerConfig;
+pub use security::CoordinatorSecurity;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tone_proto::security::TicketKey;
 use tone_proto::v1::jobs_server::JobsServer;
 use tone_proto::v1::worker_control_server::WorkerControlServer;
 use tone_proto::MAX_MESSAGE_BYTES;
@@ -35,6 +43,9 @@ use tone_proto::MAX_MESSAGE_BYTES;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50050";
 /// How long a stored binary stays unused before it is deleted.
 pub const DEFAULT_BINARY_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How many bytes of binaries (and replayed results) the coordinator
+/// stores unless told otherwise.
+pub const DEFAULT_BINARY_STORE_LIMIT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// Validated settings of a coordinator process.
 #[derive(Debug, Clone)]
@@ -46,6 +57,10 @@ pub struct CoordinatorConfig {
     pub scheduler: SchedulerConfig,
     /// A stored binary unused for this long is deleted (`--binary-ttl`).
     pub binary_ttl: std::time::Duration,
+    /// Bytes the stored binaries may take (`--binary-store-limit`).
+    pub binary_store_limit_bytes: u64,
+    /// TLS, tokens, `--allow-binaries`, `--allow-path`.
+    pub security: CoordinatorSecurity,
 }
 
 impl Default for CoordinatorConfig {
@@ -56,6 +71,8 @@ impl Default for CoordinatorConfig {
             state_dir: None,
             scheduler: SchedulerConfig::default(),
             binary_ttl: DEFAULT_BINARY_TTL,
+            binary_store_limit_bytes: DEFAULT_BINARY_STORE_LIMIT_BYTES,
+            security: CoordinatorSecurity::default(),
         }
     }
 }
@@ -71,6 +88,12 @@ pub enum CoordinatorError {
     State { reason: String },
     #[error("the gRPC server failed: {reason}")]
     Serve { reason: String },
+    #[error("TLS: {reason}")]
+    Tls { reason: String },
+    #[error("{reason}")]
+    Security { reason: String },
+    #[error("{reason}")]
+    SchedulerFailed { reason: String },
 }
 
 /// Binds `config.listen` and returns the bound address with the server's
@@ -94,7 +117,9 @@ pub async fn bind(
     Ok((address, listener))
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves, or until the
+/// scheduler fails in a way it cannot recover from (then with an error, so
+/// the process exits non-zero and a supervisor restarts it).
 pub async fn serve(
     config: &CoordinatorConfig,
     listener: TcpListener,
@@ -110,23 +135,29 @@ pub async fn serve(
         }
         None => (None, state::Restored::default()),
     };
-    let planner = Arc::new(planner::Planner::new(state.clone()).map_err(|error| {
-        CoordinatorError::Planner {
+    let roots = config.security.path_roots.clone();
+    let planner = Arc::new(
+        planner::Planner::new(state.clone(), roots).map_err(|error| CoordinatorError::Planner {
             reason: error.to_string(),
-        }
-    })?);
+        })?,
+    );
     planner.restore(&restored.catalog).await;
     tracing::info!(
         jobs = restored.jobs.len(),
         catalog_entries = restored.catalog.len(),
         "state restored"
     );
-    let events = scheduler::spawn(config.scheduler.clone(), state, restored.jobs);
-    let binaries = binaries::BinaryStore::open(config.state_dir.as_deref()).map_err(|error| {
-        CoordinatorError::State {
-            reason: error.to_string(),
-        }
+    let key = TicketKey::generate().map_err(|error| CoordinatorError::Security {
+        reason: error.to_string(),
     })?;
+    let guard = Arc::new(security::Guard::new(&config.security, key.clone()));
+    let (events, scheduler_failed) =
+        scheduler::spawn(config.scheduler.clone(), state, restored.jobs, key);
+    let binaries =
+        binaries::BinaryStore::open(config.state_dir.as_deref(), config.binary_store_limit_bytes)
+            .map_err(|error| CoordinatorError::State {
+            reason: error.to_string(),
+        })?;
     let binaries = Arc::new(binaries);
     let collector = tokio::spawn(binaries::collect_periodically(
         Arc::clone(&binaries),
@@ -134,10 +165,18 @@ pub async fn serve(
     ));
     // The collector stops with the server, however `serve` returns.
     let _collector = AbortOnDrop(collector.abort_handle());
-    let jobs = service::JobsService::new(events.clone(), planner, binaries);
-    let control = service::ControlService::new(events);
-    tracing::info!(address = ?listener.local_addr().ok(), "coordinator listening");
-    tonic::transport::Server::builder()
+    let jobs = service::JobsService::new(events.clone(), planner, binaries, Arc::clone(&guard));
+    let control = service::ControlService::new(events, guard);
+    tracing::info!(address = ?listener.local_addr().ok(), tls = config.security.tls.is_some(), auth = config.security.tokens.enabled(), "coordinator listening");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.security.tls {
+        builder = builder
+            .tls_config(tls.config())
+            .map_err(|error| CoordinatorError::Tls {
+                reason: tone_proto::security::tls::chain(&error),
+            })?;
+    }
+    let server = builder
         .add_service(
             JobsServer::new(jobs)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -148,11 +187,13 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
-        .map_err(|error| CoordinatorError::Serve {
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
+    tokio::select! {
+        served = server => served.map_err(|error| CoordinatorError::Serve {
             reason: error.to_string(),
-        })
+        }),
+        Ok(reason) = scheduler_failed => Err(CoordinatorError::SchedulerFailed { reason }),
+    }
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

@@ -40,8 +40,16 @@ pub struct Planner {
 }
 
 impl Planner {
-    pub fn new(state: Option<Arc<StateStore>>) -> Result<Self, EngineError> {
-        let engine = Engine::new(EngineConfig::default())?;
+    /// A planner whose statements may only touch `roots` (all paths when
+    /// empty).
+    pub fn new(
+        state: Option<Arc<StateStore>>,
+        roots: tone_engine::paths::PathRoots,
+    ) -> Result<Self, EngineError> {
+        let engine = Engine::new(EngineConfig {
+            path_roots: roots,
+            ..EngineConfig::default()
+        })?;
         engine.plan_for_tasks();
         Ok(Self {
             engine,
@@ -74,6 +82,8 @@ impl Planner {
     }
 
     async fn replace_table(&self, name: &str, path: &str) -> Result<(), EngineError> {
+        // Registration lists and reads the files: checked before.
+        self.engine.path_roots().check("table", path)?;
         // A job's tables replace same-named ones.
         self.engine.session().deregister_table(name)?;
         self.engine.register_table(name, Path::new(path)).await
@@ -127,20 +137,50 @@ impl Planner {
     /// or Dataset job): decoded with placeholder closures (their code runs
     /// in executor processes), given the same cluster rewrites as SQL
     /// (whole-file scan groups, joins independent per task) and cut into
-    /// stages. Scalar subqueries already ran in the driver.
-    pub fn plan_encoded(&self, job_id: &JobId, bytes: &[u8]) -> Result<Planned, EngineError> {
+    /// stages. Scalar subqueries already ran in the driver. A plan with
+    /// closures must come with an executor (`has_executor`), and one
+    /// without must not: the executor spec is only for closures.
+    pub fn plan_encoded(
+        &self,
+        job_id: &JobId,
+        bytes: &[u8],
+        has_executor: bool,
+    ) -> Result<Planned, EngineError> {
         // Its own session: the catalog's has a real (empty) registry.
         let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(
             tone_engine::closure::ClosureRegistry::placeholders(),
         ));
         let session = datafusion::prelude::SessionContext::new_with_config(config);
         let plan = tone_engine::codec::decode_plan(bytes, &session.task_ctx())?;
+        match (has_closures(&plan), has_executor) {
+            (true, false) => {
+                return Err(EngineError::Plan {
+                    message: "the plan holds Rust closures but names no executor to run them"
+                        .into(),
+                })
+            }
+            (false, true) => {
+                return Err(EngineError::Plan {
+                    message: "a plan without Rust closures (SQL, DataFrames) cannot carry an \
+                              executor"
+                        .into(),
+                })
+            }
+            _ => {}
+        }
+        self.engine.path_roots().check_plan(&plan)?;
         let mut plan = crate::file_groups::balance_file_groups(plan)?;
         if has_coordinating_join(&plan) {
             plan = independent_joins(plan)?;
         }
         job_of(job_id, plan)
     }
+}
+
+/// True when `plan` runs Rust closures somewhere.
+fn has_closures(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    (plan.as_ref() as &dyn std::any::Any).is::<tone_engine::closure::ClosureExec>()
+        || plan.children().into_iter().any(has_closures)
 }
 
 /// `plan` cut into stages, the final one also ending in a shuffle writer

@@ -26,6 +26,7 @@ use crate::closure::ClosureRegistry;
 use crate::error::{EngineError, Result};
 use crate::ids::JobId;
 use crate::limits::{name_memory_limit, runtime_env, MemorySplit, OperatorSpills};
+use crate::paths::PathRoots;
 use crate::runtime::run_dag;
 use crate::session::{new_session, register_data_dir, register_table};
 use crate::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
@@ -48,6 +49,9 @@ pub struct EngineConfig {
     /// segments share the rest in a fair spilling pool, so sorts,
     /// aggregates and joins spill to disk instead of failing.
     pub memory_limit_bytes: Option<u64>,
+    /// Where statements may read and write (`--allow-path`); anywhere when
+    /// empty. DDL is checked before it runs, plans before they run.
+    pub path_roots: PathRoots,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
             shuffle_memory_bytes_max: 2 * 1024 * 1024 * 1024,
             spill_dir: None,
             memory_limit_bytes: None,
+            path_roots: PathRoots::default(),
         }
     }
 }
@@ -78,6 +83,7 @@ pub struct Engine {
     memory_limit_bytes: Option<u64>,
     spills: Arc<OperatorSpills>,
     closures: Arc<ClosureRegistry>,
+    path_roots: PathRoots,
 }
 
 impl Engine {
@@ -109,6 +115,7 @@ impl Engine {
             next_job: AtomicU64::new(1),
             memory_limit_bytes: config.memory_limit_bytes,
             spills: Arc::default(),
+            path_roots: config.path_roots,
         })
     }
 
@@ -225,6 +232,7 @@ impl Engine {
         let mut state = self.context.state();
         state.config_mut().options_mut().execution.target_partitions = partitions.max(1);
         let plan = state.statement_to_plan(statements.remove(0)).await?;
+        self.path_roots.check_logical(&plan)?;
         match plan {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
                 self.context.execute_logical_plan(plan).await?;
@@ -232,9 +240,16 @@ impl Engine {
             }
             plan => {
                 let frame = datafusion::dataframe::DataFrame::new(state, plan);
-                Ok(Some(frame.create_physical_plan().await?))
+                let plan = frame.create_physical_plan().await?;
+                self.path_roots.check_plan(&plan)?;
+                Ok(Some(plan))
             }
         }
+    }
+
+    /// Where statements may read and write.
+    pub fn path_roots(&self) -> &PathRoots {
+        &self.path_roots
     }
 
     /// Cuts a physical plan into stages under a fresh job id.

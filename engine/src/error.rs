@@ -37,6 +37,14 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// A location outside the `--allow-path` roots.
+    #[error("{what} '{path}' is outside the allowed paths ({roots}); see --allow-path")]
+    PathNotAllowed {
+        what: String,
+        path: String,
+        roots: String,
+    },
+
     /// A data file exists but is not what its name says (corrupt, truncated,
     /// wrong format).
     #[error("bad data file '{path}': {reason}")]
@@ -78,6 +86,7 @@ impl EngineError {
             Self::SqlSyntax { .. }
                 | Self::Plan { .. }
                 | Self::InputPath { .. }
+                | Self::PathNotAllowed { .. }
                 | Self::BadFile { .. }
         )
     }

@@ -13,6 +13,7 @@
 //! - [`session`]: the DataFusion session and table registration.
 //! - [`limits`]: memory and disk limits (the DataFusion memory pool, the
 //!   shuffle's share of it, sizes like `512M`).
+//! - [`paths`]: `--allow-path` roots and the check of a plan's locations.
 //! - [`error`]: [`EngineError`], classified by who must act.
 
 pub mod closure;
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod paths;
 pub mod runtime;
 pub mod session;
 pub mod shuffle;

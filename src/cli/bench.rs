@@ -61,6 +61,8 @@ pub struct TpchBenchArgs {
     /// Coordinator URL for `--engine cluster`.
     #[arg(long, value_name = "URL")]
     pub master: Option<String>,
+    #[command(flatten)]
+    pub security: super::security::ClientSecurityArgs,
     /// Only these queries (e.g. q01,q18).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -104,7 +106,7 @@ pub async fn run(command: BenchCommand) -> Result<(), CliError> {
         // A cluster engine without --master was refused above.
         let runner = match (&args.master, engine) {
             (Some(master), EngineKind::Cluster) => {
-                Runner::cluster(master, &args.data, args.partitions).await?
+                Runner::cluster(master, &args.security, &args.data, args.partitions).await?
             }
             _ => Runner::new(*engine, &args.data, args.partitions, args.memory_limit).await?,
         };
@@ -161,10 +163,11 @@ enum Runner {
 impl Runner {
     async fn cluster(
         master: &str,
+        security: &super::security::ClientSecurityArgs,
         data: &Path,
         partitions: Option<usize>,
     ) -> Result<Self, CliError> {
-        let client = ClusterClient::connect(master).await?;
+        let client = ClusterClient::connect_with(master, &security.load()?).await?;
         let tables = tables_in_dir(data).map_err(|source| CliError::Io {
             context: format!("listing {}", data.display()),
             source,

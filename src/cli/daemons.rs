@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use clap::Args;
-use tone_coordinator::{CoordinatorConfig, DEFAULT_LISTEN};
-use tone_worker::WorkerConfig;
+use tone_coordinator::{CoordinatorConfig, CoordinatorSecurity, DEFAULT_LISTEN};
+use tone_engine::paths::PathRoots;
+use tone_proto::security::{tokens, ClientSecurity, ClientTls, ServerTls, TokenSet};
+use tone_worker::{WorkerConfig, WorkerSecurity};
 
 use super::CliError;
 use tone_engine::limits::parse_size;
@@ -27,8 +29,76 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub binary_ttl: u64,
+    /// Space the stored job binaries (and Rust jobs' replayed results) may
+    /// take, e.g. 16G; an upload past it is refused and removed.
+    #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
+    pub binary_store_limit: u64,
+    #[command(flatten)]
+    pub security: CoordinatorSecurityArgs,
     #[command(flatten)]
     pub failures: FailureArgs,
+}
+
+/// TLS, tokens and path roots of the coordinator.
+#[derive(Debug, Clone, Args)]
+pub struct CoordinatorSecurityArgs {
+    /// Serve TLS with this certificate (PEM) [default: plaintext].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients and workers must present a certificate signed
+    /// by this CA.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Tokens (one per line) that let a process register as a worker.
+    #[arg(long, value_name = "FILE", requires = "client_token_file")]
+    pub worker_token_file: Option<PathBuf>,
+    /// Tokens (one per line) that let a client submit, list, cancel and
+    /// read results.
+    #[arg(long, value_name = "FILE", requires = "worker_token_file")]
+    pub client_token_file: Option<PathBuf>,
+    /// With tokens: let client tokens upload Rust job binaries and run jobs
+    /// with executors (off by default: that runs the client's code on
+    /// every worker). Without tokens anyone may, as anyone may do anything.
+    #[arg(long)]
+    pub allow_binaries: bool,
+    /// Jobs may only read, write and work under these paths or object-store
+    /// prefixes (repeat it) [default: anywhere].
+    #[arg(long = "allow-path", value_name = "PREFIX")]
+    pub allow_paths: Vec<String>,
+}
+
+impl CoordinatorSecurityArgs {
+    fn load(&self) -> Result<CoordinatorSecurity, CliError> {
+        let usage = |error: tone_proto::security::SecurityError| CliError::Usage(error.to_string());
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(ServerTls::load(cert, key, self.tls_client_ca.as_deref()).map_err(usage)?)
+            }
+            _ => None,
+        };
+        let read = |path: &Option<PathBuf>| match path {
+            Some(path) => tokens::read_token_file(path).map_err(usage),
+            None => Ok(Vec::new()),
+        };
+        let tokens = TokenSet::new(
+            &read(&self.worker_token_file)?,
+            &read(&self.client_token_file)?,
+        )
+        .map_err(usage)?;
+        Ok(CoordinatorSecurity {
+            tls,
+            tokens,
+            allow_binaries: self.allow_binaries,
+            path_roots: path_roots(&self.allow_paths)?,
+        })
+    }
+}
+
+fn path_roots(prefixes: &[String]) -> Result<PathRoots, CliError> {
+    PathRoots::new(prefixes).map_err(|error| CliError::Usage(error.to_string()))
 }
 
 /// How the coordinator treats lost workers and failed tasks.
@@ -87,6 +157,67 @@ pub struct WorkerArgs {
     pub shuffle_compression: ShuffleCompression,
     #[command(flatten)]
     pub limits: WorkerLimitArgs,
+    #[command(flatten)]
+    pub security: WorkerSecurityArgs,
+}
+
+/// TLS, the token and path roots of a worker.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSecurityArgs {
+    /// Serve the worker's shuffle service with TLS, and present this
+    /// certificate to the coordinator and other workers (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that signed the coordinator's and the other workers' certificates.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: readers of the shuffle service must present a
+    /// certificate signed by this CA.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File holding the worker's token [default: TONE_TOKEN_FILE, or the
+    /// token itself in TONE_TOKEN].
+    #[arg(long, env = "TONE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Tasks may only read, write and work under these paths or
+    /// object-store prefixes (repeat it) [default: anywhere].
+    #[arg(long = "allow-path", value_name = "PREFIX")]
+    pub allow_paths: Vec<String>,
+}
+
+impl WorkerSecurityArgs {
+    fn load(&self) -> Result<WorkerSecurity, CliError> {
+        let usage = |error: tone_proto::security::SecurityError| CliError::Usage(error.to_string());
+        let (tls, client_tls) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let server =
+                    ServerTls::load(cert, key, self.tls_client_ca.as_deref()).map_err(usage)?;
+                let client = match &self.tls_ca {
+                    Some(ca) => Some(ClientTls::load(ca, Some((cert, key))).map_err(usage)?),
+                    None => None,
+                };
+                (Some(server), client)
+            }
+            _ => (
+                None,
+                match &self.tls_ca {
+                    Some(ca) => Some(ClientTls::load(ca, None).map_err(usage)?),
+                    None => None,
+                },
+            ),
+        };
+        Ok(WorkerSecurity {
+            tls,
+            client: ClientSecurity {
+                tls: client_tls,
+                token: tokens::client_token(self.token_file.as_deref()).map_err(usage)?,
+            },
+            path_roots: path_roots(&self.allow_paths)?,
+        })
+    }
 }
 
 /// Memory, disk and executor limits of a worker (also given to
@@ -173,10 +304,78 @@ pub struct LocalClusterArgs {
     /// Compression of the workers' shuffle files.
     #[arg(long, value_enum, default_value = "lz4")]
     pub shuffle_compression: ShuffleCompression,
+    /// TLS everywhere and tokens: certificates and a worker and a client
+    /// token are made in a temporary folder; what a client needs is printed.
+    #[arg(long)]
+    pub secure: bool,
+    /// Let clients run Rust job binaries (with --secure; see `tone
+    /// coordinator --allow-binaries`).
+    #[arg(long)]
+    pub allow_binaries: bool,
     #[command(flatten)]
     pub failures: FailureArgs,
     #[command(flatten)]
     pub limits: WorkerLimitArgs,
+}
+
+/// The certificates and tokens of a `local-cluster --secure`.
+struct SecureFiles {
+    dir: tempfile::TempDir,
+    certs: tone_proto::security::certs::CertificateFiles,
+    worker_token: PathBuf,
+    client_token: PathBuf,
+}
+
+impl SecureFiles {
+    fn create() -> Result<Self, CliError> {
+        use tone_proto::security::{certs, Token};
+        let usage = |error: tone_proto::security::SecurityError| CliError::Usage(error.to_string());
+        let dir = tempfile::Builder::new()
+            .prefix("tone-secure-")
+            .tempdir()
+            .map_err(|source| CliError::Io {
+                context: "creating the folder for certificates".into(),
+                source,
+            })?;
+        let set = certs::generate(&["localhost".into(), "127.0.0.1".into()]).map_err(usage)?;
+        let files = certs::write(&set, dir.path()).map_err(usage)?;
+        let token = |name: &str| -> Result<PathBuf, CliError> {
+            let path = dir.path().join(name);
+            let token = Token::generate().map_err(usage)?;
+            certs::write_file(&path, &format!("{}\n", token.secret()), true).map_err(usage)?;
+            Ok(path)
+        };
+        Ok(Self {
+            certs: files,
+            worker_token: token("worker.token")?,
+            client_token: token("client.token")?,
+            dir,
+        })
+    }
+
+    fn coordinator_args(&self) -> Vec<std::ffi::OsString> {
+        [
+            ("--tls-cert", &self.certs.node_cert),
+            ("--tls-key", &self.certs.node_key),
+            ("--worker-token-file", &self.worker_token),
+            ("--client-token-file", &self.client_token),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.into(), path.as_os_str().to_owned()])
+        .collect()
+    }
+
+    fn worker_args(&self) -> Vec<std::ffi::OsString> {
+        [
+            ("--tls-cert", &self.certs.node_cert),
+            ("--tls-key", &self.certs.node_key),
+            ("--tls-ca", &self.certs.ca_cert),
+            ("--token-file", &self.worker_token),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.into(), path.as_os_str().to_owned()])
+        .collect()
+    }
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
@@ -185,12 +384,22 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         state_dir: args.state_dir,
         scheduler: args.failures.scheduler(),
         binary_ttl: std::time::Duration::from_secs(args.binary_ttl),
+        binary_store_limit_bytes: args.binary_store_limit,
+        security: args.security.load()?,
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
         .map_err(daemon_error)?;
     // The first stdout line tells scripts (and local-cluster) where we are.
     println!("coordinator: listening on {address}");
+    let secure = &config.security;
+    if let Some(warning) = tone_proto::security::exposure_warning(
+        address,
+        secure.tls.is_some(),
+        secure.tokens.enabled(),
+    ) {
+        eprintln!("tone: {warning}");
+    }
     tone_coordinator::serve(&config, listener, shutdown_signal())
         .await
         .map_err(daemon_error)
@@ -222,7 +431,16 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
         disk_limit_bytes: args.limits.disk_limit,
         max_executors: args.limits.max_executors,
         binary_cache: args.limits.binary_cache,
+        security: args.security.load()?,
     };
+    let secure = &config.security;
+    if let Some(warning) = tone_proto::security::exposure_warning(
+        args.listen,
+        secure.tls.is_some(),
+        secure.client.token.is_some(),
+    ) {
+        eprintln!("tone: {warning}");
+    }
     // SIGTERM drains (finish running tasks, take no new ones); Ctrl-C, or
     // a second SIGTERM, stops at once.
     let (first_term, second_term) = terminate_signals();
@@ -317,6 +535,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
         children: Vec::new(),
         _work_dirs: Vec::new(),
     };
+    let secure = args.secure.then(SecureFiles::create).transpose()?;
     let mut coordinator = Command::new(&program)
         .args([
             "coordinator",
@@ -324,6 +543,8 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             &format!("127.0.0.1:{}", args.port),
         ])
         .args(args.failures.to_args())
+        .args(secure.iter().flat_map(SecureFiles::coordinator_args))
+        .args(args.allow_binaries.then_some("--allow-binaries"))
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|source| CliError::Io {
@@ -333,8 +554,20 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
     let stdout = coordinator.stdout.take();
     processes.children.push(coordinator);
     let address = read_listen_address(stdout)?;
-    let master = format!("http://{address}");
+    let scheme = if secure.is_some() { "https" } else { "http" };
+    let master = format!("{scheme}://{address}");
     println!("master: {master}");
+    if let Some(secure) = &secure {
+        println!("tls-ca: {}", secure.certs.ca_cert.display());
+        println!("token-file: {}", secure.client_token.display());
+        eprintln!(
+            "clients: TONE_MASTER={master} TONE_TLS_CA={} TONE_TOKEN_FILE={} tone jobs \
+             (files in {}, removed when the cluster stops)",
+            secure.certs.ca_cert.display(),
+            secure.client_token.display(),
+            secure.dir.path().display()
+        );
+    }
     for index in 0..args.workers {
         let work_dir = tempfile::Builder::new()
             .prefix(&format!("tone-local-worker-{index}-"))
@@ -349,6 +582,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             .args(["--slots", &slots.to_string()])
             .args(["--shuffle-compression", args.shuffle_compression.name()])
             .args(args.limits.to_args())
+            .args(secure.iter().flat_map(SecureFiles::worker_args))
             .arg("--work-dir")
             .arg(work_dir.path())
             .spawn()

@@ -9,6 +9,7 @@ mod explain;
 mod gen;
 mod output;
 mod remote;
+mod security;
 mod shell;
 mod sql;
 mod tables;
@@ -60,6 +61,12 @@ pub enum Command {
     Cancel(remote::JobArgs),
     /// List the cluster's live workers.
     Workers(remote::MasterArgs),
+    /// Make TLS certificates for a secure cluster.
+    #[command(subcommand)]
+    Cert(security::CertCommand),
+    /// Make tokens for a secure cluster.
+    #[command(subcommand)]
+    Token(security::TokenCommand),
 }
 
 /// Why a command failed, and so which exit code it returns.
@@ -136,5 +143,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => remote::status(args).await,
         Command::Cancel(args) => remote::cancel(args).await,
         Command::Workers(args) => remote::workers(args).await,
+        Command::Cert(command) => security::cert(command),
+        Command::Token(command) => security::token(command),
     }
 }

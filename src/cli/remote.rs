@@ -10,6 +10,7 @@ use tone_engine::engine::parse_statements;
 use tone_proto::v1 as pb;
 
 use super::output::{print_stream, OutputFormat};
+use super::security::ClientSecurityArgs;
 use super::tables::TableArgs;
 use super::CliError;
 use crate::cluster::{absolute, tables_in_dir, ClusterClient, ClusterError, TableRef};
@@ -22,6 +23,8 @@ pub struct SubmitArgs {
     /// The coordinator's URL.
     #[arg(long, env = "TONE_MASTER", value_name = "URL")]
     pub master: String,
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
     #[command(flatten)]
     pub tables: TableArgs,
     /// Print each job's id and return without waiting.
@@ -50,10 +53,18 @@ pub struct SubmitArgs {
 /// `TONE_MASTER` set its `Context::from_args()` connects to the cluster and
 /// uploads the binary itself at its first action, so the binary that runs
 /// the executors is always the driver's very build. Its exit code is ours.
-async fn submit_binary(master: &str, bin: &Path, args: &[String]) -> Result<(), CliError> {
+async fn submit_binary(
+    master: &str,
+    security: &ClientSecurityArgs,
+    bin: &Path,
+    args: &[String],
+) -> Result<(), CliError> {
+    // Checked here, so a bad file is named before the program runs.
+    security.load()?;
     let status = tokio::process::Command::new(bin)
         .args(args)
         .env(crate::context::MASTER_ENV, master)
+        .envs(security.to_env())
         .status()
         .await
         .map_err(|error| CliError::Usage(format!("cannot run {}: {error}", bin.display())))?;
@@ -70,8 +81,10 @@ async fn submit_binary(master: &str, bin: &Path, args: &[String]) -> Result<(), 
     }
 }
 
-/// `--timeout SECONDS`: a positive number of seconds.
+/// `--timeout SECONDS`: a positive number of seconds, at most the
+/// coordinator's bound (a year).
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let max = tone_coordinator::limits::MAX_JOB_TIMEOUT;
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
@@ -80,7 +93,13 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
             "the timeout must be a positive number of seconds, got {text}"
         ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(timeout) if timeout <= max => Ok(timeout.max(Duration::from_millis(1))),
+        _ => Err(format!(
+            "the timeout must be at most {} seconds (a year), got {text}",
+            max.as_secs()
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +107,15 @@ pub struct MasterArgs {
     /// The coordinator's URL.
     #[arg(long, env = "TONE_MASTER", value_name = "URL")]
     pub master: String,
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
+}
+
+impl MasterArgs {
+    /// A client of the coordinator, with the TLS and token settings given.
+    pub async fn client(&self) -> Result<ClusterClient, CliError> {
+        Ok(ClusterClient::connect_with(&self.master, &self.security.load()?).await?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +182,7 @@ fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
 /// How to run a script on a cluster.
 pub struct Script<'a> {
     pub master: &'a str,
+    pub security: &'a ClientSecurityArgs,
     pub tables: &'a TableArgs,
     pub format: OutputFormat,
     pub show_progress: bool,
@@ -166,7 +195,7 @@ impl Script<'_> {
         let (format, show_progress) = (self.format, self.show_progress);
         let statements = parse_statements(sql)?;
         let refs = table_refs(self.tables)?;
-        let client = ClusterClient::connect(self.master)
+        let client = ClusterClient::connect_with(self.master, &self.security.load()?)
             .await?
             .with_job_timeout(self.timeout);
         let partitions = self.tables.partitions.unwrap_or(0);
@@ -197,7 +226,7 @@ impl Script<'_> {
 
 pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
     if let Some(bin) = &args.bin {
-        return submit_binary(&args.master, bin, &args.args).await;
+        return submit_binary(&args.master, &args.security, bin, &args.args).await;
     }
     let Some(file) = &args.file else {
         return Err(CliError::Usage(
@@ -213,6 +242,7 @@ pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
     if !args.detach {
         let script = Script {
             master: &args.master,
+            security: &args.security,
             tables: &args.tables,
             format: args.format,
             show_progress: true,
@@ -221,7 +251,7 @@ pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
         return script.run(&sql).await;
     }
     let refs = table_refs(&args.tables)?;
-    let client = ClusterClient::connect(&args.master)
+    let client = ClusterClient::connect_with(&args.master, &args.security.load()?)
         .await?
         .with_job_timeout(args.timeout);
     for statement in parse_statements(&sql)? {
@@ -302,12 +332,17 @@ fn one_line(sql: &str, width: usize) -> String {
 }
 
 pub async fn jobs(args: MasterArgs) -> Result<(), CliError> {
-    let client = ClusterClient::connect(&args.master).await?;
+    let client = args.client().await?;
+    let (jobs, total) = client.jobs(0).await?;
+    let older = total.saturating_sub(jobs.len() as u64);
+    if older > 0 {
+        eprintln!("({older} older jobs not shown)");
+    }
     emit(format_args!(
         "{:<18} {:<10} {:>7} {:>9}  sql",
         "job", "state", "stages", "elapsed"
     ))?;
-    for job in client.jobs().await? {
+    for job in jobs {
         emit(format_args!(
             "{:<18} {:<10} {:>3}/{:<3} {:>8.2}s  {}",
             job.job_id,
@@ -322,7 +357,7 @@ pub async fn jobs(args: MasterArgs) -> Result<(), CliError> {
 }
 
 pub async fn status(args: JobArgs) -> Result<(), CliError> {
-    let client = ClusterClient::connect(&args.master.master).await?;
+    let client = args.master.client().await?;
     let job = client.status(&args.job).await?;
     emit(format_args!("job:      {}", job.job_id))?;
     emit(format_args!("state:    {}", state_name(job.state)))?;
@@ -366,14 +401,14 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
 }
 
 pub async fn cancel(args: JobArgs) -> Result<(), CliError> {
-    let client = ClusterClient::connect(&args.master.master).await?;
+    let client = args.master.client().await?;
     let job = client.cancel(&args.job).await?;
     emit(format_args!("{} {}", job.job_id, state_name(job.state)))?;
     Ok(())
 }
 
 pub async fn workers(args: MasterArgs) -> Result<(), CliError> {
-    let client = ClusterClient::connect(&args.master).await?;
+    let client = args.client().await?;
     for worker in client.workers().await? {
         emit(format_args!(
             "{} {} slots={} running={} shuffle_disk_bytes={} operator_spilled_bytes={} executors={}/{}",

@@ -26,6 +26,8 @@ pub struct SqlArgs {
     /// Run on the cluster whose coordinator is at URL [default: embedded].
     #[arg(long, env = "TONE_MASTER", value_name = "URL")]
     pub master: Option<String>,
+    #[command(flatten)]
+    pub security: super::security::ClientSecurityArgs,
     /// On a cluster: a job running longer than this many seconds fails.
     #[arg(long, value_name = "SECONDS", requires = "master", value_parser = super::remote::parse_timeout)]
     pub timeout: Option<std::time::Duration>,
@@ -69,6 +71,7 @@ pub async fn run(args: SqlArgs) -> Result<(), CliError> {
     if let Some(master) = &args.master {
         let script = super::remote::Script {
             master,
+            security: &args.security,
             tables: &args.tables,
             format: args.format,
             show_progress: false,

@@ -75,11 +75,24 @@ impl Context {
     /// executor's context instead, whose earlier actions answer with the
     /// driver's results and whose job's action serves tasks and then ends
     /// the process.
+    ///
+    /// TLS and the token come from the environment: `TONE_TLS_CA` (the
+    /// CA of an `https://` cluster), `TONE_TLS_CERT`/`TONE_TLS_KEY` (for
+    /// mutual TLS), `TONE_TOKEN_FILE` or `TONE_TOKEN`.
     pub async fn connect(url: &str) -> Result<Self> {
+        let security = security_from(tone_proto::security::ClientFiles::from_env())?;
+        Self::connect_with(url, &security).await
+    }
+
+    /// [`Context::connect`] with explicit TLS and token settings.
+    pub async fn connect_with(
+        url: &str,
+        security: &tone_proto::security::ClientSecurity,
+    ) -> Result<Self> {
         if let Some(executor) = Self::executor_from_env()? {
             return Ok(executor);
         }
-        let client = ClusterClient::connect(url).await?;
+        let client = ClusterClient::connect_with(url, security).await?;
         let jobs = ClusterJobs::new(client, url).await?;
         Ok(Self {
             inner: Arc::new(Backend::Cluster(jobs)),
@@ -100,14 +113,19 @@ impl Context {
     }
 
     /// A cluster context when the program's arguments say `--master URL`
-    /// (or `--master=URL`), else [`Context::from_env`].
+    /// (or `--master=URL`), else [`Context::from_env`]. `--tls-ca FILE`,
+    /// `--tls-cert FILE`, `--tls-key FILE` and `--token-file FILE` in the
+    /// arguments take the place of the environment variables.
     pub async fn from_args() -> Result<Self> {
         if let Some(executor) = Self::executor_from_env()? {
             return Ok(executor);
         }
         let args: Vec<String> = std::env::args().collect();
         match master_from_args(&args)? {
-            Some(url) => Self::connect(&url).await,
+            Some(url) => {
+                let security = security_from(security_files_from_args(&args)?)?;
+                Self::connect_with(&url, &security).await
+            }
             None => Self::from_env().await,
         }
     }
@@ -250,21 +268,59 @@ impl Context {
 
 /// The URL after `--master` (or in `--master=URL`) in `args`.
 pub fn master_from_args(args: &[String]) -> Result<Option<String>> {
+    flag_value(
+        args,
+        "--master",
+        "a URL, e.g. --master http://127.0.0.1:7070",
+    )
+}
+
+/// The value after `flag` (or in `flag=VALUE`) in `args`.
+fn flag_value(args: &[String], flag: &str, what: &str) -> Result<Option<String>> {
     let mut iter = args.iter();
+    let joined = format!("{flag}=");
     while let Some(arg) = iter.next() {
-        if arg == "--master" {
+        if arg == flag {
             return match iter.next() {
-                Some(url) if !url.starts_with("--") => Ok(Some(url.clone())),
+                Some(value) if !value.starts_with("--") => Ok(Some(value.clone())),
                 _ => Err(Error::Usage {
-                    message: "--master needs a URL, e.g. --master http://127.0.0.1:7070".into(),
+                    message: format!("{flag} needs {what}"),
                 }),
             };
         }
-        if let Some(url) = arg.strip_prefix("--master=") {
-            return Ok(Some(url.to_string()));
+        if let Some(value) = arg.strip_prefix(&joined) {
+            return Ok(Some(value.to_string()));
         }
     }
     Ok(None)
+}
+
+/// TLS and token files from the program's arguments, where given, else
+/// from the environment.
+fn security_files_from_args(args: &[String]) -> Result<tone_proto::security::ClientFiles> {
+    let mut files = tone_proto::security::ClientFiles::from_env();
+    let path = |flag: &str| -> Result<Option<PathBuf>> {
+        Ok(flag_value(args, flag, "a file")?.map(PathBuf::from))
+    };
+    for (flag, slot) in [
+        ("--tls-ca", &mut files.tls_ca),
+        ("--tls-cert", &mut files.tls_cert),
+        ("--tls-key", &mut files.tls_key),
+        ("--token-file", &mut files.token_file),
+    ] {
+        if let Some(given) = path(flag)? {
+            *slot = Some(given);
+        }
+    }
+    Ok(files)
+}
+
+fn security_from(
+    files: tone_proto::security::ClientFiles,
+) -> Result<tone_proto::security::ClientSecurity> {
+    files.load().map_err(|error| Error::Usage {
+        message: error.to_string(),
+    })
 }
 
 fn path_text(path: &Path) -> Result<&str> {

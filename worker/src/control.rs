@@ -21,6 +21,7 @@ use tone_proto::{MAX_MESSAGE_BYTES, MAX_PLAN_BYTES};
 
 use crate::executors::Executors;
 use crate::tasks::Runner;
+use crate::trust::{is_job_id, TrustedKey};
 use crate::WorkerConfig;
 
 /// How often a worker says it is alive.
@@ -36,21 +37,32 @@ type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 
 /// Keeps a session with the coordinator until `stop` resolves, or until
 /// `drain` turns true and the running tasks have finished.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: WorkerConfig,
     worker_id: String,
     address: String,
     runner: Runner,
     store: Arc<LocalShuffleStore>,
+    trusted: TrustedKey,
     stop: impl std::future::Future<Output = ()>,
     drain: watch::Receiver<bool>,
 ) {
+    // Drawn once: the coordinator binds this process's worker id to it, so
+    // only this process can reconnect under the id while it is live.
+    let mut session_key = vec![0u8; 32];
+    if let Err(error) = tone_proto::security::fill_random(&mut session_key) {
+        tracing::error!(%error, "no session key; the worker cannot register");
+        return;
+    }
     let worker = Session {
         config: &config,
         worker_id: &worker_id,
         address: &address,
         runner: &runner,
         store: &store,
+        trusted: &trusted,
+        session_key: &session_key,
     };
     tokio::pin!(stop);
     loop {
@@ -83,6 +95,8 @@ struct Session<'a> {
     address: &'a str,
     runner: &'a Runner,
     store: &'a Arc<LocalShuffleStore>,
+    trusted: &'a TrustedKey,
+    session_key: &'a [u8],
 }
 
 impl Session<'_> {
@@ -93,10 +107,16 @@ impl Session<'_> {
             address,
             runner,
             store,
+            trusted,
+            session_key,
         } = *self;
-        let mut client = WorkerControlClient::connect(config.coordinator_url.clone())
+        let channel = config
+            .security
+            .client
+            .connect_authenticated(&config.coordinator_url)
             .await
-            .map_err(|error| format!("cannot reach {}: {error}", config.coordinator_url))?
+            .map_err(|error| error.to_string())?;
+        let mut client = WorkerControlClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (outbox, outbound) = mpsc::channel::<WorkerMessage>(OUTBOX_CAPACITY);
@@ -106,6 +126,7 @@ impl Session<'_> {
                 flight_address: address.to_string(),
                 slots: config.slots as u32,
                 max_executors: config.max_executors as u32,
+                session_key: session_key.to_vec(),
             })),
         };
         outbox
@@ -115,7 +136,7 @@ impl Session<'_> {
         let mut inbound = client
             .session(ReceiverStream::new(outbound))
             .await
-            .map_err(|status| status.message().to_string())?
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
             .into_inner();
         tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
         let running: Running = Arc::default();
@@ -152,7 +173,21 @@ impl Session<'_> {
                 Ok(None) => break Ok(Ended::ByCoordinator),
                 Err(status) => break Err(status.message().to_string()),
             };
+            if let Some(job_id) = job_of(&message.kind) {
+                if !is_job_id(job_id) {
+                    tracing::warn!(
+                        "a coordinator message with a job id that is not a plain name was ignored"
+                    );
+                    continue;
+                }
+            }
             match message.kind {
+                Some(coordinator_message::Kind::Welcome(welcome)) => {
+                    match tone_proto::security::TicketKey::from_bytes(&welcome.ticket_key) {
+                        Ok(key) => trusted.set(key),
+                        Err(error) => break Err(format!("bad welcome: {error}")),
+                    }
+                }
                 Some(coordinator_message::Kind::AssignTask(assign)) => {
                     let Some(assign) = assemble(&mut parts, assign) else {
                         continue;
@@ -187,6 +222,21 @@ impl Session<'_> {
             handle.abort();
         }
         outcome
+    }
+}
+
+/// The job a coordinator message names, if any.
+fn job_of(kind: &Option<coordinator_message::Kind>) -> Option<&str> {
+    match kind.as_ref()? {
+        coordinator_message::Kind::AssignTask(assign) => {
+            Some(assign.task.as_ref().map_or("", |task| task.job_id.as_str()))
+        }
+        coordinator_message::Kind::CancelTask(cancel) => {
+            Some(cancel.task.as_ref().map_or("", |task| task.job_id.as_str()))
+        }
+        coordinator_message::Kind::CancelJob(cancel) => Some(&cancel.job_id),
+        coordinator_message::Kind::ReleaseJob(release) => Some(&release.job_id),
+        coordinator_message::Kind::Welcome(_) => None,
     }
 }
 
@@ -329,7 +379,7 @@ mod tests {
             plan: bytes.to_vec(),
             plan_part: part,
             plan_parts: parts,
-            executor: None,
+            ..Default::default()
         }
     }
 

@@ -5,8 +5,12 @@
 //! registry, keeps their map outputs in its own store, and serves them over
 //! Flight (the worker forwards other workers' fetches here).
 //!
-//! The executor prints `TONE_EXECUTOR_LISTENING <address>` on stdout once
-//! it serves, and exits when its stdin closes (the worker went away).
+//! The worker writes an `ExecutorHandshake` to the executor's stdin (its
+//! secret, the ticket key, TLS material, path roots: nothing another local
+//! user may read from its environment). The executor prints
+//! `TONE_EXECUTOR_LISTENING <address>` on stdout once it serves, accepts
+//! calls only with the secret, and exits when its stdin closes (the worker
+//! went away).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
 use tone_proto::v1 as pb;
 use tone_proto::v1::executor_server::{Executor, ExecutorServer};
 use tone_proto::MAX_MESSAGE_BYTES;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::tasks::Runner;
@@ -115,6 +120,8 @@ pub async fn serve(
     registry: Arc<ClosureRegistry>,
 ) -> Result<(), WorkerError> {
     check_build(&settings)?;
+    let (handshake, stdin_closed) = read_handshake().await?;
+    let trust = Trust::of(&handshake)?;
     let work_dir = |reason: String| WorkerError::WorkDir {
         path: settings.dir.clone(),
         reason,
@@ -129,9 +136,10 @@ pub async fn serve(
             reason: error.to_string(),
         }
     })?;
+    let remote = crate::remote::FlightRemote::new(trust.peers.clone());
     let env = ShuffleEnv {
         store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
-        remote: Some(Arc::new(crate::remote::FlightRemote::default())),
+        remote: Some(Arc::new(remote.clone())),
         // The job's outputs on this worker are all in this process's store.
         local_address: Some(settings.worker_address.clone()),
         compression: Some(arrow::ipc::CompressionType::LZ4_FRAME),
@@ -156,47 +164,156 @@ pub async fn serve(
         memory_limit_bytes: None,
         spills: Arc::default(),
         executors: None,
+        remote,
+        path_roots: trust.path_roots.clone(),
     };
-    let announce = {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{LISTENING_MARKER}{local}").and_then(|()| stdout.flush())
-    };
-    announce.map_err(|error| WorkerError::Executor {
-        reason: format!("cannot tell the worker the address: {error}"),
-    })?;
+    announce(local)?;
     tracing::info!(job_id = %settings.job_id, %local, "executor serving");
-    tonic::transport::Server::builder()
-        .add_service(crate::flight::service(
-            Arc::clone(&store) as Arc<dyn ShuffleStore>,
-            None,
-        ))
-        .add_service(
-            ExecutorServer::new(ExecutorService { runner })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(crate::flight::incoming(listener), stdin_closed())
-        .await
-        .map_err(|error| WorkerError::Serve {
-            reason: error.to_string(),
+    let flight = crate::flight::service(
+        Arc::clone(&store) as Arc<dyn ShuffleStore>,
+        None,
+        trust.key.clone(),
+    );
+    let secret = trust.secret.clone();
+    let check = move |request: Request<()>| {
+        if tone_proto::security::tokens::bearer_is(request.metadata(), &secret) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "only the worker that started this executor may call it",
+            ))
+        }
+    };
+    let executor = ExecutorServer::new(ExecutorService { runner })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let routes = tonic::service::Routes::new(InterceptedService::new(flight, check.clone()))
+        .add_service(InterceptedService::new(executor, check));
+    crate::flight::serve(listener, routes, trust.tls, stdin_closed).await
+}
+
+/// Prints the address the worker waits for.
+fn announce(local: std::net::SocketAddr) -> Result<(), WorkerError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{LISTENING_MARKER}{local}")
+        .and_then(|()| stdout.flush())
+        .map_err(|error| WorkerError::Executor {
+            reason: format!("cannot tell the worker the address: {error}"),
         })
 }
 
-/// Resolves when stdin reaches its end: the worker that started this
+/// What the worker's handshake lets the executor trust and use.
+struct Trust {
+    secret: tone_proto::security::Token,
+    key: crate::trust::TrustedKey,
+    tls: Option<tone_proto::security::ServerTls>,
+    peers: tone_proto::security::ClientSecurity,
+    path_roots: tone_engine::paths::PathRoots,
+}
+
+impl Trust {
+    fn of(handshake: &pb::ExecutorHandshake) -> Result<Self, WorkerError> {
+        use tone_proto::security::{ClientSecurity, ClientTls, IdentityPem, ServerTls, TicketKey};
+        let bad = |reason: String| WorkerError::Executor {
+            reason: format!("bad handshake from the worker: {reason}"),
+        };
+        let secret = tone_proto::security::Token::parse(&handshake.secret).map_err(bad)?;
+        let key =
+            TicketKey::from_bytes(&handshake.ticket_key).map_err(|error| bad(error.to_string()))?;
+        let identity = |cert: &[u8], key: &[u8]| {
+            (!cert.is_empty()).then(|| IdentityPem {
+                cert: cert.to_vec(),
+                key: key.to_vec(),
+            })
+        };
+        let tls = identity(&handshake.server_cert_pem, &handshake.server_key_pem).map(|identity| {
+            ServerTls {
+                identity,
+                client_ca: None,
+            }
+        });
+        let peers = ClientSecurity {
+            tls: (!handshake.ca_pem.is_empty()).then(|| ClientTls {
+                ca: handshake.ca_pem.clone(),
+                identity: identity(&handshake.client_cert_pem, &handshake.client_key_pem),
+            }),
+            token: None,
+        };
+        let path_roots = tone_engine::paths::PathRoots::new(&handshake.allow_paths)
+            .map_err(|error| bad(error.to_string()))?;
+        Ok(Self {
+            secret,
+            key: crate::trust::TrustedKey::fixed(key),
+            tls,
+            peers,
+            path_roots,
+        })
+    }
+}
+
+/// Largest handshake accepted on stdin.
+const MAX_HANDSHAKE_BYTES: usize = 1024 * 1024;
+
+/// Reads the worker's handshake from stdin, then returns a future that
+/// resolves when stdin reaches its end: the worker that started this
 /// process is gone, so nobody can send tasks or fetch outputs any more.
-async fn stdin_closed() {
+async fn read_handshake() -> Result<
+    (
+        pb::ExecutorHandshake,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    WorkerError,
+> {
+    let (handshake_sender, handshake) = tokio::sync::oneshot::channel();
     let (closed, wait) = tokio::sync::oneshot::channel::<()>();
-    // A plain thread: a blocking read of stdin must not hold a runtime
-    // thread, and ends with the process.
+    // A plain thread: blocking reads of stdin must not hold a runtime
+    // thread, and it ends with the process.
     std::thread::spawn(move || {
         use std::io::Read;
-        let mut stdin = std::io::stdin();
+        let mut stdin = std::io::stdin().lock();
+        let _ = handshake_sender.send(read_delimited(&mut stdin));
         let mut buffer = [0u8; 256];
         while matches!(stdin.read(&mut buffer), Ok(read) if read > 0) {}
         let _ = closed.send(());
     });
-    let _ = wait.await;
+    let handshake = handshake
+        .await
+        .map_err(|_| WorkerError::Executor {
+            reason: "the handshake reader stopped".into(),
+        })?
+        .map_err(|reason| WorkerError::Executor {
+            reason: format!("reading the worker's handshake on stdin: {reason}"),
+        })?;
+    Ok((handshake, async move {
+        let _ = wait.await;
+    }))
+}
+
+/// One length-delimited message (a varint length, then the bytes).
+fn read_delimited(input: &mut impl std::io::Read) -> Result<pb::ExecutorHandshake, String> {
+    let mut length: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let mut byte = [0u8; 1];
+        input
+            .read_exact(&mut byte)
+            .map_err(|error| error.to_string())?;
+        length |= u64::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let length = usize::try_from(length).unwrap_or(usize::MAX);
+    if length > MAX_HANDSHAKE_BYTES {
+        return Err(format!(
+            "{length} bytes announced, at most {MAX_HANDSHAKE_BYTES}"
+        ));
+    }
+    let mut bytes = vec![0u8; length];
+    input
+        .read_exact(&mut bytes)
+        .map_err(|error| error.to_string())?;
+    prost::Message::decode(bytes.as_slice()).map_err(|error| error.to_string())
 }
 
 struct ExecutorService {
@@ -215,5 +332,31 @@ impl Executor for ExecutorService {
         Ok(Response::new(
             crate::tasks::run(assign, self.runner.clone()).await,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn the_handshake_is_read_whole_and_bounded() {
+        let handshake = pb::ExecutorHandshake {
+            secret: "tone-0123456789abcdef".into(),
+            ticket_key: vec![7; 32],
+            allow_paths: vec!["/data".into()],
+            ..Default::default()
+        };
+        let mut bytes = handshake.encode_length_delimited_to_vec();
+        bytes.extend_from_slice(b"rest of stdin");
+        let read = read_delimited(&mut bytes.as_slice()).expect("whole");
+        assert_eq!(read, handshake);
+        let truncated = &handshake.encode_length_delimited_to_vec()[..10];
+        assert!(read_delimited(&mut &truncated[..]).is_err());
+        let mut announced = Vec::new();
+        prost::encoding::encode_varint(1 << 40, &mut announced);
+        let refused = read_delimited(&mut announced.as_slice()).expect_err("too large");
+        assert!(refused.contains("at most"), "{refused}");
     }
 }

@@ -18,15 +18,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use tone_proto::binary::{is_sha256, BinaryHasher};
+use tone_proto::security::certs::CertificateSet;
+use tone_proto::security::{AuthChannel, ClientSecurity, ClientTls, SecurityError, Token};
 use tone_proto::v1 as pb;
 use tone_proto::v1::executor_client::ExecutorClient;
 use tone_proto::v1::jobs_client::JobsClient;
 use tone_proto::MAX_MESSAGE_BYTES;
-use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::trust::TrustedKey;
+use crate::WorkerSecurity;
 
 use crate::executor::{
     ACTION_ENV, BINARY_ENV, DIR_ENV, EXECUTOR_ENV, LISTENING_MARKER, PARTITIONS_ENV, RESULTS_ENV,
@@ -93,6 +101,11 @@ pub struct ExecutorsConfig {
     pub max_executors: usize,
     /// Binaries kept in the cache (`--binary-cache`).
     pub binary_cache: usize,
+    /// How the worker reaches the coordinator and other workers, and its
+    /// path roots; executors get the same.
+    pub security: WorkerSecurity,
+    /// The coordinator's key: executors start only from specs it signed.
+    pub trusted: TrustedKey,
 }
 
 /// The executor processes of one worker, by job.
@@ -114,11 +127,17 @@ pub struct Executors {
     /// One start at a time: two slots getting the job's first tasks at once
     /// must not start two processes, nor two jobs pass the limit together.
     starting: tokio::sync::Mutex<()>,
+    security: WorkerSecurity,
+    trusted: TrustedKey,
+    /// With TLS: a private CA for the loopback link to executors, whose
+    /// node certificate each executor serves with.
+    link: Option<CertificateSet>,
 }
 
 struct Process {
-    address: String,
-    client: ExecutorClient<Channel>,
+    /// Calls to the executor (tasks, Flight), with its secret.
+    channel: AuthChannel,
+    client: ExecutorClient<AuthChannel>,
     child: tokio::sync::Mutex<Child>,
     dir: PathBuf,
     /// The binary it runs, kept in the cache while it runs.
@@ -126,8 +145,15 @@ struct Process {
 }
 
 impl Executors {
-    pub fn new(config: ExecutorsConfig) -> Self {
-        Self {
+    pub fn new(config: ExecutorsConfig) -> Result<Self, SecurityError> {
+        let link = match config.security.tls {
+            Some(_) => Some(tone_proto::security::certs::generate(&[
+                "127.0.0.1".to_string(),
+                "localhost".to_string(),
+            ])?),
+            None => None,
+        };
+        Ok(Self {
             coordinator_url: config.coordinator_url,
             worker_id: config.worker_id,
             worker_address: config.worker_address,
@@ -140,7 +166,10 @@ impl Executors {
             stopping: Arc::default(),
             gone: Arc::default(),
             starting: tokio::sync::Mutex::new(()),
-        }
+            security: config.security,
+            trusted: config.trusted,
+            link,
+        })
     }
 
     /// Executor processes now, those still stopping included.
@@ -148,11 +177,25 @@ impl Executors {
         lock(&self.running).len() + self.stopping.load(Ordering::SeqCst)
     }
 
-    /// The Flight address of the job's executor, if it has one here.
-    pub fn address_of(&self, job_id: &str) -> Option<String> {
-        lock(&self.running)
-            .get(job_id)
-            .map(|process| process.address.clone())
+    /// Forwards a Flight fetch (its ticket already checked) to the job's
+    /// executor, which holds the job's outputs on this worker; `None` when
+    /// the job has no executor here. The messages pass through as they
+    /// are (no decode).
+    pub async fn forward_fetch(
+        &self,
+        job_id: &str,
+        ticket: arrow_flight::Ticket,
+    ) -> Option<Result<BoxStream<'static, Result<arrow_flight::FlightData, Status>>, Status>> {
+        let channel = lock(&self.running).get(job_id)?.channel.clone();
+        let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Some(
+            client
+                .do_get(ticket)
+                .await
+                .map(|response| response.into_inner().boxed()),
+        )
     }
 
     /// Stops the job's executor (its outputs go with it). It counts
@@ -212,6 +255,23 @@ impl Executors {
                 "an executor task without its spec or key".into(),
             ));
         };
+        let signed = self
+            .trusted
+            .get()
+            .is_some_and(|trusted| trusted.verify_spec(&key.job_id, &spec, &assign.executor_mac));
+        if !signed {
+            return Err(ExecutorError::Failed(
+                "the executor spec is not signed by this worker's coordinator; no executor \
+                 was started"
+                    .into(),
+            ));
+        }
+        if !spec.cwd.is_empty() {
+            self.security
+                .path_roots
+                .check("executor working directory", &spec.cwd)
+                .map_err(|error| ExecutorError::Failed(error.to_string()))?;
+        }
         let process = self.process(&key.job_id, &spec).await?;
         let mut client = process.client.clone();
         match client.run_task(assign).await {
@@ -377,10 +437,13 @@ impl Executors {
     }
 
     async fn fetch(&self, sha256: &str, partial: &Path) -> Result<(), String> {
-        let mut client = JobsClient::connect(self.coordinator_url.clone())
+        let channel = self
+            .security
+            .client
+            .connect_authenticated(&self.coordinator_url)
             .await
-            .map_err(|error| format!("cannot reach the coordinator for the binary: {error}"))?
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            .map_err(|error| format!("cannot reach the coordinator for the binary: {error}"))?;
+        let mut client = JobsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let request = pb::BinaryRef {
             sha256: sha256.to_string(),
         };
@@ -446,6 +509,8 @@ impl Executors {
             .spawn()
             .map_err(|error| format!("cannot start executor {}: {error}", binary.display()))?;
         tracing::info!(job_id, pid = child.id(), "executor started");
+        let secret = Token::generate().map_err(|error| error.to_string())?;
+        self.send_handshake(&mut child, &secret).await?;
         let stdout = child
             .stdout
             .take()
@@ -485,13 +550,22 @@ impl Executors {
                 tracing::info!(job_id = %logged_job, %line, "executor output");
             }
         });
-        let client = ExecutorClient::connect(format!("http://{address}"))
+        let link = ClientSecurity {
+            tls: self.link.as_ref().map(|link| ClientTls {
+                ca: link.ca.cert_pem.clone().into_bytes(),
+                identity: None,
+            }),
+            token: Some(secret),
+        };
+        let channel = link
+            .connect_authenticated(&link.url_for(&address))
             .await
-            .map_err(|error| format!("cannot reach the executor at {address}: {error}"))?
+            .map_err(|error| format!("cannot reach the job's executor: {error}"))?;
+        let client = ExecutorClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Process {
-            address,
+            channel,
             client,
             child: tokio::sync::Mutex::new(child),
             dir,
@@ -501,6 +575,44 @@ impl Executors {
 }
 
 impl Executors {
+    /// Tells the new executor, on its stdin, what it needs and nobody else
+    /// may read: its secret, the ticket key, TLS material, path roots.
+    async fn send_handshake(&self, child: &mut Child, secret: &Token) -> Result<(), String> {
+        let client_tls = self.security.client.tls.as_ref();
+        let identity = client_tls.and_then(|tls| tls.identity.as_ref());
+        let handshake = pb::ExecutorHandshake {
+            secret: secret.secret().to_string(),
+            ticket_key: self
+                .trusted
+                .get()
+                .map(|key| key.to_bytes())
+                .unwrap_or_default(),
+            server_cert_pem: self
+                .link
+                .as_ref()
+                .map(|link| link.node.cert_pem.clone().into_bytes())
+                .unwrap_or_default(),
+            server_key_pem: self
+                .link
+                .as_ref()
+                .map(|link| link.node.key_pem.clone().into_bytes())
+                .unwrap_or_default(),
+            ca_pem: client_tls.map(|tls| tls.ca.clone()).unwrap_or_default(),
+            client_cert_pem: identity.map(|id| id.cert.clone()).unwrap_or_default(),
+            client_key_pem: identity.map(|id| id.key.clone()).unwrap_or_default(),
+            allow_paths: self.security.path_roots.given().to_vec(),
+        };
+        let stdin = child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| "the executor has no stdin".to_string())?;
+        stdin
+            .write_all(&handshake.encode_length_delimited_to_vec())
+            .await
+            .and(stdin.flush().await)
+            .map_err(|error| format!("cannot hand the executor its settings: {error}"))
+    }
+
     /// Fetches the driver's earlier action results into the job's folder
     /// (they go with it); returns their paths as one path list.
     async fn fetch_results(
@@ -702,7 +814,10 @@ mod tests {
             work_dir: work_dir.to_path_buf(),
             max_executors,
             binary_cache: 4,
-        });
+            security: WorkerSecurity::default(),
+            trusted: TrustedKey::default(),
+        })
+        .expect("no TLS to set up");
         executors.room_wait = Duration::from_millis(300);
         executors
     }
@@ -714,10 +829,14 @@ mod tests {
             .kill_on_drop(true)
             .spawn()
             .expect("sleep starts");
-        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let channel = tonic::service::interceptor::InterceptedService::new(
+            channel,
+            tone_proto::security::TokenInterceptor::default(),
+        );
         Arc::new(Process {
-            address: "127.0.0.1:1".into(),
-            client: ExecutorClient::new(channel),
+            client: ExecutorClient::new(channel.clone()),
+            channel,
             child: tokio::sync::Mutex::new(child),
             dir: dir.to_path_buf(),
             sha256: hash(1),

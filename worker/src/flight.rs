@@ -1,5 +1,6 @@
 //! The worker's Arrow Flight service: `DoGet` streams one reduce partition
-//! of one of this worker's map outputs.
+//! of one of this worker's map outputs, for a ticket the coordinator
+//! signed (`PERMISSION_DENIED` otherwise; the service goes on).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,25 +15,34 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tone_engine::shuffle::{PartitionKey, Segment, ShuffleStore};
 use tone_engine::{JobId, StageId};
+use tone_proto::security::ServerTls;
 use tone_proto::v1::ShuffleTicket;
 use tone_proto::MAX_MESSAGE_BYTES;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::trust::{is_job_id, TrustedKey};
 use crate::WorkerError;
 
 type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Serves `store` on `listener` until `shutdown` resolves.
-/// A job with Rust closures keeps its map outputs in its executor process
-/// (`executors`): requests for them are forwarded there.
+/// Serves `routes` on `listener` (with TLS when `tls` is set) until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<dyn ShuffleStore>,
-    executors: Option<Arc<crate::executors::Executors>>,
+    routes: tonic::service::Routes,
+    tls: Option<ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    tonic::transport::Server::builder()
-        .add_service(service(store, executors))
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.config())
+            .map_err(|error| WorkerError::Tls {
+                reason: tone_proto::security::tls::chain(&error),
+            })?;
+    }
+    builder
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|error| WorkerError::Serve {
@@ -40,42 +50,27 @@ pub async fn serve(
         })
 }
 
-/// The Flight service over `store` (and the executors' stores).
+/// The Flight service over `store` (and the executors' stores). A job
+/// with Rust closures keeps its map outputs in its executor process
+/// (`executors`): requests for them are forwarded there.
 pub fn service(
     store: Arc<dyn ShuffleStore>,
     executors: Option<Arc<crate::executors::Executors>>,
+    trusted: TrustedKey,
 ) -> FlightServiceServer<ShuffleFlightService> {
-    FlightServiceServer::new(ShuffleFlightService { store, executors })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    FlightServiceServer::new(ShuffleFlightService {
+        store,
+        executors,
+        trusted,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 pub struct ShuffleFlightService {
     store: Arc<dyn ShuffleStore>,
     executors: Option<Arc<crate::executors::Executors>>,
-}
-
-impl ShuffleFlightService {
-    /// Forwards the request to the executor that holds the job's outputs;
-    /// the messages pass through as they are (no decode).
-    async fn forward(
-        address: String,
-        ticket: Ticket,
-    ) -> Result<Response<BoxedStream<FlightData>>, Status> {
-        let unavailable = |error: tonic::transport::Error| {
-            Status::unavailable(format!("executor at {address}: {error}"))
-        };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(unavailable)?
-            .connect()
-            .await
-            .map_err(unavailable)?;
-        let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let stream = client.do_get(ticket).await?.into_inner();
-        Ok(Response::new(stream.boxed()))
-    }
+    trusted: TrustedKey,
 }
 
 fn unsupported<T>(what: &str) -> Result<T, Status> {
@@ -102,9 +97,15 @@ impl FlightService for ShuffleFlightService {
         let ticket = ShuffleTicket::decode(raw.ticket.clone()).map_err(|error| {
             Status::invalid_argument(format!("malformed shuffle ticket: {error}"))
         })?;
+        if !is_job_id(&ticket.job_id) {
+            return Err(Status::invalid_argument(
+                "the ticket's job id is not a plain name",
+            ));
+        }
+        self.trusted.check(&ticket)?;
         if let Some(executors) = &self.executors {
-            if let Some(address) = executors.address_of(&ticket.job_id) {
-                return Self::forward(address, raw).await;
+            if let Some(stream) = executors.forward_fetch(&ticket.job_id, raw.clone()).await {
+                return Ok(Response::new(stream?));
             }
         }
         let key = PartitionKey {

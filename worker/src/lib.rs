@@ -12,6 +12,10 @@
 //!   (the user's binary, fetched from the coordinator): their tasks are
 //!   forwarded there, and Flight requests for their outputs too.
 //! - [`executor`]: the other end, run inside the user's binary.
+//! - `trust`: the coordinator's ticket key (from the session's `Welcome`):
+//!   the Flight service serves only tickets it signed, executors start
+//!   only from specs it signed; job ids from the wire are checked as
+//!   plain names before they name files.
 //!
 //! Map outputs are written (LZ4-compressed by default) to files under the
 //! work dir: one file per map task, an index of byte ranges per reduce
@@ -29,6 +33,7 @@ mod faults;
 mod flight;
 mod remote;
 mod tasks;
+mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,7 +42,9 @@ use std::sync::Arc;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::net::TcpListener;
 use tone_engine::limits::runtime_env;
+use tone_engine::paths::PathRoots;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
+use tone_proto::security::{ClientSecurity, ServerTls};
 
 /// Executor processes a worker runs at once unless told otherwise.
 pub const DEFAULT_MAX_EXECUTORS: usize = 4;
@@ -68,6 +75,21 @@ pub struct WorkerConfig {
     pub max_executors: usize,
     /// Job binaries kept in `<work dir>/binaries`.
     pub binary_cache: usize,
+    /// TLS, the worker token, `--allow-path`.
+    pub security: WorkerSecurity,
+}
+
+/// A worker's security settings.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSecurity {
+    /// TLS of its Flight service (`--tls-cert`, `--tls-key`,
+    /// `--tls-client-ca`); plaintext when unset.
+    pub tls: Option<ServerTls>,
+    /// How it connects to the coordinator and to other workers: their CA,
+    /// its own certificate for mutual TLS, and its worker token.
+    pub client: ClientSecurity,
+    /// Where its tasks may read, write and work (`--allow-path`).
+    pub path_roots: PathRoots,
 }
 
 /// Why a worker configuration was refused or the worker stopped.
@@ -81,6 +103,8 @@ pub enum WorkerError {
     NoBinaryCache,
     #[error("coordinator URL '{url}' must start with http:// or https://")]
     BadCoordinatorUrl { url: String },
+    #[error("{reason}")]
+    Tls { reason: String },
     #[error("cannot listen on {address}: {reason}")]
     Listen { address: SocketAddr, reason: String },
     #[error("work dir {path}: {reason}")]
@@ -113,14 +137,29 @@ impl WorkerConfig {
         if self.binary_cache == 0 {
             return Err(WorkerError::NoBinaryCache);
         }
-        let scheme_ok = self.coordinator_url.starts_with("http://")
-            || self.coordinator_url.starts_with("https://");
-        if !scheme_ok {
+        let https = self.coordinator_url.starts_with("https://");
+        if !https && !self.coordinator_url.starts_with("http://") {
             return Err(WorkerError::BadCoordinatorUrl {
                 url: self.coordinator_url,
             });
         }
-        Ok(self)
+        // A cluster is TLS throughout or not at all: clients pick the
+        // scheme of a worker's Flight address by their own settings.
+        let security = &self.security;
+        match (https, security.client.tls.is_some(), security.tls.is_some()) {
+            (true, true, true) | (false, false, false) => Ok(self),
+            (true, _, _) => Err(WorkerError::Tls {
+                reason: "an https:// coordinator means a TLS cluster: the worker needs \
+                         --tls-ca (the coordinator's CA) and --tls-cert/--tls-key (for its \
+                         own Flight service)"
+                    .into(),
+            }),
+            (false, _, _) => Err(WorkerError::Tls {
+                reason: "TLS settings were given but the coordinator URL is http://; use \
+                         https:// (a cluster is TLS throughout or not at all)"
+                    .into(),
+            }),
+        }
     }
 }
 
@@ -168,7 +207,9 @@ pub async fn run(
     })?;
     let env = ShuffleEnv {
         store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
-        remote: Some(Arc::new(remote::FlightRemote::default())),
+        remote: Some(Arc::new(remote::FlightRemote::new(
+            config.security.client.clone(),
+        ))),
         local_address: Some(address.to_string()),
         compression: config.shuffle_compression,
     };
@@ -183,20 +224,33 @@ pub async fn run(
 
     // One identity for the whole process: its sessions and its messages.
     let worker_id = format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let executors = Arc::new(executors::Executors::new(executors::ExecutorsConfig {
-        coordinator_url: config.coordinator_url.clone(),
-        worker_id: worker_id.clone(),
-        worker_address: address.to_string(),
-        work_dir: config.work_dir.clone(),
-        max_executors: config.max_executors,
-        binary_cache: config.binary_cache,
-    }));
+    let trusted = trust::TrustedKey::default();
+    let executors = Arc::new(
+        executors::Executors::new(executors::ExecutorsConfig {
+            coordinator_url: config.coordinator_url.clone(),
+            worker_id: worker_id.clone(),
+            worker_address: address.to_string(),
+            work_dir: config.work_dir.clone(),
+            max_executors: config.max_executors,
+            binary_cache: config.binary_cache,
+            security: config.security.clone(),
+            trusted: trusted.clone(),
+        })
+        .map_err(|error| WorkerError::Tls {
+            reason: format!("cannot set up TLS for executors: {error}"),
+        })?,
+    );
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let (drain_sender, drain_receiver) = tokio::sync::watch::channel(false);
-    let flight = tokio::spawn(flight::serve(
-        listener,
+    let flight_service = flight::service(
         Arc::clone(&store) as Arc<dyn ShuffleStore>,
         Some(Arc::clone(&executors)),
+        trusted.clone(),
+    );
+    let flight = tokio::spawn(flight::serve(
+        listener,
+        tonic::service::Routes::new(flight_service),
+        config.security.tls.clone(),
         wait_for_stop(stop_receiver.clone()),
     ));
     let mut control = tokio::spawn(control::run(
@@ -208,8 +262,11 @@ pub async fn run(
             memory_limit_bytes: config.memory_limit_bytes,
             spills: Arc::default(),
             executors: Some(executors),
+            remote: remote::FlightRemote::new(config.security.client.clone()),
+            path_roots: config.security.path_roots.clone(),
         },
         store,
+        trusted,
         wait_for_stop(stop_receiver),
         drain_receiver,
     ));
@@ -295,6 +352,7 @@ mod tests {
             disk_limit_bytes: None,
             max_executors: DEFAULT_MAX_EXECUTORS,
             binary_cache: DEFAULT_BINARY_CACHE,
+            security: WorkerSecurity::default(),
         }
     }
 

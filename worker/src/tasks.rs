@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 use tokio::task::AbortHandle;
 use tone_engine::codec::decode_plan;
 use tone_engine::limits::{name_memory_limit, plan_metric_sum, OperatorSpills};
-use tone_engine::shuffle::ShuffleWriterExec;
+use tone_engine::paths::PathRoots;
+use tone_engine::shuffle::{ShuffleEnv, ShuffleWriterExec};
 use tone_engine::EngineError;
 use tone_proto::v1::{
     task_status, AssignTask, ErrorKind, FetchFailure, TaskFailed, TaskStatus, TaskSucceeded,
@@ -23,6 +25,10 @@ pub struct Runner {
     pub spills: Arc<OperatorSpills>,
     /// The worker daemon's executor processes; `None` inside an executor.
     pub executors: Option<Arc<crate::executors::Executors>>,
+    /// Fetches from other workers; each task adds its grants.
+    pub remote: crate::remote::FlightRemote,
+    /// `--allow-path`: every decoded plan is checked before it runs.
+    pub path_roots: PathRoots,
 }
 
 /// Runs the task and reports how it went; never panics the worker (a
@@ -86,8 +92,9 @@ async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, En
         });
     }
     let started = std::time::Instant::now();
-    let context = runner.session.task_ctx();
+    let context = task_context(&runner, assign.grants)?;
     let plan = decode_plan(&assign.plan, &context)?;
+    runner.path_roots.check_plan(&plan)?;
     let decoded = started.elapsed();
     let writer = (plan.as_ref() as &dyn std::any::Any)
         .downcast_ref::<ShuffleWriterExec>()
@@ -107,6 +114,36 @@ async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, En
         bytes: summary.bytes,
         remote_fetch_bytes: plan_metric_sum(&plan, "remote_fetch_bytes"),
     })
+}
+
+/// The session's task context with a shuffle env whose remote fetches
+/// carry this task's grants.
+fn task_context(
+    runner: &Runner,
+    grants: Vec<tone_proto::v1::FetchGrant>,
+) -> Result<Arc<TaskContext>, EngineError> {
+    let base = runner.session.task_ctx();
+    let env = base
+        .session_config()
+        .get_extension::<ShuffleEnv>()
+        .ok_or_else(|| EngineError::Internal {
+            message: "the worker session has no shuffle env".into(),
+        })?;
+    let env = ShuffleEnv {
+        remote: Some(Arc::new(runner.remote.with_grants(grants))),
+        ..ShuffleEnv::clone(&env)
+    };
+    let config = base.session_config().clone().with_extension(Arc::new(env));
+    Ok(Arc::new(TaskContext::new(
+        base.task_id(),
+        base.session_id(),
+        config,
+        base.scalar_functions().clone(),
+        base.higher_order_functions().clone(),
+        base.aggregate_functions().clone(),
+        base.window_functions().clone(),
+        base.runtime_env(),
+    )))
 }
 
 /// The error as the coordinator needs it: its kind decides whether the

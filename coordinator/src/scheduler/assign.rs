@@ -7,6 +7,7 @@ use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
 use tone_engine::codec::encode_plan;
 use tone_engine::shuffle::ShuffleReaderExec;
 use tone_engine::EngineError;
+use tone_proto::security::tickets::FETCH_GRANT_TTL;
 use tone_proto::v1 as pb;
 use tone_proto::PLAN_PART_BYTES;
 
@@ -47,6 +48,7 @@ impl Scheduler {
             {
                 continue;
             }
+            self.in_hand = Some(self.jobs[index].id.0.clone());
             if let Some((stage, partition)) = self.pick_in_job(index, worker_id) {
                 self.cursor = index + 1;
                 return Some((index, stage, partition));
@@ -151,6 +153,20 @@ impl Scheduler {
 
     /// Sends the task to the worker; false when it could not be sent.
     fn assign(&mut self, index: usize, stage: usize, partition: usize, worker_id: &str) -> bool {
+        self.in_hand = Some(self.jobs[index].id.0.clone());
+        let grants: Vec<pb::FetchGrant> = self.jobs[index].dag.stages[stage]
+            .inputs
+            .iter()
+            .map(|input| {
+                self.key
+                    .grant(&self.jobs[index].id.0, input.0, FETCH_GRANT_TTL)
+            })
+            .collect();
+        let executor_mac = self.jobs[index]
+            .executor
+            .as_ref()
+            .map(|spec| self.key.sign_spec(&self.jobs[index].id.0, spec))
+            .unwrap_or_default();
         let job = &mut self.jobs[index];
         let Some(plan) = job.stages[stage].plan.clone() else {
             return false;
@@ -177,6 +193,8 @@ impl Scheduler {
                     plan_part: part as u32,
                     plan_parts: parts.len() as u32,
                     executor: job.executor.clone(),
+                    grants: grants.clone(),
+                    executor_mac: executor_mac.clone(),
                 })),
             };
             if worker.outbox.try_send(Ok(message)).is_err() {

@@ -10,6 +10,7 @@
 
 mod assign;
 mod job;
+mod panic;
 mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use tokio::sync::{mpsc, oneshot, watch};
 use tone_engine::{JobId, StageDag};
+use tone_proto::security::TicketKey;
 use tone_proto::v1 as pb;
 use tonic::Status;
 
@@ -35,31 +37,40 @@ pub type EventSender = mpsc::Sender<Event>;
 
 /// Everything that can change the scheduler's state.
 pub enum Event {
+    /// A worker registered; the reply says whether it may join (a live
+    /// worker id is bound to the session key it joined with).
     WorkerJoined {
         worker_id: String,
         /// Distinguishes a worker's sessions: a reconnecting worker keeps
         /// its id, and the end of its old session must not end the new one.
         session: u64,
+        session_key: Vec<u8>,
         address: String,
         slots: usize,
         /// Executors the worker runs at once; 0: no limit.
         max_executors: usize,
         outbox: Outbox,
+        reply: oneshot::Sender<Result<(), Status>>,
     },
+    /// Messages of a worker session; those of a session that is no longer
+    /// the worker's current one are dropped.
     WorkerLeft {
         worker_id: String,
         session: u64,
     },
     Heartbeat {
         worker_id: String,
+        session: u64,
         heartbeat: pb::Heartbeat,
     },
     /// The worker finishes its running tasks and then leaves.
     Drain {
         worker_id: String,
+        session: u64,
     },
     TaskStatus {
         worker_id: String,
+        session: u64,
         status: pb::TaskStatus,
     },
     Submit {
@@ -92,8 +103,11 @@ pub enum Event {
         job_id: String,
         reply: oneshot::Sender<Option<watch::Receiver<pb::JobStatus>>>,
     },
+    /// The newest `limit` jobs (without their result tickets), oldest
+    /// first, and how many jobs there are.
     ListJobs {
-        reply: oneshot::Sender<Vec<pb::JobStatus>>,
+        limit: usize,
+        reply: oneshot::Sender<(Vec<pb::JobStatus>, usize)>,
     },
     ListWorkers {
         reply: oneshot::Sender<Vec<pb::WorkerInfo>>,
@@ -155,7 +169,8 @@ pub fn spawn(
     config: SchedulerConfig,
     state: Option<Arc<StateStore>>,
     history: Vec<pb::JobStatus>,
-) -> EventSender {
+    key: TicketKey,
+) -> (EventSender, oneshot::Receiver<String>) {
     let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
     let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), TICK_MAX);
     let released = interrupted_jobs(&history);
@@ -171,10 +186,13 @@ pub fn spawn(
         released,
         state,
         history,
+        key,
+        in_hand: None,
     };
-    tokio::spawn(scheduler.run(receiver));
+    let (fatal_sender, fatal) = oneshot::channel();
+    tokio::spawn(scheduler.run(receiver, fatal_sender));
     tokio::spawn(ticks(sender.clone(), period));
-    sender
+    (sender, fatal)
 }
 
 /// Jobs that were running when an earlier coordinator stopped (the newest
@@ -226,7 +244,7 @@ struct Worker {
     tasks_done: u64,
     outbox: Outbox,
     last_seen: Instant,
-    session: u64,
+    session: Session,
     /// Shutting down gracefully: no new tasks.
     draining: bool,
     /// The worker's last report (disk, spill and executor figures).
@@ -236,6 +254,20 @@ struct Worker {
     /// Closure jobs given tasks here and not released since: each has (or
     /// had) an executor process here until its release stops it.
     executors: BTreeSet<String>,
+}
+
+/// One worker session: its number, and the key the worker process drew.
+struct Session {
+    number: u64,
+    key: Vec<u8>,
+}
+
+impl Session {
+    /// Constant time: the key is a secret of the worker process.
+    fn same_key(&self, key: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        !self.key.is_empty() && bool::from(self.key.as_slice().ct_eq(key))
+    }
 }
 
 impl Worker {
@@ -261,10 +293,19 @@ struct Scheduler {
     state: Option<Arc<StateStore>>,
     /// Jobs of earlier coordinators, all ended.
     history: Vec<pb::JobStatus>,
+    /// Signs fetch grants and executor specs.
+    key: TicketKey,
+    /// The job the loop is working on, failed if a panic strikes.
+    in_hand: Option<String>,
 }
 
 impl Scheduler {
-    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+    /// Handles events until every sender is gone. A panic while handling
+    /// one fails the job the event was about (see `panic.rs`) and the loop
+    /// goes on; a panic it cannot pin on a job ends the loop, and the
+    /// reason goes to `fatal` so the coordinator exits instead of
+    /// answering without ever scheduling.
+    async fn run(mut self, mut events: mpsc::Receiver<Event>, fatal: oneshot::Sender<String>) {
         while let Some(event) = events.recv().await {
             if !matches!(
                 event,
@@ -272,10 +313,18 @@ impl Scheduler {
             ) {
                 tracing::debug!(event = event.name(), "scheduler event");
             }
-            self.handle(event);
-            self.let_drained_workers_go();
-            self.assign_free_slots();
+            if let Err(reason) = self.step(event) {
+                tracing::error!(%reason, "the scheduler cannot go on; the coordinator stops");
+                let _ = fatal.send(reason);
+                return;
+            }
         }
+    }
+
+    fn handle_and_assign(&mut self, event: Event) {
+        self.handle(event);
+        self.let_drained_workers_go();
+        self.assign_free_slots();
     }
 
     fn handle(&mut self, event: Event) {
@@ -283,17 +332,27 @@ impl Scheduler {
             Event::WorkerJoined {
                 worker_id,
                 session,
+                session_key,
                 address,
                 slots,
                 max_executors,
                 outbox,
-            } => self.worker_joined(worker_id, session, address, slots, max_executors, outbox),
+                reply,
+            } => {
+                let joined = self.worker_joined(
+                    worker_id,
+                    Session {
+                        number: session,
+                        key: session_key,
+                    },
+                    address,
+                    (slots, max_executors),
+                    outbox,
+                );
+                let _ = reply.send(joined);
+            }
             Event::WorkerLeft { worker_id, session } => {
-                let current = self
-                    .workers
-                    .get(&worker_id)
-                    .is_some_and(|worker| worker.session == session);
-                if current {
+                if self.is_current(&worker_id, session) {
                     self.worker_left(&worker_id);
                 }
             }
@@ -303,15 +362,30 @@ impl Scheduler {
             }
             Event::Heartbeat {
                 worker_id,
+                session,
                 heartbeat,
             } => {
-                if let Some(worker) = self.workers.get_mut(&worker_id) {
-                    worker.last_seen = Instant::now();
-                    worker.heartbeat = heartbeat;
+                if self.is_current(&worker_id, session) {
+                    if let Some(worker) = self.workers.get_mut(&worker_id) {
+                        worker.last_seen = Instant::now();
+                        worker.heartbeat = heartbeat;
+                    }
                 }
             }
-            Event::Drain { worker_id } => self.worker_draining(&worker_id),
-            Event::TaskStatus { worker_id, status } => self.task_status(&worker_id, status),
+            Event::Drain { worker_id, session } => {
+                if self.is_current(&worker_id, session) {
+                    self.worker_draining(&worker_id);
+                }
+            }
+            Event::TaskStatus {
+                worker_id,
+                session,
+                status,
+            } => {
+                if self.is_current(&worker_id, session) {
+                    self.task_status(&worker_id, status);
+                }
+            }
             Event::Submit {
                 job_id,
                 sql,
@@ -357,11 +431,23 @@ impl Scheduler {
                 };
                 let _ = reply.send(receiver);
             }
-            Event::ListJobs { reply } => {
+            Event::ListJobs { limit, reply } => {
+                let total = self.history.len() + self.jobs.len();
+                let skip = total.saturating_sub(limit);
                 let past = self.history.iter().cloned();
-                let _ = reply.send(past.chain(self.jobs.iter().map(Job::status)).collect());
+                let listed = past
+                    .chain(self.jobs.iter().map(Job::status))
+                    .skip(skip)
+                    .map(|mut status| {
+                        // Results are read through Status, with fresh tickets.
+                        status.results.clear();
+                        status
+                    })
+                    .collect();
+                let _ = reply.send((listed, total));
             }
             Event::ListWorkers { reply } => {
+                panic::planted_in_list_workers();
                 let workers = self
                     .workers
                     .iter()
@@ -382,21 +468,37 @@ impl Scheduler {
         }
     }
 
+    /// True when `session` is the worker's current session.
+    fn is_current(&self, worker_id: &str, session: u64) -> bool {
+        self.workers
+            .get(worker_id)
+            .is_some_and(|worker| worker.session.number == session)
+    }
+
+    /// Takes a worker in. A live worker id is bound to the session key it
+    /// joined with: only the same process (reconnecting) may take its
+    /// place; another connection with the id is refused.
     fn worker_joined(
         &mut self,
         worker_id: String,
-        session: u64,
+        session: Session,
         address: String,
-        slots: usize,
-        max_executors: usize,
+        (slots, max_executors): (usize, usize),
         outbox: Outbox,
-    ) {
-        tracing::info!(%worker_id, %address, slots, max_executors, "worker joined");
-        // A worker that reconnects under the same id lost its running tasks
-        // with its old session.
-        if self.workers.contains_key(&worker_id) {
+    ) -> Result<(), Status> {
+        if let Some(live) = self.workers.get(&worker_id) {
+            if !live.session.same_key(&session.key) {
+                tracing::warn!(%worker_id, %address, "a second connection claimed a live worker id; refused");
+                return Err(Status::already_exists(format!(
+                    "worker id '{worker_id}' belongs to a live worker session; \
+                     another connection cannot take it over"
+                )));
+            }
+            // The same process reconnecting lost its running tasks with its
+            // old session.
             self.worker_left(&worker_id);
         }
+        tracing::info!(%worker_id, %address, slots, max_executors, "worker joined");
         let worker = Worker {
             address,
             slots,
@@ -414,6 +516,7 @@ impl Scheduler {
             let _ = worker.outbox.try_send(Ok(release(job_id)));
         }
         self.workers.insert(worker_id, worker);
+        Ok(())
     }
 
     fn job_index(&self, job_id: &str) -> Option<usize> {
@@ -445,12 +548,15 @@ impl Scheduler {
         binary: Vec<BinaryPin>,
     ) {
         let mut job = Job::new(job_id, sql, dag, schema_bytes(schema));
-        job.deadline = timeout.map(|limit| job.started + limit);
+        // A limit past what the clock can hold is no limit.
+        job.deadline = timeout.and_then(|limit| job.started.checked_add(limit));
         job.executor = executor;
         job.binary = binary;
         tracing::info!(job_id = %job.id, stages = job.stages.len(), "job submitted");
         job.publish();
+        let sql = job.sql.clone();
         self.jobs.push(job);
+        panic::planted_in_submit(&sql);
     }
 
     fn catalog_change(&mut self, job_id: JobId, sql: String) {
@@ -486,6 +592,8 @@ impl Scheduler {
                     stage_id: final_stage.0,
                     map: map as u32,
                     reduce: 0,
+                    // Signed by the service each time it hands them out.
+                    ..Default::default()
                 }),
             });
         }
@@ -570,7 +678,10 @@ mod tests {
             tasks_done: 0,
             outbox,
             last_seen: Instant::now(),
-            session: 1,
+            session: Session {
+                number: 1,
+                key: vec![1; 32],
+            },
             draining: false,
             heartbeat: pb::Heartbeat::default(),
             max_executors,

@@ -107,3 +107,45 @@ pub fn identity_paths<'a>(
         }),
     }
 }
+
+/// The one warning a daemon prints at start when it listens beyond
+/// loopback without TLS or without tokens: anyone on the network could
+/// then read its traffic, or call it as a client or worker.
+pub fn exposure_warning(listen: std::net::SocketAddr, tls: bool, tokens: bool) -> Option<String> {
+    if listen.ip().is_loopback() || (tls && tokens) {
+        return None;
+    }
+    let (missing, risk) = match (tls, tokens) {
+        (false, false) => (
+            "without TLS and without tokens",
+            "read its traffic and act as a client or worker",
+        ),
+        (false, true) => ("without TLS", "read its traffic, tokens included"),
+        _ => ("without tokens", "act as a client or worker"),
+    };
+    Some(format!(
+        "warning: listening on {listen} {missing}: anyone who can reach it can {risk}; \
+         see the README's Security section"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_is_warned_of_beyond_loopback_only() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let open: std::net::SocketAddr = "0.0.0.0:1".parse().expect("literal");
+        assert_eq!(exposure_warning(loopback, false, false), None);
+        assert_eq!(exposure_warning(open, true, true), None);
+        for (tls, tokens, says) in [
+            (false, false, "without TLS and without tokens"),
+            (false, true, "without TLS"),
+            (true, false, "without tokens"),
+        ] {
+            let warning = exposure_warning(open, tls, tokens).expect("warned");
+            assert!(warning.contains(says), "{warning}");
+        }
+    }
+}

@@ -106,7 +106,8 @@ impl TicketKey {
     /// Checks that the coordinator signed `ticket` (for its map output or
     /// for its whole stage) and that it has not expired.
     pub fn verify_ticket(&self, ticket: &ShuffleTicket) -> Result<(), TicketError> {
-        let message = |map| ticket_message(&ticket.job_id, ticket.stage_id, map, ticket.expires_unix_ms);
+        let message =
+            |map| ticket_message(&ticket.job_id, ticket.stage_id, map, ticket.expires_unix_ms);
         let signed = hmac::verify(&self.key, &message(ticket.map), &ticket.mac).is_ok()
             || hmac::verify(&self.key, &message(ALL_MAPS), &ticket.mac).is_ok();
         if !signed {
@@ -140,12 +141,7 @@ impl TicketKey {
 }
 
 /// A ticket for one map output's reduce partition from a stage grant.
-pub fn ticket_from_grant(
-    grant: &FetchGrant,
-    job_id: &str,
-    map: u32,
-    reduce: u32,
-) -> ShuffleTicket {
+pub fn ticket_from_grant(grant: &FetchGrant, job_id: &str, map: u32, reduce: u32) -> ShuffleTicket {
     ShuffleTicket {
         job_id: job_id.to_string(),
         stage_id: grant.stage_id,
@@ -211,23 +207,61 @@ mod tests {
         assert_eq!(key.verify_ticket(&other_reduce), Ok(()));
 
         for (field, mut changed) in [
-            ("job", ShuffleTicket { job_id: "job-b".into(), ..signed.clone() }),
-            ("stage", ShuffleTicket { stage_id: 2, ..signed.clone() }),
-            ("map", ShuffleTicket { map: 3, ..signed.clone() }),
-            ("expiry", ShuffleTicket { expires_unix_ms: signed.expires_unix_ms + 1, ..signed.clone() }),
+            (
+                "job",
+                ShuffleTicket {
+                    job_id: "job-b".into(),
+                    ..signed.clone()
+                },
+            ),
+            (
+                "stage",
+                ShuffleTicket {
+                    stage_id: 2,
+                    ..signed.clone()
+                },
+            ),
+            (
+                "map",
+                ShuffleTicket {
+                    map: 3,
+                    ..signed.clone()
+                },
+            ),
+            (
+                "expiry",
+                ShuffleTicket {
+                    expires_unix_ms: signed.expires_unix_ms + 1,
+                    ..signed.clone()
+                },
+            ),
         ] {
-            assert_eq!(key.verify_ticket(&changed), Err(TicketError::BadSignature), "{field}");
+            assert_eq!(
+                key.verify_ticket(&changed),
+                Err(TicketError::BadSignature),
+                "{field}"
+            );
             changed.mac.clear();
-            assert_eq!(key.verify_ticket(&changed), Err(TicketError::BadSignature), "{field}");
+            assert_eq!(
+                key.verify_ticket(&changed),
+                Err(TicketError::BadSignature),
+                "{field}"
+            );
         }
         let other_key = TicketKey::generate().expect("random");
-        assert_eq!(other_key.verify_ticket(&signed), Err(TicketError::BadSignature));
+        assert_eq!(
+            other_key.verify_ticket(&signed),
+            Err(TicketError::BadSignature)
+        );
 
         let mut expired = ticket("job-a", 1, 2);
         key.sign_ticket(&mut expired, Duration::ZERO);
         expired.expires_unix_ms -= 5000;
         expired.mac = key.mac_for("job-a", 1, 2, expired.expires_unix_ms);
-        assert!(matches!(key.verify_ticket(&expired), Err(TicketError::Expired { .. })));
+        assert!(matches!(
+            key.verify_ticket(&expired),
+            Err(TicketError::Expired { .. })
+        ));
     }
 
     #[test]
@@ -235,13 +269,22 @@ mod tests {
         let key = TicketKey::generate().expect("random");
         let grant = key.grant("job-a", 4, Duration::from_secs(60));
         for map in [0, 1, 17] {
-            assert_eq!(key.verify_ticket(&ticket_from_grant(&grant, "job-a", map, 0)), Ok(()));
+            assert_eq!(
+                key.verify_ticket(&ticket_from_grant(&grant, "job-a", map, 0)),
+                Ok(())
+            );
         }
         let mut other_stage = ticket_from_grant(&grant, "job-a", 0, 0);
         other_stage.stage_id = 5;
-        assert_eq!(key.verify_ticket(&other_stage), Err(TicketError::BadSignature));
+        assert_eq!(
+            key.verify_ticket(&other_stage),
+            Err(TicketError::BadSignature)
+        );
         let other_job = ticket_from_grant(&grant, "job-b", 0, 0);
-        assert_eq!(key.verify_ticket(&other_job), Err(TicketError::BadSignature));
+        assert_eq!(
+            key.verify_ticket(&other_job),
+            Err(TicketError::BadSignature)
+        );
     }
 
     #[test]

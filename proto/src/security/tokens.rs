@@ -131,7 +131,9 @@ pub fn client_token(token_file: Option<&Path>) -> Result<Option<Token>, Security
 }
 
 fn non_empty_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// What a token lets its holder do.
@@ -222,6 +224,17 @@ impl TokenSet {
     }
 }
 
+/// True when the request carries `token` as its bearer token (constant
+/// time): a check for one fixed secret, such as an executor's.
+pub fn bearer_is(metadata: &MetadataMap, token: &Token) -> bool {
+    let presented = metadata
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.strip_prefix("Bearer "))
+        .and_then(|text| Token::parse(text).ok());
+    presented.is_some_and(|presented| bool::from(presented.digest().ct_eq(&token.digest())))
+}
+
 /// Constant time in the number of tokens and their bytes.
 fn contains(set: &[[u8; 32]], digest: &[u8; 32]) -> bool {
     set.iter()
@@ -257,9 +270,7 @@ impl TokenInterceptor {
 impl tonic::service::Interceptor for TokenInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert(AUTHORIZATION, header.clone());
+            request.metadata_mut().insert(AUTHORIZATION, header.clone());
         }
         Ok(request)
     }
@@ -285,25 +296,45 @@ mod tests {
         let client = Token::generate().expect("random");
         let set = TokenSet::new(std::slice::from_ref(&worker), std::slice::from_ref(&client))
             .expect("valid");
-        assert!(set.authorize(&metadata(Some(&worker)), Role::Worker).is_ok());
-        assert!(set.authorize(&metadata(Some(&client)), Role::Client).is_ok());
+        assert!(set
+            .authorize(&metadata(Some(&worker)), Role::Worker)
+            .is_ok());
+        assert!(set
+            .authorize(&metadata(Some(&client)), Role::Client)
+            .is_ok());
         for (token, role) in [(Some(&worker), Role::Client), (Some(&client), Role::Worker)] {
-            let refused = set.authorize(&metadata(token), role).expect_err("other role");
+            let refused = set
+                .authorize(&metadata(token), role)
+                .expect_err("other role");
             assert_eq!(refused.code(), tonic::Code::Unauthenticated);
             assert!(refused.message().contains("wrong"), "{}", refused.message());
             assert!(!refused.message().contains(token.expect("given").secret()));
         }
-        let missing = set.authorize(&metadata(None), Role::Client).expect_err("none");
-        assert!(missing.message().contains("missing"), "{}", missing.message());
+        let missing = set
+            .authorize(&metadata(None), Role::Client)
+            .expect_err("none");
+        assert!(
+            missing.message().contains("missing"),
+            "{}",
+            missing.message()
+        );
         let wrong = Token::parse("not-the-right-token-at-all").expect("valid text");
-        let refused = set.authorize(&metadata(Some(&wrong)), Role::Client).expect_err("wrong");
+        let refused = set
+            .authorize(&metadata(Some(&wrong)), Role::Client)
+            .expect_err("wrong");
         assert!(!refused.message().contains(wrong.secret()));
         assert!(!format!("{wrong:?}").contains(wrong.secret()));
 
         let off = TokenSet::default();
         assert!(off.authorize(&metadata(None), Role::Worker).is_ok());
-        assert!(TokenSet::new(&[worker.clone()], &[]).is_err(), "one role only");
-        assert!(TokenSet::new(&[worker.clone()], &[worker]).is_err(), "shared token");
+        assert!(
+            TokenSet::new(&[worker.clone()], &[]).is_err(),
+            "one role only"
+        );
+        assert!(
+            TokenSet::new(&[worker.clone()], &[worker]).is_err(),
+            "shared token"
+        );
     }
 
     #[test]
@@ -312,13 +343,25 @@ mod tests {
         let path = dir.path().join("tokens");
         std::fs::write(&path, "# workers\n\ntone-0123456789abcdef0123\nshort\n").expect("write");
         let error = read_token_file(&path).expect_err("short token").to_string();
-        assert!(error.contains("line 4") && error.contains("tokens"), "{error}");
-        assert!(!error.contains("short\n") && !error.contains("0123456789abcdef"), "{error}");
+        assert!(
+            error.contains("line 4") && error.contains("tokens"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("short\n") && !error.contains("0123456789abcdef"),
+            "{error}"
+        );
         std::fs::write(&path, "# only comments\n").expect("write");
         assert!(read_token_file(&path).is_err());
-        std::fs::write(&path, "tone-0123456789abcdef0123\ntone-fedcba9876543210fedc\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "tone-0123456789abcdef0123\ntone-fedcba9876543210fedc\n",
+        )
+        .expect("write");
         assert_eq!(read_token_file(&path).expect("two tokens").len(), 2);
-        assert!(client_token(Some(&path)).is_err(), "a client sends one token");
+        assert!(
+            client_token(Some(&path)).is_err(),
+            "a client sends one token"
+        );
     }
 }

@@ -1,40 +1,42 @@
-//! The gRPC services: client job API and worker sessions. They translate
-//! messages into scheduler events and planner calls; no state lives here.
+//! The `Jobs` service: what clients (and, for binary fetches, workers)
+//! ask of the coordinator.
 
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{oneshot, watch};
 use tone_engine::{EngineError, JobId};
 use tone_proto::v1 as pb;
 use tone_proto::v1::jobs_server::Jobs;
-use tone_proto::v1::worker_control_server::WorkerControl;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::scheduler_stopped;
 use crate::binaries::{BinaryError, BinaryStore};
+use crate::limits::{check_submit, MAX_LISTED_JOBS};
 use crate::planner::{Planned, Planner};
 use crate::scheduler::{has_ended, Event, EventSender};
-
-/// Numbers worker sessions, see `Event::WorkerJoined`.
-static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// Bound on messages waiting to go to one worker.
-const WORKER_OUTBOX_CAPACITY: usize = 1024;
+use crate::security::Guard;
 
 pub struct JobsService {
     events: EventSender,
     planner: Arc<Planner>,
     binaries: Arc<BinaryStore>,
+    guard: Arc<Guard>,
 }
 
 impl JobsService {
-    pub fn new(events: EventSender, planner: Arc<Planner>, binaries: Arc<BinaryStore>) -> Self {
+    pub fn new(
+        events: EventSender,
+        planner: Arc<Planner>,
+        binaries: Arc<BinaryStore>,
+        guard: Arc<Guard>,
+    ) -> Self {
         Self {
             events,
             planner,
             binaries,
+            guard,
         }
     }
 
@@ -43,10 +45,12 @@ impl JobsService {
         self.events
             .send(make(reply))
             .await
-            .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
-        answer
-            .await
-            .map_err(|_| Status::unavailable("the scheduler has stopped"))
+            .map_err(scheduler_stopped)?;
+        answer.await.map_err(|_| {
+            Status::internal(
+                "the scheduler could not answer (an internal error, see the coordinator's log)",
+            )
+        })
     }
 
     async fn watch(&self, job_id: String) -> Result<watch::Receiver<pb::JobStatus>, Status> {
@@ -75,6 +79,7 @@ fn planning_status(error: EngineError) -> Status {
 fn binary_status(error: BinaryError) -> Status {
     match error {
         BinaryError::Io { .. } => Status::internal(error.to_string()),
+        BinaryError::StoreFull { .. } => Status::resource_exhausted(error.to_string()),
         // Collected (or never uploaded): the client uploads and asks again.
         BinaryError::Missing { .. } => Status::failed_precondition(error.to_string()),
         _ => Status::invalid_argument(error.to_string()),
@@ -113,6 +118,8 @@ impl Jobs for JobsService {
         &self,
         request: Request<pb::BinaryRef>,
     ) -> Result<Response<pb::HasBinaryResponse>, Status> {
+        self.guard.client(&request)?;
+        self.guard.binaries()?;
         let stored = self
             .binaries
             .has(&request.into_inner().sha256)
@@ -124,6 +131,8 @@ impl Jobs for JobsService {
         &self,
         request: Request<Streaming<pb::BinaryChunk>>,
     ) -> Result<Response<pb::HasBinaryResponse>, Status> {
+        self.guard.client(&request)?;
+        self.guard.binaries()?;
         let mut chunks = request.into_inner();
         let first = chunks
             .message()
@@ -143,6 +152,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<pb::BinaryRef>,
     ) -> Result<Response<Self::FetchBinaryStream>, Status> {
+        self.guard.worker(&request)?;
         let sha256 = request.into_inner().sha256;
         let path = self
             .binaries
@@ -167,7 +177,16 @@ impl Jobs for JobsService {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        self.guard.client(&request)?;
         let request = request.into_inner();
+        check_submit(&request)?;
+        if let Some(executor) = &request.executor {
+            self.guard.binaries()?;
+            self.guard.working_dir(&executor.cwd)?;
+        }
+        for table in &request.tables {
+            self.guard.path("table", &table.path)?;
+        }
         let job_id = JobId(format!(
             "job-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -188,7 +207,8 @@ impl Jobs for JobsService {
         let planned = if request.plan.is_empty() {
             self.planner.plan(&job_id, &request, partitions).await
         } else {
-            self.planner.plan_encoded(&job_id, &request.plan)
+            self.planner
+                .plan_encoded(&job_id, &request.plan, request.executor.is_some())
         }
         .map_err(planning_status)?;
         let has_results = match planned {
@@ -197,10 +217,7 @@ impl Jobs for JobsService {
                     job_id: job_id.clone(),
                     sql: request.sql.clone(),
                 };
-                self.events
-                    .send(event)
-                    .await
-                    .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
+                self.events.send(event).await.map_err(scheduler_stopped)?;
                 false
             }
             Planned::Job { dag, schema } => {
@@ -237,30 +254,36 @@ impl Jobs for JobsService {
         &self,
         request: Request<pb::JobStatusRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
+        self.guard.client(&request)?;
         let receiver = self.watch(request.into_inner().job_id).await?;
         let status = receiver.borrow().clone();
-        Ok(Response::new(status))
+        Ok(Response::new(self.guard.sign_results(status)))
     }
 
     async fn watch(
         &self,
         request: Request<pb::JobStatusRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.guard.client(&request)?;
         let receiver = self.watch(request.into_inner().job_id).await?;
+        let guard = Arc::clone(&self.guard);
         // Yields the current status, then every change, ending after the
         // first terminal one.
         let updates = futures::stream::unfold(
             (receiver, true, false),
-            |(mut receiver, first, done)| async move {
-                if done {
-                    return None;
+            move |(mut receiver, first, done)| {
+                let guard = Arc::clone(&guard);
+                async move {
+                    if done {
+                        return None;
+                    }
+                    if !first && receiver.changed().await.is_err() {
+                        return None;
+                    }
+                    let status = receiver.borrow_and_update().clone();
+                    let terminal = has_ended(&status);
+                    Some((Ok(guard.sign_results(status)), (receiver, false, terminal)))
                 }
-                if !first && receiver.changed().await.is_err() {
-                    return None;
-                }
-                let status = receiver.borrow_and_update().clone();
-                let terminal = has_ended(&status);
-                Some((Ok(status), (receiver, false, terminal)))
             },
         );
         Ok(Response::new(updates.boxed()))
@@ -270,135 +293,51 @@ impl Jobs for JobsService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
+        self.guard.client(&request)?;
         let job_id = request.into_inner().job_id;
         let missing = format!("no job with id '{job_id}'");
         let status = self
             .ask(|reply| Event::Cancel { job_id, reply })
             .await?
             .ok_or_else(|| Status::not_found(missing))?;
-        Ok(Response::new(status))
+        Ok(Response::new(self.guard.sign_results(status)))
     }
 
     async fn release(
         &self,
         request: Request<pb::JobStatusRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.guard.client(&request)?;
         let job_id = request.into_inner().job_id;
         self.events
             .send(Event::Release { job_id })
             .await
-            .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
+            .map_err(scheduler_stopped)?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.ask(|reply| Event::ListJobs { reply }).await?;
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        self.guard.client(&request)?;
+        let limit = match request.into_inner().limit as usize {
+            0 => MAX_LISTED_JOBS,
+            limit => limit.min(MAX_LISTED_JOBS),
+        };
+        let (jobs, total) = self.ask(|reply| Event::ListJobs { limit, reply }).await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            total: total as u64,
+        }))
     }
 
     async fn list_workers(
         &self,
-        _request: Request<pb::ListWorkersRequest>,
+        request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        self.guard.client(&request)?;
         let workers = self.ask(|reply| Event::ListWorkers { reply }).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
-}
-
-pub struct ControlService {
-    events: EventSender,
-}
-
-impl ControlService {
-    pub fn new(events: EventSender) -> Self {
-        Self { events }
-    }
-}
-
-#[tonic::async_trait]
-impl WorkerControl for ControlService {
-    type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<pb::WorkerMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let register = match inbound.message().await? {
-            Some(pb::WorkerMessage {
-                kind: Some(pb::worker_message::Kind::Register(register)),
-            }) => register,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "a worker session must start with Register",
-                ))
-            }
-        };
-        if register.slots == 0 || register.worker_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "Register needs a worker id and at least one slot",
-            ));
-        }
-        let (outbox, outbound) = mpsc::channel(WORKER_OUTBOX_CAPACITY);
-        let worker_id = register.worker_id.clone();
-        let session = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let joined = Event::WorkerJoined {
-            worker_id: worker_id.clone(),
-            session,
-            address: register.flight_address,
-            slots: register.slots as usize,
-            max_executors: register.max_executors as usize,
-            outbox,
-        };
-        self.events
-            .send(joined)
-            .await
-            .map_err(|_| Status::unavailable("the scheduler has stopped"))?;
-        tokio::spawn(forward_worker_messages(
-            inbound,
-            worker_id,
-            session,
-            self.events.clone(),
-        ));
-        Ok(Response::new(ReceiverStream::new(outbound)))
-    }
-}
-
-/// Turns a worker's messages into events until its stream ends.
-async fn forward_worker_messages(
-    mut inbound: Streaming<pb::WorkerMessage>,
-    worker_id: String,
-    session: u64,
-    events: EventSender,
-) {
-    loop {
-        let event = match inbound.message().await {
-            Ok(Some(message)) => match message.kind {
-                Some(pb::worker_message::Kind::Heartbeat(heartbeat)) => Event::Heartbeat {
-                    worker_id: worker_id.clone(),
-                    heartbeat,
-                },
-                Some(pb::worker_message::Kind::TaskStatus(status)) => Event::TaskStatus {
-                    worker_id: worker_id.clone(),
-                    status,
-                },
-                Some(pb::worker_message::Kind::Drain(_)) => Event::Drain {
-                    worker_id: worker_id.clone(),
-                },
-                Some(pb::worker_message::Kind::Register(_)) | None => continue,
-            },
-            Ok(None) => break,
-            Err(status) => {
-                tracing::warn!(%worker_id, %status, "worker stream failed");
-                break;
-            }
-        };
-        if events.send(event).await.is_err() {
-            return;
-        }
-    }
-    let _ = events.send(Event::WorkerLeft { worker_id, session }).await;
 }

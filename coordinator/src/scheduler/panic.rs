@@ -1,0 +1,107 @@
+//! What a panic inside the event loop does. A coordinator whose loop died
+//! would still answer (the services run on) but never schedule again, so
+//! the loop catches panics: the job being handled fails with an internal
+//! error and the loop goes on; a panic that belongs to no job stops the
+//! coordinator (non-zero exit) for a supervisor to restart it.
+//!
+//! `TONE_FAULT_SCHEDULER_PANIC` plants one for tests: `submit:TEXT`
+//! panics while submitting a job whose SQL holds TEXT; `list_workers`
+//! panics while listing workers (a panic no job owns).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use tone_proto::v1 as pb;
+
+use super::{Event, Scheduler};
+
+/// The planted panic, read once.
+fn planted() -> Option<&'static str> {
+    static PLANTED: OnceLock<Option<String>> = OnceLock::new();
+    PLANTED
+        .get_or_init(|| std::env::var("TONE_FAULT_SCHEDULER_PANIC").ok())
+        .as_deref()
+}
+
+/// Panics when the test fault names this submission.
+pub(super) fn planted_in_submit(sql: &str) {
+    if let Some(text) = planted().and_then(|fault| fault.strip_prefix("submit:")) {
+        if sql.contains(text) {
+            panic!("injected fault: scheduler panic while submitting");
+        }
+    }
+}
+
+/// Panics when the test fault names the worker listing.
+pub(super) fn planted_in_list_workers() {
+    if planted() == Some("list_workers") {
+        panic!("injected fault: scheduler panic while listing workers");
+    }
+}
+
+impl Event {
+    /// The job an event is about, if any.
+    fn job_id(&self) -> Option<String> {
+        match self {
+            Event::Submit { job_id, .. } | Event::CatalogChange { job_id, .. } => {
+                Some(job_id.0.clone())
+            }
+            Event::Cancel { job_id, .. }
+            | Event::Release { job_id }
+            | Event::Watch { job_id, .. } => Some(job_id.clone()),
+            Event::TaskStatus { status, .. } => {
+                status.task.as_ref().map(|task| task.job_id.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Scheduler {
+    /// Handles one event and assigns free slots; `Err` when the loop must
+    /// stop.
+    pub(super) fn step(&mut self, event: Event) -> Result<(), String> {
+        let name = event.name();
+        self.in_hand = event.job_id();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_and_assign(event)));
+        let Err(panic) = outcome else {
+            self.in_hand = None;
+            return Ok(());
+        };
+        let message = tone_engine::cpu::panic_message(&panic);
+        let Some(job_id) = self.in_hand.take() else {
+            return Err(format!("the scheduler panicked handling {name}: {message}"));
+        };
+        tracing::error!(%job_id, event = name, %message, "scheduler panic; failing the job");
+        let recovered = catch_unwind(AssertUnwindSafe(|| {
+            self.fail_for_panic(&job_id, name, &message);
+            self.let_drained_workers_go();
+            self.assign_free_slots();
+        }));
+        self.in_hand = None;
+        recovered.map_err(|again| {
+            format!(
+                "the scheduler panicked handling {name} ({message}) and again while failing \
+                 job {job_id}: {}",
+                tone_engine::cpu::panic_message(&again)
+            )
+        })
+    }
+
+    fn fail_for_panic(&mut self, job_id: &str, event: &str, message: &str) {
+        let Some(index) = self.job_index(job_id) else {
+            return;
+        };
+        if self.jobs[index].is_active() {
+            self.stop_job(
+                index,
+                pb::JobState::Failed,
+                pb::ErrorKind::Internal,
+                format!(
+                    "internal error (please report): the coordinator's scheduler panicked \
+                     while handling {event} for this job: {message}"
+                ),
+            );
+        }
+    }
+}
