@@ -113,19 +113,17 @@ impl From<tonic::Status> for ClusterError {
             },
             // The connection itself failed (tonic reports transport errors
             // as UNAVAILABLE or UNKNOWN with the cause as the source).
-            Code::Unavailable | Code::Unknown => match std::error::Error::source(&status) {
-                Some(cause) => ClusterError::Connection {
-                    reason: format!(
+            Code::Unavailable | Code::Unknown if is_transport_failure(&status) => {
+                let reason = match std::error::Error::source(&status) {
+                    Some(cause) => format!(
                         "{}: {}",
                         status.message(),
                         tone_proto::security::tls::explain(cause, false)
                     ),
-                },
-                None => ClusterError::Refused {
-                    message: status.message().to_string(),
-                    user_error: false,
-                },
-            },
+                    None => format!("{}{}", status.message(), TRANSPORT_HINT),
+                };
+                ClusterError::Connection { reason }
+            }
             code => ClusterError::Refused {
                 message: match code {
                     Code::Unauthenticated | Code::PermissionDenied => {
@@ -147,6 +145,26 @@ impl From<tonic::Status> for ClusterError {
         }
     }
 }
+
+/// True when a status reports the connection failing rather than the
+/// coordinator answering (tonic gives transport errors as UNAVAILABLE or
+/// UNKNOWN).
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    let message = status.message();
+    std::error::Error::source(status).is_some()
+        || [
+            "transport error",
+            "h2 protocol error",
+            "connection",
+            "broken pipe",
+        ]
+        .iter()
+        .any(|sign| message.contains(sign))
+}
+
+/// What to check after a transport failure with no cause attached.
+const TRANSPORT_HINT: &str = "; is the server's scheme the URL's? A TLS server needs an \
+     https:// URL and --tls-ca FILE; a plaintext server an http:// URL";
 
 /// A table for the coordinator's catalog.
 #[derive(Debug, Clone)]

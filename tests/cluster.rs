@@ -21,6 +21,8 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct LocalCluster {
     child: Child,
     pub master: String,
+    /// With `--secure`: the CA file and the client token file it printed.
+    pub secure: Option<(String, String)>,
 }
 
 impl LocalCluster {
@@ -38,22 +40,58 @@ impl LocalCluster {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
-        let (child, master) = spawn_local_cluster(workers, slots, env, args);
-        let cluster = Self { child, master };
+        let (child, master, secure) = spawn_local_cluster(workers, slots, env, args);
+        let cluster = Self {
+            child,
+            master,
+            secure,
+        };
         cluster.wait_for_workers(workers).await;
         cluster
     }
 
+    /// A `local-cluster --secure` (TLS everywhere, tokens).
+    pub async fn start_secure(workers: usize, slots: usize, args: &[&str]) -> Self {
+        let args: Vec<&str> = ["--secure"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        Self::start_with(workers, slots, &[], &args).await
+    }
+
+    /// What a client process needs in its environment to reach this
+    /// cluster (nothing for a plaintext one).
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        match &self.secure {
+            Some((ca, token)) => vec![
+                ("TONE_TLS_CA", ca.clone()),
+                ("TONE_TOKEN_FILE", token.clone()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// The TLS and token settings of a client of this cluster.
+    pub fn security(&self) -> tone_proto::security::ClientSecurity {
+        let files = tone_proto::security::ClientFiles {
+            tls_ca: self.secure.as_ref().map(|(ca, _)| ca.into()),
+            token_file: self.secure.as_ref().map(|(_, token)| token.into()),
+            ..Default::default()
+        };
+        files.load().expect("the cluster's files load")
+    }
+
     pub async fn client(&self) -> ClusterClient {
-        ClusterClient::connect(&self.master)
+        ClusterClient::connect_with(&self.master, &self.security())
             .await
             .expect("coordinator reachable")
     }
 
     pub async fn wait_for_workers(&self, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let security = self.security();
         loop {
-            if let Ok(client) = ClusterClient::connect(&self.master).await {
+            if let Ok(client) = ClusterClient::connect_with(&self.master, &security).await {
                 if client.workers().await.map(|w| w.len()).unwrap_or(0) >= count {
                     return;
                 }
@@ -84,13 +122,14 @@ impl Drop for LocalCluster {
 }
 
 /// Starts `tone local-cluster` in its own process group and returns it
-/// with the master URL from its first line.
+/// with the master URL from its first line (and, with `--secure`, the CA
+/// and token files from the next two).
 fn spawn_local_cluster(
     workers: usize,
     slots: usize,
     env: &[(&str, &str)],
     args: &[&str],
-) -> (Child, String) {
+) -> (Child, String, Option<(String, String)>) {
     let mut child = tone()
         .envs(env.iter().copied())
         .args(["local-cluster", "--port", "0"])
@@ -107,15 +146,22 @@ fn spawn_local_cluster(
         .spawn()
         .expect("local-cluster starts");
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("reads the master line");
-    let master = line
-        .trim()
-        .strip_prefix("master: ")
-        .expect("first line names the master");
-    (child, master.to_string())
+    let mut lines = BufReader::new(stdout).lines();
+    let mut line = |prefix: &str| -> String {
+        let line = lines
+            .next()
+            .expect("local-cluster prints its settings")
+            .expect("reads a line");
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected '{prefix}…', got '{line}'"))
+            .to_string()
+    };
+    let master = line("master: ");
+    let secure = args
+        .contains(&"--secure")
+        .then(|| (line("tls-ca: "), line("token-file: ")));
+    (child, master, secure)
 }
 
 pub fn tpch_tables() -> Vec<TableRef> {
@@ -134,7 +180,19 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tpch_on_two_workers_matches_embedded_and_shuffles_across_workers() {
-    let cluster = LocalCluster::start(2, 1).await;
+    tpch_matches_embedded(&LocalCluster::start(2, 1).await).await;
+}
+
+/// The same answers with TLS on every connection and tokens on every
+/// call, shuffle fetches and result reads with signed tickets.
+#[tokio::test(flavor = "multi_thread")]
+async fn tpch_on_a_secure_cluster_matches_embedded() {
+    let cluster = LocalCluster::start_secure(2, 1, &[]).await;
+    assert!(cluster.master.starts_with("https://"), "{}", cluster.master);
+    tpch_matches_embedded(&cluster).await;
+}
+
+async fn tpch_matches_embedded(cluster: &LocalCluster) {
     let client = cluster.client().await;
     let embedded = tone_engine(2).await;
     let mut failures = Vec::new();
@@ -530,7 +588,7 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
 fn local_cluster_stops_on_ctrl_c_and_removes_its_work_dirs() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let tmpdir = tmp.path().to_str().expect("utf-8");
-    let (mut child, master) = spawn_local_cluster(2, 1, &[("TMPDIR", tmpdir)], &[]);
+    let (mut child, master, _) = spawn_local_cluster(2, 1, &[("TMPDIR", tmpdir)], &[]);
     assert!(master.starts_with("http://127.0.0.1:"), "{master}");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(

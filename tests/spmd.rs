@@ -11,7 +11,7 @@ use crate::faults::{wait_until, Cluster};
 
 /// An example binary built next to this test binary (`cargo test` builds
 /// the examples).
-fn example(name: &str) -> PathBuf {
+pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let debug = exe
         .parent()
@@ -43,9 +43,9 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn wordcount_ships_itself_and_matches_std() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Word-count input in `dir`, and the top 20 as wordcount prints them,
+/// from a std computation.
+fn wordcount_input(dir: &Path) -> (PathBuf, String) {
     let words = [
         "Apple", "banana", "cherry", "apple", "Date", "elder", "fig", "grape",
     ];
@@ -57,7 +57,7 @@ async fn wordcount_ships_itself_and_matches_std() {
         }
         text.push('\n');
     }
-    let input = dir.path().join("words.txt");
+    let input = dir.join("words.txt");
     std::fs::write(&input, &text).expect("input written");
     let mut counts: HashMap<String, u64> = HashMap::new();
     for word in text.split_whitespace() {
@@ -70,13 +70,39 @@ async fn wordcount_ships_itself_and_matches_std() {
         .take(20)
         .map(|(word, count)| format!("{count}\t{word}\n"))
         .collect();
+    (input, expected)
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn wordcount_ships_itself_and_matches_std() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (input, expected) = wordcount_input(dir.path());
     let cluster = LocalCluster::start(2, 2).await;
+    wordcount_matches(&cluster, &input, &expected);
+}
+
+/// The binary shipping path with TLS everywhere (the worker-executor link
+/// too), tokens, signed executor specs and signed fetch grants.
+#[tokio::test(flavor = "multi_thread")]
+async fn wordcount_ships_itself_on_a_secure_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (input, expected) = wordcount_input(dir.path());
+    let cluster = LocalCluster::start_secure(2, 2, &["--allow-binaries"]).await;
+    wordcount_matches(&cluster, &input, &expected);
+}
+
+/// wordcount as a driver and through `tone submit --bin` prints `expected`.
+fn wordcount_matches(cluster: &LocalCluster, input: &Path, expected: &str) {
+    let env = cluster.client_env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
     let input = input.to_str().expect("utf-8 path");
     let output = run(
         "wordcount",
         &["--input", input, "--master", &cluster.master],
-        &[],
+        &env,
     );
     assert!(
         output.status.success(),
@@ -90,6 +116,7 @@ async fn wordcount_ships_itself_and_matches_std() {
         .args(["submit", "--master", &cluster.master, "--bin"])
         .arg(example("wordcount"))
         .args(["--", "--input", input])
+        .envs(env.iter().copied())
         .output()
         .expect("tone submit runs");
     assert!(

@@ -9,6 +9,7 @@ mod faults;
 mod memory;
 mod oracle_tpch;
 mod roundtrip;
+mod security;
 mod shuffle;
 mod spmd;
 mod sql_beyond_tpch;

@@ -366,6 +366,19 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
     })
 }
 
+/// A statement as SQL text that parses back to it, for sending it to a
+/// cluster. DataFusion prints a `COPY … TO` target without its quotes
+/// (`TO /tmp/out.csv`, which does not parse); it is quoted here.
+pub fn statement_text(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let Statement::CopyTo(copy) = statement else {
+        return text;
+    };
+    let bare = format!(" TO {}", copy.target);
+    let quoted = format!(" TO '{}'", copy.target.replace('\'', "''"));
+    text.replacen(&bare, &quoted, 1)
+}
+
 /// Adds the offending source line to a syntax error.
 fn with_snippet(error: EngineError, sql: &str) -> EngineError {
     match error {
@@ -381,5 +394,24 @@ fn with_snippet(error: EngineError, sql: &str) -> EngineError {
             column,
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_print_as_sql_that_parses_back() {
+        for sql in [
+            "COPY (select 1 as x) TO '/tmp/o''dd dir/out.csv'",
+            "COPY t TO 'out.parquet' STORED AS PARQUET",
+            "select 1",
+        ] {
+            let statement = parse_statements(sql).expect("parses").remove(0);
+            let text = statement_text(&statement);
+            let again = parse_statements(&text).expect("parses back").remove(0);
+            assert_eq!(again, statement, "{text}");
+        }
     }
 }

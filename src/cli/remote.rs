@@ -200,7 +200,7 @@ impl Script<'_> {
             .with_job_timeout(self.timeout);
         let partitions = self.tables.partitions.unwrap_or(0);
         for statement in statements {
-            let text = statement.to_string();
+            let text = tone_engine::engine::statement_text(&statement);
             let submitted = client.submit(&text, &refs, partitions).await?;
             if !submitted.has_results {
                 continue;
@@ -257,7 +257,7 @@ pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
     for statement in parse_statements(&sql)? {
         let submitted = client
             .submit(
-                &statement.to_string(),
+                &tone_engine::engine::statement_text(&statement),
                 &refs,
                 args.tables.partitions.unwrap_or(0),
             )

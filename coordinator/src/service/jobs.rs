@@ -230,7 +230,8 @@ impl Jobs for JobsService {
                 let executor = request.executor.clone();
                 let timeout = (request.timeout_ms > 0)
                     .then(|| std::time::Duration::from_millis(request.timeout_ms));
-                self.ask(|reply| Event::Submit {
+                let (reply, recorded) = oneshot::channel();
+                let event = Event::Submit {
                     job_id: id,
                     sql,
                     dag,
@@ -239,8 +240,14 @@ impl Jobs for JobsService {
                     executor,
                     binary,
                     reply,
-                })
-                .await?;
+                };
+                self.events.send(event).await.map_err(scheduler_stopped)?;
+                if recorded.await.is_err() {
+                    // The scheduler failed while taking the job in (a
+                    // panic fails the job it was handling): the job's
+                    // status tells the client what happened.
+                    tracing::error!(job_id = %job_id, "the scheduler did not confirm a submission");
+                }
                 true
             }
         };
