@@ -113,7 +113,7 @@ impl From<tonic::Status> for ClusterError {
             },
             // The connection itself failed (tonic reports transport errors
             // as UNAVAILABLE or UNKNOWN with the cause as the source).
-            Code::Unavailable | Code::Unknown if is_transport_failure(&status) => {
+            Code::Unavailable | Code::Unknown | Code::Internal if is_transport_failure(&status) => {
                 let reason = match std::error::Error::source(&status) {
                     Some(cause) => format!(
                         "{}: {}",
@@ -148,7 +148,8 @@ impl From<tonic::Status> for ClusterError {
 
 /// True when a status reports the connection failing rather than the
 /// coordinator answering (tonic gives transport errors as UNAVAILABLE or
-/// UNKNOWN).
+/// UNKNOWN, and an HTTP/2 protocol error, such as TLS bytes read as
+/// HTTP/2, as INTERNAL).
 fn is_transport_failure(status: &tonic::Status) -> bool {
     let message = status.message();
     std::error::Error::source(status).is_some()
@@ -160,6 +161,34 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
         ]
         .iter()
         .any(|sign| message.contains(sign))
+}
+
+/// A transport failure at connect time, with what to check given the
+/// settings used.
+fn describe_failure(status: &tonic::Status, url: &str, security: &ClientSecurity) -> String {
+    let https = url.starts_with("https://");
+    let mut reason = match std::error::Error::source(status) {
+        Some(cause) => format!(
+            "{}: {}",
+            status.message(),
+            tone_proto::security::tls::explain(cause, https)
+        ),
+        None => format!("{}{TRANSPORT_HINT}", status.message()),
+    };
+    let dropped = ["broken pipe", "connection closed", "connection reset"]
+        .iter()
+        .any(|sign| reason.contains(sign));
+    let without_certificate = security
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.identity.is_none());
+    if https && dropped && without_certificate {
+        reason.push_str(
+            "; the server closed the connection after the TLS handshake: it may require a \
+             client certificate (mutual TLS), given with --tls-cert FILE --tls-key FILE",
+        );
+    }
+    reason
 }
 
 /// What to check after a transport failure with no cause attached.
@@ -216,6 +245,18 @@ impl ClusterClient {
         let jobs = JobsClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // One call now, so a connection the server drops (TLS against
+        // plaintext, a client certificate it requires) or a refused token
+        // fails here, where the settings are known, not at the first job.
+        if let Err(status) = jobs.clone().list_workers(pb::ListWorkersRequest {}).await {
+            if !is_transport_failure(&status) {
+                return Err(status.into());
+            }
+            return Err(ClusterError::Connect {
+                reason: describe_failure(&status, &url, security),
+                url,
+            });
+        }
         // Workers need no token: the coordinator's tickets let us read.
         let flight = FlightPool::new(ClientSecurity {
             tls: security.tls.clone(),

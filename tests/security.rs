@@ -694,7 +694,7 @@ async fn plaintext_wrong_ca_and_missing_client_certificates_fail_clearly() {
     );
     refused(
         &run(&["workers", "--master", &master, "--tls-ca", ca]),
-        "requires a client certificate",
+        "client certificate",
     );
     let missing = run(&[
         "workers",
@@ -847,9 +847,9 @@ async fn a_scheduler_panic_fails_its_job_and_scheduling_goes_on() {
 
     // A panic that belongs to no job stops the coordinator (exit non-zero)
     // rather than leaving one that answers and never schedules.
-    let env = [("TONE_FAULT_SCHEDULER_PANIC", "list_workers")];
+    let env = [("TONE_FAULT_SCHEDULER_PANIC", "list_jobs")];
     let mut cluster = SecureCluster::start_with_env(0, &[], &[], &env).await;
-    let _ = cluster.client_cli(&["workers"]);
+    let _ = cluster.client_cli(&["jobs"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = cluster.coordinator.child.try_wait().expect("waits") {

@@ -131,7 +131,7 @@ impl Event {
             Event::Release { .. } => "release",
             Event::Watch { .. } => "watch",
             Event::ListJobs { .. } => "list_jobs",
-            Event::ListWorkers { .. } => "list_workers",
+            Event::ListWorkers { .. } => "list_jobs",
             Event::Tick => "tick",
         }
     }
@@ -432,6 +432,7 @@ impl Scheduler {
                 let _ = reply.send(receiver);
             }
             Event::ListJobs { limit, reply } => {
+                panic::planted_in_list_jobs();
                 let total = self.history.len() + self.jobs.len();
                 let skip = total.saturating_sub(limit);
                 let past = self.history.iter().cloned();
@@ -447,7 +448,6 @@ impl Scheduler {
                 let _ = reply.send((listed, total));
             }
             Event::ListWorkers { reply } => {
-                panic::planted_in_list_workers();
                 let workers = self
                     .workers
                     .iter()

@@ -5,8 +5,8 @@
 //! coordinator (non-zero exit) for a supervisor to restart it.
 //!
 //! `TONE_FAULT_SCHEDULER_PANIC` plants one for tests: `submit:TEXT`
-//! panics while submitting a job whose SQL holds TEXT; `list_workers`
-//! panics while listing workers (a panic no job owns).
+//! panics while submitting a job whose SQL holds TEXT; `list_jobs`
+//! panics while listing jobs (a panic no job owns).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
@@ -32,10 +32,10 @@ pub(super) fn planted_in_submit(sql: &str) {
     }
 }
 
-/// Panics when the test fault names the worker listing.
-pub(super) fn planted_in_list_workers() {
-    if planted() == Some("list_workers") {
-        panic!("injected fault: scheduler panic while listing workers");
+/// Panics when the test fault names the job listing.
+pub(super) fn planted_in_list_jobs() {
+    if planted() == Some("list_jobs") {
+        panic!("injected fault: scheduler panic while listing jobs");
     }
 }
 
