@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod dataset;
 mod faults;
+mod fuzz_regressions;
 mod memory;
 mod oracle_tpch;
 mod roundtrip;

@@ -19,6 +19,8 @@
 
 mod binaries;
 mod file_groups;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 mod planner;
 mod scheduler;

@@ -122,15 +122,26 @@ impl Planner {
             });
             return Ok(Planned::CatalogChange);
         };
-        let mut plan = crate::file_groups::balance_file_groups(plan)?;
-        // See `coordinating_join`: such joins become independent per task.
-        if has_coordinating_join(&plan) {
-            plan = independent_joins(plan)?;
-        }
+        let plan = cluster_rewrites(plan)?;
         // Uncorrelated scalar subqueries and recursive CTEs run here, before
         // the job is cut into stages.
         let plan = self.engine.prepare_plan(plan).await?;
         job_of(job_id, plan)
+    }
+
+    /// Plans `sql` as `plan` does, up to the stage cut, without running
+    /// anything: scalar subqueries are left in place (for fuzzing, where
+    /// running them could take unbounded time).
+    pub(crate) async fn plan_without_running(
+        &self,
+        job_id: &JobId,
+        sql: &str,
+        partitions: usize,
+    ) -> Result<Option<Planned>, EngineError> {
+        let Some(plan) = self.engine.plan_statement(sql, partitions).await? else {
+            return Ok(None);
+        };
+        job_of(job_id, cluster_rewrites(plan)?).map(Some)
     }
 
     /// A physical plan a driver program planned and encoded (a DataFrame
@@ -169,11 +180,19 @@ impl Planner {
             _ => {}
         }
         self.engine.path_roots().check_plan(&plan)?;
-        let mut plan = crate::file_groups::balance_file_groups(plan)?;
-        if has_coordinating_join(&plan) {
-            plan = independent_joins(plan)?;
-        }
-        job_of(job_id, plan)
+        job_of(job_id, cluster_rewrites(plan)?)
+    }
+}
+
+/// The rewrites every cluster plan gets: whole-file scan groups, and joins
+/// that would coordinate across tasks made independent per task.
+fn cluster_rewrites(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+    let plan = crate::file_groups::balance_file_groups(plan)?;
+    // See `coordinating_join`: such joins become independent per task.
+    if has_coordinating_join(&plan) {
+        independent_joins(plan)
+    } else {
+        Ok(plan)
     }
 }
 

@@ -53,9 +53,12 @@ impl Scheduler {
                 task.state = Task::Done {
                     worker: reporter.to_string(),
                 };
-                job.rows += done.rows;
-                job.bytes += done.bytes;
-                job.remote_fetch_bytes += done.remote_fetch_bytes;
+                // The worker's figures: added so that no report can overflow.
+                job.rows = job.rows.saturating_add(done.rows);
+                job.bytes = job.bytes.saturating_add(done.bytes);
+                job.remote_fetch_bytes = job
+                    .remote_fetch_bytes
+                    .saturating_add(done.remote_fetch_bytes);
                 let last = stage + 1 == job.stages.len();
                 if last && job.stages[stage].done() {
                     self.finish_job(index);
