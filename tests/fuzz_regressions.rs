@@ -166,21 +166,7 @@ async fn seeds_for_the_fuzz_targets() {
             .encode_to_vec(),
         ),
         ("workers", 7, Vec::new()),
-        (
-            "report",
-            9,
-            pb::WorkerMessage {
-                kind: Some(pb::worker_message::Kind::TaskStatus(pb::TaskStatus {
-                    task: Some(pb::TaskKey::default()),
-                    outcome: Some(pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
-                        rows: u64::MAX,
-                        bytes: u64::MAX,
-                        remote_fetch_bytes: u64::MAX,
-                    })),
-                })),
-            }
-            .encode_to_vec(),
-        ),
+        ("report", 9, overflowing_report().encode_to_vec()),
         (
             "heartbeat",
             9,
@@ -199,7 +185,21 @@ async fn seeds_for_the_fuzz_targets() {
     }
     // After the submissions (names sort after them): reports of the tasks
     // assigned, oldest first, whose row counts overflow if added plainly.
-    let report = pb::WorkerMessage {
+    let report = overflowing_report();
+    for index in 0..24 {
+        let name = format!("zz-report-{index:02}");
+        write(
+            "requests",
+            &name,
+            &[&[9u8][..], &report.encode_to_vec()].concat(),
+        );
+    }
+}
+
+/// A success report of the oldest task assigned to the stand-in worker,
+/// with counts at their largest.
+fn overflowing_report() -> pb::WorkerMessage {
+    pb::WorkerMessage {
         kind: Some(pb::worker_message::Kind::TaskStatus(pb::TaskStatus {
             task: Some(pb::TaskKey::default()),
             outcome: Some(pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
@@ -208,13 +208,5 @@ async fn seeds_for_the_fuzz_targets() {
                 remote_fetch_bytes: u64::MAX,
             })),
         })),
-    };
-    for index in 0..24 {
-        let name = format!("zz-report-{index:02}");
-        write(
-            "requests",
-            &name,
-            &[&[9u8][..], &report.encode_to_vec()].concat(),
-        );
     }
 }

@@ -888,6 +888,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_specs_the_coordinator_signed_start_an_executor() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let mut executors = executors(work.path(), 1);
+        let key = tone_proto::security::TicketKey::generate().expect("random");
+        executors.trusted = TrustedKey::fixed(key.clone());
+        let assign = |mac: Vec<u8>| pb::AssignTask {
+            task: Some(pb::TaskKey {
+                job_id: "job-a".into(),
+                ..Default::default()
+            }),
+            executor: Some(spec()),
+            executor_mac: mac,
+            ..Default::default()
+        };
+        let other = tone_proto::security::TicketKey::generate().expect("random");
+        for (what, mac) in [
+            ("unsigned", Vec::new()),
+            ("signed by another key", other.sign_spec("job-a", &spec())),
+            ("signed for another job", key.sign_spec("job-b", &spec())),
+        ] {
+            let Err(error) = executors.forward(assign(mac)).await else {
+                panic!("{what}: an executor must not start");
+            };
+            assert!(error.to_string().contains("not signed"), "{what}: {error}");
+        }
+        // Signed: it goes on to fetch the binary (no coordinator here).
+        let Err(error) = executors
+            .forward(assign(key.sign_spec("job-a", &spec())))
+            .await
+        else {
+            panic!("no coordinator to fetch from");
+        };
+        assert!(error.to_string().contains("binary"), "{error}");
+        assert_eq!(executors.count(), 0);
+    }
+
+    #[tokio::test]
     async fn an_executor_that_exited_by_itself_takes_no_room() {
         let work = tempfile::tempdir().expect("temp dir");
         let executors = executors(work.path(), 1);
