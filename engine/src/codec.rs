@@ -60,6 +60,18 @@ impl PhysicalProtoConverterExtension for ToneProtoConverter {
         proto: &protobuf::PhysicalPlanNode,
         ctx: &PhysicalPlanDecodeContext<'_>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // arrow's IPC reader sizes its buffers from the lengths a message
+        // claims before it reads them: a claim past the bytes given would
+        // allocate without bound (found by fuzzing), so it is refused here.
+        if let Some(protobuf::physical_plan_node::PhysicalPlanType::MemoryScan(scan)) =
+            &proto.physical_plan_type
+        {
+            for partition in &scan.partitions {
+                check_ipc_stream(partition).map_err(|reason| {
+                    DataFusionError::Plan(format!("malformed in-memory data in the plan: {reason}"))
+                })?;
+            }
+        }
         proto.try_into_physical_plan_with_context(ctx, self)
     }
 
@@ -97,6 +109,48 @@ impl PhysicalProtoConverterExtension for ToneProtoConverter {
     }
 }
 
+/// Checks that every message of an Arrow IPC stream fits in `bytes`:
+/// its metadata is a valid flatbuffer and its body lies inside the stream.
+fn check_ipc_stream(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut at = 0usize;
+    let word = |at: usize| -> std::result::Result<u32, String> {
+        let word = bytes
+            .get(at..at.saturating_add(4))
+            .ok_or("a message length is cut off")?;
+        Ok(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+    };
+    while at < bytes.len() {
+        let mut length = word(at)?;
+        at += 4;
+        if length == 0xFFFF_FFFF {
+            length = word(at)?;
+            at += 4;
+        }
+        if length == 0 {
+            return Ok(()); // End of stream.
+        }
+        let end = at
+            .checked_add(length as usize)
+            .filter(|end| *end <= bytes.len());
+        let metadata = end
+            .and_then(|end| bytes.get(at..end))
+            .ok_or_else(|| format!("a message claims {length} bytes of metadata, past the end"))?;
+        let message = arrow::ipc::root_as_message(metadata).map_err(|error| error.to_string())?;
+        at += length as usize;
+        let body = usize::try_from(message.bodyLength())
+            .ok()
+            .filter(|body| *body <= bytes.len() - at)
+            .ok_or_else(|| {
+                format!(
+                    "a message claims a body of {} bytes, past the end",
+                    message.bodyLength()
+                )
+            })?;
+        at += body;
+    }
+    Ok(())
+}
+
 fn known_subquery_value(expr: &Arc<dyn PhysicalExpr>) -> Option<ScalarValue> {
     let subquery = (expr.as_ref() as &dyn std::any::Any).downcast_ref::<ScalarSubqueryExpr>()?;
     #[allow(deprecated)] // `index` is the only way to find the value in the shared results.
@@ -104,13 +158,47 @@ fn known_subquery_value(expr: &Arc<dyn PhysicalExpr>) -> Option<ScalarValue> {
     subquery.results().get(index)
 }
 
+thread_local! {
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on a thread that is inside [`decode_plan`], whose panics are
+/// caught: a panic hook (a fuzzer's, which aborts on any panic) can let
+/// those through.
+pub fn is_decoding() -> bool {
+    DECODING.with(std::cell::Cell::get)
+}
+
 /// Decodes a stage plan; `context` supplies the functions and object stores
 /// the plan refers to.
+///
+/// Bytes from the network are untrusted: a panic while decoding them
+/// (arrow-ipc 59 panics on malformed IPC inside a memory source: an
+/// unknown type, a buffer past its end; found by fuzzing) becomes a plan
+/// error naming it, never a crash.
 pub fn decode_plan(bytes: &[u8], context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
-    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-        bytes, context, &ToneCodec,
-    )
-    .map_err(|error| EngineError::internal(format!("cannot deserialize stage plan: {error}")))
+    DECODING.with(|decoding| decoding.set(true));
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
+            bytes,
+            context,
+            &ToneCodec,
+            &ToneProtoConverter,
+        )
+    }));
+    DECODING.with(|decoding| decoding.set(false));
+    match decoded {
+        Ok(plan) => plan.map_err(|error| match error {
+            DataFusionError::Plan(message) => EngineError::Plan { message },
+            error => EngineError::internal(format!("cannot deserialize stage plan: {error}")),
+        }),
+        Err(panic) => Err(EngineError::Plan {
+            message: format!(
+                "the plan bytes are malformed (decoding them failed: {})",
+                crate::cpu::panic_message(&panic)
+            ),
+        }),
+    }
 }
 
 /// The extension codec for tone's plan nodes.
