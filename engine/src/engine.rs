@@ -358,7 +358,7 @@ impl Engine {
 
 /// Splits SQL text into statements; syntax errors point at the position.
 pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
-    check_identifier_chains(sql)?;
+    crate::sql_guard::check_before_parsing(sql)?;
     DFParser::parse_sql(sql).map(Vec::from).map_err(|error| {
         with_snippet(
             EngineError::from(datafusion::error::DataFusionError::from(error)),
@@ -378,46 +378,6 @@ pub fn statement_text(statement: &Statement) -> String {
     let bare = format!(" TO {}", copy.target);
     let quoted = format!(" TO '{}'", copy.target.replace('\'', "''"));
     text.replacen(&bare, &quoted, 1)
-}
-
-/// Most names joined by `.` in one identifier (`catalog.schema.table.
-/// column`, then struct fields). The SQL parser takes time exponential in
-/// a chain's length when an unclosed `[` follows it (24 parts: minutes;
-/// found by fuzzing), and SQL comes from the network, so longer chains are
-/// refused before parsing.
-pub const MAX_IDENTIFIER_PARTS: usize = 12;
-
-fn check_identifier_chains(sql: &str) -> Result<()> {
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    // A text that does not tokenize gets the parser's own error.
-    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
-        return Ok(());
-    };
-    let (mut parts, mut after_period) = (0usize, false);
-    for token in tokens {
-        match token {
-            Token::Whitespace(_) => {}
-            Token::Word(_) => {
-                parts = if after_period { parts + 1 } else { 1 };
-                after_period = false;
-                if parts > MAX_IDENTIFIER_PARTS {
-                    return Err(EngineError::Plan {
-                        message: format!(
-                            "an identifier has more than {MAX_IDENTIFIER_PARTS} parts joined \
-                             by '.'; tone refuses such SQL before parsing it"
-                        ),
-                    });
-                }
-            }
-            Token::Period => after_period = parts > 0,
-            _ => {
-                parts = 0;
-                after_period = false;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Adds the offending source line to a syntax error.
@@ -441,24 +401,6 @@ fn with_snippet(error: EngineError, sql: &str) -> EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_identifier_chains_are_refused_before_parsing() {
-        let chain = |parts: usize| {
-            (0..parts)
-                .map(|part| format!("x{part}"))
-                .collect::<Vec<_>>()
-                .join(".")
-        };
-        // The parser would spend hours on this; the check refuses it first.
-        let refused = parse_statements(&format!("select {}[t.b", chain(30))).expect_err("long");
-        assert!(
-            refused.to_string().contains("more than 12 parts"),
-            "{refused}"
-        );
-        assert!(parse_statements(&format!("select {} from t", chain(12))).is_ok());
-        assert!(parse_statements("select 1.5, a . b, 'x.y.z'").is_ok());
-    }
 
     #[test]
     fn statements_print_as_sql_that_parses_back() {

@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod session;
 pub mod shuffle;
 pub mod sink;
+pub mod sql_guard;
 mod sql_location;
 pub mod stage;
 pub mod text;
