@@ -67,7 +67,7 @@ impl PhysicalProtoConverterExtension for ToneProtoConverter {
             &proto.physical_plan_type
         {
             for partition in &scan.partitions {
-                check_ipc_stream(partition).map_err(|reason| {
+                crate::ipc_frames::ipc_frames(partition).map_err(|reason| {
                     DataFusionError::Plan(format!("malformed in-memory data in the plan: {reason}"))
                 })?;
             }
@@ -107,48 +107,6 @@ impl PhysicalProtoConverterExtension for ToneProtoConverter {
         }
         serialize_physical_expr_with_converter(expr, codec, self)
     }
-}
-
-/// Checks that every message of an Arrow IPC stream fits in `bytes`:
-/// its metadata is a valid flatbuffer and its body lies inside the stream.
-fn check_ipc_stream(bytes: &[u8]) -> std::result::Result<(), String> {
-    let mut at = 0usize;
-    let word = |at: usize| -> std::result::Result<u32, String> {
-        let word = bytes
-            .get(at..at.saturating_add(4))
-            .ok_or("a message length is cut off")?;
-        Ok(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
-    };
-    while at < bytes.len() {
-        let mut length = word(at)?;
-        at += 4;
-        if length == 0xFFFF_FFFF {
-            length = word(at)?;
-            at += 4;
-        }
-        if length == 0 {
-            return Ok(()); // End of stream.
-        }
-        let end = at
-            .checked_add(length as usize)
-            .filter(|end| *end <= bytes.len());
-        let metadata = end
-            .and_then(|end| bytes.get(at..end))
-            .ok_or_else(|| format!("a message claims {length} bytes of metadata, past the end"))?;
-        let message = arrow::ipc::root_as_message(metadata).map_err(|error| error.to_string())?;
-        at += length as usize;
-        let body = usize::try_from(message.bodyLength())
-            .ok()
-            .filter(|body| *body <= bytes.len() - at)
-            .ok_or_else(|| {
-                format!(
-                    "a message claims a body of {} bytes, past the end",
-                    message.bodyLength()
-                )
-            })?;
-        at += body;
-    }
-    Ok(())
 }
 
 fn known_subquery_value(expr: &Arc<dyn PhysicalExpr>) -> Option<ScalarValue> {

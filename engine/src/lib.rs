@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod ipc_frames;
 pub mod limits;
 pub mod paths;
 pub mod runtime;

@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow::ipc::MessageHeader;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
@@ -13,6 +14,7 @@ use arrow_flight::{
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
+use tone_engine::ipc_frames::ipc_frames;
 use tone_engine::shuffle::{PartitionKey, Segment, ShuffleStore};
 use tone_engine::{JobId, StageId};
 use tone_proto::security::ServerTls;
@@ -232,45 +234,16 @@ fn segment_bytes(segment: &Segment) -> Result<Vec<u8>, Status> {
 /// Splits an Arrow IPC stream into Flight messages (metadata + body), up
 /// to its end marker; the schema message is kept only when `keep_schema`.
 fn ipc_messages(stream: &[u8], keep_schema: bool) -> Result<Vec<FlightData>, Status> {
-    let corrupt = |what: &str| Status::data_loss(format!("corrupt shuffle segment: {what}"));
-    let mut messages = Vec::new();
-    let mut at = 0usize;
-    loop {
-        let word = |at: usize| -> Result<u32, Status> {
-            let bytes = stream
-                .get(at..at + 4)
-                .ok_or_else(|| corrupt("truncated length"))?;
-            Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-        };
-        let mut length = word(at)?;
-        at += 4;
-        if length == 0xFFFF_FFFF {
-            length = word(at)?;
-            at += 4;
-        }
-        if length == 0 {
-            return Ok(messages); // End-of-stream marker.
-        }
-        let metadata = stream
-            .get(at..at + length as usize)
-            .ok_or_else(|| corrupt("truncated metadata"))?;
-        at += length as usize;
-        let message =
-            arrow::ipc::root_as_message(metadata).map_err(|error| corrupt(&error.to_string()))?;
-        let body_length =
-            usize::try_from(message.bodyLength()).map_err(|_| corrupt("negative body"))?;
-        let body = stream
-            .get(at..at + body_length)
-            .ok_or_else(|| corrupt("truncated body"))?;
-        at += body_length;
-        if message.header_type() == arrow::ipc::MessageHeader::Schema && !keep_schema {
-            continue;
-        }
-        messages.push(FlightData {
+    let frames = ipc_frames(stream)
+        .map_err(|error| Status::data_loss(format!("corrupt shuffle segment: {error}")))?;
+    Ok(frames
+        .into_iter()
+        .filter(|frame| keep_schema || frame.message.header_type() != MessageHeader::Schema)
+        .map(|frame| FlightData {
             flight_descriptor: None,
-            data_header: prost::bytes::Bytes::copy_from_slice(metadata),
+            data_header: prost::bytes::Bytes::copy_from_slice(frame.metadata),
             app_metadata: prost::bytes::Bytes::new(),
-            data_body: prost::bytes::Bytes::copy_from_slice(body),
-        });
-    }
+            data_body: prost::bytes::Bytes::copy_from_slice(frame.body),
+        })
+        .collect())
 }
