@@ -14,4 +14,7 @@ mod security;
 mod shuffle;
 mod spmd;
 mod sql_beyond_tpch;
+mod sql_generated;
+mod sql_regressions;
+mod sqlgen;
 mod worker_disk;

@@ -24,7 +24,7 @@ use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
 use crate::limits::OperatorSpills;
 use crate::shuffle::{ShuffleStore, ShuffleWriteSummary, ShuffleWriterExec};
-use crate::stage::{Stage, StageDag};
+use crate::stage::{check_stage_plan, Stage, StageDag};
 
 /// Runs `dag` and streams the final stage's output. Intermediate stages run
 /// to completion first; the final stage runs as the stream is polled.
@@ -45,7 +45,7 @@ pub async fn run_dag(
     };
     run_map_stages(&dag, &store, &context, &spills).await?;
     let final_stage = dag.final_stage();
-    let plan = round_trip(&final_stage.plan, &context)?;
+    let plan = round_trip(final_stage.id, &final_stage.plan, &context)?;
     let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > 1 {
         Arc::new(CoalescePartitionsExec::new(plan))
     } else {
@@ -116,7 +116,7 @@ async fn run_map_stage(
     spills: Arc<OperatorSpills>,
 ) -> Result<StageId> {
     let started = std::time::Instant::now();
-    let plan = round_trip(&stage.plan, &context)?;
+    let plan = round_trip(stage.id, &stage.plan, &context)?;
     let tasks = plan.output_partitioning().partition_count();
     let writer: Arc<dyn ExecutionPlan> = plan;
     let mut set = JoinSet::new();
@@ -165,13 +165,17 @@ fn join_error(stage: StageId, error: tokio::task::JoinError) -> EngineError {
 }
 
 /// Serializes and deserializes a stage plan: the plan that runs is always
-/// the one decoded from bytes, as on a worker.
+/// the one decoded from bytes, as on a worker, and checked again as a
+/// worker checks it.
 pub fn round_trip(
+    stage: StageId,
     plan: &Arc<dyn ExecutionPlan>,
     context: &TaskContext,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let bytes = encode_plan(Arc::clone(plan))?;
-    decode_plan(&bytes, context)
+    let decoded = decode_plan(&bytes, context)?;
+    check_stage_plan(stage, &decoded)?;
+    Ok(decoded)
 }
 
 /// Releases a job's shuffle data when its result stream goes away, and

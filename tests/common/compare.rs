@@ -143,6 +143,30 @@ fn float_noise_is_tolerated_but_real_differences_are_not() {
     assert!(same_rows_in_order(&expected, &[batch(vec![2.0, 1.0], vec!["b", "a"])]).is_err());
 }
 
+/// Checks the rows as a multiset and their order on the ORDER BY columns
+/// `keys`: rows that tie on the keys may come in any order.
+pub fn same_rows_ordered_by(
+    expected: &[RecordBatch],
+    actual: &[RecordBatch],
+    keys: &[usize],
+) -> Result<(), String> {
+    same_rows(expected, actual)?;
+    let project = |row: &Row| -> Row { keys.iter().map(|&key| row[key].clone()).collect() };
+    for (index, (e, a)) in rows(expected).iter().zip(&rows(actual)).enumerate() {
+        let (e, a) = (project(e), project(a));
+        let equal = e.iter().zip(&a).all(|(x, y)| match (x, y) {
+            (Cell::Float(x), Cell::Float(y)) => close(*x, *y),
+            _ => x == y,
+        });
+        if !equal {
+            return Err(format!(
+                "row {index} out of order on the ORDER BY columns {keys:?}:\n  expected {e:?}\n  got      {a:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// True when the query ends in an ORDER BY of its own (not one inside a
 /// subquery, window or aggregate), so its row order is part of the answer.
 pub fn has_final_order_by(sql: &str) -> bool {

@@ -28,24 +28,31 @@ pub fn run_tone(args: &[&str]) -> Output {
 /// under the cargo target tmp dir between runs.
 pub fn tpch_data() -> &'static Path {
     static DATA: OnceLock<PathBuf> = OnceLock::new();
-    DATA.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tpch-sf{TPCH_SCALE}"));
-        let done = dir.join(".complete");
-        if !done.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-            let out = dir.to_str().expect("utf-8 temp path");
-            let output = run_tone(&[
-                "gen", "tpch", "--scale", TPCH_SCALE, "--out", out, "--parts", "2",
-            ]);
-            assert!(
-                output.status.success(),
-                "tone gen failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            std::fs::write(&done, b"").expect("mark data complete");
-        }
-        dir
-    })
+    DATA.get_or_init(|| generated_tpch(TPCH_SCALE))
+}
+
+/// TPC-H data at scale 0.01, for tests that run many small queries.
+pub fn tiny_tpch_data() -> &'static Path {
+    static DATA: OnceLock<PathBuf> = OnceLock::new();
+    DATA.get_or_init(|| generated_tpch("0.01"))
+}
+
+/// Generates TPC-H data at `scale` unless an earlier run left it complete.
+fn generated_tpch(scale: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tpch-sf{scale}"));
+    let done = dir.join(".complete");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = dir.to_str().expect("utf-8 temp path");
+        let output = run_tone(&["gen", "tpch", "--scale", scale, "--out", out, "--parts", "2"]);
+        assert!(
+            output.status.success(),
+            "tone gen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::write(&done, b"").expect("mark data complete");
+    }
+    dir
 }
 
 /// The 22 TPC-H query texts.
@@ -58,22 +65,29 @@ pub fn tpch_queries() -> Vec<(String, String)> {
 
 /// An embedded tone engine over the TPC-H tables.
 pub async fn tone_engine(partitions: usize) -> Engine {
+    tone_engine_over(partitions, tpch_data()).await
+}
+
+/// An embedded tone engine over the tables in `dir`.
+pub async fn tone_engine_over(partitions: usize, dir: &Path) -> Engine {
     let config = EngineConfig {
         partitions,
         ..EngineConfig::default()
     };
     let engine = Engine::new(config).expect("engine starts");
-    engine
-        .register_data_dir(tpch_data())
-        .await
-        .expect("tables register");
+    engine.register_data_dir(dir).await.expect("tables register");
     engine
 }
 
 /// The oracle: plain single-process DataFusion over the same tables.
 pub async fn oracle_context() -> SessionContext {
+    oracle_context_over(tpch_data()).await
+}
+
+/// Plain DataFusion over the tables in `dir`.
+pub async fn oracle_context_over(dir: &Path) -> SessionContext {
     let context = SessionContext::new();
-    tone_engine::session::register_data_dir(&context, tpch_data())
+    tone_engine::session::register_data_dir(&context, dir)
         .await
         .expect("tables register");
     context

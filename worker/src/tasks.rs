@@ -6,6 +6,7 @@ use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 use tokio::task::AbortHandle;
 use tone_engine::codec::decode_plan;
+use tone_engine::stage::check_stage_plan;
 use tone_engine::limits::{name_memory_limit, plan_metric_sum, OperatorSpills};
 use tone_engine::paths::PathRoots;
 use tone_engine::shuffle::{ShuffleEnv, ShuffleWriterExec};
@@ -94,6 +95,8 @@ async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, En
     let started = std::time::Instant::now();
     let context = task_context(&runner, assign.grants)?;
     let plan = decode_plan(&assign.plan, &context)?;
+    // What arrived must still give each operator what it requires.
+    check_stage_plan(tone_engine::ids::StageId(key.stage_id), &plan)?;
     runner.path_roots.check_plan(&plan)?;
     let decoded = started.elapsed();
     let writer = (plan.as_ref() as &dyn std::any::Any)

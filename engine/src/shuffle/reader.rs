@@ -9,9 +9,13 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
@@ -45,6 +49,10 @@ pub struct ShuffleReaderExec {
     stage_id: StageId,
     map_partitions: usize,
     mode: ReadMode,
+    /// Set when every map output is sorted by it (the far side of a
+    /// sort-preserving exchange): an output partition merges its map
+    /// outputs instead of concatenating them, as `RepartitionExec` does.
+    merge_ordering: Option<LexOrdering>,
     properties: Arc<PlanProperties>,
     /// Where each map task's output lives (a shuffle service address), set
     /// by a cluster scheduler; empty when every output is in this process.
@@ -67,10 +75,22 @@ impl ShuffleReaderExec {
             stage_id,
             map_partitions,
             mode,
+            merge_ordering: None,
             properties: Arc::new(properties),
             locations: Vec::new(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// The same reader merging its map outputs by `ordering`, which each of
+    /// them must already follow.
+    pub fn with_merge_ordering(mut self, ordering: LexOrdering) -> Self {
+        self.merge_ordering = Some(ordering);
+        self
+    }
+
+    pub fn merge_ordering(&self) -> Option<&LexOrdering> {
+        self.merge_ordering.as_ref()
     }
 
     /// The same reader with the address of each map task's output.
@@ -88,6 +108,7 @@ impl ShuffleReaderExec {
             stage_id: self.stage_id,
             map_partitions: self.map_partitions,
             mode: self.mode,
+            merge_ordering: self.merge_ordering.clone(),
             properties: Arc::clone(&self.properties),
             locations,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -135,7 +156,11 @@ impl DisplayAs for ShuffleReaderExec {
             f,
             "ShuffleReaderExec: stage={}, maps={}, mode={mode}",
             self.stage_id, self.map_partitions
-        )
+        )?;
+        if let Some(ordering) = &self.merge_ordering {
+            write!(f, ", merge=[{ordering}]")?;
+        }
+        Ok(())
     }
 }
 
@@ -220,10 +245,49 @@ impl ExecutionPlan for ShuffleReaderExec {
             };
             parts.push(part);
         }
-        let batches = futures::stream::iter(parts)
-            .flatten()
-            .map_err(DataFusionError::from);
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+        match &self.merge_ordering {
+            Some(ordering) if parts.len() > 1 => {
+                self.merge(partition, parts, ordering, &context)
+            }
+            _ => {
+                let batches = futures::stream::iter(parts)
+                    .flatten()
+                    .map_err(DataFusionError::from);
+                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+            }
+        }
+    }
+}
+
+impl ShuffleReaderExec {
+    /// One sorted stream from the sorted map outputs of `partition`.
+    fn merge(
+        &self,
+        partition: usize,
+        parts: Vec<BoxStream<'static, Result<RecordBatch>>>,
+        ordering: &LexOrdering,
+        context: &Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let schema = self.schema();
+        let streams = parts
+            .into_iter()
+            .map(|part| {
+                Box::pin(RecordBatchStreamAdapter::new(
+                    Arc::clone(&schema),
+                    part.map_err(DataFusionError::from),
+                )) as SendableRecordBatchStream
+            })
+            .collect();
+        let reservation = MemoryConsumer::new(format!("ShuffleReaderMerge[{partition}]"))
+            .register(context.memory_pool());
+        StreamingMergeBuilder::new()
+            .with_streams(streams)
+            .with_schema(schema)
+            .with_expressions(ordering)
+            .with_metrics(BaselineMetrics::new(&self.metrics, partition))
+            .with_batch_size(context.session_config().batch_size())
+            .with_reservation(reservation)
+            .build()
     }
 }
 

@@ -11,23 +11,21 @@
 //! Stages are numbered in dependency order; the last one is the final stage,
 //! whose output is the job's result.
 
+mod check;
 mod display;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
     replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
-    PlanProperties,
 };
 
+pub use check::check_stage_plan;
 pub use display::render_dag;
 
 use crate::error::Result;
@@ -78,6 +76,9 @@ impl StageDag {
             plan: root,
             inputs,
         });
+        for stage in &splitter.stages {
+            check_stage_plan(stage.id, &stage.plan)?;
+        }
         Ok(Self {
             job_id,
             stages: splitter.stages,
@@ -139,21 +140,25 @@ impl Splitter {
     fn cut_repartition(&mut self, repartition: &RepartitionExec) -> Result<Arc<dyn ExecutionPlan>> {
         let input = Arc::clone(repartition.input());
         let partitioning = repartition.partitioning().clone();
-        let stage_id = self.push_stage(Arc::clone(&input), partitioning.clone())?;
-        let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
+        let stage_id = self.push_stage(Arc::clone(&input), partitioning)?;
+        // The exchange's own properties say what holds after it (orderings
+        // only when it preserves order, constants only when uniform across
+        // partitions), so the operators above see exactly what DataFusion
+        // planned them against.
+        let reader = ShuffleReaderExec::new(
             self.job_id.clone(),
             stage_id,
             input.output_partitioning().partition_count(),
             ReadMode::ReducePartition,
-            unordered_properties(&input, partitioning),
-        ));
-        // A sort-preserving repartition promises sorted partitions; the reader
-        // concatenates map outputs, so sort again to keep the promise.
+            repartition.properties().as_ref().clone(),
+        );
+        // A sort-preserving exchange merges the sorted map outputs, as
+        // `RepartitionExec` merges its sorted input partitions.
         match repartition.properties().output_ordering() {
-            Some(ordering) if repartition.preserve_order() => Ok(Arc::new(
-                SortExec::new(ordering.clone(), reader).with_preserve_partitioning(true),
-            )),
-            _ => Ok(reader),
+            Some(ordering) if repartition.preserve_order() => {
+                Ok(Arc::new(reader.with_merge_ordering(ordering.clone())))
+            }
+            _ => Ok(Arc::new(reader)),
         }
     }
 
@@ -168,7 +173,7 @@ impl Splitter {
             stage_id,
             input.output_partitioning().partition_count(),
             ReadMode::ReducePartition,
-            unordered_properties(&input, Partitioning::UnknownPartitioning(1)),
+            coalesce.properties().as_ref().clone(),
         ));
         match coalesce.fetch() {
             Some(fetch) => Ok(Arc::new(GlobalLimitExec::new(reader, 0, Some(fetch)))),
@@ -218,19 +223,6 @@ impl Splitter {
         });
         Ok(id)
     }
-}
-
-/// Properties of a reader that yields rows in no particular order.
-fn unordered_properties(
-    input: &Arc<dyn ExecutionPlan>,
-    partitioning: Partitioning,
-) -> PlanProperties {
-    PlanProperties::new(
-        EquivalenceProperties::new(input.schema()),
-        partitioning,
-        EmissionType::Incremental,
-        Boundedness::Bounded,
-    )
 }
 
 /// The stages that the readers inside `plan` read from, in order.

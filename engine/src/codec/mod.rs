@@ -29,6 +29,10 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 
+mod equivalence;
+
+use equivalence::{decode_equivalence, encode_equivalence, EquivalenceNode};
+
 use crate::closure::{placeholder_entry, registry_of, ClosureExec, ClosureId};
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
@@ -261,10 +265,13 @@ struct ReaderNode {
     schema: Option<protobuf::Schema>,
     #[prost(message, optional, tag = "6")]
     partitioning: Option<protobuf::Partitioning>,
-    #[prost(message, repeated, tag = "7")]
-    ordering: Vec<protobuf::PhysicalSortExprNode>,
     #[prost(string, repeated, tag = "8")]
     locations: Vec<String>,
+    #[prost(message, optional, tag = "9")]
+    equivalence: Option<EquivalenceNode>,
+    /// Empty unless the reader merges sorted map outputs.
+    #[prost(message, repeated, tag = "10")]
+    merge_ordering: Vec<protobuf::PhysicalSortExprNode>,
 }
 
 impl PhysicalExtensionCodec for ToneCodec {
@@ -349,7 +356,7 @@ fn encode_reader(
     proto_converter: &dyn PhysicalProtoConverterExtension,
 ) -> DfResult<ReaderNode> {
     let properties = reader.properties();
-    let ordering = match properties.output_ordering() {
+    let merge_ordering = match reader.merge_ordering() {
         Some(ordering) => {
             serialize_physical_sort_exprs(ordering.iter().cloned(), codec, proto_converter)?
         }
@@ -366,8 +373,13 @@ fn encode_reader(
             codec,
             proto_converter,
         )?),
-        ordering,
         locations: reader.locations().to_vec(),
+        equivalence: Some(encode_equivalence(
+            &properties.eq_properties,
+            codec,
+            proto_converter,
+        )?),
+        merge_ordering,
     })
 }
 
@@ -411,11 +423,16 @@ fn decode_reader(
     let partitioning =
         parse_protobuf_partitioning(node.partitioning.as_ref(), ctx, &schema, proto_converter)?
             .unwrap_or(Partitioning::UnknownPartitioning(1));
-    let ordering = parse_physical_sort_exprs(&node.ordering, ctx, &schema, proto_converter)?;
-    let mut equivalence = EquivalenceProperties::new(Arc::clone(&schema));
-    if let Some(ordering) = LexOrdering::new(ordering) {
-        equivalence.add_ordering(ordering);
-    }
+    let equivalence = match &node.equivalence {
+        Some(equivalence) => decode_equivalence(equivalence, &schema, ctx, proto_converter)?,
+        None => EquivalenceProperties::new(Arc::clone(&schema)),
+    };
+    let merge_ordering = LexOrdering::new(parse_physical_sort_exprs(
+        &node.merge_ordering,
+        ctx,
+        &schema,
+        proto_converter,
+    )?);
     let properties = PlanProperties::new(
         equivalence,
         partitioning,
@@ -429,13 +446,16 @@ fn decode_reader(
     };
     let map_partitions = usize::try_from(node.map_partitions)
         .map_err(|_| DataFusionError::Internal("map partition count overflows usize".into()))?;
-    let reader = ShuffleReaderExec::new(
+    let mut reader = ShuffleReaderExec::new(
         JobId(node.job_id),
         StageId(node.stage_id),
         map_partitions,
         mode,
         properties,
     );
+    if let Some(ordering) = merge_ordering {
+        reader = reader.with_merge_ordering(ordering);
+    }
     Ok(Arc::new(reader.with_locations(node.locations)?))
 }
 

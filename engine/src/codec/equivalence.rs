@@ -1,0 +1,167 @@
+//! A reader's equivalence properties on the wire: its orderings, the
+//! columns known equal and the expressions known constant.
+//!
+//! The operators above a reader are rebuilt on the worker from their
+//! children, and some (windows, sorted aggregates) fix their execution mode
+//! from what their input promises. A reader that arrived with less than it
+//! promised at planning would break them, so all of it travels, not only
+//! the normalized output ordering.
+
+use std::sync::Arc;
+
+use arrow::datatypes::Schema;
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::physical_expr::{
+    AcrossPartitions, ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr,
+};
+use datafusion_proto::physical_plan::from_proto::{
+    parse_physical_expr_with_converter, parse_physical_sort_exprs,
+};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
+};
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct EquivalenceNode {
+    #[prost(message, repeated, tag = "1")]
+    orderings: Vec<OrderingNode>,
+    #[prost(message, repeated, tag = "2")]
+    classes: Vec<ClassNode>,
+    #[prost(message, repeated, tag = "3")]
+    constants: Vec<ConstantNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct OrderingNode {
+    #[prost(message, repeated, tag = "1")]
+    sort: Vec<protobuf::PhysicalSortExprNode>,
+}
+
+/// Expressions known to be equal in every row.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClassNode {
+    #[prost(message, repeated, tag = "1")]
+    exprs: Vec<protobuf::PhysicalExprNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConstantNode {
+    #[prost(message, optional, tag = "1")]
+    expr: Option<protobuf::PhysicalExprNode>,
+    /// The same value in every partition (otherwise constant within each).
+    #[prost(bool, tag = "2")]
+    uniform: bool,
+    #[prost(message, optional, tag = "3")]
+    value: Option<protobuf::ScalarValue>,
+}
+
+pub(super) fn encode_equivalence(
+    properties: &EquivalenceProperties,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<EquivalenceNode> {
+    let expr = |expr: &Arc<dyn PhysicalExpr>| {
+        serialize_physical_expr_with_converter(expr, codec, converter)
+    };
+    let orderings = properties
+        .oeq_class()
+        .iter()
+        .map(|ordering| {
+            Ok(OrderingNode {
+                sort: serialize_physical_sort_exprs(ordering.iter().cloned(), codec, converter)?,
+            })
+        })
+        .collect::<DfResult<_>>()?;
+    let classes = properties
+        .eq_group()
+        .iter()
+        .filter(|class| class.len() > 1)
+        .map(|class| {
+            Ok(ClassNode {
+                exprs: class.iter().map(expr).collect::<DfResult<_>>()?,
+            })
+        })
+        .collect::<DfResult<_>>()?;
+    let constants = properties
+        .constants()
+        .iter()
+        .map(|constant| {
+            let (uniform, value) = match &constant.across_partitions {
+                AcrossPartitions::Heterogeneous => (false, None),
+                AcrossPartitions::Uniform(value) => (
+                    true,
+                    value
+                        .as_ref()
+                        .map(protobuf::ScalarValue::try_from)
+                        .transpose()
+                        .map_err(|error| DataFusionError::Internal(error.to_string()))?,
+                ),
+            };
+            Ok(ConstantNode {
+                expr: Some(expr(&constant.expr)?),
+                uniform,
+                value,
+            })
+        })
+        .collect::<DfResult<_>>()?;
+    Ok(EquivalenceNode {
+        orderings,
+        classes,
+        constants,
+    })
+}
+
+pub(super) fn decode_equivalence(
+    node: &EquivalenceNode,
+    schema: &Arc<Schema>,
+    ctx: &PhysicalPlanDecodeContext<'_>,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<EquivalenceProperties> {
+    let expr = |node: &protobuf::PhysicalExprNode| {
+        parse_physical_expr_with_converter(node, schema, ctx, converter)
+    };
+    let orderings = node
+        .orderings
+        .iter()
+        .map(|ordering| parse_physical_sort_exprs(&ordering.sort, ctx, schema, converter))
+        .collect::<DfResult<Vec<_>>>()?
+        .into_iter()
+        .filter_map(LexOrdering::new);
+    let mut properties = EquivalenceProperties::new_with_orderings(Arc::clone(schema), orderings);
+    for class in &node.classes {
+        let exprs = class.exprs.iter().map(expr).collect::<DfResult<Vec<_>>>()?;
+        if let Some((first, rest)) = exprs.split_first() {
+            for other in rest {
+                properties.add_equal_conditions(Arc::clone(first), Arc::clone(other))?;
+            }
+        }
+    }
+    let constants = node
+        .constants
+        .iter()
+        .map(|constant| {
+            let proto = constant.expr.as_ref().ok_or_else(|| {
+                DataFusionError::Internal("constant without an expression".into())
+            })?;
+            let across = if constant.uniform {
+                let value = constant
+                    .value
+                    .as_ref()
+                    .map(ScalarValue::try_from)
+                    .transpose()
+                    .map_err(|error| DataFusionError::Internal(error.to_string()))?;
+                AcrossPartitions::Uniform(value)
+            } else {
+                AcrossPartitions::Heterogeneous
+            };
+            Ok(ConstExpr::new(expr(proto)?, across))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    properties.add_constants(constants)?;
+    Ok(properties)
+}

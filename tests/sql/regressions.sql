@@ -1,0 +1,27 @@
+-- Queries that once gave tone a wrong plan or answer, each run against
+-- plain DataFusion at 1, 2 and 7 partitions, embedded and on a cluster
+-- (tests/sql_regressions.rs). Found by users or by the generator
+-- (tests/sqlgen), minimised.
+
+-- name: window_over_a_sort_preserving_exchange_with_a_constant_key
+-- A filter on yr below the window made yr constant; the sort tone put
+-- over the exchange's reader dropped it, and the window asserted.
+with v1 as (
+  select n_name, r_name, c_mktsegment, yr, mo, sum(o_totalprice) sum_p,
+    avg(sum(o_totalprice)) over (partition by n_name, r_name, c_mktsegment, yr) avg_p,
+    rank() over (partition by n_name, r_name, c_mktsegment order by yr, mo) rn
+  from (select n_name, r_name, c_mktsegment, o_totalprice,
+               extract(year from o_orderdate) yr, extract(month from o_orderdate) mo
+        from customer join orders on c_custkey = o_custkey
+                      join nation on c_nationkey = n_nationkey
+                      join region on n_regionkey = r_regionkey) t
+  group by 1, 2, 3, 4, 5),
+v2 as (
+  select v1.n_name, v1.r_name, v1.c_mktsegment, v1.yr, v1.mo, v1.avg_p, v1.sum_p,
+         lag.sum_p psum, lead.sum_p nsum
+  from v1, v1 lag, v1 lead
+  where v1.n_name = lag.n_name and v1.n_name = lead.n_name
+    and v1.r_name = lag.r_name and v1.r_name = lead.r_name
+    and v1.c_mktsegment = lag.c_mktsegment and v1.c_mktsegment = lead.c_mktsegment
+    and v1.rn = lag.rn + 1 and v1.rn = lead.rn - 1)
+select * from v2 where yr = 1995 order by sum_p - avg_p, 1, 2, 3, 4, 5 limit 10;
