@@ -15,7 +15,7 @@ use tone::cluster::{tables_in_dir, ClusterClient, TableRef};
 use tone::Engine;
 
 use crate::cluster::LocalCluster;
-use crate::common::compare::{same_rows, same_rows_ordered_by, same_rows_in_order};
+use crate::common::compare::{same_rows, same_rows_in_order, same_rows_ordered_by};
 use crate::common::{oracle_context_over, tiny_tpch_data, tone_engine_over};
 use crate::sqlgen::{generate, Generated};
 
@@ -26,6 +26,8 @@ const CI_QUERIES: u64 = 300;
 const CLUSTER_SHARE: u64 = 6;
 const PARTITIONS: [usize; 3] = [1, 2, 7];
 const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Seeds slower than this are named, to keep the generator's queries small.
+const SLOW: Duration = Duration::from_secs(5);
 
 /// What the generator must produce within the CI seeds, so that losing a
 /// construct fails the test instead of silently testing less.
@@ -65,9 +67,11 @@ const CONSTRUCTS: &[&str] = &[
 
 fn seeds() -> Vec<u64> {
     let var = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .map(|value| value.parse::<u64>().unwrap_or_else(|_| panic!("{name}={value} is not a number")))
+        std::env::var(name).ok().map(|value| {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{name}={value} is not a number"))
+        })
     };
     if let Some(seed) = var("TONE_SQLGEN_SEED") {
         return vec![seed];
@@ -152,6 +156,7 @@ async fn generated_queries_match_datafusion_embedded_and_on_a_cluster() {
         seen: vec![false; CONSTRUCTS.len()],
     };
     for &seed in &seeds {
+        let started = std::time::Instant::now();
         let query = generate(seed);
         if replay {
             eprintln!("seed {seed}:\n{};", query.sql);
@@ -180,10 +185,19 @@ async fn generated_queries_match_datafusion_embedded_and_on_a_cluster() {
             }
         };
         for (partitions, engine) in &engines {
-            report(format!("{partitions} partitions"), &on_tone(engine, &query.sql).await);
+            report(
+                format!("{partitions} partitions"),
+                &on_tone(engine, &query.sql).await,
+            );
         }
         if seed % CLUSTER_SHARE == 0 || replay {
-            report("cluster".into(), &on_cluster(&client, &tables, &query.sql).await);
+            report(
+                "cluster".into(),
+                &on_cluster(&client, &tables, &query.sql).await,
+            );
+        }
+        if started.elapsed() > SLOW {
+            eprintln!("sqlgen: seed {seed} took {:?}", started.elapsed());
         }
     }
     eprintln!(

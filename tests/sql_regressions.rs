@@ -40,7 +40,9 @@ async fn regressions_match_datafusion_embedded_and_on_a_cluster() {
             for (place, actual) in [("embedded", embedded), ("cluster", clustered)] {
                 let result = actual.and_then(|actual| same_answer(sql, &expected, &actual));
                 if let Err(error) = result {
-                    failures.push(format!("{name} ({place}, {partitions} partitions): {error}"));
+                    failures.push(format!(
+                        "{name} ({place}, {partitions} partitions): {error}"
+                    ));
                 }
             }
         }

@@ -44,7 +44,9 @@ fn generated_tpch(scale: &str) -> PathBuf {
     if !done.exists() {
         let _ = std::fs::remove_dir_all(&dir);
         let out = dir.to_str().expect("utf-8 temp path");
-        let output = run_tone(&["gen", "tpch", "--scale", scale, "--out", out, "--parts", "2"]);
+        let output = run_tone(&[
+            "gen", "tpch", "--scale", scale, "--out", out, "--parts", "2",
+        ]);
         assert!(
             output.status.success(),
             "tone gen failed: {}",
@@ -75,7 +77,10 @@ pub async fn tone_engine_over(partitions: usize, dir: &Path) -> Engine {
         ..EngineConfig::default()
     };
     let engine = Engine::new(config).expect("engine starts");
-    engine.register_data_dir(dir).await.expect("tables register");
+    engine
+        .register_data_dir(dir)
+        .await
+        .expect("tables register");
     engine
 }
 

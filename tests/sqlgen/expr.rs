@@ -60,7 +60,14 @@ pub struct Gen {
     next_alias: usize,
 }
 
-const WORDS: &[&str] = &["furious", "deposit", "carefully", "ironic", "pending", "quick"];
+const WORDS: &[&str] = &[
+    "furious",
+    "deposit",
+    "carefully",
+    "ironic",
+    "pending",
+    "quick",
+];
 const CMP: &[&str] = &["=", "<>", "<", "<=", ">", ">="];
 
 impl Gen {
@@ -107,9 +114,7 @@ impl Gen {
     fn leaf(&mut self, scope: &Scope, ty: Ty) -> String {
         let cols = scope.of_type(ty);
         if cols.is_empty() || self.rng.chance(15) {
-            let domain = cols
-                .first()
-                .map_or(Domain::Free, |col| col.domain);
+            let domain = cols.first().map_or(Domain::Free, |col| col.domain);
             return self.literal(ty, domain);
         }
         self.rng.pick(&cols).sql.clone()
@@ -165,7 +170,11 @@ impl Gen {
         let r = self.rng.below(6);
         match ty {
             Ty::Int => match r {
-                0 => format!("({} + {})", self.expr(scope, ty, d), self.expr(scope, ty, d)),
+                0 => format!(
+                    "({} + {})",
+                    self.expr(scope, ty, d),
+                    self.expr(scope, ty, d)
+                ),
                 1 => format!("({} - {})", self.expr(scope, ty, d), self.rng.range(0, 9)),
                 2 => format!("({} % {})", self.expr(scope, ty, d), self.rng.range(2, 7)),
                 3 => format!(
@@ -177,13 +186,18 @@ impl Gen {
                 _ => format!("abs({})", self.expr(scope, ty, d)),
             },
             Ty::Decimal => match r {
-                0 => format!("({} + {})", self.expr(scope, ty, d), self.expr(scope, ty, d)),
-                1 => format!("({} - {})", self.expr(scope, ty, d), self.expr(scope, ty, d)),
-                2 => format!("({} * {})", self.expr(scope, ty, d), self.rng.range(1, 3)),
-                3 => format!(
-                    "cast({} as decimal(15, 2))",
-                    self.expr(scope, Ty::Int, d)
+                0 => format!(
+                    "({} + {})",
+                    self.expr(scope, ty, d),
+                    self.expr(scope, ty, d)
                 ),
+                1 => format!(
+                    "({} - {})",
+                    self.expr(scope, ty, d),
+                    self.expr(scope, ty, d)
+                ),
+                2 => format!("({} * {})", self.expr(scope, ty, d), self.rng.range(1, 3)),
+                3 => format!("cast({} as decimal(15, 2))", self.expr(scope, Ty::Int, d)),
                 4 => format!("(-{})", self.expr(scope, ty, d)),
                 _ => format!("abs({})", self.expr(scope, ty, d)),
             },
@@ -286,10 +300,7 @@ impl Gen {
                 let not = if self.rng.chance(50) { " not" } else { "" };
                 format!("{} is{not} null", self.nullable(scope, ty, d))
             }
-            6 => format!(
-                "{value} is distinct from {}",
-                self.nullable(scope, ty, d)
-            ),
+            6 => format!("{value} is distinct from {}", self.nullable(scope, ty, d)),
             _ => {
                 let op = self.rng.pick(CMP);
                 format!("{value} {op} {}", self.literal(ty, col.domain))

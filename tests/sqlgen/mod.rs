@@ -172,7 +172,9 @@ fn order_and_limit(gen: &mut Gen, block: Block) -> (String, Vec<usize>) {
     let keys: Vec<String> = columns
         .iter()
         .map(|c| {
-            let direction = gen.rng.pick(&["", " desc", " nulls first", " desc nulls last"]);
+            let direction = gen
+                .rng
+                .pick(&["", " desc", " nulls first", " desc nulls last"]);
             format!("{}{direction}", c + 1)
         })
         .collect();

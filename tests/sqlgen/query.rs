@@ -65,7 +65,11 @@ impl Gen {
                 "left semi join",
                 "left anti join",
             ]);
-            sql = format!("{sql} {kind} {} {alias} on {}", other.name, on.join(" and "));
+            sql = format!(
+                "{sql} {kind} {} {alias} on {}",
+                other.name,
+                on.join(" and ")
+            );
             if !kind.contains("semi") && !kind.contains("anti") {
                 scope.cols.extend(other_scope.cols);
                 scope.sources.extend(other_scope.sources);
@@ -158,7 +162,11 @@ impl Gen {
             }
         }
         let distinct = if self.rng.chance(15) { "distinct " } else { "" };
-        let mut sql = format!("select {distinct}{} from {}", aliased(&items, &cols), from.sql);
+        let mut sql = format!(
+            "select {distinct}{} from {}",
+            aliased(&items, &cols),
+            from.sql
+        );
         if self.rng.chance(75) {
             sql = format!("{sql} where {}", self.predicate(&scope, 2));
         }
@@ -199,9 +207,7 @@ impl Gen {
         for (index, ty) in wanted.iter().enumerate() {
             let group_at = unused_groups.iter().position(|g| g.ty == *ty);
             let sql = match group_at {
-                Some(at) if types.is_some() || index < groups.len() => {
-                    unused_groups.remove(at).sql
-                }
+                Some(at) if types.is_some() || index < groups.len() => unused_groups.remove(at).sql,
                 _ => {
                     let aggregate = self.aggregate(&scope, types.map(|_| *ty));
                     aggregates.push(aggregate.clone());
@@ -297,7 +303,11 @@ impl Gen {
                     0 => call("count(*)".into(), Ty::Int, Domain::Ints(0, 10)),
                     1 => {
                         let col = self.rng.pick(&scope.cols).sql.clone();
-                        call(format!("count(distinct {col})"), Ty::Int, Domain::Ints(0, 10))
+                        call(
+                            format!("count(distinct {col})"),
+                            Ty::Int,
+                            Domain::Ints(0, 10),
+                        )
                     }
                     _ => {
                         let value = self.expr(scope, Ty::Int, 1);
@@ -351,7 +361,9 @@ impl Gen {
             .collect();
         let mut order: Vec<String> = (0..self.rng.below(3))
             .map(|_| {
-                let direction = self.rng.pick(&["", " desc", " asc nulls first", " desc nulls last"]);
+                let direction =
+                    self.rng
+                        .pick(&["", " desc", " asc nulls first", " desc nulls last"]);
                 format!("{}{direction}", self.rng.pick(cols).sql)
             })
             .collect();
@@ -362,13 +374,19 @@ impl Gen {
             let (call, ty) = match self.rng.below(6) {
                 0 => ("row_number()".to_string(), Ty::Int),
                 1 => (format!("ntile({})", self.rng.range(2, 4)), Ty::Int),
-                2 => (format!("lag({}, {})", arg.sql, self.rng.range(1, 2)), arg.ty),
+                2 => (
+                    format!("lag({}, {})", arg.sql, self.rng.range(1, 2)),
+                    arg.ty,
+                ),
                 3 => (format!("lead({})", arg.sql), arg.ty),
                 4 => (format!("first_value({})", arg.sql), arg.ty),
                 _ => (format!("nth_value({}, 2)", arg.sql), arg.ty),
             };
             let frame = if self.rng.chance(30) {
-                format!(" rows between {} preceding and current row", self.rng.range(1, 3))
+                format!(
+                    " rows between {} preceding and current row",
+                    self.rng.range(1, 3)
+                )
             } else {
                 String::new()
             };
@@ -387,9 +405,7 @@ impl Gen {
                 _ => (format!("min({})", arg.sql), arg.ty),
             };
             let frame = match self.rng.below(5) {
-                0 if !order.is_empty() => {
-                    " groups between 1 preceding and 1 following".to_string()
-                }
+                0 if !order.is_empty() => " groups between 1 preceding and 1 following".to_string(),
                 1 => " rows between unbounded preceding and unbounded following".to_string(),
                 _ => String::new(),
             };

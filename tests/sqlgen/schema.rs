@@ -71,11 +71,24 @@ const fn col(name: &'static str, ty: Ty, domain: Domain) -> Column {
 const FLAGS: &[&str] = &["A", "N", "R"];
 const STATUS: &[&str] = &["F", "O", "P"];
 const SHIPMODES: &[&str] = &["AIR", "FOB", "MAIL", "RAIL", "REG AIR", "SHIP", "TRUCK"];
-const INSTRUCT: &[&str] = &["COLLECT COD", "DELIVER IN PERSON", "NONE", "TAKE BACK RETURN"];
-const SEGMENTS: &[&str] = &["AUTOMOBILE", "BUILDING", "FURNITURE", "HOUSEHOLD", "MACHINERY"];
+const INSTRUCT: &[&str] = &[
+    "COLLECT COD",
+    "DELIVER IN PERSON",
+    "NONE",
+    "TAKE BACK RETURN",
+];
+const SEGMENTS: &[&str] = &[
+    "AUTOMOBILE",
+    "BUILDING",
+    "FURNITURE",
+    "HOUSEHOLD",
+    "MACHINERY",
+];
 const PRIORITIES: &[&str] = &["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"];
 const REGIONS: &[&str] = &["AFRICA", "AMERICA", "ASIA", "EUROPE", "MIDDLE EAST"];
-const NATIONS: &[&str] = &["ALGERIA", "BRAZIL", "CANADA", "FRANCE", "GERMANY", "JAPAN", "PERU"];
+const NATIONS: &[&str] = &[
+    "ALGERIA", "BRAZIL", "CANADA", "FRANCE", "GERMANY", "JAPAN", "PERU",
+];
 const BRANDS: &[&str] = &["Brand#11", "Brand#23", "Brand#34", "Brand#45", "Brand#52"];
 const CONTAINERS: &[&str] = &["SM CASE", "MED BOX", "LG PACK", "JUMBO JAR", "WRAP BAG"];
 const MFGRS: &[&str] = &["Manufacturer#1", "Manufacturer#3", "Manufacturer#5"];
@@ -226,7 +239,14 @@ const fn edge(
 pub const EDGES: &[Edge] = &[
     edge("lineitem", &["l_orderkey"], "orders", &["o_orderkey"], 1, 4),
     edge("lineitem", &["l_partkey"], "part", &["p_partkey"], 1, 30),
-    edge("lineitem", &["l_suppkey"], "supplier", &["s_suppkey"], 1, 600),
+    edge(
+        "lineitem",
+        &["l_suppkey"],
+        "supplier",
+        &["s_suppkey"],
+        1,
+        600,
+    ),
     edge(
         "lineitem",
         &["l_partkey", "l_suppkey"],
@@ -236,15 +256,50 @@ pub const EDGES: &[Edge] = &[
         8,
     ),
     edge("orders", &["o_custkey"], "customer", &["c_custkey"], 1, 10),
-    edge("customer", &["c_nationkey"], "nation", &["n_nationkey"], 1, 60),
-    edge("supplier", &["s_nationkey"], "nation", &["n_nationkey"], 1, 4),
+    edge(
+        "customer",
+        &["c_nationkey"],
+        "nation",
+        &["n_nationkey"],
+        1,
+        60,
+    ),
+    edge(
+        "supplier",
+        &["s_nationkey"],
+        "nation",
+        &["n_nationkey"],
+        1,
+        4,
+    ),
     edge("nation", &["n_regionkey"], "region", &["r_regionkey"], 1, 5),
     edge("partsupp", &["ps_partkey"], "part", &["p_partkey"], 1, 4),
-    edge("partsupp", &["ps_suppkey"], "supplier", &["s_suppkey"], 1, 80),
-    edge("customer", &["c_nationkey"], "supplier", &["s_nationkey"], 4, 60),
+    edge(
+        "partsupp",
+        &["ps_suppkey"],
+        "supplier",
+        &["s_suppkey"],
+        1,
+        80,
+    ),
+    edge(
+        "customer",
+        &["c_nationkey"],
+        "supplier",
+        &["s_nationkey"],
+        4,
+        60,
+    ),
     edge("nation", &["n_regionkey"], "nation", &["n_regionkey"], 5, 5),
     edge("orders", &["o_custkey"], "orders", &["o_custkey"], 15, 15),
-    edge("lineitem", &["l_orderkey"], "lineitem", &["l_orderkey"], 4, 4),
+    edge(
+        "lineitem",
+        &["l_orderkey"],
+        "lineitem",
+        &["l_orderkey"],
+        4,
+        4,
+    ),
     edge("part", &["p_partkey"], "part", &["p_partkey"], 1, 1),
     edge("customer", &["c_custkey"], "customer", &["c_custkey"], 1, 1),
 ];

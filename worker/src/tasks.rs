@@ -6,10 +6,10 @@ use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 use tokio::task::AbortHandle;
 use tone_engine::codec::decode_plan;
-use tone_engine::stage::check_stage_plan;
 use tone_engine::limits::{name_memory_limit, plan_metric_sum, OperatorSpills};
 use tone_engine::paths::PathRoots;
 use tone_engine::shuffle::{ShuffleEnv, ShuffleWriterExec};
+use tone_engine::stage::check_stage_plan;
 use tone_engine::EngineError;
 use tone_proto::v1::{
     task_status, AssignTask, ErrorKind, FetchFailure, TaskFailed, TaskStatus, TaskSucceeded,

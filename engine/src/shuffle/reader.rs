@@ -246,9 +246,7 @@ impl ExecutionPlan for ShuffleReaderExec {
             parts.push(part);
         }
         match &self.merge_ordering {
-            Some(ordering) if parts.len() > 1 => {
-                self.merge(partition, parts, ordering, &context)
-            }
+            Some(ordering) if parts.len() > 1 => self.merge(partition, parts, ordering, &context),
             _ => {
                 let batches = futures::stream::iter(parts)
                     .flatten()
