@@ -91,7 +91,16 @@ pub async fn oracle_context() -> SessionContext {
 
 /// Plain DataFusion over the tables in `dir`.
 pub async fn oracle_context_over(dir: &Path) -> SessionContext {
-    let context = SessionContext::new();
+    oracle_context_with(SessionContext::new(), dir).await
+}
+
+/// Plain DataFusion at `partitions` target partitions, over `dir`.
+pub async fn oracle_context_at(partitions: usize, dir: &Path) -> SessionContext {
+    let config = datafusion::prelude::SessionConfig::new().with_target_partitions(partitions);
+    oracle_context_with(SessionContext::new_with_config(config), dir).await
+}
+
+async fn oracle_context_with(context: SessionContext, dir: &Path) -> SessionContext {
     tone_engine::session::register_data_dir(&context, dir)
         .await
         .expect("tables register");

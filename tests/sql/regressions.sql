@@ -25,3 +25,15 @@ v2 as (
     and v1.c_mktsegment = lag.c_mktsegment and v1.c_mktsegment = lead.c_mktsegment
     and v1.rn = lag.rn + 1 and v1.rn = lead.rn - 1)
 select * from v2 where yr = 1995 order by sum_p - avg_p, 1, 2, 3, 4, 5 limit 10;
+
+-- name: window_over_an_exchange_below_a_filter_made_constant_by_statistics
+-- Found by the generator (seed 62). From the file statistics the filter
+-- makes r_regionkey constant, so DataFusion sorts for the window on two of
+-- its three keys. Rebuilding the filter over a reader (no statistics) lost
+-- the constant, the exchange above it lost it too, and so did the reader
+-- that stood in for that exchange: the stage failed its plan check.
+select r_name,
+       max(r_name) over (partition by r_regionkey, r_name
+                         order by r_comment desc, r_comment desc nulls last) m
+from region
+where r_regionkey < 1;

@@ -98,12 +98,20 @@ impl Gen {
                 format!("{sign}{}.{cents:02}", whole.abs())
             }
             (Ty::Float, _) => format!("{}.5", self.rng.range(0, 1000)),
-            (Ty::Date, _) => format!(
-                "date '{}-{:02}-{:02}'",
-                self.rng.range(1992, 1998),
-                self.rng.range(1, 12),
-                self.rng.range(1, 28)
-            ),
+            (Ty::Date, _) => {
+                let date = format!(
+                    "date '{}-{:02}-{:02}'",
+                    self.rng.range(1992, 1998),
+                    self.rng.range(1, 12),
+                    self.rng.range(1, 28)
+                );
+                if self.rng.chance(30) {
+                    let unit = self.rng.pick(&["day", "month", "year"]);
+                    format!("({date} + interval '{} {unit}')", self.rng.range(1, 40))
+                } else {
+                    date
+                }
+            }
             (Ty::Text, Domain::Words(words)) => format!("'{}'", self.rng.pick(words)),
             (Ty::Text, _) => format!("'{}'", self.rng.pick(WORDS)),
             (Ty::Bool, _) => self.rng.pick(&["true", "false"]).to_string(),

@@ -23,6 +23,7 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
     replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
 };
 
 pub use check::check_stage_plan;
@@ -118,26 +119,41 @@ impl Splitter {
             .into_iter()
             .map(|child| self.cut(Arc::clone(child)))
             .collect::<Result<Vec<_>>>()?;
+        // What DataFusion planned the operators above against. Rebuilding
+        // over readers recomputes properties, and may lose some: a filter
+        // finds constants from its input's statistics, which a reader
+        // does not have. Readers therefore take the planned properties.
+        let planned = Arc::clone(plan.properties());
+        let planned_input = plan
+            .children()
+            .first()
+            .map(|child| Arc::clone(child.properties()));
         let plan = replace_children_if_necessary(plan, children)?;
         let any = plan.as_ref() as &dyn std::any::Any;
 
         if let Some(repartition) = any.downcast_ref::<RepartitionExec>() {
-            return self.cut_repartition(repartition);
+            return self.cut_repartition(repartition, &planned);
         }
         if let Some(coalesce) = any.downcast_ref::<CoalescePartitionsExec>() {
             if coalesce.input().output_partitioning().partition_count() > 1 {
-                return self.cut_coalesce(coalesce);
+                return self.cut_coalesce(coalesce, &planned);
             }
         }
         if let Some(merge) = any.downcast_ref::<SortPreservingMergeExec>() {
             if merge.input().output_partitioning().partition_count() > 1 {
-                return self.cut_merge(&plan, merge);
+                let planned_input =
+                    planned_input.unwrap_or_else(|| Arc::clone(merge.input().properties()));
+                return self.cut_merge(&plan, merge, &planned_input);
             }
         }
         Ok(plan)
     }
 
-    fn cut_repartition(&mut self, repartition: &RepartitionExec) -> Result<Arc<dyn ExecutionPlan>> {
+    fn cut_repartition(
+        &mut self,
+        repartition: &RepartitionExec,
+        planned: &PlanProperties,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = Arc::clone(repartition.input());
         let partitioning = repartition.partitioning().clone();
         let stage_id = self.push_stage(Arc::clone(&input), partitioning)?;
@@ -150,11 +166,11 @@ impl Splitter {
             stage_id,
             input.output_partitioning().partition_count(),
             ReadMode::ReducePartition,
-            repartition.properties().as_ref().clone(),
+            planned.clone(),
         );
         // A sort-preserving exchange merges the sorted map outputs, as
         // `RepartitionExec` merges its sorted input partitions.
-        match repartition.properties().output_ordering() {
+        match planned.output_ordering() {
             Some(ordering) if repartition.preserve_order() => {
                 Ok(Arc::new(reader.with_merge_ordering(ordering.clone())))
             }
@@ -165,6 +181,7 @@ impl Splitter {
     fn cut_coalesce(
         &mut self,
         coalesce: &CoalescePartitionsExec,
+        planned: &PlanProperties,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = Arc::clone(coalesce.input());
         let stage_id = self.push_stage(Arc::clone(&input), Partitioning::UnknownPartitioning(1))?;
@@ -173,7 +190,7 @@ impl Splitter {
             stage_id,
             input.output_partitioning().partition_count(),
             ReadMode::ReducePartition,
-            coalesce.properties().as_ref().clone(),
+            planned.clone(),
         ));
         match coalesce.fetch() {
             Some(fetch) => Ok(Arc::new(GlobalLimitExec::new(reader, 0, Some(fetch)))),
@@ -185,14 +202,13 @@ impl Splitter {
         &mut self,
         plan: &Arc<dyn ExecutionPlan>,
         merge: &SortPreservingMergeExec,
+        planned_input: &PlanProperties,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = Arc::clone(merge.input());
         let map_partitions = input.output_partitioning().partition_count();
         let stage_id = self.push_stage(Arc::clone(&input), Partitioning::UnknownPartitioning(1))?;
         // Each map task's output stays one sorted partition for the merge.
-        let properties = input
-            .properties()
-            .as_ref()
+        let properties = planned_input
             .clone()
             .with_partitioning(Partitioning::UnknownPartitioning(map_partitions));
         let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
