@@ -7,9 +7,12 @@
 //!   (default: the CI set, [`CI_QUERIES`] seeds from 0).
 //! - `tests/bench/sqlgen.sh` runs 20,000.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::{ExecutionPlan, InputOrderMode};
 use datafusion::prelude::SessionContext;
 use tone::cluster::{tables_in_dir, ClusterClient, TableRef};
 use tone::Engine;
@@ -165,7 +168,37 @@ async fn upstream_unsettled(
             ));
         }
     }
+    for partitions in PARTITIONS {
+        let context = oracle_context_at(partitions, data).await;
+        let Ok(frame) = context.sql(&query.sql).await else {
+            continue;
+        };
+        if let Ok(plan) = frame.create_physical_plan().await {
+            if let Some(bug) = known_upstream_bug(&plan) {
+                return Some(format!(
+                    "DataFusion's plan at {partitions} partitions: {bug}"
+                ));
+            }
+        }
+    }
     None
+}
+
+/// A DataFusion 55 bug that `plan` walks into, found by its shape. Such a
+/// plan's answer depends on where batches happen to end, so comparing
+/// runs does not reliably show it.
+fn known_upstream_bug(plan: &Arc<dyn ExecutionPlan>) -> Option<&'static str> {
+    if let Some(aggregate) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<AggregateExec>() {
+        if aggregate.group_expr().has_grouping_set()
+            && *aggregate.input_order_mode() != InputOrderMode::Linear
+        {
+            return Some(
+                "a grouping-set aggregate streams over sorted input and emits groups \
+                 early (apache/datafusion#24421, fixed after 55)",
+            );
+        }
+    }
+    plan.children().into_iter().find_map(known_upstream_bug)
 }
 
 /// On a replay, whether plain DataFusion itself agrees with its default
@@ -246,11 +279,16 @@ async fn generated_queries_match_datafusion_embedded_and_on_a_cluster() {
             let outcome = on_cluster(&client, &tables, &query.sql).await;
             outcomes.push(("cluster".to_string(), outcome));
         }
+        let mut unsettled: Option<Option<String>> = None;
         for (place, actual) in outcomes {
             let Some(difference) = disagreement(&query, &expected, &actual) else {
                 continue;
             };
-            let upstream = upstream_unsettled(data, &query, &expected).await;
+            // Once per query: its verdict holds for every place.
+            if unsettled.is_none() {
+                unsettled = Some(upstream_unsettled(data, &query, &expected).await);
+            }
+            let upstream = unsettled.clone().flatten();
             let line = format!(
                 "seed {seed} ({place}): {difference}\n  TONE_SQLGEN_SEED={seed}\n  {};",
                 query.sql
@@ -318,7 +356,6 @@ fn a_seed_names_one_query() {
 #[test]
 fn ties_may_come_in_any_order_but_the_order_by_columns_may_not() {
     use arrow::array::{Int64Array, StringArray};
-    use std::sync::Arc;
     let batch = |keys: Vec<i64>, names: Vec<&str>| {
         RecordBatch::try_from_iter(vec![
             ("key", Arc::new(Int64Array::from(keys)) as _),

@@ -37,3 +37,13 @@ select r_name,
                          order by r_comment desc, r_comment desc nulls last) m
 from region
 where r_regionkey < 1;
+
+-- name: window_ordering_satisfied_by_a_unique_group_key_across_an_exchange
+-- Found by the generator (seed 668). The group key o_orderpriority is
+-- unique after the aggregate, so DataFusion needs no sort for the second
+-- window: a unique prefix satisfies any longer ordering. Readers lost that
+-- key (constraints did not travel), and the decoded stage failed its check.
+select o_orderpriority, count(*) c,
+  row_number() over (order by o_orderpriority desc) rn,
+  count(*) over (partition by o_orderpriority order by count(*) desc) w
+from orders group by o_orderpriority;

@@ -1,5 +1,6 @@
 //! A reader's equivalence properties on the wire: its orderings, the
-//! columns known equal and the expressions known constant.
+//! columns known equal, the expressions known constant and the columns
+//! known unique (a unique prefix satisfies any ordering that extends it).
 //!
 //! The operators above a reader are rebuilt on the worker from their
 //! children, and some (windows, sorted aggregates) fix their execution mode
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::Schema;
-use datafusion::common::ScalarValue;
+use datafusion::common::{Constraint, Constraints, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::physical_expr::{
     AcrossPartitions, ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr,
@@ -34,6 +35,19 @@ pub(super) struct EquivalenceNode {
     classes: Vec<ClassNode>,
     #[prost(message, repeated, tag = "3")]
     constants: Vec<ConstantNode>,
+    #[prost(message, repeated, tag = "4")]
+    constraints: Vec<ConstraintNode>,
+}
+
+/// Columns whose values together identify a row. Our own message:
+/// datafusion-proto's decoder of constraints panics on bad input.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConstraintNode {
+    /// A primary key (no NULLs) rather than a unique key.
+    #[prost(bool, tag = "1")]
+    primary: bool,
+    #[prost(uint32, repeated, tag = "2")]
+    columns: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -109,11 +123,49 @@ pub(super) fn encode_equivalence(
             })
         })
         .collect::<DfResult<_>>()?;
+    let constraints = properties
+        .constraints()
+        .iter()
+        .map(|constraint| {
+            let (primary, columns) = match constraint {
+                Constraint::PrimaryKey(columns) => (true, columns),
+                Constraint::Unique(columns) => (false, columns),
+            };
+            let columns = columns.iter().map(|&column| column as u32).collect();
+            ConstraintNode { primary, columns }
+        })
+        .collect();
     Ok(EquivalenceNode {
         orderings,
         classes,
         constants,
+        constraints,
     })
+}
+
+/// The constraints of `node`, each naming only columns of `schema`.
+fn decode_constraints(node: &EquivalenceNode, schema: &Schema) -> DfResult<Constraints> {
+    let width = schema.fields().len();
+    let constraints = node
+        .constraints
+        .iter()
+        .map(|constraint| {
+            let columns: Vec<usize> = constraint.columns.iter().map(|&c| c as usize).collect();
+            // An empty key is valid: at most one row (an aggregate
+            // without GROUP BY).
+            if columns.iter().any(|&column| column >= width) {
+                return Err(DataFusionError::Internal(format!(
+                    "a key on columns {columns:?} of a {width}-column schema"
+                )));
+            }
+            Ok(if constraint.primary {
+                Constraint::PrimaryKey(columns)
+            } else {
+                Constraint::Unique(columns)
+            })
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    Ok(Constraints::new_unverified(constraints))
 }
 
 pub(super) fn decode_equivalence(
@@ -132,7 +184,8 @@ pub(super) fn decode_equivalence(
         .collect::<DfResult<Vec<_>>>()?
         .into_iter()
         .filter_map(LexOrdering::new);
-    let mut properties = EquivalenceProperties::new_with_orderings(Arc::clone(schema), orderings);
+    let mut properties = EquivalenceProperties::new_with_orderings(Arc::clone(schema), orderings)
+        .with_constraints(decode_constraints(node, schema)?);
     for class in &node.classes {
         let exprs = class.exprs.iter().map(expr).collect::<DfResult<Vec<_>>>()?;
         if let Some((first, rest)) = exprs.split_first() {
@@ -164,4 +217,32 @@ pub(super) fn decode_equivalence(
         .collect::<DfResult<Vec<_>>>()?;
     properties.add_constants(constants)?;
     Ok(properties)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    #[test]
+    fn keys_travel_and_a_key_outside_the_schema_is_refused() {
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, true),
+        ]);
+        let key = |primary, columns: Vec<u32>| EquivalenceNode {
+            constraints: vec![ConstraintNode { primary, columns }],
+            ..Default::default()
+        };
+        let decoded = decode_constraints(&key(true, vec![0, 1]), &schema).expect("a valid key");
+        assert_eq!(&*decoded, &[Constraint::PrimaryKey(vec![0, 1])]);
+        let single_row = decode_constraints(&key(false, Vec::new()), &schema).expect("no columns");
+        assert_eq!(&*single_row, &[Constraint::Unique(Vec::new())]);
+        let error = decode_constraints(&key(false, vec![1, 2]), &schema).expect_err("a bad key");
+        assert!(
+            error.to_string().contains("[1, 2] of a 2-column schema"),
+            "{error}"
+        );
+    }
 }
