@@ -47,3 +47,13 @@ select o_orderpriority, count(*) c,
   row_number() over (order by o_orderpriority desc) rn,
   count(*) over (partition by o_orderpriority order by count(*) desc) w
 from orders group by o_orderpriority;
+
+-- name: rollup_over_a_key_held_constant_by_a_filter
+-- Found by the generator (seed 1804). DataFusion 55 keeps c_custkey
+-- constant through the rollup, though the grand-total row makes it NULL.
+-- A final aggregate rebuilt over the reader took the key as sorted,
+-- emitted groups early and gave an extra grand-total row at 2 partitions.
+select c_custkey, count(*) c, avg(c_acctbal) a
+from customer
+where c_custkey = 1
+group by rollup(c_custkey);

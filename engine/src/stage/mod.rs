@@ -13,6 +13,7 @@
 
 mod check;
 mod display;
+mod grouping;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -157,6 +158,7 @@ impl Splitter {
         let input = Arc::clone(repartition.input());
         let partitioning = repartition.partitioning().clone();
         let stage_id = self.push_stage(Arc::clone(&input), partitioning)?;
+        let planned = grouping::without_nulled_group_keys(&input, planned)?;
         // The exchange's own properties say what holds after it (orderings
         // only when it preserves order, constants only when uniform across
         // partitions), so the operators above see exactly what DataFusion
