@@ -139,49 +139,61 @@ fn disagreement(query: &Generated, expected: &Outcome, actual: &Outcome) -> Opti
     }
 }
 
-/// How plain DataFusion at `partitions` disagrees with its default
-/// configuration on `query`, if it does.
-async fn upstream_disagrees(
-    data: &std::path::Path,
-    partitions: usize,
-    query: &Generated,
-    expected: &Outcome,
-) -> Option<String> {
-    let context = oracle_context_at(partitions, data).await;
-    disagreement(query, expected, &on_oracle(&context, &query.sql).await)
-}
+/// Plain DataFusion at each of tone's partition counts, made once: on a
+/// disagreement they tell tone's bugs from DataFusion's.
+struct Upstream(Vec<(usize, SessionContext)>);
 
-/// How plain DataFusion disagrees with its default configuration on
-/// `query` at one of tone's partition counts, if it does. Such a query has
-/// no settled answer to hold tone to (the upstream bugs found so far give
-/// an order or an error that depends on the plan, some of them only on
-/// some runs), so checking every count is what makes the verdict stable.
-async fn upstream_unsettled(
-    data: &std::path::Path,
-    query: &Generated,
-    expected: &Outcome,
-) -> Option<String> {
-    for partitions in PARTITIONS {
-        if let Some(difference) = upstream_disagrees(data, partitions, query, expected).await {
-            return Some(format!(
-                "plain DataFusion at {partitions} partitions: {difference}"
-            ));
+impl Upstream {
+    async fn over(data: &std::path::Path) -> Self {
+        let mut contexts = Vec::new();
+        for partitions in PARTITIONS {
+            contexts.push((partitions, oracle_context_at(partitions, data).await));
         }
+        Upstream(contexts)
     }
-    for partitions in PARTITIONS {
-        let context = oracle_context_at(partitions, data).await;
-        let Ok(frame) = context.sql(&query.sql).await else {
-            continue;
-        };
-        if let Ok(plan) = frame.create_physical_plan().await {
-            if let Some(bug) = known_upstream_bug(&plan) {
+
+    /// How DataFusion at each partition count fares against its default
+    /// configuration on `query` (`None` where it agrees).
+    async fn verdicts(
+        &self,
+        query: &Generated,
+        expected: &Outcome,
+    ) -> Vec<(usize, Option<String>)> {
+        let mut verdicts = Vec::new();
+        for (partitions, context) in &self.0 {
+            let actual = on_oracle(context, &query.sql).await;
+            verdicts.push((*partitions, disagreement(query, expected, &actual)));
+        }
+        verdicts
+    }
+
+    /// Why DataFusion is no oracle for `query`, if it is not. Such a query
+    /// has no settled answer to hold tone to: the upstream bugs found so
+    /// far give an order or an error that depends on the plan, some of
+    /// them only on some runs, so every count is checked, answers first
+    /// and then the plans' shapes.
+    async fn unsettled(&self, query: &Generated, expected: &Outcome) -> Option<String> {
+        for (partitions, difference) in self.verdicts(query, expected).await {
+            if let Some(difference) = difference {
                 return Some(format!(
-                    "DataFusion's plan at {partitions} partitions: {bug}"
+                    "plain DataFusion at {partitions} partitions: {difference}"
                 ));
             }
         }
+        for (partitions, context) in &self.0 {
+            let Ok(frame) = context.sql(&query.sql).await else {
+                continue;
+            };
+            if let Ok(plan) = frame.create_physical_plan().await {
+                if let Some(bug) = known_upstream_bug(&plan) {
+                    return Some(format!(
+                        "DataFusion's plan at {partitions} partitions: {bug}"
+                    ));
+                }
+            }
+        }
+        None
     }
-    None
 }
 
 /// A DataFusion 55 bug that `plan` walks into, found by its shape. Such a
@@ -201,23 +213,6 @@ fn known_upstream_bug(plan: &Arc<dyn ExecutionPlan>) -> Option<&'static str> {
     plan.children().into_iter().find_map(known_upstream_bug)
 }
 
-/// On a replay, whether plain DataFusion itself agrees with its default
-/// configuration at tone's partition counts: a disagreement there is an
-/// upstream bug, which tone inherits rather than causes.
-async fn upstream_at_each_partition_count(
-    data: &std::path::Path,
-    query: &Generated,
-    expected: &Outcome,
-) {
-    for partitions in PARTITIONS {
-        let verdict = upstream_disagrees(data, partitions, query, expected).await;
-        eprintln!(
-            "plain DataFusion at {partitions} partitions: {}",
-            verdict.unwrap_or_else(|| "agrees".into())
-        );
-    }
-}
-
 struct Tally {
     answered: usize,
     errored: usize,
@@ -233,6 +228,7 @@ struct Tally {
 async fn generated_queries_match_datafusion_embedded_and_on_a_cluster() {
     let data = tiny_tpch_data();
     let oracle = oracle_context_over(data).await;
+    let upstream = Upstream::over(data).await;
     let mut engines = Vec::new();
     for partitions in PARTITIONS {
         engines.push((partitions, tone_engine_over(partitions, data).await));
@@ -286,7 +282,7 @@ async fn generated_queries_match_datafusion_embedded_and_on_a_cluster() {
             };
             // Once per query: its verdict holds for every place.
             if unsettled.is_none() {
-                unsettled = Some(upstream_unsettled(data, &query, &expected).await);
+                unsettled = Some(upstream.unsettled(&query, &expected).await);
             }
             let upstream = unsettled.clone().flatten();
             let line = format!(
@@ -299,7 +295,12 @@ async fn generated_queries_match_datafusion_embedded_and_on_a_cluster() {
             }
         }
         if replay {
-            upstream_at_each_partition_count(data, &query, &expected).await;
+            // Whether DataFusion agrees with itself: where it does not, the
+            // bug is upstream, and tone inherits it rather than causes it.
+            for (partitions, verdict) in upstream.verdicts(&query, &expected).await {
+                let verdict = verdict.unwrap_or_else(|| "agrees".into());
+                eprintln!("plain DataFusion at {partitions} partitions: {verdict}");
+            }
         }
         if started.elapsed() > SLOW {
             eprintln!("sqlgen: seed {seed} took {:?}", started.elapsed());

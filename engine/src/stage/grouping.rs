@@ -1,5 +1,6 @@
 //! A correction of what DataFusion 55 claims after a grouping-set
-//! aggregate (ROLLUP, CUBE, GROUPING SETS).
+//! aggregate (ROLLUP, CUBE, GROUPING SETS), applied to every reader that
+//! stands for such an aggregate's output.
 //!
 //! A group key that its input holds constant (`WHERE k = 1`) stays
 //! constant in such an aggregate's output, though the grouping sets make
@@ -30,11 +31,14 @@ pub(super) fn without_nulled_group_keys(
         return Ok(planned.clone());
     };
     let group_by = aggregate.group_expr();
+    if !group_by.has_grouping_set() {
+        return Ok(planned.clone());
+    }
     // The group keys come first in an aggregate's output.
     let nulled: Vec<usize> = (0..group_by.expr().len())
         .filter(|&key| group_by.groups().iter().any(|set| set[key]))
         .collect();
-    if !group_by.has_grouping_set() || nulled.is_empty() {
+    if nulled.is_empty() {
         return Ok(planned.clone());
     }
     let is_nulled = |expr: &Arc<dyn PhysicalExpr>| {

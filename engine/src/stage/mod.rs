@@ -187,12 +187,13 @@ impl Splitter {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = Arc::clone(coalesce.input());
         let stage_id = self.push_stage(Arc::clone(&input), Partitioning::UnknownPartitioning(1))?;
+        let planned = grouping::without_nulled_group_keys(&input, planned)?;
         let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
             self.job_id.clone(),
             stage_id,
             input.output_partitioning().partition_count(),
             ReadMode::ReducePartition,
-            planned.clone(),
+            planned,
         ));
         match coalesce.fetch() {
             Some(fetch) => Ok(Arc::new(GlobalLimitExec::new(reader, 0, Some(fetch)))),
@@ -210,8 +211,7 @@ impl Splitter {
         let map_partitions = input.output_partitioning().partition_count();
         let stage_id = self.push_stage(Arc::clone(&input), Partitioning::UnknownPartitioning(1))?;
         // Each map task's output stays one sorted partition for the merge.
-        let properties = planned_input
-            .clone()
+        let properties = grouping::without_nulled_group_keys(&input, planned_input)?
             .with_partitioning(Partitioning::UnknownPartitioning(map_partitions));
         let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
             self.job_id.clone(),
