@@ -601,7 +601,9 @@ async fn a_worker_that_keeps_failing_a_job_is_kept_away_from_it() {
     let embedded = tone_engine(4).await;
     let sql = "select l_returnflag, l_linestatus, count(*) as n from lineitem \
                group by l_returnflag, l_linestatus";
-    let (status, actual) = run_job(&client, sql, 4)
+    // Many tasks, so that without exclusion the fast-failing worker would
+    // take (and fail) far more than two of them.
+    let (status, actual) = run_job(&client, sql, 16)
         .await
         .expect("the healthy worker finishes the job");
     let expected = embedded.sql(sql).await.expect("embedded");
@@ -617,6 +619,7 @@ async fn a_worker_that_keeps_failing_a_job_is_kept_away_from_it() {
         "{:?}",
         status.failures
     );
-    // After its second failure the job sends it nothing more.
-    assert_eq!(failing.len(), 2, "{:?}", status.failures);
+    // After its second failure the job sends it nothing more. It may fail
+    // only once when the healthy worker takes every other task first.
+    assert!(failing.len() <= 2, "{:?}", status.failures);
 }

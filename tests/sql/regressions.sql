@@ -57,3 +57,13 @@ select c_custkey, count(*) c, avg(c_acctbal) a
 from customer
 where c_custkey = 1
 group by rollup(c_custkey);
+
+-- name: scalar_subquery_held_constant_by_a_filter_across_an_exchange
+-- Found by the generator (seeds 3210, 10316 and 7 more). The filter makes
+-- the subquery's value a constant of the rows, so the reader over the
+-- window's exchange carried the subquery expression in its properties.
+-- That expression was encoded as an unresolved subquery, not as its value,
+-- and the stage failed to decode at 2 partitions and on the cluster.
+select n_name, rank() over (partition by n_regionkey order by n_name) r
+from nation
+where (select max(l_orderkey) from lineitem) = 600000;

@@ -19,9 +19,7 @@ use datafusion::physical_expr::{
 use datafusion_proto::physical_plan::from_proto::{
     parse_physical_expr_with_converter, parse_physical_sort_exprs,
 };
-use datafusion_proto::physical_plan::to_proto::{
-    serialize_physical_expr_with_converter, serialize_physical_sort_exprs,
-};
+use datafusion_proto::physical_plan::to_proto::serialize_physical_sort_exprs;
 use datafusion_proto::physical_plan::{
     PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
 };
@@ -79,9 +77,10 @@ pub(super) fn encode_equivalence(
     codec: &dyn PhysicalExtensionCodec,
     converter: &dyn PhysicalProtoConverterExtension,
 ) -> DfResult<EquivalenceNode> {
-    let expr = |expr: &Arc<dyn PhysicalExpr>| {
-        serialize_physical_expr_with_converter(expr, codec, converter)
-    };
+    // Through the converter's entry point, not `serialize_physical_expr_*`,
+    // which skips it for the top expression: a scalar subquery's value is
+    // written as a literal only there.
+    let expr = |expr: &Arc<dyn PhysicalExpr>| converter.physical_expr_to_proto(expr, codec);
     let orderings = properties
         .oeq_class()
         .iter()
