@@ -66,10 +66,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn output(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
+    pub(crate) fn from_output(error: tone_engine::sink::OutputError) -> Self {
         Error::Output {
-            path: path.into(),
-            reason: reason.to_string(),
+            path: PathBuf::from(error.location),
+            reason: error.reason,
         }
     }
 }

@@ -425,6 +425,13 @@ async fn dataframes_on_a_cluster_match_embedded() {
         })
         .collect();
     names.sort();
+    // Committed: part files and the marker, nothing left uncommitted.
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("_SUCCESS"),
+        "{names:?}"
+    );
+    names.remove(0);
     assert!(!names.is_empty());
     assert!(
         names

@@ -10,6 +10,7 @@ mod fuzz_regressions;
 mod memory;
 mod oracle_tpch;
 mod roundtrip;
+mod s3;
 mod security;
 mod shuffle;
 mod spmd;

@@ -152,9 +152,13 @@ impl Engine {
         &self.spills
     }
 
-    /// Registers every child of `dir` as a table; returns their names.
+    /// Registers every child of `dir` (a folder, or an object-store prefix
+    /// such as `s3://bucket/tpch/`) as a table; returns their names.
     pub async fn register_data_dir(&self, dir: &Path) -> Result<Vec<String>> {
-        register_data_dir(&self.context, dir).await
+        match dir.to_str().filter(|text| text.contains("://")) {
+            Some(url) => crate::store_tables::register_data_url(&self.context, url).await,
+            None => register_data_dir(&self.context, dir).await,
+        }
     }
 
     /// Registers one file or folder as table `name`.

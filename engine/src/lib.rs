@@ -32,6 +32,8 @@ pub mod sink;
 pub mod sql_guard;
 mod sql_location;
 pub mod stage;
+pub mod store_tables;
+pub mod stores;
 pub mod text;
 
 pub use engine::{Engine, EngineConfig, StatementOutput};

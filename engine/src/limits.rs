@@ -57,7 +57,9 @@ pub fn runtime_env(
     if let Some(max) = spill_bytes_max {
         disk = disk.with_max_temp_directory_size(max);
     }
-    let mut builder = RuntimeEnvBuilder::new().with_disk_manager_builder(disk);
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_disk_manager_builder(disk)
+        .with_object_store_registry(Arc::new(crate::stores::ObjectStores::new()));
     if let Some(bytes) = pool_bytes {
         let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         let top = NonZeroUsize::new(CONSUMERS_IN_ERRORS).unwrap_or(NonZeroUsize::MIN);

@@ -94,23 +94,11 @@ pub fn table_name(path: &Path) -> String {
 }
 
 /// Registers `path` (a file, or a folder of files of one format) as `name`.
-/// A path with a scheme (`file:///data/t/`, or a store registered in the
-/// session's object-store registry) is read through that object store; its
-/// format comes from its extension, Parquet when it has none.
+/// A path with a scheme (`s3://bucket/t/`, `file:///data/t/`) is read
+/// through the session's object store for it.
 pub async fn register_table(ctx: &SessionContext, name: &str, path: &Path) -> Result<()> {
     if let Some(url) = path.to_str().filter(|text| text.contains("://")) {
-        let format = FileFormat::from_path(path).unwrap_or(FileFormat::Parquet);
-        let extension = match FileFormat::from_path(path) {
-            Some(_) => extension_of(path),
-            None => format.extension().to_string(),
-        };
-        return register_location(ctx, name, url, format, &extension)
-            .await
-            .map_err(|error| EngineError::InputPath {
-                what: "table URL",
-                path: path.to_path_buf(),
-                reason: error.strip_backtrace(),
-            });
+        return crate::store_tables::register_url_table(ctx, name, url).await;
     }
     let metadata = std::fs::metadata(path).map_err(|error| EngineError::InputPath {
         what: "table path",
@@ -141,7 +129,7 @@ pub async fn register_table(ctx: &SessionContext, name: &str, path: &Path) -> Re
         .map_err(|error| explain_registration_failure(path, format, error.into()))
 }
 
-async fn register_location(
+pub(crate) async fn register_location(
     ctx: &SessionContext,
     name: &str,
     location: &str,

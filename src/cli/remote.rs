@@ -137,7 +137,7 @@ impl From<ClusterError> for CliError {
 }
 
 /// The tables named by the table flags, with absolute paths.
-fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
+async fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
     if args.memory_limit.is_some() {
         return Err(CliError::Usage(
             "--memory-limit applies to the embedded engine; on a cluster give it to each \
@@ -146,7 +146,19 @@ fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
         ));
     }
     let mut tables = Vec::new();
-    if let Some(dir) = &args.data {
+    let data_url = args
+        .data
+        .as_ref()
+        .and_then(|dir| dir.to_str())
+        .filter(|dir| dir.contains("://"));
+    if let Some(url) = data_url {
+        // Listed with this process's credentials; the workers read the
+        // tables with their own.
+        let stores = tone_engine::stores::ObjectStores::new();
+        for (name, path) in tone_engine::store_tables::tables_under(&stores, url).await? {
+            tables.push(TableRef { name, path });
+        }
+    } else if let Some(dir) = &args.data {
         if !dir.is_dir() {
             return Err(CliError::Usage(format!(
                 "--data folder '{}' does not exist or is not a folder",
@@ -194,7 +206,7 @@ impl Script<'_> {
     pub async fn run(&self, sql: &str) -> Result<(), CliError> {
         let (format, show_progress) = (self.format, self.show_progress);
         let statements = parse_statements(sql)?;
-        let refs = table_refs(self.tables)?;
+        let refs = table_refs(self.tables).await?;
         let client = ClusterClient::connect_with(self.master, &self.security.load()?)
             .await?
             .with_job_timeout(self.timeout);
@@ -250,7 +262,7 @@ pub async fn submit(args: SubmitArgs) -> Result<(), CliError> {
         };
         return script.run(&sql).await;
     }
-    let refs = table_refs(&args.tables)?;
+    let refs = table_refs(&args.tables).await?;
     let client = ClusterClient::connect_with(&args.master, &args.security.load()?)
         .await?
         .with_job_timeout(args.timeout);

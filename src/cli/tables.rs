@@ -41,7 +41,8 @@ impl TableArgs {
         config.memory_limit_bytes = self.memory_limit;
         let engine = Engine::new(config)?;
         if let Some(dir) = &self.data {
-            if !dir.is_dir() {
+            let is_url = dir.to_str().is_some_and(|text| text.contains("://"));
+            if !is_url && !dir.is_dir() {
                 return Err(CliError::Usage(format!(
                     "--data folder '{}' does not exist or is not a folder",
                     dir.display()

@@ -155,11 +155,11 @@ impl DataFrame {
     /// Each partition commits its own file (`tone_engine::sink`), so the
     /// write runs in parallel and a re-run task never duplicates rows.
     async fn write(self, path: &Path, format: SinkFormat) -> Result<u64> {
-        let dir = self.ctx.prepare_output(path)?;
+        let dir = self.ctx.prepare_output(path).await?;
         let plan = self.physical_plan().await?;
         let sink: Arc<dyn ExecutionPlan> = Arc::new(FileSinkExec::new(plan, dir.clone(), format));
         let batches = self.ctx.run_plan(sink).await?;
-        self.ctx.finish_output(&dir)?;
+        self.ctx.finish_output(&dir).await?;
         Ok(crate::dataset::sum_counts(&batches))
     }
 

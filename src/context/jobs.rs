@@ -21,6 +21,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::physical_plan::ExecutionPlan;
 use tone_engine::closure::{as_closure, ClosureRegistry};
+use tone_engine::stores::ObjectStores;
 use tone_engine::{Engine, EngineConfig};
 use tone_proto::v1 as pb;
 use tone_worker::executor::ExecutorSettings;
@@ -310,33 +311,36 @@ impl Context {
         }
     }
 
-    /// The absolute output folder for a write, created. Tone neither
-    /// overwrites nor appends (as Spark's default): a folder that holds
-    /// anything is refused. An executor only computes the path; the
-    /// driver checked it.
-    pub(crate) fn prepare_output(&self, dir: &Path) -> Result<PathBuf> {
-        let dir = absolute(dir)?;
+    /// The output location for a write: an object-store URL as given, a
+    /// local folder made absolute and created. Tone neither overwrites nor
+    /// appends (as Spark's default): a location that holds anything is
+    /// refused. An executor only computes the location; the driver checked
+    /// it.
+    pub(crate) async fn prepare_output(&self, dir: &Path) -> Result<PathBuf> {
+        let is_url = dir.to_str().is_some_and(|text| text.contains("://"));
+        let dir = if is_url {
+            dir.to_path_buf()
+        } else {
+            absolute(dir)?
+        };
         if matches!(*self.inner, Backend::Executor(_)) {
             return Ok(dir);
         }
-        if let Ok(mut entries) = std::fs::read_dir(&dir) {
-            if entries.next().is_some() {
-                return Err(Error::output(
-                    &dir,
-                    "the folder is not empty; tone neither overwrites nor appends: remove it or write to a new folder",
-                ));
-            }
-        }
-        std::fs::create_dir_all(&dir).map_err(|error| Error::output(&dir, error))?;
+        tone_engine::sink::prepare_output(&ObjectStores::new(), &dir)
+            .await
+            .map_err(Error::from_output)?;
         Ok(dir)
     }
 
-    /// After a write's job: removes what uncommitted attempts left.
-    pub(crate) fn finish_output(&self, dir: &Path) -> Result<()> {
+    /// After a write's job: removes what uncommitted attempts left and
+    /// marks the output committed (`_SUCCESS`).
+    pub(crate) async fn finish_output(&self, dir: &Path) -> Result<()> {
         if matches!(*self.inner, Backend::Executor(_)) {
             return Ok(());
         }
-        tone_engine::sink::remove_uncommitted(dir).map_err(|error| Error::output(dir, error))
+        tone_engine::sink::commit_output(&ObjectStores::new(), dir)
+            .await
+            .map_err(Error::from_output)
     }
 }
 

@@ -502,7 +502,7 @@ impl<T: Data> Dataset<T> {
         schema: arrow::datatypes::SchemaRef,
         encode: Emit<T>,
     ) -> Result<u64> {
-        let dir = self.ctx.prepare_output(dir)?;
+        let dir = self.ctx.prepare_output(dir).await?;
         let function = Arc::new(MapFn {
             pipe: Arc::clone(&self.pipe),
             emit: encode,
@@ -516,7 +516,7 @@ impl<T: Data> Dataset<T> {
             Ok(sink)
         });
         let batches = self.ctx.run_plan(plan().await?).await?;
-        self.ctx.finish_output(&dir)?;
+        self.ctx.finish_output(&dir).await?;
         Ok(sum_counts(&batches))
     }
 }

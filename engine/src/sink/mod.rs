@@ -11,6 +11,11 @@
 //! Uncommitted files of killed attempts stay in `_temporary`, which the
 //! job's driver removes ([`remove_uncommitted`]) after the job; readers
 //! skip `_`-prefixed names meanwhile.
+//!
+//! An object store (`s3://…`) has no rename; there an attempt uploads
+//! `<dir>/part-<partition>.<ext>` directly, and the upload is what commits
+//! (see [`store`]). Either way the driver writes `_SUCCESS` once the job
+//! committed ([`commit_output`]).
 
 use std::fmt;
 use std::fs::File;
@@ -34,6 +39,11 @@ use futures::StreamExt;
 
 use crate::cpu::run_cpu;
 use crate::error::{EngineError, Result};
+
+mod output;
+mod store;
+
+pub use output::{commit_output, prepare_output, OutputError, SUCCESS_MARKER};
 
 /// The folder inside an output folder that holds uncommitted files.
 pub const TEMPORARY_DIR: &str = "_temporary";
@@ -179,20 +189,29 @@ impl ExecutionPlan for FileSinkExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
         let name = format!("part-{partition:05}.{}", self.format.extension());
-        let part = PartFile {
-            temporary: self
-                .dir
-                .join(TEMPORARY_DIR)
-                .join(format!("{}-{name}", uuid::Uuid::new_v4().simple())),
-            path: self.dir.join(name),
-            format: self.format,
+        let written = match store::location_of(&self.dir) {
+            Some(folder) => {
+                let target = store::StorePart::new(&context, &folder, &name, self.format)?;
+                let input = self.input.execute(partition, context)?;
+                futures::stream::once(store::write_partition(input, target)).boxed()
+            }
+            None => {
+                let input = self.input.execute(partition, context)?;
+                let part = PartFile {
+                    temporary: self
+                        .dir
+                        .join(TEMPORARY_DIR)
+                        .join(format!("{}-{name}", uuid::Uuid::new_v4().simple())),
+                    path: self.dir.join(name),
+                    format: self.format,
+                };
+                futures::stream::once(write_partition(input, part)).boxed()
+            }
         };
-        let stream = futures::stream::once(write_partition(input, part));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             rows_written_schema(),
-            stream,
+            written,
         )))
     }
 }
@@ -240,11 +259,51 @@ async fn write_partition(
     Ok(RecordBatch::try_new(rows_written_schema(), vec![rows])?)
 }
 
-enum PartWriter {
-    Csv(arrow::csv::Writer<BufWriter<File>>),
-    Parquet(parquet::arrow::ArrowWriter<File>),
-    Text(BufWriter<File>),
+/// A file's encoder over any writer.
+pub(crate) enum Encoder<W: Write + Send> {
+    Csv(arrow::csv::Writer<W>),
+    Parquet(parquet::arrow::ArrowWriter<W>),
+    Text(W),
 }
+
+impl<W: Write + Send> Encoder<W> {
+    pub(crate) fn new(
+        format: SinkFormat,
+        out: W,
+        first: &RecordBatch,
+    ) -> std::result::Result<Self, String> {
+        Ok(match format {
+            SinkFormat::Csv => Encoder::Csv(arrow::csv::Writer::new(out)),
+            SinkFormat::Parquet => Encoder::Parquet(
+                parquet::arrow::ArrowWriter::try_new(out, first.schema(), None)
+                    .map_err(|error| error.to_string())?,
+            ),
+            SinkFormat::Text => Encoder::Text(out),
+        })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> std::result::Result<(), String> {
+        match self {
+            Encoder::Csv(writer) => writer.write(batch).map_err(|e| e.to_string()),
+            Encoder::Parquet(writer) => writer.write(batch).map_err(|e| e.to_string()),
+            Encoder::Text(writer) => write_lines(writer, batch),
+        }
+    }
+
+    /// Writes what the format keeps until the end (Parquet's footer) and
+    /// returns the writer, flushed.
+    pub(crate) fn finish(self) -> std::result::Result<W, String> {
+        let mut out = match self {
+            Encoder::Csv(writer) => writer.into_inner(),
+            Encoder::Parquet(writer) => writer.into_inner().map_err(|e| e.to_string())?,
+            Encoder::Text(writer) => writer,
+        };
+        out.flush().map_err(|error| error.to_string())?;
+        Ok(out)
+    }
+}
+
+struct PartWriter(Encoder<BufWriter<File>>);
 
 impl PartWriter {
     fn create(part: &PartFile, first: &RecordBatch) -> Result<Self> {
@@ -252,48 +311,32 @@ impl PartWriter {
             std::fs::create_dir_all(parent).map_err(|error| output_error(part, error))?;
         }
         let file = File::create(&part.temporary).map_err(|error| output_error(part, error))?;
-        Ok(match part.format {
-            SinkFormat::Csv => PartWriter::Csv(arrow::csv::Writer::new(BufWriter::new(file))),
-            SinkFormat::Parquet => PartWriter::Parquet(
-                parquet::arrow::ArrowWriter::try_new(file, first.schema(), None)
-                    .map_err(|error| output_error(part, error))?,
-            ),
-            SinkFormat::Text => PartWriter::Text(BufWriter::new(file)),
-        })
+        Encoder::new(part.format, BufWriter::new(file), first)
+            .map(PartWriter)
+            .map_err(|error| output_error(part, error))
     }
 
     fn write(&mut self, batch: &RecordBatch, part: &PartFile) -> Result<()> {
-        match self {
-            PartWriter::Csv(writer) => writer.write(batch).map_err(|e| output_error(part, e)),
-            PartWriter::Parquet(writer) => writer.write(batch).map_err(|e| output_error(part, e)),
-            PartWriter::Text(writer) => write_lines(writer, batch, part),
-        }
+        self.0
+            .write(batch)
+            .map_err(|error| output_error(part, error))
     }
 
     /// Completes the file and renames it into place.
     fn commit(self, part: &PartFile) -> Result<()> {
-        let flushed = match self {
-            PartWriter::Csv(writer) => writer.into_inner().flush(),
-            PartWriter::Parquet(writer) => writer
-                .close()
-                .map(|_| ())
-                .map_err(|error| std::io::Error::other(error.to_string())),
-            PartWriter::Text(mut writer) => writer.flush(),
-        };
-        flushed.map_err(|error| output_error(part, error))?;
+        self.0.finish().map_err(|error| output_error(part, error))?;
         std::fs::rename(&part.temporary, &part.path).map_err(|error| output_error(part, error))
     }
 }
 
-fn write_lines(writer: &mut BufWriter<File>, batch: &RecordBatch, part: &PartFile) -> Result<()> {
+fn write_lines(writer: &mut impl Write, batch: &RecordBatch) -> std::result::Result<(), String> {
     let lines = batch
         .column(0)
         .as_any()
         .downcast_ref::<StringArray>()
-        .ok_or_else(|| output_error(part, "text output needs one string column"))?;
+        .ok_or_else(|| "text output needs one string column".to_string())?;
     for line in lines.iter() {
-        writeln!(writer, "{}", line.unwrap_or_default())
-            .map_err(|error| output_error(part, error))?;
+        writeln!(writer, "{}", line.unwrap_or_default()).map_err(|error| error.to_string())?;
     }
     Ok(())
 }

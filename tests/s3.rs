@@ -1,0 +1,313 @@
+//! S3 tables, COPY targets and writes against a real S3-compatible server
+//! (moto), embedded and on a cluster.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::cluster::LocalCluster;
+use crate::common::s3::S3Server;
+use crate::common::{tiny_tpch_data, tone};
+use crate::spmd::example;
+
+/// TPC-H queries whose answers the S3 runs must repeat exactly.
+const QUERIES: [&str; 3] = [
+    "select l_returnflag, l_linestatus, sum(l_quantity) as q, count(*) as n \
+     from lineitem group by l_returnflag, l_linestatus order by 1, 2",
+    "select n_name, count(*) as suppliers from supplier join nation on s_nationkey = n_nationkey \
+     group by n_name order by n_name",
+    "select o_orderpriority, count(*) as n from orders where o_orderdate >= date '1995-01-01' \
+     group by o_orderpriority order by 1",
+];
+
+fn tone_with(server: &S3Server, args: &[&str]) -> Output {
+    tone()
+        .envs(server.env())
+        .env_remove("TONE_MASTER")
+        .args(args)
+        .output()
+        .expect("tone runs")
+}
+
+fn ok(output: Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{what}: {stderr}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A server with the SF 0.01 TPC-H tables under `s3://tpch/sf001/`.
+async fn server_with_tpch() -> S3Server {
+    let server = S3Server::start();
+    server.create_bucket("tpch");
+    server.upload_dir("tpch", "sf001", tiny_tpch_data()).await;
+    server
+}
+
+async fn object_names(server: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
+    let store = server.store(bucket);
+    let objects: Vec<_> = store
+        .list(Some(&prefix.into()))
+        .try_collect()
+        .await
+        .expect("list");
+    let mut names: Vec<String> = objects
+        .iter()
+        .map(|object| object.location.filename().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_reads_s3_tables_and_copies_to_s3_with_ranged_reads() {
+    let server = server_with_tpch().await;
+    let local = tiny_tpch_data().to_str().expect("utf-8").to_string();
+    for sql in QUERIES {
+        let from_disk = ok(
+            tone_with(&server, &["sql", "--format", "csv", "--data", &local, sql]),
+            sql,
+        );
+        let from_s3 = ok(
+            tone_with(
+                &server,
+                &["sql", "--format", "csv", "--data", "s3://tpch/sf001/", sql],
+            ),
+            sql,
+        );
+        assert_eq!(from_s3, from_disk, "{sql}");
+    }
+    // Parquet is read with ranged GETs (footer, then the columns needed),
+    // never as whole objects.
+    let parquet_gets: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|(method, path, _)| method == "GET" && path.ends_with(".parquet"))
+        .collect();
+    assert!(!parquet_gets.is_empty(), "no Parquet object was read");
+    assert!(
+        parquet_gets.iter().all(|(_, _, status)| *status == 206),
+        "whole-object reads: {parquet_gets:?}"
+    );
+
+    // One table by URL, DDL over a URL, and COPY to S3, read back.
+    let script = "create external table regions stored as parquet \
+                  location 's3://tpch/sf001/region/'; \
+                  copy (select n_nationkey, n_name from nations where n_regionkey = 1) \
+                  to 's3://tpch/out/america.parquet' stored as parquet; \
+                  select count(*) as n from regions;";
+    let out = ok(
+        tone_with(
+            &server,
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "--table",
+                "nations=s3://tpch/sf001/nation/",
+                script,
+            ],
+        ),
+        "script",
+    );
+    assert!(out.contains("\n5\n"), "{out}");
+    let back = ok(
+        tone_with(
+            &server,
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "--table",
+                "america=s3://tpch/out/america.parquet",
+                "select n_name from america order by n_name",
+            ],
+        ),
+        "read back",
+    );
+    assert_eq!(
+        back,
+        "n_name\nARGENTINA\nBRAZIL\nCANADA\nPERU\nUNITED STATES\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_s3_locations_fail_promptly_with_exit_2_naming_the_url() {
+    let server = server_with_tpch().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        listener.local_addr().expect("address").port()
+    };
+    let cases: [(&str, Vec<(&str, String)>); 3] = [
+        ("s3://no-such-bucket/t/", Vec::new()),
+        ("s3://tpch/no/such/prefix/", Vec::new()),
+        (
+            "s3://tpch/sf001/nation/",
+            vec![("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))],
+        ),
+    ];
+    for (url, env) in cases {
+        let started = Instant::now();
+        let output = tone()
+            .envs(server.env())
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .args([
+                "sql",
+                "--table",
+                &format!("t={url}"),
+                "select count(*) from t",
+            ])
+            .output()
+            .expect("tone runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(url), "{url}: {stderr}");
+        // Bounded retries: seconds, not object_store's default minutes.
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{url} took {:?}",
+            started.elapsed()
+        );
+    }
+    // The server is still fine for the next job.
+    let output = tone_with(
+        &server,
+        &[
+            "sql",
+            "--table",
+            "t=s3://tpch/sf001/nation/",
+            "select count(*) from t",
+        ],
+    );
+    assert!(ok(output, "next job").contains("25"));
+}
+
+/// The word counts of wordcount's output under `prefix`: committed part
+/// objects and the `_SUCCESS` marker, nothing else.
+async fn word_counts_in(server: &S3Server, prefix: &str) -> Vec<String> {
+    let names = object_names(server, "out", prefix).await;
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("_SUCCESS"),
+        "{names:?}"
+    );
+    assert!(
+        names[1..]
+            .iter()
+            .all(|name| name.starts_with("part-") && name.ends_with(".csv")),
+        "{names:?}"
+    );
+    let store = server.store("out");
+    let mut lines = Vec::new();
+    for name in &names[1..] {
+        let key = format!("{prefix}/{name}");
+        let bytes = store
+            .get(&key.as_str().into())
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        lines.extend(text.lines().skip(1).map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rust_job_writes_to_s3_embedded_and_on_a_cluster() {
+    let server = S3Server::start();
+    server.create_bucket("out");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("words.txt");
+    std::fs::write(&input, "b a c a\nc a\n").expect("input");
+    let input = input.to_str().expect("utf-8");
+    let expected = vec!["a,3".to_string(), "b,1".into(), "c,2".into()];
+
+    let embedded = std::process::Command::new(example("wordcount"))
+        .envs(server.env())
+        .env_remove("TONE_MASTER")
+        .args(["--input", input, "--output", "s3://out/embedded/"])
+        .output()
+        .expect("wordcount runs");
+    ok(embedded, "wordcount embedded");
+    assert_eq!(word_counts_in(&server, "embedded").await, expected);
+
+    // The workers write with their own environment.
+    let env: Vec<(&str, String)> = server.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    let cluster = LocalCluster::start_with_env(2, 1, &env).await;
+    let on_cluster = std::process::Command::new(example("wordcount"))
+        .envs(server.env())
+        .args([
+            "--input",
+            input,
+            "--output",
+            "s3://out/cluster/",
+            "--master",
+            &cluster.master,
+        ])
+        .output()
+        .expect("wordcount runs");
+    ok(on_cluster, "wordcount on a cluster");
+    assert_eq!(word_counts_in(&server, "cluster").await, expected);
+
+    // An output that holds anything is refused, and nothing is written.
+    let again = std::process::Command::new(example("wordcount"))
+        .envs(server.env())
+        .env_remove("TONE_MASTER")
+        .args(["--input", input, "--output", "s3://out/embedded/"])
+        .output()
+        .expect("wordcount runs");
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_reads_s3_tables_with_its_own_credentials() {
+    let server = server_with_tpch().await;
+    let env: Vec<(&str, String)> = server.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    let cluster = LocalCluster::start_with_env(2, 1, &env).await;
+    let local = tiny_tpch_data().to_str().expect("utf-8").to_string();
+    for sql in QUERIES {
+        let embedded = ok(
+            tone_with(&server, &["sql", "--format", "csv", "--data", &local, sql]),
+            sql,
+        );
+        let args = ["sql", "--master", &cluster.master, "--format", "csv"];
+        let on_cluster = ok(
+            tone_with(
+                &server,
+                &[&args[..], &["--data", "s3://tpch/sf001/", sql]].concat(),
+            ),
+            sql,
+        );
+        assert_eq!(on_cluster, embedded, "{sql}");
+    }
+    // The workers read with their own environment: a client with none
+    // names the tables one by one and the cluster still answers.
+    let output = tone()
+        .env_remove("TONE_MASTER")
+        .args(["sql", "--master", &cluster.master, "--format", "csv"])
+        .args([
+            "--table",
+            "nation=s3://tpch/sf001/nation/",
+            "select count(*) as n from nation",
+        ])
+        .output()
+        .expect("tone runs");
+    assert_eq!(ok(output, "no client credentials"), "n\n25\n");
+}
