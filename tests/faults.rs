@@ -623,3 +623,35 @@ async fn a_worker_that_keeps_failing_a_job_is_kept_away_from_it() {
     // only once when the healthy worker takes every other task first.
     assert!(failing.len() <= 2, "{:?}", status.failures);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_are_reached_at_the_address_they_advertise() {
+    let mut cluster = Cluster::coordinator(&[]);
+    // Bound on 127.0.0.1, told to others as `localhost` with the bound port.
+    for _ in 0..2 {
+        cluster.add_worker_with(
+            &[],
+            &["--listen", "127.0.0.1:0", "--advertise", "localhost"],
+        );
+    }
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let workers = client.workers().await.expect("workers");
+    for worker in &workers {
+        let port = worker
+            .flight_address
+            .strip_prefix("localhost:")
+            .unwrap_or_else(|| panic!("not the advertised host: {workers:?}"));
+        assert!(
+            port.parse::<u16>().is_ok_and(|port| port > 0),
+            "{workers:?}"
+        );
+    }
+    // Shuffle fetches between the workers go to the advertised addresses.
+    let embedded = tone_engine(4).await;
+    let sql = "select l_returnflag, count(*) as n, sum(l_quantity) as q from lineitem \
+               group by l_returnflag";
+    let (_, actual) = run_job(&client, sql, 4).await.expect("the job runs");
+    let expected = embedded.sql(sql).await.expect("embedded");
+    same_answer(sql, &expected, &actual).expect("same answer");
+}

@@ -146,6 +146,11 @@ pub struct WorkerArgs {
     /// Address of this worker's shuffle service (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// The address the coordinator and other workers reach this worker at,
+    /// when it differs from --listen (NAT, containers): HOST keeps the
+    /// bound port, HOST:PORT sets both.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertise: Option<String>,
     /// Tasks run at once [default: number of cores].
     #[arg(long)]
     pub slots: Option<usize>,
@@ -424,6 +429,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
     let config = WorkerConfig {
         coordinator_url: args.coordinator,
         listen: args.listen,
+        advertise: args.advertise,
         slots: args.slots.unwrap_or(cores),
         work_dir,
         shuffle_compression: args.shuffle_compression.codec(),

@@ -26,6 +26,7 @@
 //! `--max-executors` the executor processes, `--binary-cache` the cached
 //! binaries (fetches cut short by an earlier process go at start too).
 
+mod advertise;
 mod control;
 pub mod executor;
 mod executors;
@@ -58,6 +59,9 @@ pub struct WorkerConfig {
     pub coordinator_url: String,
     /// Address the worker's Flight service listens on (port 0: any free).
     pub listen: SocketAddr,
+    /// The address others reach it at (`--advertise` HOST or HOST:PORT);
+    /// the bound address when unset.
+    pub advertise: Option<String>,
     /// Tasks run at once; defaults to the core count.
     pub slots: usize,
     /// Where shuffle files live.
@@ -107,6 +111,8 @@ pub enum WorkerError {
     Tls { reason: String },
     #[error("cannot listen on {address}: {reason}")]
     Listen { address: SocketAddr, reason: String },
+    #[error("{reason}")]
+    Advertise { reason: String },
     #[error("work dir {path}: {reason}")]
     WorkDir { path: PathBuf, reason: String },
     #[error("shuffle service failed: {reason}")]
@@ -182,10 +188,14 @@ pub async fn run(
             address: config.listen,
             reason: error.to_string(),
         })?;
-    let address = listener.local_addr().map_err(|error| WorkerError::Listen {
+    let bound = listener.local_addr().map_err(|error| WorkerError::Listen {
         address: config.listen,
         reason: error.to_string(),
     })?;
+    // What the coordinator and other workers are told, and what shuffle
+    // locations name: the bound address unless `--advertise` says otherwise.
+    let address = advertise::advertised_address(bound, config.advertise.as_deref())
+        .map_err(|reason| WorkerError::Advertise { reason })?;
     remove_leftovers(&config.work_dir)?;
     // Budget zero: every segment goes to the map task's file, which the
     // Flight service serves and which outlives memory pressure.
@@ -215,6 +225,7 @@ pub async fn run(
     };
     let session = SessionContext::new_with_config_rt(worker_session_config(env), runtime);
     tracing::info!(
+        %bound,
         %address,
         slots = config.slots,
         memory_limit_bytes = config.memory_limit_bytes,
@@ -345,6 +356,7 @@ mod tests {
         WorkerConfig {
             coordinator_url: url.into(),
             listen: "127.0.0.1:0".parse().expect("literal address"),
+            advertise: None,
             slots,
             work_dir: PathBuf::from("/tmp"),
             shuffle_compression: None,
