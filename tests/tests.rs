@@ -8,6 +8,7 @@ mod dataset;
 mod faults;
 mod fuzz_regressions;
 mod memory;
+mod netns;
 mod oracle_tpch;
 mod roundtrip;
 mod s3;

@@ -170,7 +170,7 @@ pub async fn serve(
     let jobs = service::JobsService::new(events.clone(), planner, binaries, Arc::clone(&guard));
     let control = service::ControlService::new(events, guard);
     tracing::info!(address = ?listener.local_addr().ok(), tls = config.security.tls.is_some(), auth = config.security.tokens.enabled(), "coordinator listening");
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tone_proto::security::tls::server_builder();
     if let Some(tls) = &config.security.tls {
         builder = builder
             .tls_config(tls.config())

@@ -2,6 +2,7 @@
 //! oracle (plain DataFusion) and result comparison.
 
 pub mod compare;
+pub mod netns;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

@@ -27,7 +27,7 @@ fn venv() -> PathBuf {
 /// `moto_server`, installed (`python3 -m venv`, `pip install moto[server]`)
 /// if it is not there yet. Fails the test, naming what is missing, when it
 /// cannot be installed: tests never skip quietly.
-fn moto_server() -> PathBuf {
+pub fn moto_server() -> PathBuf {
     let _installing = INSTALL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -9,13 +9,19 @@
 //!   - `after_write`: the worker process dies right after the task wrote
 //!     its shuffle output, before reporting it (a crash: the output is
 //!     lost with the process);
-//!   - `fetch`: the task's first remote shuffle fetch fails.
+//!   - `fetch`: the task's first remote shuffle fetch fails;
+//!   - `stall`: the task waits [`STALL`] before it starts, holding its
+//!     slot, so a test can act while a job is certainly mid-run.
 //!
 //! Every fault that fires says so on stderr and in the task's error, so a
 //! test can check that it really fired.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long a `stall` fault holds its task.
+pub const STALL: Duration = Duration::from_secs(20);
 
 /// Where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,7 @@ pub enum Point {
     BeforeTask,
     AfterWrite,
     Fetch,
+    Stall,
 }
 
 impl Point {
@@ -31,6 +38,7 @@ impl Point {
             "before_task" => Some(Self::BeforeTask),
             "after_write" => Some(Self::AfterWrite),
             "fetch" => Some(Self::Fetch),
+            "stall" => Some(Self::Stall),
             _ => None,
         }
     }
@@ -100,14 +108,15 @@ mod tests {
 
     #[test]
     fn specs_parse_and_bad_items_are_skipped() {
-        let faults = parse("before_task@1, fetch@*,bogus@2,after_write@x,after_write@0");
+        let faults = parse("before_task@1, fetch@*,bogus@2,after_write@x,after_write@0,stall@3");
         let points: Vec<(Point, Option<u32>)> = faults.iter().map(|f| (f.point, f.stage)).collect();
         assert_eq!(
             points,
             vec![
                 (Point::BeforeTask, Some(1)),
                 (Point::Fetch, None),
-                (Point::AfterWrite, Some(0))
+                (Point::AfterWrite, Some(0)),
+                (Point::Stall, Some(3))
             ]
         );
     }

@@ -35,7 +35,7 @@ pub async fn serve(
     tls: Option<ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tone_proto::security::tls::server_builder();
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls.config())

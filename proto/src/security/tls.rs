@@ -16,6 +16,12 @@ use super::SecurityError;
 
 /// How long a connection (TCP and TLS handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on every connection, both ways: a peer behind a cut link
+/// sends no reset, so without them a session or a shuffle fetch waits on
+/// a dead TCP connection until the kernel gives up (many minutes).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A ping unanswered this long closes the connection.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server waits for a client's TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -174,7 +180,10 @@ impl ClientSecurity {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|error| refuse(error.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         match (&self.tls, https) {
             (Some(tls), true) => endpoint
                 .tls_config(tls.config())
@@ -262,4 +271,11 @@ fn scheme_hint(tls: bool) -> String {
     } else {
         "; if the server uses TLS, connect with an https:// URL and --tls-ca FILE".into()
     }
+}
+
+/// A gRPC server that pings its clients (see [`KEEPALIVE_INTERVAL`]).
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
 }
