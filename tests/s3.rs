@@ -183,6 +183,38 @@ async fn bad_s3_locations_fail_promptly_with_exit_2_naming_the_url() {
     assert!(ok(output, "next job").contains("25"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_s3_credentials_fail_promptly_with_exit_2_naming_the_url() {
+    let server = S3Server::start_requiring_credentials();
+    let url = "s3://tpch/sf001/nation/";
+    let started = Instant::now();
+    let output = tone_with(
+        &server,
+        &[
+            "sql",
+            "--table",
+            &format!("t={url}"),
+            "select count(*) from t",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(url), "{stderr}");
+    assert!(stderr.contains("403"), "not a refusal: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Refused by the server, not lost on the way: it saw the request.
+    let refused = server
+        .requests()
+        .into_iter()
+        .filter(|(_, path, status)| path.starts_with("/tpch") && *status == 403)
+        .count();
+    assert!(refused > 0, "{:?}", server.requests());
+}
+
 /// The word counts of wordcount's output under `prefix`: committed part
 /// objects and the `_SUCCESS` marker, nothing else.
 async fn word_counts_in(server: &S3Server, prefix: &str) -> Vec<String> {

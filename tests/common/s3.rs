@@ -75,11 +75,22 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server that checks signatures against its own IAM users, of
+    /// which there are none: every request is refused as unknown keys.
+    pub fn start_requiring_credentials() -> Self {
+        Self::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Self {
         let server = moto_server();
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("requests.log");
         let port = free_port();
         let child = Command::new(server)
+            .envs(env.iter().copied())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
