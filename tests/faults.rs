@@ -75,12 +75,17 @@ impl Cluster {
     /// SIGKILLs the coordinator and starts it again on the same address
     /// with the same arguments (so a `--state-dir` is reused).
     pub fn restart_coordinator(&mut self) {
+        self.kill_coordinator();
+        let (child, _) = spawn_coordinator(&self.address, &self.coordinator_args);
+        self.coordinator = Some(child);
+    }
+
+    /// SIGKILLs the coordinator and reaps it.
+    pub fn kill_coordinator(&mut self) {
         if let Some(mut old) = self.coordinator.take() {
             signal(old.id(), "-KILL");
             let _ = old.wait();
         }
-        let (child, _) = spawn_coordinator(&self.address, &self.coordinator_args);
-        self.coordinator = Some(child);
     }
 
     pub async fn client(&self) -> ClusterClient {
@@ -654,4 +659,54 @@ async fn workers_are_reached_at_the_address_they_advertise() {
     let (_, actual) = run_job(&client, sql, 4).await.expect("the job runs");
     let expected = embedded.sql(sql).await.expect("embedded");
     same_answer(sql, &expected, &actual).expect("same answer");
+}
+
+/// The gRPC health status of `service` at `address`, or why none.
+async fn health(address: &str, service: &str) -> Result<i32, String> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| error.to_string())?
+        .connect()
+        .await
+        .map_err(|error| error.to_string())?;
+    let request = HealthCheckRequest {
+        service: service.to_string(),
+    };
+    HealthClient::new(channel)
+        .check(request)
+        .await
+        .map(|response| response.into_inner().status)
+        .map_err(|status| status.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_says_live_and_whether_a_worker_is_registered() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    let mut cluster = Cluster::coordinator(&[]);
+    assert_eq!(health(&cluster.address, "").await, Ok(serving));
+    cluster.add_worker(&[]);
+    cluster.wait_for_workers(1).await;
+    let worker = cluster.client().await.workers().await.expect("workers")[0]
+        .flight_address
+        .clone();
+    assert_eq!(health(&worker, "").await, Ok(serving));
+    assert_eq!(health(&worker, "tone.ready").await, Ok(serving));
+    // A name the worker does not serve is refused, not reported healthy.
+    assert!(health(&worker, "no.such.service").await.is_err());
+
+    // Without its coordinator the worker is alive but not ready, and ready
+    // again once it has registered with the new one.
+    cluster.kill_coordinator();
+    wait_until(Duration::from_secs(30), || async {
+        health(&worker, "tone.ready").await == Ok(not_serving)
+    })
+    .await;
+    assert_eq!(health(&worker, "").await, Ok(serving));
+    cluster.restart_coordinator();
+    wait_until(Duration::from_secs(30), || async {
+        health(&worker, "tone.ready").await == Ok(serving)
+    })
+    .await;
 }

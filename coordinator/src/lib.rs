@@ -178,7 +178,11 @@ pub async fn serve(
                 reason: tone_proto::security::tls::chain(&error),
             })?;
     }
+    // Probes: the standard gRPC health service, SERVING once listening
+    // (the state dir is loaded before this point).
+    let (_health, health_service) = tonic_health::server::health_reporter();
     let server = builder
+        .add_service(health_service)
         .add_service(
             JobsServer::new(jobs)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

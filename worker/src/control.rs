@@ -45,6 +45,7 @@ pub async fn run(
     runner: Runner,
     store: Arc<LocalShuffleStore>,
     trusted: TrustedKey,
+    health: tonic_health::server::HealthReporter,
     stop: impl std::future::Future<Output = ()>,
     drain: watch::Receiver<bool>,
 ) {
@@ -63,6 +64,7 @@ pub async fn run(
         store: &store,
         trusted: &trusted,
         session_key: &session_key,
+        health: &health,
     };
     tokio::pin!(stop);
     loop {
@@ -97,6 +99,7 @@ struct Session<'a> {
     store: &'a Arc<LocalShuffleStore>,
     trusted: &'a TrustedKey,
     session_key: &'a [u8],
+    health: &'a tonic_health::server::HealthReporter,
 }
 
 impl Session<'_> {
@@ -109,6 +112,7 @@ impl Session<'_> {
             store,
             trusted,
             session_key,
+            health,
         } = *self;
         let channel = config
             .security
@@ -155,6 +159,7 @@ impl Session<'_> {
                 drained = async { drain.wait_for(|drain| *drain).await.is_ok() }, if !draining => {
                     if drained {
                         draining = true;
+                        crate::health::set_ready(health, false).await;
                         tracing::info!(running = lock(&running).len(), "draining: finishing running tasks, taking no new ones");
                         let drain = WorkerMessage { kind: Some(worker_message::Kind::Drain(Drain {})) };
                         let _ = outbox.send(drain).await;
@@ -184,7 +189,11 @@ impl Session<'_> {
             match message.kind {
                 Some(coordinator_message::Kind::Welcome(welcome)) => {
                     match tone_proto::security::TicketKey::from_bytes(&welcome.ticket_key) {
-                        Ok(key) => trusted.set(key),
+                        Ok(key) => {
+                            trusted.set(key);
+                            // Registered: probes may send work this way.
+                            crate::health::set_ready(health, !draining).await;
+                        }
                         Err(error) => break Err(format!("bad welcome: {error}")),
                     }
                 }
@@ -217,6 +226,7 @@ impl Session<'_> {
             }
         };
         heartbeat.abort();
+        crate::health::set_ready(health, false).await;
         // Tasks of a lost session report to nobody; stop them.
         for (_, handle) in lock(&running).drain() {
             handle.abort();

@@ -32,6 +32,7 @@ pub mod executor;
 mod executors;
 mod faults;
 mod flight;
+mod health;
 mod remote;
 mod tasks;
 mod trust;
@@ -258,9 +259,11 @@ pub async fn run(
         Some(Arc::clone(&executors)),
         trusted.clone(),
     );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health::set_ready(&health, false).await;
     let flight = tokio::spawn(flight::serve(
         listener,
-        tonic::service::Routes::new(flight_service),
+        tonic::service::Routes::new(flight_service).add_service(health_service),
         config.security.tls.clone(),
         wait_for_stop(stop_receiver.clone()),
     ));
@@ -278,6 +281,7 @@ pub async fn run(
         },
         store,
         trusted,
+        health,
         wait_for_stop(stop_receiver),
         drain_receiver,
     ));
