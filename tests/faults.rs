@@ -695,6 +695,15 @@ async fn health_says_live_and_whether_a_worker_is_registered() {
     assert_eq!(health(&worker, "tone.ready").await, Ok(serving));
     // A name the worker does not serve is refused, not reported healthy.
     assert!(health(&worker, "no.such.service").await.is_err());
+    // The probe command says the same in its exit code.
+    let probe = |url: &str, service: &str| {
+        crate::common::run_tone(&["health", "--url", url, "--service", service])
+            .status
+            .code()
+    };
+    let worker_url = format!("http://{worker}");
+    assert_eq!(probe(&worker_url, "tone.ready"), Some(0));
+    assert_eq!(probe(&cluster.master, ""), Some(0));
 
     // Without its coordinator the worker is alive but not ready, and ready
     // again once it has registered with the new one.
@@ -704,6 +713,9 @@ async fn health_says_live_and_whether_a_worker_is_registered() {
     })
     .await;
     assert_eq!(health(&worker, "").await, Ok(serving));
+    assert_eq!(probe(&worker_url, "tone.ready"), Some(1));
+    assert_eq!(probe(&worker_url, ""), Some(0));
+    assert_eq!(probe(&cluster.master, ""), Some(2), "nothing answers");
     cluster.restart_coordinator();
     wait_until(Duration::from_secs(30), || async {
         health(&worker, "tone.ready").await == Ok(serving)

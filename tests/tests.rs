@@ -5,6 +5,7 @@ mod common;
 mod cli;
 mod cluster;
 mod dataset;
+mod deploy;
 mod faults;
 mod fuzz_regressions;
 mod memory;

@@ -7,6 +7,7 @@ mod bench;
 mod daemons;
 mod explain;
 mod gen;
+mod health;
 mod output;
 mod remote;
 mod security;
@@ -61,6 +62,8 @@ pub enum Command {
     Cancel(remote::JobArgs),
     /// List the cluster's live workers.
     Workers(remote::MasterArgs),
+    /// Check a coordinator's or a worker's health (for probes).
+    Health(health::HealthArgs),
     /// Make TLS certificates for a secure cluster.
     #[command(subcommand)]
     Cert(security::CertCommand),
@@ -81,6 +84,9 @@ pub enum CliError {
     /// A job failed (exit code 1).
     #[error("{0}")]
     JobFailed(String),
+    /// A health check answered, with anything but SERVING (exit code 1).
+    #[error("{0}")]
+    Unhealthy(String),
     /// Reading or writing a file or stream failed.
     #[error("{context}: {source}")]
     Io {
@@ -96,7 +102,7 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Engine(error) if !error.is_user_error() => 1,
-            CliError::Io { .. } | CliError::JobFailed(_) => 1,
+            CliError::Io { .. } | CliError::JobFailed(_) | CliError::Unhealthy(_) => 1,
             _ => 2,
         }
     }
@@ -143,6 +149,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => remote::status(args).await,
         Command::Cancel(args) => remote::cancel(args).await,
         Command::Workers(args) => remote::workers(args).await,
+        Command::Health(args) => health::health(args).await,
         Command::Cert(command) => security::cert(command),
         Command::Token(command) => security::token(command),
     }

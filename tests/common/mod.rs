@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod netns;
 pub mod s3;
+pub mod venv;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -7,54 +7,15 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-/// One install at a time in this process.
-static INSTALL: Mutex<()> = Mutex::new(());
-
-/// The venv holding moto, under the same cache dir as the build.
-fn venv() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache").join("tone-venv")
-}
-
-/// `moto_server`, installed (`python3 -m venv`, `pip install moto[server]`)
-/// if it is not there yet. Fails the test, naming what is missing, when it
-/// cannot be installed: tests never skip quietly.
+/// `moto_server`, installed into the test venv on first use.
 pub fn moto_server() -> PathBuf {
-    let _installing = INSTALL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let venv = venv();
-    let server = venv.join("bin").join("moto_server");
-    if server.is_file() {
-        return server;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 runs (the S3 tests need python3 with venv)");
-    assert!(
-        status.success(),
-        "python3 -m venv {} failed",
-        venv.display()
-    );
-    let status = Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--quiet", "moto[server]"])
-        .status()
-        .expect("pip runs");
-    assert!(
-        status.success() && server.is_file(),
-        "pip install moto[server] failed: the S3 tests need PyPI's moto"
-    );
-    server
+    super::venv::tool("moto[server]", "moto_server")
 }
 
 fn free_port() -> u16 {
