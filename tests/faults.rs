@@ -3,7 +3,6 @@
 //! with SIGSTOP, drained with SIGTERM, or made to fail at chosen points
 //! (`TONE_FAULT`). Every answer is checked against the embedded engine.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -162,16 +161,7 @@ fn spawn_coordinator(listen: &str, args: &[String]) -> (Child, String) {
         .process_group(0)
         .spawn()
         .expect("coordinator starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("reads the listen line");
-    let address = line
-        .trim()
-        .strip_prefix("coordinator: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_string();
+    let address = crate::common::listen_address(&mut child);
     (child, address)
 }
 

@@ -5,7 +5,7 @@
 //! writes go back to S3; the cluster is never given a local path (its
 //! coordinator refuses any with `--allow-path`).
 
-use std::io::{BufRead, BufReader, Cursor};
+use std::io::Cursor;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +14,8 @@ use arrow::array::RecordBatch;
 
 use crate::common::compare::same_answer;
 use crate::common::netns::{Host, Network};
-use crate::common::s3::moto_server;
-use crate::common::{tone_engine, tpch_data, tpch_queries};
+use crate::common::s3::{env_for, moto_server};
+use crate::common::{listen_address, tone_engine, tpch_data, tpch_queries};
 
 /// The S3 server's port. Every host is a namespace this test made, with
 /// nothing else in it, so the port is free there; moto cannot report a
@@ -33,16 +33,6 @@ struct HostCluster {
 
 fn tone_binary() -> &'static str {
     env!("CARGO_BIN_EXE_tone")
-}
-
-fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ENDPOINT_URL", endpoint.to_string()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-    ]
 }
 
 impl HostCluster {
@@ -70,7 +60,7 @@ impl HostCluster {
 
         let mut command = network.command(&coordinator, tone_binary());
         command
-            .envs(s3_env(&endpoint))
+            .envs(env_for(&endpoint))
             .args([
                 "coordinator",
                 "--listen",
@@ -86,23 +76,14 @@ impl HostCluster {
             .stdout(Stdio::piped())
             .stderr(log("coordinator"));
         let index = network.spawn(command);
-        let stdout = network.child(index).stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reads the listen line");
-        let address = line
-            .trim()
-            .strip_prefix("coordinator: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
+        let address = listen_address(network.child(index));
         let master = format!("http://{address}");
 
         let mut workers = Vec::new();
         for (number, host) in worker_hosts.into_iter().enumerate() {
             let mut command = network.command(&host, tone_binary());
             command
-                .envs(s3_env(&endpoint))
+                .envs(env_for(&endpoint))
                 .args(["worker", "--coordinator", &master, "--slots", "2"])
                 .args(worker_listen(number, &host))
                 .stdout(Stdio::null())
@@ -145,7 +126,7 @@ impl HostCluster {
     fn client_tone(&self, args: &[&str]) -> Command {
         let mut command = self.network.command(&self.client, tone_binary());
         command
-            .envs(s3_env(&self.endpoint))
+            .envs(env_for(&self.endpoint))
             .env_remove("TONE_MASTER")
             .args(args);
         command
@@ -176,18 +157,30 @@ impl HostCluster {
     }
 
     fn wait_for_workers(&self, count: usize, within: Duration) {
+        self.wait_until(
+            within,
+            || self.worker_lines().len() == count,
+            || format!("wanted {count} workers, have {:?}", self.worker_lines()),
+        );
+    }
+
+    /// Polls `condition` until it holds; past `within`, fails with
+    /// `failure()` and the processes' logs.
+    fn wait_until(
+        &self,
+        within: Duration,
+        mut condition: impl FnMut() -> bool,
+        failure: impl Fn() -> String,
+    ) {
         let deadline = Instant::now() + within;
-        loop {
-            let lines = self.worker_lines();
-            if lines.len() == count {
-                return;
-            }
+        while !condition() {
             assert!(
                 Instant::now() < deadline,
-                "wanted {count} workers, have {lines:?}; logs:\n{}",
+                "{}; logs:\n{}",
+                failure(),
                 self.logs()
             );
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -236,23 +229,18 @@ fn create_buckets(network: &Network, client: &Host, endpoint: &str, buckets: &[&
 /// Copies the SF 0.1 tables to `s3://tpch/TABLE/`, from the client host.
 fn upload_tpch(network: &Network, client: &Host, endpoint: &str) {
     let local = tpch_data();
-    let mut tables: Vec<String> = std::fs::read_dir(local)
-        .expect("TPC-H data")
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            path.is_dir()
-                .then(|| path.file_name()?.to_str().map(str::to_string))?
-        })
-        .collect();
-    tables.sort();
+    let tables = tone::cluster::tables_in_dir(local).expect("TPC-H tables");
     assert_eq!(tables.len(), 8, "{tables:?}");
     let copies: Vec<String> = tables
         .iter()
-        .map(|table| format!("COPY {table} TO 's3://tpch/{table}/' STORED AS PARQUET"))
+        .map(|table| {
+            let name = &table.name;
+            format!("COPY {name} TO 's3://tpch/{name}/' STORED AS PARQUET")
+        })
         .collect();
     let mut command = network.command(client, tone_binary());
     command
-        .envs(s3_env(endpoint))
+        .envs(env_for(endpoint))
         .env_remove("TONE_MASTER")
         .args(["sql", "--data", local.to_str().expect("utf-8 path")])
         .arg(copies.join("; "));
@@ -367,18 +355,15 @@ async fn a_worker_cut_off_mid_query_is_recomputed_around_and_rejoins() {
     submit.stdout(Stdio::piped()).stderr(Stdio::piped());
     let running = submit.spawn().expect("the client starts");
     let worker_log = cluster.logs.path().join("worker0.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&worker_log)
-        .unwrap_or_default()
-        .contains("injected fault Stall fires")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the stall never fired; logs:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_until(
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&worker_log)
+                .unwrap_or_default()
+                .contains("injected fault Stall fires")
+        },
+        || "the stall never fired".into(),
+    );
     let (cut, _) = cluster.workers[0].clone();
     cluster.network.cut(&cut);
     cluster.wait_for_workers(1, Duration::from_secs(30));

@@ -162,16 +162,7 @@ impl SecureCluster {
             .process_group(0)
             .spawn()
             .expect("coordinator starts");
-        let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("first line");
-        let address = line
-            .trim()
-            .strip_prefix("coordinator: listening on ")
-            .unwrap_or_else(|| panic!("coordinator did not start: {line}"))
-            .to_string();
+        let address = crate::common::listen_address(&mut child);
         let coordinator = Daemon { child };
         let mut daemons = Vec::new();
         for index in 0..workers {

@@ -6,8 +6,9 @@ pub mod netns;
 pub mod s3;
 pub mod venv;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
 
 use arrow::array::RecordBatch;
@@ -25,6 +26,20 @@ pub fn tone() -> Command {
 /// Runs `tone` with `args` and returns its output.
 pub fn run_tone(args: &[&str]) -> Output {
     tone().args(args).output().expect("the tone binary runs")
+}
+
+/// The address a coordinator started with piped stdout prints on its
+/// first line (`coordinator: listening on ADDRESS`).
+pub fn listen_address(coordinator: &mut Child) -> String {
+    let stdout = coordinator.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reads the listen line");
+    line.trim()
+        .strip_prefix("coordinator: listening on ")
+        .unwrap_or_else(|| panic!("the coordinator did not start: {line}"))
+        .to_string()
 }
 
 /// TPC-H data at [`TPCH_SCALE`], generated once by `tone gen tpch` and kept

@@ -25,6 +25,18 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// What a tone process needs in its environment to use the moto server
+/// at `endpoint` (moto takes any keys).
+pub fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
 /// A running moto S3 server.
 pub struct S3Server {
     child: Child,
@@ -75,13 +87,7 @@ impl S3Server {
 
     /// What a tone process needs in its environment to use this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ALLOW_HTTP", "true".into()),
-        ]
+        env_for(&self.endpoint)
     }
 
     /// One plain HTTP request (moto needs no signature); the status line.
