@@ -90,10 +90,8 @@ pub async fn q3(ctx: &Context, data: &Path) -> Result<Vec<RecordBatch>, tone::Er
         .await
 }
 
-#[allow(dead_code)]
-#[tokio::main]
-async fn main() -> Result<(), tone::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// Runs both queries over the tables under `--data` and prints them.
+async fn run(args: &[String]) -> Result<(), tone::Error> {
     let data = args
         .iter()
         .position(|arg| arg == "--data")
@@ -110,4 +108,17 @@ async fn main() -> Result<(), tone::Error> {
         println!("{name}:\n{text}");
     }
     Ok(())
+}
+
+#[allow(dead_code)]
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tpch_dataframe: error: {error}");
+            std::process::ExitCode::from(if error.is_user_error() { 2 } else { 1 })
+        }
+    }
 }

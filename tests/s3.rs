@@ -343,3 +343,102 @@ async fn a_cluster_reads_s3_tables_with_its_own_credentials() {
         .expect("tone runs");
     assert_eq!(ok(output, "no client credentials"), "n\n25\n");
 }
+
+/// What `wordcount` prints for `texts`, computed here.
+fn printed_counts(texts: &[&str]) -> String {
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for word in texts.iter().flat_map(|text| text.split_whitespace()) {
+        *counts.entry(word.to_lowercase()).or_default() += 1;
+    }
+    let mut sorted: Vec<(String, u64)> = counts.into_iter().collect();
+    sorted.sort_by(|left, right| right.1.cmp(&left.1).then_with(|| left.0.cmp(&right.0)));
+    sorted
+        .iter()
+        .map(|(word, count)| format!("{count}\t{word}\n"))
+        .collect()
+}
+
+/// Word-count input of many lines (so that ranges cut through lines) in
+/// two objects under `s3://words/in/`, beside a `_SUCCESS` marker that is
+/// not input; returns the two texts.
+async fn upload_words(server: &S3Server) -> [String; 2] {
+    server.create_bucket("words");
+    let vocabulary = ["alpha", "Beta", "gamma", "delta", "epsilon", "zeta", "eta"];
+    let store = server.store("words");
+    let mut texts = [String::new(), String::new()];
+    for (text, (object, lines)) in texts
+        .iter_mut()
+        .zip([("in/part-a.txt", 20_000), ("in/part-b.txt", 7_001)])
+    {
+        for line in 0..lines {
+            for word in 0..1 + line % 5 {
+                text.push_str(vocabulary[(line * 7 + word * 3) % vocabulary.len()]);
+                text.push(' ');
+            }
+            text.push_str(if line % 3 == 0 { "\r\n" } else { "\n" });
+        }
+        store
+            .put(&object.into(), text.clone().into_bytes().into())
+            .await
+            .expect("put");
+    }
+    store
+        .put(&"in/_SUCCESS".into(), b"unseen words".to_vec().into())
+        .await
+        .expect("put");
+    texts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_jobs_read_s3_text_and_tables_embedded_and_on_a_cluster() {
+    let server = server_with_tpch().await;
+    let [part_a, part_b] = upload_words(&server).await;
+    let expected_counts = printed_counts(&[&part_a, &part_b]);
+    let env: Vec<(&str, String)> = server.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    let cluster = LocalCluster::start_with_env(2, 2, &env).await;
+    let run = |name: &str, args: &[&str], master: Option<&str>| {
+        let mut command = std::process::Command::new(example(name));
+        command.envs(server.env()).env_remove("TONE_MASTER").args(args);
+        if let Some(master) = master {
+            command.args(["--master", master]);
+        }
+        command.output().expect("example runs")
+    };
+    for master in [None, Some(cluster.master.as_str())] {
+        let counts = run("wordcount", &["--input", "s3://words/in/"], master);
+        assert_eq!(ok(counts, "wordcount from S3"), expected_counts, "{master:?}");
+    }
+    // One object, read on its own.
+    let one = ok(
+        run("wordcount", &["--input", "s3://words/in/part-b.txt"], None),
+        "wordcount of one object",
+    );
+    assert_eq!(one, printed_counts(&[&part_b]));
+
+    // DataFrames over S3 tables answer as over the same tables on disk.
+    let local = tiny_tpch_data().to_str().expect("utf-8");
+    let on_disk = ok(
+        run("tpch_dataframe", &["--data", local], None),
+        "DataFrames on disk",
+    );
+    for master in [None, Some(cluster.master.as_str())] {
+        let from_s3 = run("tpch_dataframe", &["--data", "s3://tpch/sf001"], master);
+        assert_eq!(ok(from_s3, "DataFrames from S3"), on_disk, "{master:?}");
+    }
+
+    // What is not there is named, with exit 2, and nothing hangs.
+    for (name, args, url) in [
+        ("wordcount", ["--input", "s3://words/nothing/"], "s3://words/nothing/"),
+        ("wordcount", ["--input", "s3://no-such-bucket/x.txt"], "s3://no-such-bucket/x.txt"),
+        ("tpch_dataframe", ["--data", "s3://tpch/sf999"], "s3://tpch/sf999/lineitem"),
+    ] {
+        let output = run(name, &args, None);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name} {args:?}: {stderr}");
+        assert!(stderr.contains(url), "{name} {args:?}: {stderr}");
+    }
+}

@@ -142,7 +142,7 @@ impl PathRoots {
             }
         } else if let Some(text) = any.downcast_ref::<TextSourceExec>() {
             for range in text.ranges().iter().flatten() {
-                self.check("text file", &range.path.to_string_lossy())?;
+                self.check("text file", &range.location)?;
             }
         } else if let Some(sink) = any.downcast_ref::<FileSinkExec>() {
             self.check("write target", &sink.dir().to_string_lossy())?;

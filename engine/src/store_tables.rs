@@ -10,7 +10,7 @@ use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{EngineError, Result};
 use crate::session::{register_location, FileFormat};
@@ -87,6 +87,35 @@ pub async fn tables_under(
     }
     children.sort();
     Ok(children)
+}
+
+/// `url` as DataFusion reads it: an object as it is, a prefix with objects
+/// under it ending in `/`. Anything else fails naming `url` (DataFusion
+/// would only say that it found no files, or that the name lacks the
+/// extension).
+pub async fn object_input(ctx: &SessionContext, what: &'static str, url: &str) -> Result<String> {
+    let failed = |reason: String| EngineError::InputPath {
+        what,
+        path: url.into(),
+        reason,
+    };
+    let registry = Arc::clone(&ctx.runtime_env().object_store_registry);
+    let (store, prefix) = store_of(registry.as_ref(), url)?;
+    if !url.ends_with('/') {
+        match store.head(&prefix).await {
+            Ok(_) => return Ok(url.to_string()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(failed(error.to_string())),
+        }
+    }
+    if list_names(store.as_ref(), &prefix)
+        .await
+        .map_err(failed)?
+        .is_empty()
+    {
+        return Err(failed("no such object, and no objects under it".into()));
+    }
+    Ok(format!("{}/", url.trim_end_matches('/')))
 }
 
 /// The store `url` is in and its path there, as a prefix ending in `/`.

@@ -26,7 +26,7 @@ use tone_engine::{Engine, EngineConfig};
 use tone_proto::v1 as pb;
 use tone_worker::executor::ExecutorSettings;
 
-use super::{absolute, Backend, Context};
+use super::{located, Backend, Context};
 use crate::cluster::{ClusterClient, ClusterError, TableRef};
 use crate::error::{Error, Result};
 
@@ -317,12 +317,7 @@ impl Context {
     /// refused. An executor only computes the location; the driver checked
     /// it.
     pub(crate) async fn prepare_output(&self, dir: &Path) -> Result<PathBuf> {
-        let is_url = dir.to_str().is_some_and(|text| text.contains("://"));
-        let dir = if is_url {
-            dir.to_path_buf()
-        } else {
-            absolute(dir)?
-        };
+        let dir = located(dir)?;
         if matches!(*self.inner, Backend::Executor(_)) {
             return Ok(dir);
         }
@@ -345,9 +340,9 @@ impl Context {
 }
 
 /// Registers table `name` (replacing one of that name) in a planning
-/// engine; returns the absolute path it was registered with.
+/// engine; returns the location it was registered with (see [`located`]).
 pub(super) async fn register_in(planner: &Engine, name: &str, path: &Path) -> Result<PathBuf> {
-    let path = absolute(path)?;
+    let path = located(path)?;
     planner.session().deregister_table(name)?;
     planner.register_table(name, &path).await?;
     Ok(path)

@@ -181,9 +181,11 @@ impl Context {
         self.planner().session()
     }
 
-    /// Registers a file or folder (Parquet, CSV or JSON by extension) as
+    /// Registers a file or folder (Parquet, CSV or JSON by extension), or
+    /// an object or prefix in an object store (`s3://bucket/prefix/`), as
     /// table `name` for [`Context::sql`] and [`Context::table`]. On a
-    /// cluster the path must be readable at the same place by the workers.
+    /// cluster a local path must be readable at the same place by the
+    /// workers; object stores are read with each worker's own credentials.
     pub async fn register_table(&self, name: &str, path: &Path) -> Result<()> {
         match &*self.inner {
             Backend::Local(engine) => Ok(engine.register_table(name, path).await?),
@@ -218,30 +220,30 @@ impl Context {
 
     /// Parquet files (a file, or a folder of them) as a DataFrame.
     pub async fn read_parquet(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
-        let path = input(path.as_ref(), "Parquet input")?;
+        let path = self.input(path.as_ref(), "Parquet input").await?;
         let frame = self
             .session()
-            .read_parquet(path_text(&path)?, ParquetReadOptions::default())
+            .read_parquet(path, ParquetReadOptions::default())
             .await?;
         Ok(DataFrame::from_inner(self, frame))
     }
 
     /// CSV files with a header row as a DataFrame.
     pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
-        let path = input(path.as_ref(), "CSV input")?;
+        let path = self.input(path.as_ref(), "CSV input").await?;
         let frame = self
             .session()
-            .read_csv(path_text(&path)?, CsvReadOptions::default())
+            .read_csv(path, CsvReadOptions::default())
             .await?;
         Ok(DataFrame::from_inner(self, frame))
     }
 
     /// Newline-delimited JSON files (`.json`) as a DataFrame.
     pub async fn read_json(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
-        let path = input(path.as_ref(), "JSON input")?;
+        let path = self.input(path.as_ref(), "JSON input").await?;
         let frame = self
             .session()
-            .read_json(path_text(&path)?, JsonReadOptions::default())
+            .read_json(path, JsonReadOptions::default())
             .await?;
         Ok(DataFrame::from_inner(self, frame))
     }
@@ -341,17 +343,40 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     })
 }
 
-/// An input path made absolute; one that does not exist is named in the
-/// error (DataFusion would only say that it lacks the extension).
-fn input(path: &Path, what: &'static str) -> Result<PathBuf> {
-    let path = absolute(path)?;
-    match std::fs::metadata(&path) {
-        Ok(_) => Ok(path),
-        Err(error) => Err(Error::Engine(tone_engine::EngineError::InputPath {
-            what,
-            path,
-            reason: error.to_string(),
-        })),
+/// A location as plans carry it: an object-store URL as given, a local
+/// path made absolute.
+pub(crate) fn located(path: &Path) -> Result<PathBuf> {
+    if is_url(path) {
+        Ok(path.to_path_buf())
+    } else {
+        absolute(path)
+    }
+}
+
+/// Whether `path` is an object-store URL (`s3://bucket/key`).
+pub(crate) fn is_url(path: &Path) -> bool {
+    path.to_str().is_some_and(|text| text.contains("://"))
+}
+
+impl Context {
+    /// An input located (see [`located`]); one that does not exist is
+    /// named in the error (DataFusion would only say that it lacks the
+    /// extension, or found no files).
+    async fn input(&self, path: &Path, what: &'static str) -> Result<String> {
+        let path = located(path)?;
+        if is_url(&path) {
+            let url = path_text(&path)?;
+            let url = tone_engine::store_tables::object_input(self.session(), what, url).await?;
+            return Ok(url);
+        }
+        match std::fs::metadata(&path) {
+            Ok(_) => Ok(path_text(&path)?.to_string()),
+            Err(error) => Err(Error::Engine(tone_engine::EngineError::InputPath {
+                what,
+                path,
+                reason: error.to_string(),
+            })),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ mod sort;
 
 use std::fmt::Display;
 use std::panic::Location;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt64Array};
@@ -34,7 +34,7 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tone_engine::closure::{ClosureEntry, ClosureExec, ClosureId, PartitionFn};
-use tone_engine::text::TextSourceExec;
+use tone_engine::text::{list_text_files, TextSourceExec};
 use tone_engine::EngineError;
 
 use crate::context::Context;
@@ -174,22 +174,49 @@ impl Context {
 
     /// Text files (or folders of them) as one `String` row per line, without
     /// line ends. Files are cut into byte ranges, one share per partition.
+    /// A path is local or an object-store URL (`s3://bucket/key`, or
+    /// `s3://bucket/prefix/` for every object under it); names starting
+    /// with `.` or `_` inside folders are skipped.
     #[track_caller]
     pub fn read_text<P: AsRef<Path>>(&self, paths: &[P]) -> Dataset<String> {
-        let paths: Vec<PathBuf> = paths
+        let inputs: std::result::Result<Vec<String>, EngineError> = paths
             .iter()
-            .map(|path| path.as_ref().to_path_buf())
+            .map(|path| text_input(path.as_ref()))
             .collect();
-        let plan = Layout::items::<String>().and_then(|layout| {
-            let source = TextSourceExec::try_new(&paths, self.partitions(), layout.schema)?;
-            Ok(Arc::new(source) as Arc<dyn ExecutionPlan>)
+        let ctx = self.clone();
+        let plan: PlanThunk = Arc::new(move || {
+            let (ctx, inputs) = (ctx.clone(), inputs.clone());
+            async move {
+                let layout = Layout::items::<String>()?;
+                let runtime = ctx.session().runtime_env();
+                let files = list_text_files(&runtime, &inputs?).await?;
+                let source = TextSourceExec::try_new(files, ctx.partitions(), layout.schema)?;
+                Ok(Arc::new(source) as Arc<dyn ExecutionPlan>)
+            }
+            .boxed()
         });
-        let plan = match plan {
-            Ok(plan) => ready(plan),
-            Err(error) => failed(error),
-        };
         Dataset::plain(self, plan, "read_text")
     }
+}
+
+/// A text input as the plan carries it: a URL as given, a local path made
+/// absolute (tasks may run in other processes).
+fn text_input(path: &Path) -> std::result::Result<String, EngineError> {
+    let text = path.to_str().ok_or_else(|| EngineError::InputPath {
+        what: "text input",
+        path: path.to_path_buf(),
+        reason: "the path is not UTF-8".into(),
+    })?;
+    if text.contains("://") {
+        return Ok(text.to_string());
+    }
+    crate::cluster::absolute(path)
+        .map(|path| path.to_string_lossy().into_owned())
+        .map_err(|error| EngineError::InputPath {
+            what: "text input",
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })
 }
 
 fn memory_plan<T: Data>(

@@ -249,6 +249,8 @@ struct TextRangeNode {
     start: u64,
     #[prost(uint64, tag = "3")]
     end: u64,
+    #[prost(uint64, tag = "4")]
+    size: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -496,16 +498,11 @@ fn encode_text(text: &TextSourceExec) -> DfResult<TextNode> {
     for ranges in text.ranges() {
         let mut nodes = Vec::new();
         for range in ranges {
-            let path = range.path.to_str().ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "text input path {} is not UTF-8",
-                    range.path.display()
-                ))
-            })?;
             nodes.push(TextRangeNode {
-                path: path.to_string(),
+                path: range.location.clone(),
                 start: range.start,
                 end: range.end,
+                size: range.size,
             });
         }
         partitions.push(TextPartitionNode { ranges: nodes });
@@ -530,7 +527,8 @@ fn decode_text(node: TextNode) -> DfResult<Arc<dyn ExecutionPlan>> {
                 .ranges
                 .into_iter()
                 .map(|range| TextRange {
-                    path: range.path.into(),
+                    location: range.path,
+                    size: range.size,
                     start: range.start,
                     end: range.end,
                 })
