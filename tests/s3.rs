@@ -402,7 +402,10 @@ async fn rust_jobs_read_s3_text_and_tables_embedded_and_on_a_cluster() {
     let cluster = LocalCluster::start_with_env(2, 2, &env).await;
     let run = |name: &str, args: &[&str], master: Option<&str>| {
         let mut command = std::process::Command::new(example(name));
-        command.envs(server.env()).env_remove("TONE_MASTER").args(args);
+        command
+            .envs(server.env())
+            .env_remove("TONE_MASTER")
+            .args(args);
         if let Some(master) = master {
             command.args(["--master", master]);
         }
@@ -410,7 +413,11 @@ async fn rust_jobs_read_s3_text_and_tables_embedded_and_on_a_cluster() {
     };
     for master in [None, Some(cluster.master.as_str())] {
         let counts = run("wordcount", &["--input", "s3://words/in/"], master);
-        assert_eq!(ok(counts, "wordcount from S3"), expected_counts, "{master:?}");
+        assert_eq!(
+            ok(counts, "wordcount from S3"),
+            expected_counts,
+            "{master:?}"
+        );
     }
     // One object, read on its own.
     let one = ok(
@@ -432,13 +439,119 @@ async fn rust_jobs_read_s3_text_and_tables_embedded_and_on_a_cluster() {
 
     // What is not there is named, with exit 2, and nothing hangs.
     for (name, args, url) in [
-        ("wordcount", ["--input", "s3://words/nothing/"], "s3://words/nothing/"),
-        ("wordcount", ["--input", "s3://no-such-bucket/x.txt"], "s3://no-such-bucket/x.txt"),
-        ("tpch_dataframe", ["--data", "s3://tpch/sf999"], "s3://tpch/sf999/lineitem"),
+        (
+            "wordcount",
+            ["--input", "s3://words/nothing/"],
+            "s3://words/nothing/",
+        ),
+        (
+            "wordcount",
+            ["--input", "s3://no-such-bucket/x.txt"],
+            "s3://no-such-bucket/x.txt",
+        ),
+        (
+            "tpch_dataframe",
+            ["--data", "s3://tpch/sf999"],
+            "s3://tpch/sf999/lineitem",
+        ),
     ] {
         let output = run(name, &args, None);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{name} {args:?}: {stderr}");
         assert!(stderr.contains(url), "{name} {args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_flags_win_over_the_environment() {
+    let server = server_with_tpch().await;
+    // The environment names a port nothing listens on.
+    let dead = crate::common::s3::env_for("http://127.0.0.1:9");
+    let sql = |flags: &[&str]| {
+        tone()
+            .envs(dead.clone())
+            .env_remove("TONE_MASTER")
+            .args(flags)
+            .args([
+                "sql",
+                "--format",
+                "csv",
+                "--table",
+                "nation=s3://tpch/sf001/nation/",
+            ])
+            .arg("select count(*) as n from nation")
+            .output()
+            .expect("tone runs")
+    };
+    let refused = sql(&[]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "the environment's endpoint is used"
+    );
+    let flags = [
+        "--s3-endpoint",
+        server.endpoint.as_str(),
+        "--s3-allow-http",
+        "--s3-region",
+        "us-east-1",
+    ];
+    assert_eq!(ok(sql(&flags), "flags"), "n\n25\n");
+    let bad = sql(&["--s3-endpoint", "ftp://host/"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--s3-endpoint 'ftp://host/'"));
+}
+
+/// A Rust program may register its own object store for a bucket, as
+/// with DataFusion; every front door of the Rust API reads through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_reads_through_an_object_store_it_registered() {
+    let server = server_with_tpch().await;
+    let store = server.store("tpch");
+    let csv = "name,age\nada,36\ngrace,45\nlinus,28\n";
+    let json = "{\"name\":\"ada\",\"age\":36}\n{\"name\":\"grace\",\"age\":45}\n";
+    for (key, text) in [
+        ("people/p.csv", csv),
+        ("records/p.json", json),
+        ("notes/n.txt", csv),
+    ] {
+        store
+            .put(&key.into(), text.as_bytes().to_vec().into())
+            .await
+            .expect("put");
+    }
+    let ctx = tone::Context::local().expect("context");
+    let bucket = url::Url::parse("s3://tpch").expect("url");
+    ctx.session().register_object_store(&bucket, store);
+    let path = std::path::Path::new;
+    ctx.register_table("nation", path("s3://tpch/sf001/nation/"))
+        .await
+        .expect("register");
+    let nation = ctx.table("nation").await.expect("table");
+    assert_eq!(nation.count().await.expect("count"), 25);
+    let count = |frame: tone::DataFrame| async move { frame.count().await.expect("count") };
+    let region = ctx
+        .read_parquet("s3://tpch/sf001/region")
+        .await
+        .expect("parquet");
+    assert_eq!(count(region).await, 5);
+    let people = ctx.read_csv("s3://tpch/people/p.csv").await.expect("csv");
+    assert_eq!(count(people).await, 3);
+    let records = ctx.read_json("s3://tpch/records/").await.expect("json");
+    assert_eq!(count(records).await, 2);
+    let mut lines = ctx
+        .read_text(&["s3://tpch/notes/"])
+        .collect()
+        .await
+        .expect("text");
+    lines.sort();
+    let mut expected: Vec<String> = csv.lines().map(str::to_string).collect();
+    expected.sort();
+    assert_eq!(lines, expected);
+    let missing = ctx.read_csv("s3://tpch/people/nobody.csv").await;
+    let error = missing
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(error.contains("s3://tpch/people/nobody.csv"), "{error}");
 }

@@ -10,6 +10,7 @@ mod gen;
 mod health;
 mod output;
 mod remote;
+mod s3;
 mod security;
 mod shell;
 mod sql;
@@ -29,6 +30,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// S3 settings, for every command.
+    #[command(flatten)]
+    pub s3: s3::S3Args,
 }
 
 /// The `tone` commands.
@@ -114,6 +118,11 @@ impl CliError {
 
 /// Runs a parsed command line and maps the outcome to an exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    // Before the runtime's threads exist (see `S3Args::apply`).
+    if let Err(error) = cli.s3.apply() {
+        eprintln!("tone: error: {error}");
+        return ExitCode::from(error.exit_code());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

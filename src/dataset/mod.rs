@@ -179,10 +179,8 @@ impl Context {
     /// with `.` or `_` inside folders are skipped.
     #[track_caller]
     pub fn read_text<P: AsRef<Path>>(&self, paths: &[P]) -> Dataset<String> {
-        let inputs: std::result::Result<Vec<String>, EngineError> = paths
-            .iter()
-            .map(|path| text_input(path.as_ref()))
-            .collect();
+        let inputs: std::result::Result<Vec<String>, EngineError> =
+            paths.iter().map(|path| text_input(path.as_ref())).collect();
         let ctx = self.clone();
         let plan: PlanThunk = Arc::new(move || {
             let (ctx, inputs) = (ctx.clone(), inputs.clone());

@@ -98,7 +98,10 @@ async fn list_objects(runtime: &RuntimeEnv, input: &str) -> Result<Vec<TextFile>
     });
     objects.sort_by(|a, b| a.location.cmp(&b.location));
     if objects.is_empty() {
-        return Err(input_error(input, "no such object, and no objects under it"));
+        return Err(input_error(
+            input,
+            "no such object, and no objects under it",
+        ));
     }
     let base = url.object_store();
     Ok(objects
