@@ -48,12 +48,23 @@ impl Cluster {
 
     /// Starts a worker with one slot, `env` and more arguments.
     pub fn add_worker_with(&mut self, env: &[(&str, &str)], args: &[&str]) -> usize {
+        self.add_worker_logging(env, args, log_sink("worker"))
+    }
+
+    /// Starts a worker with one slot, `env` and more arguments, its
+    /// stderr going to `stderr`.
+    pub fn add_worker_logging(
+        &mut self,
+        env: &[(&str, &str)],
+        args: &[&str],
+        stderr: Stdio,
+    ) -> usize {
         let child = tone()
             .envs(env.iter().copied())
             .args(["worker", "--coordinator", &self.master, "--slots", "1"])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(log_sink("worker"))
+            .stderr(stderr)
             .process_group(0)
             .spawn()
             .expect("worker starts");

@@ -10,7 +10,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use crate::cluster::LocalCluster;
 use crate::common::s3::S3Server;
 use crate::common::{tiny_tpch_data, tone};
-use crate::spmd::example;
+use crate::faults::{wait_until, Cluster};
+use crate::spmd::{example, Driver};
 
 /// TPC-H queries whose answers the S3 runs must repeat exactly.
 const QUERIES: [&str; 3] = [
@@ -554,4 +555,153 @@ async fn a_context_reads_through_an_object_store_it_registered() {
         .map(|error| error.to_string())
         .unwrap_or_default();
     assert!(error.contains("s3://tpch/people/nobody.csv"), "{error}");
+}
+
+/// The object key a moto request line is about (`/bucket/key?query`).
+fn request_key(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
+}
+
+/// Whether a moto request line starts a multipart upload.
+fn starts_upload(method: &str, path: &str) -> bool {
+    method == "POST"
+        && path
+            .split('?')
+            .nth(1)
+            .is_some_and(|query| query.starts_with("uploads"))
+}
+
+/// Commit under a killed writer: a worker dies (SIGKILL) in the middle of
+/// a multipart upload of its partition. Nothing it sent is visible, the
+/// retried attempt uploads the same key again, and the output holds each
+/// row once with `_SUCCESS` written after the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_upload_leaves_no_part_and_the_output_commits_once() {
+    let server = S3Server::start();
+    server.create_bucket("out");
+    let env: Vec<(&str, String)> = server.env();
+    let worker_env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    let faulty_env = [&worker_env[..], &[("TONE_FAULT", "stall_upload@*")]].concat();
+    let logs = tempfile::tempdir().expect("log dir");
+    let log = logs.path().join("worker-0.log");
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let mut cluster = Cluster::coordinator(&[]);
+    cluster.add_worker_logging(&faulty_env, &[], stderr.into());
+    cluster.wait_for_workers(1).await;
+
+    // The faulty worker is the only one: it takes the first task.
+    let input = crate::common::tpch_data().join("lineitem");
+    let input = input.to_str().expect("utf-8");
+    let expected_rows = datafusion::prelude::SessionContext::new()
+        .read_parquet(input, Default::default())
+        .await
+        .expect("oracle reads")
+        .count()
+        .await
+        .expect("oracle counts");
+    let args = ["--input", input, "--output", "s3://out/lineitem/"];
+    let master = cluster.master.clone();
+    let driver = Driver::start_with_env(
+        "export",
+        &[&args[..], &["--master", &master]].concat(),
+        &env,
+    );
+    wait_until(Duration::from_secs(90), || async {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("StallUpload fires"))
+    })
+    .await;
+
+    // Mid-upload: a multipart upload started and sent parts, and nothing
+    // of the job is visible yet.
+    let started: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|(method, path, _)| starts_upload(method, path))
+        .map(|(_, path, _)| request_key(path).to_string())
+        .collect();
+    assert!(
+        !started.is_empty(),
+        "no multipart upload: {:?}",
+        server.requests()
+    );
+    // The part is sent in the background; the server logs it when done.
+    wait_until(Duration::from_secs(30), || async {
+        server
+            .requests()
+            .iter()
+            .any(|(method, path, _)| method == "PUT" && path.contains("partNumber="))
+    })
+    .await;
+    let visible = object_names(&server, "out", "lineitem").await;
+    assert!(visible.iter().all(|name| name != "_SUCCESS"), "{visible:?}");
+    for key in &started {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        assert!(
+            !visible.iter().any(|seen| seen == name),
+            "{key} visible mid-upload"
+        );
+    }
+
+    cluster.add_worker(&worker_env);
+    cluster.kill_worker(0);
+    let mut driver = driver;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !driver.done() {
+        assert!(Instant::now() < deadline, "the export did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        driver.succeeded(),
+        format!("wrote {expected_rows} rows to s3://out/lineitem/\n")
+    );
+
+    // Committed once: the marker and one object per partition, every row
+    // (order key, line number) exactly once.
+    let names = object_names(&server, "out", "lineitem").await;
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("_SUCCESS"),
+        "{names:?}"
+    );
+    assert!(
+        names.len() > 1
+            && names[1..]
+                .iter()
+                .all(|name| name.starts_with("part-") && name.ends_with(".csv")),
+        "{names:?}"
+    );
+    let store = server.store("out");
+    let mut keys = std::collections::HashSet::new();
+    for name in &names[1..] {
+        let location = format!("lineitem/{name}");
+        let bytes = store
+            .get(&location.as_str().into())
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let text = std::str::from_utf8(&bytes).expect("utf-8");
+        for line in text.lines().skip(1) {
+            let mut fields = line.split(',');
+            let key = (
+                fields.next().map(str::to_string),
+                fields.nth(2).map(str::to_string),
+            );
+            assert!(keys.insert(key), "row {line} twice");
+        }
+    }
+    assert_eq!(keys.len(), expected_rows);
+    // The killed attempt's key was uploaded anew by the retry.
+    let requests = server.requests();
+    for key in &started {
+        let uploads = requests
+            .iter()
+            .filter(|(method, path, _)| starts_upload(method, path) && request_key(path) == key)
+            .count();
+        assert!(uploads >= 2, "{key} was not uploaded again");
+    }
 }

@@ -517,7 +517,7 @@ fn spmd_faults_sum() -> String {
 
 /// A driver run in the background, its output going to files (so a full
 /// pipe never blocks it).
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     out: tempfile::NamedTempFile,
     err: tempfile::NamedTempFile,
@@ -525,10 +525,15 @@ struct Driver {
 
 impl Driver {
     fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_with_env(name, args, &[])
+    }
+
+    pub(crate) fn start_with_env(name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let out = tempfile::NamedTempFile::new().expect("stdout file");
         let err = tempfile::NamedTempFile::new().expect("stderr file");
         let child = Command::new(example(name))
             .args(args)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .env_remove("TONE_MASTER")
             .stdout(Stdio::from(out.reopen().expect("stdout file")))
             .stderr(Stdio::from(err.reopen().expect("stderr file")))
@@ -538,12 +543,12 @@ impl Driver {
     }
 
     /// True once the driver has exited.
-    fn done(&mut self) -> bool {
+    pub(crate) fn done(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Waits for the end; asserts success and returns stdout.
-    fn succeeded(mut self) -> String {
+    pub(crate) fn succeeded(mut self) -> String {
         let status = self.child.wait().expect("driver ends");
         let read = |file: &tempfile::NamedTempFile| {
             std::fs::read_to_string(file.path()).expect("output readable")

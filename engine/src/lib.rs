@@ -21,6 +21,7 @@ pub mod codec;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod ids;
 pub mod ipc_frames;
 pub mod limits;

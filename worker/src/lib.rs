@@ -30,7 +30,7 @@ mod advertise;
 mod control;
 pub mod executor;
 mod executors;
-mod faults;
+use tone_engine::faults;
 mod flight;
 mod health;
 mod remote;

@@ -26,6 +26,11 @@ use object_store::ObjectStore;
 use super::{rows_written_schema, Encoder, SinkFormat};
 use crate::cpu::run_cpu;
 use crate::error::EngineError;
+use crate::faults::{self, Point};
+
+/// Bytes per part of a multipart upload (S3's least is 5 MiB); an object
+/// under this size is one PUT. A few parts are in flight at once.
+const PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// The object-store folder a sink's `dir` names, if it is a URL
 /// (`s3://bucket/out/`) rather than a local path.
@@ -107,6 +112,7 @@ pub(super) async fn write_partition(
     let mut upload: Option<BufWriter> = None;
     let mut encoder: Option<Encoder<Pending>> = None;
     let mut rows = 0u64;
+    let mut sent = 0usize;
     let written: DfResult<()> = async {
         while let Some(batch) = input.next().await {
             let batch = batch?;
@@ -130,9 +136,12 @@ pub(super) async fn write_partition(
                 .map_err(|error| part.error(error))?,
             );
             let upload = upload.get_or_insert_with(|| {
-                BufWriter::new(Arc::clone(&part.store), part.location.clone())
+                BufWriter::with_capacity(Arc::clone(&part.store), part.location.clone(), PART_BYTES)
             });
-            send(upload, &pending, &part).await?;
+            sent += send(upload, &pending, &part).await?;
+            if sent > PART_BYTES && faults::fires_in_any_stage(Point::StallUpload) {
+                tokio::time::sleep(faults::STALL).await;
+            }
         }
         if let (Some(encoder), Some(upload)) = (encoder.take(), upload.as_mut()) {
             run_cpu(move || encoder.finish())
@@ -159,14 +168,15 @@ pub(super) async fn write_partition(
     Ok(RecordBatch::try_new(rows_written_schema(), vec![rows])?)
 }
 
-/// Hands what the encoder wrote to the upload.
-async fn send(upload: &mut BufWriter, pending: &Pending, part: &StorePart) -> DfResult<()> {
+/// Hands what the encoder wrote to the upload; returns how many bytes.
+async fn send(upload: &mut BufWriter, pending: &Pending, part: &StorePart) -> DfResult<usize> {
     let bytes = pending.take();
-    if bytes.is_empty() {
-        return Ok(());
+    let count = bytes.len();
+    if count > 0 {
+        upload
+            .put(Bytes::from(bytes))
+            .await
+            .map_err(|error| part.error(error))?;
     }
-    upload
-        .put(Bytes::from(bytes))
-        .await
-        .map_err(|error| part.error(error))
+    Ok(count)
 }

@@ -11,7 +11,11 @@
 //!     lost with the process);
 //!   - `fetch`: the task's first remote shuffle fetch fails;
 //!   - `stall`: the task waits [`STALL`] before it starts, holding its
-//!     slot, so a test can act while a job is certainly mid-run.
+//!     slot, so a test can act while a job is certainly mid-run;
+//!   - `stall_upload` (stage `*` only: a sink does not know its stage): a
+//!     write to an object store waits [`STALL`] once it has handed the
+//!     upload more than one part, so a multipart upload is certainly in
+//!     progress and incomplete.
 //!
 //! Every fault that fires says so on stderr and in the task's error, so a
 //! test can check that it really fired.
@@ -30,6 +34,7 @@ pub enum Point {
     AfterWrite,
     Fetch,
     Stall,
+    StallUpload,
 }
 
 impl Point {
@@ -39,6 +44,7 @@ impl Point {
             "after_write" => Some(Self::AfterWrite),
             "fetch" => Some(Self::Fetch),
             "stall" => Some(Self::Stall),
+            "stall_upload" => Some(Self::StallUpload),
             _ => None,
         }
     }
@@ -87,6 +93,19 @@ pub fn fires(point: Point, stage: u32) -> bool {
     if fired {
         tracing::warn!(?point, stage, "injected fault fires");
         eprintln!("tone worker: injected fault {point:?} fires in stage {stage}");
+    }
+    fired
+}
+
+/// True (once per process) when a fault is set at `point` for any stage
+/// (`POINT@*`), for points that do not know their stage.
+pub fn fires_in_any_stage(point: Point) -> bool {
+    let fired = faults().iter().any(|fault| {
+        fault.point == point && fault.stage.is_none() && !fault.fired.swap(true, Ordering::SeqCst)
+    });
+    if fired {
+        tracing::warn!(?point, "injected fault fires");
+        eprintln!("tone: injected fault {point:?} fires");
     }
     fired
 }
