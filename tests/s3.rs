@@ -705,3 +705,91 @@ async fn a_worker_killed_mid_upload_leaves_no_part_and_the_output_commits_once()
         assert!(uploads >= 2, "{key} was not uploaded again");
     }
 }
+
+/// SQL's writes keep the commit too: a worker dies right after COPY wrote
+/// its file to S3, before reporting it. The task runs again (its input
+/// recomputed) and writes the same name, so the folder holds the rows once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_rerun_after_a_lost_report_writes_its_file_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let server = S3Server::start();
+    server.create_bucket("out");
+    let env: Vec<(&str, String)> = server.env();
+    let worker_env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    // On a cluster the COPY is one stage, scan and sink: the worker
+    // aborts once the file is written.
+    let faulty_env = [&worker_env[..], &[("TONE_FAULT", "after_write@0")]].concat();
+    let mut cluster = Cluster::coordinator(&[]);
+    cluster.add_worker(&faulty_env);
+    cluster.wait_for_workers(1).await;
+    let orders = tiny_tpch_data().join("orders");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tone"));
+    command
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+        .args([
+            "sql",
+            "--master",
+            &cluster.master,
+            "--format",
+            "csv",
+            "--table",
+        ])
+        .arg(format!("orders={}", orders.display()))
+        .arg("copy (select * from orders) to 's3://out/copy/' stored as csv");
+    let mut driver = Driver::spawn(command);
+    let died = cluster.wait_exit(0, Duration::from_secs(90));
+    assert_eq!(
+        died.signal(),
+        Some(6),
+        "the fault aborts the worker: {died:?}"
+    );
+    let written: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|(method, path, status)| {
+            method == "PUT" && path.starts_with("/out/copy/") && *status == 200
+        })
+        .map(|(_, path, _)| request_key(path).to_string())
+        .collect();
+    assert_eq!(
+        written.len(),
+        1,
+        "the lost attempt wrote its file: {written:?}"
+    );
+
+    cluster.add_worker(&worker_env);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !driver.done() {
+        assert!(Instant::now() < deadline, "the COPY did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(driver.succeeded(), "count\n15000\n");
+    let rewritten = server
+        .requests()
+        .iter()
+        .filter(|(method, path, status)| {
+            method == "PUT" && request_key(path) == written[0] && *status == 200
+        })
+        .count();
+    assert_eq!(rewritten, 2, "the rerun wrote the same name");
+    let names = object_names(&server, "out", "copy").await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    let bytes = server
+        .store("out")
+        .get(&format!("copy/{}", names[0]).as_str().into())
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    let text = std::str::from_utf8(&bytes).expect("utf-8");
+    let keys: std::collections::HashSet<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').next())
+        .collect();
+    assert_eq!((text.lines().count() - 1, keys.len()), (15000, 15000));
+}

@@ -529,16 +529,23 @@ impl Driver {
     }
 
     pub(crate) fn start_with_env(name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(example(name));
+        command
+            .args(args)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())));
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (any program) as a driver.
+    pub(crate) fn spawn(mut command: Command) -> Self {
         let out = tempfile::NamedTempFile::new().expect("stdout file");
         let err = tempfile::NamedTempFile::new().expect("stderr file");
-        let child = Command::new(example(name))
-            .args(args)
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+        let child = command
             .env_remove("TONE_MASTER")
             .stdout(Stdio::from(out.reopen().expect("stdout file")))
             .stderr(Stdio::from(err.reopen().expect("stderr file")))
             .spawn()
-            .expect("example runs");
+            .expect("driver runs");
         Self { child, out, err }
     }
 

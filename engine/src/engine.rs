@@ -190,6 +190,7 @@ impl Engine {
             plan => {
                 let frame = self.context.execute_logical_plan(plan).await?;
                 let physical = frame.create_physical_plan().await?;
+                let physical = crate::sink::fix_sink_file_names(physical, &state).await?;
                 Ok(StatementOutput::Rows(self.execute(physical).await?))
             }
         }
@@ -243,8 +244,9 @@ impl Engine {
                 Ok(None)
             }
             plan => {
-                let frame = datafusion::dataframe::DataFrame::new(state, plan);
+                let frame = datafusion::dataframe::DataFrame::new(state.clone(), plan);
                 let plan = frame.create_physical_plan().await?;
+                let plan = crate::sink::fix_sink_file_names(plan, &state).await?;
                 self.path_roots.check_plan(&plan)?;
                 Ok(Some(plan))
             }

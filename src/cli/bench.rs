@@ -13,7 +13,7 @@ use tone_engine::session::register_data_dir;
 use tone_engine::{Engine, EngineConfig, EngineError};
 
 use super::CliError;
-use crate::cluster::{tables_in_dir, ClusterClient};
+use crate::cluster::{tables_in_dir, ClusterClient, TableRef};
 use crate::tpch::QUERIES;
 
 #[derive(Debug, Subcommand)]
@@ -38,7 +38,8 @@ pub enum EngineKind {
 
 #[derive(Debug, Args)]
 pub struct TpchBenchArgs {
-    /// Folder with one sub-folder per TPC-H table.
+    /// Folder with one sub-folder per TPC-H table, or an object-store
+    /// prefix of them (`s3://bucket/tpch/`).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// Folder of q01.sql … q22.sql [default: the built-in TPC-H texts].
@@ -168,10 +169,21 @@ impl Runner {
         partitions: Option<usize>,
     ) -> Result<Self, CliError> {
         let client = ClusterClient::connect_with(master, &security.load()?).await?;
-        let tables = tables_in_dir(data).map_err(|source| CliError::Io {
-            context: format!("listing {}", data.display()),
-            source,
-        })?;
+        let tables = match data.to_str().filter(|text| text.contains("://")) {
+            // Listed here, read by the workers with their own credentials.
+            Some(url) => {
+                let stores = tone_engine::stores::ObjectStores::new();
+                tone_engine::store_tables::tables_under(&stores, url)
+                    .await?
+                    .into_iter()
+                    .map(|(name, path)| TableRef { name, path })
+                    .collect()
+            }
+            None => tables_in_dir(data).map_err(|source| CliError::Io {
+                context: format!("listing {}", data.display()),
+                source,
+            })?,
+        };
         // Register the tables once, so the timed queries measure queries.
         client.sql("select 1", &tables, 1).await?;
         Ok(Self::Cluster {

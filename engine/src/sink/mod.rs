@@ -40,9 +40,11 @@ use futures::StreamExt;
 use crate::cpu::run_cpu;
 use crate::error::{EngineError, Result};
 
+mod names;
 mod output;
 mod store;
 
+pub use names::fix_sink_file_names;
 pub use output::{commit_output, prepare_output, OutputError, SUCCESS_MARKER};
 
 /// The folder inside an output folder that holds uncommitted files.
