@@ -2,7 +2,10 @@
 //! listed by the kustomize base and validates against the Kubernetes
 //! schemas offline (kubernetes-validate from PyPI, strict: unknown fields
 //! fail), the `tone` arguments the manifests give are ones its CLI
-//! accepts, and the README's commands make every file the Secrets read.
+//! accepts, the README's commands make every file the Secrets read, and
+//! the Dockerfile parses (BuildKit's parser, from PyPI's `dockerfile`)
+//! and keeps the image rules a linter would check (no Dockerfile linter
+//! installs from the registries here).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -178,4 +181,92 @@ fn the_readme_commands_make_every_file_the_secrets_need() {
             "the README's commands make no {file}"
         );
     }
+}
+
+/// One Dockerfile instruction as BuildKit's parser reads it (through the
+/// `dockerfile` package from PyPI, which wraps it).
+#[derive(Debug, serde::Deserialize)]
+struct Instruction {
+    cmd: String,
+    flags: Vec<String>,
+    value: Vec<String>,
+    json: bool,
+}
+
+fn dockerfile_instructions() -> Vec<Instruction> {
+    let python = venv::python_with("dockerfile", "dockerfile");
+    let script = "import dockerfile, json, sys\n\
+        print(json.dumps([{'cmd': c.cmd, 'flags': list(c.flags), 'value': list(c.value), 'json': c.json}\n\
+        for c in dockerfile.parse_file(sys.argv[1])]))";
+    let output = Command::new(python)
+        .args(["-c", script])
+        .arg(deploy_dir().join("Dockerfile"))
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "the Dockerfile does not parse: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("instructions as JSON")
+}
+
+/// The Dockerfile parses, and follows the rules a linter (hadolint) would
+/// check, on what BuildKit's parser read: pinned base images, a build
+/// stage whose binary alone is copied into the runtime stage, apt without
+/// recommends and without its lists left behind, a non-root user, and
+/// `tone` as an exec-form entrypoint.
+#[test]
+fn the_dockerfile_parses_and_follows_the_image_rules() {
+    let instructions = dockerfile_instructions();
+    let stages: Vec<usize> = (0..instructions.len())
+        .filter(|&index| instructions[index].cmd == "FROM")
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage: {instructions:?}");
+    for &index in &stages {
+        let image = &instructions[index].value[0];
+        let tag = image.rsplit_once(':').map(|(_, tag)| tag);
+        assert!(tag.is_some_and(|tag| tag != "latest"), "{image}: pin a tag");
+    }
+    let build = &instructions[stages[0]].value;
+    assert_eq!(
+        build.get(1).map(|word| word.to_lowercase()),
+        Some("as".into())
+    );
+    let build_name = &build[2];
+    let runtime = &instructions[*stages.last().unwrap_or(&0)..];
+    let from_build = format!("--from={build_name}");
+    assert!(
+        runtime.iter().any(|step| step.cmd == "COPY"
+            && step.flags.contains(&from_build)
+            && step.value.last().map(String::as_str) == Some("/usr/local/bin/tone")),
+        "the runtime stage copies the built binary: {runtime:?}"
+    );
+    for step in instructions.iter().filter(|step| step.cmd == "RUN") {
+        let script = step.value.join(" ");
+        if script.contains("apt-get install") {
+            assert!(
+                script.contains("-y") && script.contains("--no-install-recommends"),
+                "{script}"
+            );
+            assert!(script.contains("rm -rf /var/lib/apt/lists"), "{script}");
+        }
+        if script.contains("cargo build") {
+            assert!(
+                script.contains("--locked") && script.contains("--release"),
+                "{script}"
+            );
+        }
+    }
+    let user = runtime.iter().rev().find(|step| step.cmd == "USER");
+    let user = user.map(|step| step.value[0].as_str());
+    assert!(
+        user.is_some_and(|user| user != "root" && user != "0" && !user.starts_with("0:")),
+        "runs as a non-root user: {user:?}"
+    );
+    let entrypoint = runtime.iter().rev().find(|step| step.cmd == "ENTRYPOINT");
+    assert!(
+        entrypoint.is_some_and(|step| step.json && step.value == ["tone"]),
+        "exec-form ENTRYPOINT [\"tone\"]: {entrypoint:?}"
+    );
 }

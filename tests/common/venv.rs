@@ -23,11 +23,41 @@ pub fn tool(package: &str, binary: &str) -> PathBuf {
     let _installing = INSTALL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let venv = venv();
-    let path = venv.join("bin").join(binary);
-    if path.is_file() {
-        return path;
+    let path = venv().join("bin").join(binary);
+    if !path.is_file() {
+        install(package);
+        assert!(path.is_file(), "pip install {package} gave no {binary}");
     }
+    path
+}
+
+/// The venv's python with `package` importable as `module`, installed if
+/// needed.
+pub fn python_with(package: &str, module: &str) -> PathBuf {
+    let _installing = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let python = venv().join("bin").join("python3");
+    let imports = |python: &PathBuf| {
+        Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !imports(&python) {
+        install(package);
+        assert!(
+            imports(&python),
+            "pip install {package} gave no module {module}"
+        );
+    }
+    python
+}
+
+/// Installs `package` into the venv, making the venv first if needed.
+fn install(package: &str) {
+    let venv = venv();
     if !venv.join("bin").join("pip").is_file() {
         let status = Command::new("python3")
             .args(["-m", "venv"])
@@ -45,8 +75,7 @@ pub fn tool(package: &str, binary: &str) -> PathBuf {
         .status()
         .expect("pip runs");
     assert!(
-        status.success() && path.is_file(),
+        status.success(),
         "pip install {package} failed: the tests need it from PyPI"
     );
-    path
 }
