@@ -24,19 +24,30 @@ pub struct Cluster {
     pub address: String,
     pub master: String,
     coordinator_args: Vec<String>,
+    coordinator_env: Vec<(String, String)>,
     workers: Vec<Child>,
 }
 
 impl Cluster {
     /// Starts a coordinator with `args` (on a free port) and no workers.
     pub fn coordinator(args: &[&str]) -> Self {
+        Self::coordinator_with_env(args, &[])
+    }
+
+    /// Starts a coordinator with `args` and `env` and no workers.
+    pub fn coordinator_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        let (child, address) = spawn_coordinator("127.0.0.1:0", &args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        let (child, address) = spawn_coordinator("127.0.0.1:0", &args, &env);
         Self {
             coordinator: Some(child),
             master: format!("http://{address}"),
             address,
             coordinator_args: args,
+            coordinator_env: env,
             workers: Vec::new(),
         }
     }
@@ -86,7 +97,8 @@ impl Cluster {
     /// with the same arguments (so a `--state-dir` is reused).
     pub fn restart_coordinator(&mut self) {
         self.kill_coordinator();
-        let (child, _) = spawn_coordinator(&self.address, &self.coordinator_args);
+        let (child, _) =
+            spawn_coordinator(&self.address, &self.coordinator_args, &self.coordinator_env);
         self.coordinator = Some(child);
     }
 
@@ -163,8 +175,9 @@ fn signal(pid: u32, signal: &str) {
         .status();
 }
 
-fn spawn_coordinator(listen: &str, args: &[String]) -> (Child, String) {
+fn spawn_coordinator(listen: &str, args: &[String], env: &[(String, String)]) -> (Child, String) {
     let mut child = tone()
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .args(["coordinator", "--listen", listen])
         .args(args)
         .stdout(Stdio::piped())

@@ -793,3 +793,78 @@ async fn a_copy_rerun_after_a_lost_report_writes_its_file_once() {
         .collect();
     assert_eq!((text.lines().count() - 1, keys.len()), (15000, 15000));
 }
+
+/// Bad S3 input on a cluster, found by the coordinator (a missing bucket,
+/// prefix or object), fails within seconds with exit 2 naming the URL, as
+/// does a worker whose endpoint is dead (exit 1: the job failed); the
+/// cluster then runs the next job.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_cluster_bad_s3_input_fails_with_exit_2_and_the_next_job_runs() {
+    let server = server_with_tpch().await;
+    let env: Vec<(&str, String)> = server.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        format!(
+            "http://127.0.0.1:{}",
+            listener.local_addr().expect("address").port()
+        )
+    };
+    let mut cluster = Cluster::coordinator_with_env(&[], &env);
+    cluster.add_worker(&env);
+    cluster.wait_for_workers(1).await;
+    let sql = |master: &str, table: &str, query: &str| {
+        let started = Instant::now();
+        let output = tone()
+            .env_remove("TONE_MASTER")
+            .args([
+                "sql", "--master", master, "--format", "csv", "--table", table, query,
+            ])
+            .output()
+            .expect("tone runs");
+        (output, started.elapsed())
+    };
+    let count = "select count(*) as n from t";
+    for (table, url) in [
+        ("t=s3://no-such-bucket/t/", "s3://no-such-bucket/t/"),
+        ("t=s3://tpch/no/such/prefix/", "s3://tpch/no/such/prefix/"),
+        (
+            "t=s3://tpch/sf001/missing.parquet",
+            "s3://tpch/sf001/missing.parquet",
+        ),
+    ] {
+        let (output, took) = sql(&cluster.master, table, count);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{table}: {stderr}");
+        assert!(stderr.contains(url), "{table}: {stderr}");
+        assert!(took < Duration::from_secs(90), "{table} took {took:?}");
+    }
+    let (output, _) = sql(&cluster.master, "t=s3://tpch/sf001/nation/", count);
+    assert_eq!(ok(output, "next job"), "n\n25\n");
+
+    // Workers that cannot reach S3: the coordinator plans, the tasks fail
+    // (a filter, so the count is not answered from Parquet statistics).
+    // The query is fine and the workers' settings are not: the job failed
+    // (exit 1), naming the object and its endpoint.
+    cluster.kill_worker(0);
+    cluster.add_worker_with(&env, &["--s3-endpoint", &dead]);
+    cluster.wait_for_workers(1).await;
+    let filtered = "select count(*) as n from t where n_name like 'A%'";
+    let (output, took) = sql(&cluster.master, "t=s3://tpch/sf001/nation/", filtered);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{dead}/tpch/sf001/nation/nation.1.parquet")),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    let (output, _) = sql(
+        &cluster.master,
+        "t=s3://tpch/sf001/nation/",
+        "select 1 as one",
+    );
+    assert_eq!(ok(output, "a job reading nothing from S3"), "one\n1\n");
+}
