@@ -1,7 +1,7 @@
 //! Fault tolerance with real processes: a coordinator and workers started
 //! one by one (each in its own process group), killed with SIGKILL, frozen
 //! with SIGSTOP, drained with SIGTERM, or made to fail at chosen points
-//! (`TONE_FAULT`). Every answer is checked against the embedded engine.
+//! (`TONE_FAULT`). Every answer is checked against plain DataFusion.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +13,7 @@ use tone::cluster::{tables_in_dir, ClusterClient, ClusterError, TableRef};
 use tone_proto::v1 as pb;
 
 use crate::common::compare::same_answer;
-use crate::common::{tone, tone_engine, tpch_data, tpch_queries};
+use crate::common::{oracle_answer, oracle_context, tone, tpch_data, tpch_queries};
 
 /// Any one job must end within this, faults or not.
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
@@ -252,11 +252,11 @@ async fn injected_faults_fire_and_every_job_still_gets_the_right_answer() {
     cluster.add_worker(&[]);
     cluster.wait_for_workers(3).await;
     let client = cluster.client().await;
-    let embedded = tone_engine(3).await;
+    let oracle = oracle_context().await;
 
     let sql = query(3); // scans, two joins, aggregate: several exchanges
     let (status, actual) = run_job(&client, &sql, 3).await.expect("q03 recovers");
-    let expected = embedded.sql(&sql).await.expect("embedded");
+    let expected = oracle_answer(&oracle, &sql).await;
     same_answer(&sql, &expected, &actual).expect("same answer after faults");
 
     // Each fault fired, and its failure kept its type across the wire.
@@ -288,7 +288,7 @@ async fn injected_faults_fire_and_every_job_still_gets_the_right_answer() {
     // The next job runs on what is left.
     let sql = query(5);
     let (_, actual) = run_job(&client, &sql, 3).await.expect("q05 runs");
-    let expected = embedded.sql(&sql).await.expect("embedded");
+    let expected = oracle_answer(&oracle, &sql).await;
     same_answer(&sql, &expected, &actual).expect("q05 answer");
 }
 
@@ -309,9 +309,12 @@ async fn a_failing_task_uses_its_attempts_and_the_error_names_the_first_cause() 
         .wait(&submitted.job_id, |_| {})
         .await
         .expect_err("stage 1 always panics");
+    // Every attempt panics with its own number: the error is the first's.
     let message = error.to_string();
     assert!(
-        message.contains("3 attempt(s)") && message.contains("injected fault"),
+        message.contains("3 attempt(s)")
+            && message.contains("injected fault: attempt 0 of a task")
+            && !message.contains("attempt 2 of a task"),
         "{message}"
     );
     let status = client.status(&submitted.job_id).await.expect("status");
@@ -342,18 +345,18 @@ async fn a_failing_task_uses_its_attempts_and_the_error_names_the_first_cause() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn killed_workers_are_replaced_and_jobs_keep_giving_the_embedded_answer() {
+async fn killed_workers_are_replaced_and_jobs_keep_giving_the_oracle_answer() {
     let mut cluster = Cluster::coordinator(&["--heartbeat-timeout-ms", "2000"]);
     for _ in 0..3 {
         cluster.add_worker(&[]);
     }
     cluster.wait_for_workers(3).await;
     let client = cluster.client().await;
-    let embedded = tone_engine(3).await;
+    let oracle = oracle_context().await;
     let picks = [3usize, 5, 9, 18, 21, 10, 7];
     let mut expected = Vec::new();
     for number in picks {
-        expected.push(embedded.sql(&query(number)).await.expect("embedded"));
+        expected.push(oracle_answer(&oracle, &query(number)).await);
     }
 
     // A seed from the clock, printed so a failing run can be repeated.
@@ -425,9 +428,9 @@ async fn a_worker_frozen_mid_job_is_replaced_and_the_answer_has_no_duplicates() 
     cluster.add_worker(&[]);
     cluster.wait_for_workers(2).await;
     let client = cluster.client().await;
-    let embedded = tone_engine(2).await;
+    let oracle = oracle_context().await;
     let sql = query(18);
-    let expected = embedded.sql(&sql).await.expect("embedded");
+    let expected = oracle_answer(&oracle, &sql).await;
 
     let job = tokio::spawn({
         let client = client.clone();
@@ -505,9 +508,9 @@ async fn sigterm_drains_a_worker_it_finishes_its_task_and_exits() {
     cluster.add_worker(&[]);
     cluster.wait_for_workers(2).await;
     let client = cluster.client().await;
-    let embedded = tone_engine(4).await;
+    let oracle = oracle_context().await;
     let sql = query(21);
-    let expected = embedded.sql(&sql).await.expect("embedded");
+    let expected = oracle_answer(&oracle, &sql).await;
     let job = tokio::spawn({
         let client = client.clone();
         let sql = sql.clone();
@@ -617,7 +620,7 @@ async fn a_worker_that_keeps_failing_a_job_is_kept_away_from_it() {
     cluster.add_worker(&[]);
     cluster.wait_for_workers(2).await;
     let client = cluster.client().await;
-    let embedded = tone_engine(4).await;
+    let oracle = oracle_context().await;
     let sql = "select l_returnflag, l_linestatus, count(*) as n from lineitem \
                group by l_returnflag, l_linestatus";
     // Many tasks, so that without exclusion the fast-failing worker would
@@ -625,7 +628,7 @@ async fn a_worker_that_keeps_failing_a_job_is_kept_away_from_it() {
     let (status, actual) = run_job(&client, sql, 16)
         .await
         .expect("the healthy worker finishes the job");
-    let expected = embedded.sql(sql).await.expect("embedded");
+    let expected = oracle_answer(&oracle, sql).await;
     same_answer(sql, &expected, &actual).expect("same answer");
     let failing: Vec<&str> = status
         .failures
@@ -667,11 +670,11 @@ async fn workers_are_reached_at_the_address_they_advertise() {
         );
     }
     // Shuffle fetches between the workers go to the advertised addresses.
-    let embedded = tone_engine(4).await;
+    let oracle = oracle_context().await;
     let sql = "select l_returnflag, count(*) as n, sum(l_quantity) as q from lineitem \
                group by l_returnflag";
     let (_, actual) = run_job(&client, sql, 4).await.expect("the job runs");
-    let expected = embedded.sql(sql).await.expect("embedded");
+    let expected = oracle_answer(&oracle, sql).await;
     same_answer(sql, &expected, &actual).expect("same answer");
 }
 

@@ -110,14 +110,16 @@ pub fn fires_in_any_stage(point: Point) -> bool {
     fired
 }
 
-/// `TONE_FAULT_PANIC_IN_STAGE=N` makes every task of stage N panic.
-pub fn panic_in_stage(stage_id: u32) {
+/// `TONE_FAULT_PANIC_IN_STAGE=N` makes every task of stage N panic; the
+/// message names the attempt, so a test can tell the first cause from the
+/// last.
+pub fn panic_in_stage(stage_id: u32, attempt: u32) {
     let target = std::env::var("TONE_FAULT_PANIC_IN_STAGE")
         .ok()
         .and_then(|value| value.parse::<u32>().ok());
     if target == Some(stage_id) {
-        tracing::warn!(stage_id, "injected fault: panicking");
-        panic!("injected fault: a task of stage {stage_id} panicked");
+        tracing::warn!(stage_id, attempt, "injected fault: panicking");
+        panic!("injected fault: attempt {attempt} of a task of stage {stage_id} panicked");
     }
 }
 

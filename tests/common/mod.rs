@@ -55,11 +55,23 @@ pub fn tiny_tpch_data() -> &'static Path {
     DATA.get_or_init(|| generated_tpch("0.01"))
 }
 
-/// Generates TPC-H data at `scale` unless an earlier run left it complete.
+/// Generates TPC-H data at `scale` unless an earlier run of the same
+/// generator left it complete; data of other generator versions is
+/// removed.
 fn generated_tpch(scale: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tpch-sf{scale}"));
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let name = format!("tpch-sf{scale}-{}", generator_key());
+    let dir = tmp.join(&name);
     let done = dir.join(".complete");
     if !done.exists() {
+        let stale = format!("tpch-sf{scale}");
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let entry_name = entry.file_name().to_string_lossy().into_owned();
+            let older = entry_name == stale || entry_name.starts_with(&format!("{stale}-"));
+            if older && entry_name != name {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
         let out = dir.to_str().expect("utf-8 temp path");
         let output = run_tone(&[
@@ -73,6 +85,26 @@ fn generated_tpch(scale: &str) -> PathBuf {
         std::fs::write(&done, b"").expect("mark data complete");
     }
     dir
+}
+
+/// What the generated data depends on: the locked versions of the
+/// generator crates and tone's code that drives them.
+fn generator_key() -> String {
+    use std::hash::{Hash, Hasher};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("name = \"tpchgen") {
+            (line, lines.next()).hash(&mut hasher);
+        }
+    }
+    for source in ["src/tpch.rs", "src/cli/gen.rs"] {
+        let text = std::fs::read_to_string(root.join(source)).expect("generator source");
+        text.hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
 }
 
 /// The 22 TPC-H query texts.

@@ -83,7 +83,7 @@ async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, En
     let key = assign.task.ok_or_else(|| EngineError::Internal {
         message: "task assignment without a task key".into(),
     })?;
-    crate::faults::panic_in_stage(key.stage_id);
+    crate::faults::panic_in_stage(key.stage_id, key.attempt);
     if crate::faults::fires(Point::BeforeTask, key.stage_id) {
         return Err(EngineError::Execution {
             message: format!(
