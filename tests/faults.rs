@@ -446,7 +446,14 @@ async fn a_worker_frozen_mid_job_is_replaced_and_the_answer_has_no_duplicates() 
     })
     .await;
     signal(cluster.worker_pid(frozen), "-STOP");
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    // Frozen until the coordinator has given it up.
+    wait_until(Duration::from_secs(60), || async {
+        client
+            .workers()
+            .await
+            .is_ok_and(|workers| workers.len() == 1)
+    })
+    .await;
     signal(cluster.worker_pid(frozen), "-CONT");
     let (status, actual) = job.await.expect("joins").expect("q18 finishes");
     same_answer(&sql, &expected, &actual).expect("no wrong or duplicated rows");
@@ -474,10 +481,11 @@ async fn without_workers_a_job_fails_after_the_grace_period_and_time_limits_hold
     let limited = client
         .clone()
         .with_job_timeout(Some(Duration::from_millis(1500)));
-    let started = Instant::now();
-    let error = run_job(&limited, endless, 1).await.expect_err("times out");
+    let error = tokio::time::timeout(JOB_TIMEOUT, run_job(&limited, endless, 1))
+        .await
+        .expect("waiting for the time limit to end the job: it ran on")
+        .expect_err("times out");
     assert!(error.to_string().contains("time limit"), "{error}");
-    assert!(started.elapsed() < Duration::from_secs(15));
 
     // Every worker gone: the job fails after the grace period, not hangs.
     let submitted = client
@@ -492,13 +500,11 @@ async fn without_workers_a_job_fails_after_the_grace_period_and_time_limits_hold
     })
     .await;
     cluster.kill_worker(only);
-    let started = Instant::now();
     let error = tokio::time::timeout(JOB_TIMEOUT, client.wait(&submitted.job_id, |_| {}))
         .await
-        .expect("does not hang")
+        .expect("waiting for the job without workers to fail: it hung")
         .expect_err("no workers");
     assert!(error.to_string().contains("no worker"), "{error}");
-    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[tokio::test(flavor = "multi_thread")]

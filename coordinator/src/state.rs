@@ -194,9 +194,18 @@ mod tests {
             store.save_job(status, Some(done));
             committed.blocking_recv().expect("committed");
         }
-        // The writer thread holds the file until its queue closes.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let (_, restored) = StateStore::open(dir.path()).expect("reopens");
+        // The writer thread holds the file until its queue closes: open
+        // succeeds once it let go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let (_, restored) = loop {
+            match StateStore::open(dir.path()) {
+                Ok(opened) => break opened,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(error) => panic!("waiting for the writer to let go of the file: {error}"),
+            }
+        };
         assert_eq!(restored.jobs.len(), 1);
         assert_eq!(restored.jobs[0].job_id, "job-1");
         assert_eq!(

@@ -384,6 +384,11 @@ impl SecureFiles {
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
+    // Before anything is made that a signal would leave behind.
+    let mut signals = ShutdownSignals::install().map_err(|source| CliError::Io {
+        context: "installing the Ctrl-C handler".into(),
+        source,
+    })?;
     let config = CoordinatorConfig {
         listen: args.listen,
         state_dir: args.state_dir,
@@ -405,12 +410,21 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     ) {
         eprintln!("tone: {warning}");
     }
-    tone_coordinator::serve(&config, listener, shutdown_signal())
+    tone_coordinator::serve(&config, listener, async move { signals.recv().await })
         .await
         .map_err(daemon_error)
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
+    // Before the work dir exists: a signal from now on removes it.
+    // SIGTERM drains (finish running tasks, take no new ones); Ctrl-C, or
+    // a second SIGTERM, stops at once.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| CliError::Io {
+        context: "installing the Ctrl-C handler".into(),
+        source,
+    })?;
+    let (first_term, second_term) = terminate_signals();
     let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
     // Kept alive until the worker stops; a temporary work dir goes with it.
     let (work_dir, _temporary) = match &args.work_dir {
@@ -447,12 +461,9 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
     ) {
         eprintln!("tone: {warning}");
     }
-    // SIGTERM drains (finish running tasks, take no new ones); Ctrl-C, or
-    // a second SIGTERM, stops at once.
-    let (first_term, second_term) = terminate_signals();
     let shutdown = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupt.recv() => {}
             _ = second_term => {}
         }
     };
@@ -490,19 +501,27 @@ fn daemon_error(error: impl std::fmt::Display) -> CliError {
     CliError::Usage(error.to_string())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Ctrl-C and SIGTERM, caught from the moment they are installed (a
+/// signal before then would end the process with its children left).
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }
 
@@ -533,6 +552,11 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
     }
     let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
     let slots = args.slots.unwrap_or((cores / args.workers).max(1));
+    // Before any child starts: a Ctrl-C from now on stops them all.
+    let mut signals = ShutdownSignals::install().map_err(|source| CliError::Io {
+        context: "installing the Ctrl-C handler".into(),
+        source,
+    })?;
     let program = std::env::current_exe().map_err(|source| CliError::Io {
         context: "finding the tone binary".into(),
         source,
@@ -603,7 +627,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
         "local cluster: coordinator at {address}, {} worker(s) × {slots} slot(s); Ctrl-C stops it",
         args.workers
     );
-    shutdown_signal().await;
+    signals.recv().await;
     eprintln!("stopping the local cluster");
     drop(processes);
     Ok(())
