@@ -324,3 +324,87 @@ fn tables_can_be_object_store_urls() {
     ]);
     assert_input_error(&output, &["file:///no/such/folder/"]);
 }
+
+#[test]
+fn sql_plans_with_the_partitions_it_is_given() {
+    for partitions in ["3", "5"] {
+        let output = run_tone(&[
+            "sql",
+            "--data",
+            data(),
+            "--partitions",
+            partitions,
+            "--format",
+            "csv",
+            "explain select o_orderpriority, count(*) from orders group by o_orderpriority",
+        ]);
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        let plan = stdout_of(&output);
+        let hash = format!("Hash([o_orderpriority@0], {partitions})");
+        assert!(plan.contains(&hash), "no {hash} in:\n{plan}");
+    }
+}
+
+#[test]
+fn explain_shows_a_single_partition_exchange_for_a_global_sort() {
+    let output = run_tone(&[
+        "explain",
+        "--data",
+        data(),
+        "--partitions",
+        "3",
+        "select * from orders order by o_orderkey limit 3",
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let text = stdout_of(&output);
+    for needle in [
+        "shuffle single → stage 1",
+        "partitioning=single",
+        "Stage 1 — 1 partition(s)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+/// `\d` and SHOW TABLES read the session's catalog, which runs in the
+/// session itself (no stage can carry it).
+#[test]
+fn the_shell_lists_tables_and_sql_shows_them() {
+    let home = tempfile::tempdir().expect("temp home");
+    let mut child = tone()
+        .args(["shell", "--data", data(), "--format", "csv"])
+        .env("HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("shell starts");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(b"\\d\n\\q\n").expect("write to shell");
+    drop(stdin);
+    let output = child.wait_with_output().expect("shell exits");
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let listed = stdout_of(&output);
+    for table in [
+        "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
+    ] {
+        assert!(
+            listed.contains(&format!(",{table},")),
+            "{table} not in:\n{listed}"
+        );
+    }
+    assert!(stderr_of(&output).is_empty(), "{}", stderr_of(&output));
+    let output = run_tone(&[
+        "sql",
+        "--data",
+        data(),
+        "--format",
+        "csv",
+        "select table_name from information_schema.tables where table_schema = 'public' order by 1",
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(
+        stdout_of(&output),
+        "table_name\ncustomer\nlineitem\nnation\norders\npart\npartsupp\nregion\nsupplier\n"
+    );
+}

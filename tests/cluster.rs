@@ -496,6 +496,18 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
         ],
     );
     assert_eq!(count, "n\n5\n");
+    // The catalog itself, answered by the coordinator.
+    let tables = tone_ok(
+        Some(master),
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "select table_name from information_schema.tables \
+             where table_schema = 'public' order by 1",
+        ],
+    );
+    assert_eq!(tables, "table_name\nregions\n");
 
     let query = dir.path().join("query.sql");
     std::fs::write(&query, "select count(*) from nation;").expect("query file");

@@ -187,6 +187,12 @@ impl Engine {
                 let frame = self.context.execute_logical_plan(plan).await?;
                 Ok(StatementOutput::Rows(frame.execute_stream().await?))
             }
+            // The catalog (SHOW TABLES, information_schema) lives in this
+            // session: its tables are views of it that no stage can carry.
+            plan if reads_only_the_catalog(&plan) => {
+                let frame = self.context.execute_logical_plan(plan).await?;
+                Ok(StatementOutput::Rows(frame.execute_stream().await?))
+            }
             plan => {
                 let frame = self.context.execute_logical_plan(plan).await?;
                 let physical = frame.create_physical_plan().await?;
@@ -242,6 +248,20 @@ impl Engine {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
                 self.context.execute_logical_plan(plan).await?;
                 Ok(None)
+            }
+            // The catalog is this session's: answered here, its rows
+            // travel as an in-memory scan (on a cluster, to a worker).
+            plan if reads_only_the_catalog(&plan) => {
+                let frame = datafusion::dataframe::DataFrame::new(state, plan);
+                let schema = Arc::clone(frame.schema().inner());
+                let rows = frame.collect().await?;
+                let plan: Arc<dyn ExecutionPlan> =
+                    datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                        &[rows],
+                        schema,
+                        None,
+                    )?;
+                Ok(Some(plan))
             }
             plan => {
                 let frame = datafusion::dataframe::DataFrame::new(state.clone(), plan);
@@ -360,6 +380,22 @@ impl Engine {
             }),
         }
     }
+}
+
+/// True when `plan` scans tables and every one is in `information_schema`.
+pub fn reads_only_the_catalog(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let (mut scans, mut catalog) = (0, 0);
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            scans += 1;
+            if scan.table_name.schema() == Some("information_schema") {
+                catalog += 1;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    scans > 0 && scans == catalog
 }
 
 /// Splits SQL text into statements; syntax errors point at the position.
