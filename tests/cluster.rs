@@ -707,3 +707,79 @@ async fn a_frozen_worker_is_dropped_after_the_heartbeat_timeout_and_rejoins_when
     })
     .await;
 }
+
+/// The CLI's `--timeout` ends a job that runs too long, and `tone cancel`
+/// stops a detached one: both report why, and the cluster runs the next
+/// job.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_timeout_and_cancel_stop_long_jobs() {
+    let cluster = LocalCluster::start(1, 1).await;
+    let master = cluster.master.as_str();
+    let data = tpch_data().to_str().expect("utf-8");
+    let endless =
+        "select count(*) from lineitem a, lineitem b where a.l_orderkey + b.l_orderkey < 0";
+    let output = tone()
+        .env_remove("TONE_MASTER")
+        .args([
+            "sql",
+            "--master",
+            master,
+            "--data",
+            data,
+            "--timeout",
+            "1",
+            endless,
+        ])
+        .output()
+        .expect("tone runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("time limit"), "{stderr}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("endless.sql");
+    std::fs::write(&script, format!("{endless};")).expect("script");
+    let detached = tone_ok(
+        None,
+        &[
+            "submit",
+            "--master",
+            master,
+            "--detach",
+            "--data",
+            data,
+            script.to_str().expect("utf-8"),
+        ],
+    );
+    let job_id = detached.lines().last().expect("a job id").to_string();
+    let client = cluster.client().await;
+    wait_until(|| async {
+        client
+            .status(&job_id)
+            .await
+            .is_ok_and(|status| status.tasks_running > 0)
+    })
+    .await;
+    tone_ok(None, &["cancel", "--master", master, &job_id]);
+    let error = client
+        .wait(&job_id, |_| {})
+        .await
+        .expect_err("the job was cancelled");
+    assert!(error.to_string().contains("cancelled"), "{error}");
+    let status = tone_ok(None, &["status", "--master", master, &job_id]);
+    assert!(status.contains("cancelled"), "{status}");
+    let count = tone_ok(
+        None,
+        &[
+            "sql",
+            "--master",
+            master,
+            "--data",
+            data,
+            "--format",
+            "csv",
+            "select count(*) as n from nation",
+        ],
+    );
+    assert_eq!(count, "n\n25\n");
+}
