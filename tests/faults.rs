@@ -745,3 +745,52 @@ async fn health_says_live_and_whether_a_worker_is_registered() {
     })
     .await;
 }
+
+/// A second SIGTERM stops a draining worker at once: the task it held is
+/// not finished there but re-run elsewhere (a first SIGTERM alone would
+/// have let it finish).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_stops_a_draining_worker_at_once() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut cluster = Cluster::coordinator(&["--heartbeat-timeout-ms", "2000"]);
+    // Its first task holds its slot for faults::STALL (20 s).
+    let stalled = cluster.add_worker(&[("TONE_FAULT", "stall@*")]);
+    cluster.wait_for_workers(1).await;
+    let client = cluster.client().await;
+    let oracle = oracle_context().await;
+    let sql = query(3);
+    let expected = oracle_answer(&oracle, &sql).await;
+    let job = tokio::spawn({
+        let client = client.clone();
+        let sql = sql.clone();
+        async move { run_job(&client, &sql, 2).await }
+    });
+    wait_until(Duration::from_secs(30), || async {
+        client
+            .workers()
+            .await
+            .is_ok_and(|workers| workers.iter().any(|w| w.running_tasks > 0))
+    })
+    .await;
+    let address = client.workers().await.expect("workers")[0]
+        .flight_address
+        .clone();
+    cluster.add_worker(&[]);
+    signal(cluster.worker_pid(stalled), "-TERM");
+    // Draining: it says it is no longer ready.
+    let not_serving = ServingStatus::NotServing as i32;
+    wait_until(Duration::from_secs(30), || async {
+        health(&address, "tone.ready").await == Ok(not_serving)
+    })
+    .await;
+    signal(cluster.worker_pid(stalled), "-TERM");
+    let exit = cluster.wait_exit(stalled, Duration::from_secs(60));
+    assert!(exit.signal().is_none(), "it stopped by itself: {exit:?}");
+    let (status, actual) = job.await.expect("joins").expect("q03 finishes");
+    same_answer(&sql, &expected, &actual).expect("same answer");
+    assert!(
+        kinds(&status).contains(&pb::ErrorKind::WorkerLost),
+        "the held task was abandoned and re-run: {:?}",
+        status.failures
+    );
+}
