@@ -117,3 +117,27 @@ async fn disk_use_is_reported_and_bounded_by_the_disk_limit() {
     assert_eq!(rows[0].num_rows(), 1);
     eprintln!("shuffle disk bytes held by the fitting job: {held:?}");
 }
+
+/// A cancelled job's shuffle files go at once, with the job still
+/// running: its map outputs are written, a task of its next stage holds
+/// its slot (an injected stall) when the cancel comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_jobs_shuffle_files_are_removed() {
+    let cluster = LocalCluster::start_with_env(1, 2, &[("TONE_FAULT", "stall@1")]).await;
+    let client = cluster.client().await;
+    let master = cluster.master.clone();
+    let sorted = "select o_orderkey, o_comment from orders order by o_comment";
+    let submitted = client
+        .submit(sorted, &tpch_tables(), 2)
+        .await
+        .expect("submits");
+    wait_until(|| async { disk_bytes(&master).iter().sum::<u64>() > 0 }).await;
+    let status = client.status(&submitted.job_id).await.expect("status");
+    assert_eq!(
+        status.state,
+        tone_proto::v1::JobState::Running as i32,
+        "{status:?}"
+    );
+    client.cancel(&submitted.job_id).await.expect("cancels");
+    wait_until(|| async { disk_bytes(&master) == vec![0] }).await;
+}
