@@ -794,3 +794,32 @@ async fn a_second_sigterm_stops_a_draining_worker_at_once() {
         status.failures
     );
 }
+
+/// A shuffle stream that loses its last batch on the way is caught by the
+/// reader (the server sends the row count its writer recorded) and read
+/// again: the answer is whole. Without the check it would quietly lack
+/// rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_shuffle_stream_is_caught_and_fetched_again() {
+    let mut cluster = Cluster::coordinator(&[]);
+    cluster.add_worker(&[("TONE_FAULT", "truncate@0")]);
+    cluster.add_worker(&[]);
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let oracle = oracle_context().await;
+    let sql = "select l_orderkey, count(*) as n, sum(l_quantity) as q from lineitem \
+               group by l_orderkey order by l_orderkey";
+    let expected = oracle_answer(&oracle, sql).await;
+    let (status, actual) = run_job(&client, sql, 4).await.expect("runs");
+    same_answer(sql, &expected, &actual).expect("every row, once");
+    let truncated: Vec<_> = status
+        .failures
+        .iter()
+        .filter(|failure| failure.message.contains("rows"))
+        .collect();
+    assert!(
+        kinds(&status).contains(&pb::ErrorKind::FetchFailed) && !truncated.is_empty(),
+        "the short stream was noticed: {:?}",
+        status.failures
+    );
+}

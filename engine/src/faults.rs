@@ -10,6 +10,8 @@
 //!     its shuffle output, before reporting it (a crash: the output is
 //!     lost with the process);
 //!   - `fetch`: the task's first remote shuffle fetch fails;
+//!   - `truncate`: the first shuffle partition of stage STAGE this worker
+//!     serves loses its last batch on the way (the reader must notice);
 //!   - `stall`: the task waits [`STALL`] before it starts, holding its
 //!     slot, so a test can act while a job is certainly mid-run;
 //!   - `stall_upload` (stage `*` only: a sink does not know its stage): a
@@ -35,6 +37,7 @@ pub enum Point {
     Fetch,
     Stall,
     StallUpload,
+    Truncate,
 }
 
 impl Point {
@@ -45,6 +48,7 @@ impl Point {
             "fetch" => Some(Self::Fetch),
             "stall" => Some(Self::Stall),
             "stall_upload" => Some(Self::StallUpload),
+            "truncate" => Some(Self::Truncate),
             _ => None,
         }
     }

@@ -102,9 +102,68 @@ impl FlightPool {
             .do_get(request)
             .await
             .map_err(|status| transfer(format!("{:?}: {}", status.code(), status.message())))?;
-        let data = response.into_inner().map_err(FlightError::from);
+        // The first message carries the row count the server's writer
+        // recorded; a stream that ends short of it is an error, never a
+        // quietly smaller answer.
+        let recorded = Arc::new(std::sync::OnceLock::new());
+        let data = response
+            .into_inner()
+            .map_err(FlightError::from)
+            .inspect_ok({
+                let recorded = Arc::clone(&recorded);
+                move |message| {
+                    if let Some(rows) = decode_row_count(&message.app_metadata) {
+                        let _ = recorded.set(rows);
+                    }
+                }
+            });
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let batches = FlightRecordBatchStream::new_from_flight_data(data)
-            .map_err(move |error| transfer(error.to_string()));
-        Ok(batches.boxed())
+            .map_err({
+                let transfer = transfer.clone();
+                move |error| transfer(error.to_string())
+            })
+            .inspect_ok({
+                let received = Arc::clone(&received);
+                move |batch| {
+                    received.fetch_add(
+                        batch.num_rows() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            })
+            .map_ok(Some);
+        let check = futures::stream::once(async move {
+            let received = received.load(std::sync::atomic::Ordering::Relaxed);
+            match recorded.get() {
+                Some(&rows) if rows == received => Ok(None),
+                Some(&rows) => Err(transfer(format!(
+                    "the stream ended after {received} of its {rows} rows"
+                ))),
+                None if received == 0 => Ok(None),
+                None => Err(transfer("the stream carried no row count".into())),
+            }
+        });
+        Ok(batches
+            .chain(check)
+            .try_filter_map(|batch| futures::future::ready(Ok(batch)))
+            .boxed())
     }
+}
+
+/// The app metadata of a partition stream's first message: the rows the
+/// writer recorded, as 8 little-endian bytes after a tag.
+const ROW_COUNT_TAG: &[u8] = b"rows:";
+
+/// Encodes a partition stream's row count for its first message.
+pub fn encode_row_count(rows: u64) -> prost::bytes::Bytes {
+    let mut bytes = ROW_COUNT_TAG.to_vec();
+    bytes.extend_from_slice(&rows.to_le_bytes());
+    bytes.into()
+}
+
+/// The row count in `metadata`, if it holds one.
+pub fn decode_row_count(metadata: &[u8]) -> Option<u64> {
+    let count = metadata.strip_prefix(ROW_COUNT_TAG)?;
+    Some(u64::from_le_bytes(count.try_into().ok()?))
 }

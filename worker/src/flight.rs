@@ -12,6 +12,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
+use prost::bytes::Bytes;
 use prost::Message;
 use tokio::net::TcpListener;
 use tone_engine::ipc_frames::ipc_frames;
@@ -120,15 +121,27 @@ impl FlightService for ShuffleFlightService {
             .store
             .segments(&key.job_id, key.stage_id, key.map, key.reduce)
             .map_err(|error| Status::not_found(error.to_string()))?;
+        // The reader checks it got every row the writer recorded.
+        let rows: u64 = segments.iter().map(Segment::rows).sum();
+        let truncate = crate::faults::fires(crate::faults::Point::Truncate, key.stage_id.0);
+        let last = segments.len().saturating_sub(1);
         // The segments' IPC messages go out as written (compressed), one
         // segment in memory at a time; the first segment's schema message
-        // opens the stream and the others' are skipped.
+        // opens the stream, carrying the row count, and the others' are
+        // skipped.
         let data = futures::stream::iter(segments.into_iter().enumerate())
-            .then(|(index, segment)| async move {
+            .then(move |(index, segment)| async move {
                 let bytes = tokio::task::spawn_blocking(move || segment_bytes(&segment))
                     .await
                     .map_err(|error| Status::internal(error.to_string()))??;
-                ipc_messages(&bytes, index == 0)
+                let mut messages = ipc_messages(bytes, (index == 0).then_some(rows))?;
+                if truncate && index == last {
+                    // Injected: the stream loses its last batch.
+                    if let Some(at) = messages.iter().rposition(|m| !m.data_body.is_empty()) {
+                        messages.remove(at);
+                    }
+                }
+                Ok::<_, Status>(messages)
             })
             .map_ok(|messages| futures::stream::iter(messages.into_iter().map(Ok)))
             .try_flatten();
@@ -206,10 +219,10 @@ pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIn
 }
 
 /// The bytes of one segment (a complete IPC stream).
-fn segment_bytes(segment: &Segment) -> Result<Vec<u8>, Status> {
+fn segment_bytes(segment: &Segment) -> Result<Bytes, Status> {
     use std::io::{Read, Seek, SeekFrom};
     match segment {
-        Segment::Memory { bytes, .. } => Ok(bytes.as_ref().clone()),
+        Segment::Memory { bytes, .. } => Ok(Bytes::from(bytes.as_ref().clone())),
         Segment::File {
             file,
             offset,
@@ -226,24 +239,33 @@ fn segment_bytes(segment: &Segment) -> Result<Vec<u8>, Status> {
             reader.seek(SeekFrom::Start(*offset)).map_err(fail)?;
             let mut bytes = vec![0; *length as usize];
             reader.read_exact(&mut bytes).map_err(fail)?;
-            Ok(bytes)
+            Ok(Bytes::from(bytes))
         }
     }
 }
 
-/// Splits an Arrow IPC stream into Flight messages (metadata + body), up
-/// to its end marker; the schema message is kept only when `keep_schema`.
-fn ipc_messages(stream: &[u8], keep_schema: bool) -> Result<Vec<FlightData>, Status> {
-    let frames = ipc_frames(stream)
+/// Splits an Arrow IPC stream into Flight messages (metadata + body,
+/// slices of `stream`, not copies), up to its end marker. The schema
+/// message is kept only with `rows`, the stream's row count, which rides
+/// in its app metadata ([`tone_proto::flight::encode_row_count`]).
+fn ipc_messages(stream: Bytes, rows: Option<u64>) -> Result<Vec<FlightData>, Status> {
+    let frames = ipc_frames(&stream)
         .map_err(|error| Status::data_loss(format!("corrupt shuffle segment: {error}")))?;
     Ok(frames
         .into_iter()
-        .filter(|frame| keep_schema || frame.message.header_type() != MessageHeader::Schema)
-        .map(|frame| FlightData {
-            flight_descriptor: None,
-            data_header: prost::bytes::Bytes::copy_from_slice(frame.metadata),
-            app_metadata: prost::bytes::Bytes::new(),
-            data_body: prost::bytes::Bytes::copy_from_slice(frame.body),
+        .filter_map(|frame| {
+            let schema = frame.message.header_type() == MessageHeader::Schema;
+            let app_metadata = match (schema, rows) {
+                (true, Some(rows)) => tone_proto::flight::encode_row_count(rows),
+                (true, None) => return None,
+                (false, _) => Bytes::new(),
+            };
+            Some(FlightData {
+                flight_descriptor: None,
+                data_header: stream.slice_ref(frame.metadata),
+                app_metadata,
+                data_body: stream.slice_ref(frame.body),
+            })
         })
         .collect())
 }
