@@ -783,3 +783,44 @@ async fn cli_timeout_and_cancel_stop_long_jobs() {
     );
     assert_eq!(count, "n\n25\n");
 }
+
+/// A Parquet file corrupt in the middle (its footer intact, so the query
+/// plans) is bad input when a task reads it: exit 2 naming the file,
+/// embedded and on a cluster, where it is not retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_corrupt_mid_task_fails_as_bad_input_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table = dir.path().join("t");
+    std::fs::create_dir(&table).expect("table dir");
+    let file = table.join("lineitem.1.parquet");
+    let mut bytes = std::fs::read(tpch_data().join("lineitem/lineitem.1.parquet")).expect("read");
+    let middle = bytes.len() / 3;
+    for byte in &mut bytes[middle..middle + 4096] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).expect("write");
+    let sql = "select count(distinct l_comment), sum(l_extendedprice), max(l_shipinstruct), \
+               min(l_receiptdate), sum(l_orderkey), sum(l_partkey) from t";
+    let table_arg = format!("t={}", table.display());
+    let cluster = LocalCluster::start(1, 1).await;
+    for master in [None, Some(cluster.master.as_str())] {
+        let mut command = tone();
+        command
+            .env_remove("TONE_MASTER")
+            .args(["sql", "--table", &table_arg]);
+        if let Some(master) = master {
+            command.args(["--master", master]);
+        }
+        let output = command.arg(sql).output().expect("tone runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{master:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("bad data in file '{}'", file.display())),
+            "{master:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("4 attempt(s)"),
+            "bad input is not retried: {stderr}"
+        );
+    }
+}

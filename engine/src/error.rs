@@ -50,6 +50,12 @@ pub enum EngineError {
     #[error("bad data file '{path}': {reason}")]
     BadFile { path: PathBuf, reason: String },
 
+    /// A file read mid-task holds data that does not decode: a corrupt
+    /// Parquet page, a CSV value that does not parse as its column's type.
+    /// `files` names the files the failing task read.
+    #[error("bad data in {files}: {reason}")]
+    BadData { files: String, reason: String },
+
     /// The job started and failed while running.
     #[error("execution failed: {message}")]
     Execution { message: String },
@@ -88,6 +94,7 @@ impl EngineError {
                 | Self::InputPath { .. }
                 | Self::PathNotAllowed { .. }
                 | Self::BadFile { .. }
+                | Self::BadData { .. }
         )
     }
 
@@ -136,11 +143,53 @@ fn classify(error: DataFusionError) -> EngineError {
         | DataFusionError::Configuration(_) => EngineError::Plan {
             message: error.strip_backtrace(),
         },
+        DataFusionError::ParquetError(_) => bad_data(&error),
+        DataFusionError::ArrowError(inner, _) if is_decode_error(inner) => bad_data(&error),
         DataFusionError::ResourcesExhausted(_) => EngineError::ResourcesExhausted {
             message: error.strip_backtrace(),
         },
         DataFusionError::Internal(_) => EngineError::internal(error.strip_backtrace()),
         _ => EngineError::execution(error.strip_backtrace()),
+    }
+}
+
+/// Files being unknown here, the task that ran the scan names them
+/// ([`EngineError::with_files`]).
+pub const UNNAMED_FILES: &str = "a file the job reads";
+
+fn bad_data(error: &DataFusionError) -> EngineError {
+    EngineError::BadData {
+        files: UNNAMED_FILES.into(),
+        reason: error.strip_backtrace(),
+    }
+}
+
+/// Errors of decoding file contents, as opposed to Arrow compute errors.
+fn is_decode_error(error: &arrow::error::ArrowError) -> bool {
+    use arrow::error::ArrowError;
+    matches!(
+        error,
+        ArrowError::ParquetError(_)
+            | ArrowError::CsvError(_)
+            | ArrowError::JsonError(_)
+            | ArrowError::ParseError(_)
+    )
+}
+
+impl EngineError {
+    /// A [`EngineError::BadData`] that does not say which files yet names
+    /// `files`; other errors are returned as they are.
+    pub fn with_files(self, files: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::BadData {
+                files: named,
+                reason,
+            } if named == UNNAMED_FILES => Self::BadData {
+                files: files(),
+                reason,
+            },
+            other => other,
+        }
     }
 }
 

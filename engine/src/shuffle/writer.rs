@@ -121,7 +121,9 @@ impl ShuffleWriterExec {
         context: Arc<TaskContext>,
     ) -> Result<ShuffleWriteSummary> {
         let env = shuffle_env(&context)?;
-        let summary = write_map_task(self.task(partition), env, context).await?;
+        let summary = write_map_task(self.task(partition), env, context)
+            .await
+            .map_err(|error| error.with_files(|| files_read(&self.input, partition)))?;
         MetricBuilder::new(&self.metrics)
             .output_rows(partition)
             .add(summary.rows as usize);
@@ -142,6 +144,38 @@ impl ShuffleWriterExec {
             partitioning: self.partitioning.clone(),
             partition,
         }
+    }
+}
+
+/// The files partition `partition` of `plan` scans, for naming bad data.
+fn files_read(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> String {
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    let mut files = Vec::new();
+    let mut pending = vec![Arc::clone(plan)];
+    while let Some(node) = pending.pop() {
+        let any = node.as_ref() as &dyn std::any::Any;
+        if let Some(source) = any.downcast_ref::<DataSourceExec>() {
+            let data = source.data_source().as_ref() as &dyn std::any::Any;
+            if let Some(scan) = data.downcast_ref::<FileScanConfig>() {
+                let base = scan.object_store_url.as_str().trim_end_matches('/');
+                let base = if base == "file:" { "" } else { base };
+                if let Some(group) = scan.file_groups.get(partition) {
+                    files.extend(
+                        group
+                            .files()
+                            .iter()
+                            .map(|file| format!("'{base}/{}'", file.object_meta.location)),
+                    );
+                }
+            }
+        }
+        pending.extend(node.children().into_iter().cloned());
+    }
+    match files.as_slice() {
+        [] => crate::error::UNNAMED_FILES.to_string(),
+        [one] => format!("file {one}"),
+        many => format!("one of the files {}", many.join(", ")),
     }
 }
 
