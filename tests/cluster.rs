@@ -710,14 +710,15 @@ async fn a_frozen_worker_is_dropped_after_the_heartbeat_timeout_and_rejoins_when
 
 /// The CLI's `--timeout` ends a job that runs too long, and `tone cancel`
 /// stops a detached one: both report why, and the cluster runs the next
-/// job.
+/// job. The worker's first two tasks wait (injected stalls, which the
+/// time limit and the cancel interrupt), so both jobs are certainly still
+/// running when they are stopped.
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_timeout_and_cancel_stop_long_jobs() {
-    let cluster = LocalCluster::start(1, 1).await;
+    let cluster = LocalCluster::start_with_env(1, 1, &[("TONE_FAULT", "stall@*,stall@*")]).await;
     let master = cluster.master.as_str();
     let data = tpch_data().to_str().expect("utf-8");
-    let endless =
-        "select count(*) from lineitem a, lineitem b where a.l_orderkey + b.l_orderkey < 0";
+    let slow = "select count(*) as n from orders where o_comment <> ''";
     let output = tone()
         .env_remove("TONE_MASTER")
         .args([
@@ -726,10 +727,10 @@ async fn cli_timeout_and_cancel_stop_long_jobs() {
             master,
             "--data",
             data,
-            "--timeout",
+            "--partitions",
             "1",
-            endless,
         ])
+        .args(["--timeout", "1", slow])
         .output()
         .expect("tone runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -737,8 +738,8 @@ async fn cli_timeout_and_cancel_stop_long_jobs() {
     assert!(stderr.contains("time limit"), "{stderr}");
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let script = dir.path().join("endless.sql");
-    std::fs::write(&script, format!("{endless};")).expect("script");
+    let script = dir.path().join("slow.sql");
+    std::fs::write(&script, format!("{slow};")).expect("script");
     let detached = tone_ok(
         None,
         &[
@@ -746,6 +747,8 @@ async fn cli_timeout_and_cancel_stop_long_jobs() {
             "--master",
             master,
             "--detach",
+            "--partitions",
+            "1",
             "--data",
             data,
             script.to_str().expect("utf-8"),
@@ -771,17 +774,10 @@ async fn cli_timeout_and_cancel_stop_long_jobs() {
     let count = tone_ok(
         None,
         &[
-            "sql",
-            "--master",
-            master,
-            "--data",
-            data,
-            "--format",
-            "csv",
-            "select count(*) as n from nation",
+            "sql", "--master", master, "--data", data, "--format", "csv", slow,
         ],
     );
-    assert_eq!(count, "n\n25\n");
+    assert_eq!(count, "n\n150000\n");
 }
 
 /// A Parquet file corrupt in the middle (its footer intact, so the query

@@ -796,8 +796,8 @@ async fn a_copy_rerun_after_a_lost_report_writes_its_file_once() {
 
 /// Bad S3 input on a cluster, found by the coordinator (a missing bucket,
 /// prefix or object), fails within seconds with exit 2 naming the URL, as
-/// does a worker whose endpoint is dead (exit 1: the job failed); the
-/// cluster then runs the next job.
+/// does a worker whose endpoint is dead; the cluster then runs the next
+/// job.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_a_cluster_bad_s3_input_fails_with_exit_2_and_the_next_job_runs() {
     let server = server_with_tpch().await;
@@ -847,17 +847,17 @@ async fn on_a_cluster_bad_s3_input_fails_with_exit_2_and_the_next_job_runs() {
 
     // Workers that cannot reach S3: the coordinator plans, the tasks fail
     // (a filter, so the count is not answered from Parquet statistics).
-    // The query is fine and the workers' settings are not: the job failed
-    // (exit 1), naming the object and its endpoint.
+    // The object cannot be read: exit 2, naming it and its endpoint.
     cluster.kill_worker(0);
     cluster.add_worker_with(&env, &["--s3-endpoint", &dead]);
     cluster.wait_for_workers(1).await;
     let filtered = "select count(*) as n from t where n_name like 'A%'";
     let (output, took) = sql(&cluster.master, "t=s3://tpch/sf001/nation/", filtered);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains(&format!("{dead}/tpch/sf001/nation/nation.1.parquet")),
+        stderr.contains("cannot read file 's3://tpch/sf001/nation/nation.1.parquet'")
+            && stderr.contains(&format!("{dead}/tpch/sf001/nation/nation.1.parquet")),
         "{stderr}"
     );
     assert!(took < Duration::from_secs(90), "took {took:?}");

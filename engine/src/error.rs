@@ -56,6 +56,11 @@ pub enum EngineError {
     #[error("bad data in {files}: {reason}")]
     BadData { files: String, reason: String },
 
+    /// A file could not be read mid-task (its object store failed or is
+    /// unreachable). `files` names the files the failing task read.
+    #[error("cannot read {files}: {reason}")]
+    Unreadable { files: String, reason: String },
+
     /// The job started and failed while running.
     #[error("execution failed: {message}")]
     Execution { message: String },
@@ -95,6 +100,7 @@ impl EngineError {
                 | Self::PathNotAllowed { .. }
                 | Self::BadFile { .. }
                 | Self::BadData { .. }
+                | Self::Unreadable { .. }
         )
     }
 
@@ -158,9 +164,18 @@ fn classify(error: DataFusionError) -> EngineError {
 pub const UNNAMED_FILES: &str = "a file the job reads";
 
 fn bad_data(error: &DataFusionError) -> EngineError {
+    let reason = error.strip_backtrace();
+    // A reader's I/O error arrives inside a decode error, as text (the
+    // Parquet reader flattens object_store's error into its message).
+    if reason.contains("Object Store error") {
+        return EngineError::Unreadable {
+            files: UNNAMED_FILES.into(),
+            reason,
+        };
+    }
     EngineError::BadData {
         files: UNNAMED_FILES.into(),
-        reason: error.strip_backtrace(),
+        reason,
     }
 }
 
@@ -177,14 +192,22 @@ fn is_decode_error(error: &arrow::error::ArrowError) -> bool {
 }
 
 impl EngineError {
-    /// A [`EngineError::BadData`] that does not say which files yet names
-    /// `files`; other errors are returned as they are.
+    /// A [`EngineError::BadData`] or [`EngineError::Unreadable`] that does
+    /// not say which files yet names `files`; other errors are returned as
+    /// they are.
     pub fn with_files(self, files: impl FnOnce() -> String) -> Self {
         match self {
             Self::BadData {
                 files: named,
                 reason,
             } if named == UNNAMED_FILES => Self::BadData {
+                files: files(),
+                reason,
+            },
+            Self::Unreadable {
+                files: named,
+                reason,
+            } if named == UNNAMED_FILES => Self::Unreadable {
                 files: files(),
                 reason,
             },

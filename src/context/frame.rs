@@ -132,10 +132,38 @@ impl DataFrame {
         self.ctx.run_plan(plan).await
     }
 
-    /// Runs the query and counts its rows.
+    /// Runs the query as `count(*)` and returns the count: the rows are
+    /// counted where they are, only the count travels.
     pub async fn count(self) -> Result<usize> {
-        let batches = self.collect().await?;
-        Ok(batches.iter().map(RecordBatch::num_rows).sum())
+        use datafusion::functions_aggregate::expr_fn::count;
+        use datafusion::prelude::lit;
+        let counted = self
+            .frame
+            .clone()
+            .aggregate(vec![], vec![count(lit(1)).alias("count")])?;
+        let plan = counted.create_physical_plan().await?;
+        let batches = self.ctx.run_plan(plan).await?;
+        let total = batches
+            .iter()
+            .filter(|batch| batch.num_rows() > 0)
+            .map(|batch| {
+                batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .map(|counts| counts.iter().flatten().sum::<i64>())
+                    .ok_or_else(|| {
+                        crate::Error::Engine(tone_engine::EngineError::Internal {
+                            message: "count(*) did not give an Int64 column".into(),
+                        })
+                    })
+            })
+            .sum::<Result<i64>>()?;
+        usize::try_from(total).map_err(|_| {
+            crate::Error::Engine(tone_engine::EngineError::Internal {
+                message: format!("count(*) gave {total}"),
+            })
+        })
     }
 
     /// Writes the rows as Parquet into folder `path`, a file per partition
