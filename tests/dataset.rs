@@ -214,6 +214,24 @@ async fn text_ranges_read_every_line_once() {
         sorted.sort();
         assert_eq!(lines, sorted, "{partitions} partitions");
     }
+    // The same folder named as a file:// URL, and a missing one named.
+    let url = std::path::PathBuf::from(format!("file://{}", input.display()));
+    let mut lines = context(3)
+        .read_text(&[&url])
+        .collect()
+        .await
+        .expect("lines");
+    lines.sort();
+    expected.sort();
+    assert_eq!(lines, expected);
+    let missing = temp.path().join("no-such-folder");
+    let error = context(2)
+        .read_text(&[&missing])
+        .collect()
+        .await
+        .expect_err("nothing to read");
+    assert!(error.is_user_error(), "{error}");
+    assert!(error.to_string().contains("no-such-folder"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -550,8 +550,22 @@ impl Driver {
     }
 
     /// True once the driver has exited.
-    pub(crate) fn done(&mut self) -> bool {
+    fn done(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits for the end, failing naming `what` if it has not come within
+    /// `within`; asserts success and returns stdout.
+    pub(crate) async fn succeeded_within(mut self, within: Duration, what: &str) -> String {
+        let deadline = Instant::now() + within;
+        while !self.done() {
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {what} to end: it runs on"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.succeeded()
     }
 
     /// Waits for the end; asserts success and returns stdout.

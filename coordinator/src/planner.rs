@@ -158,15 +158,15 @@ impl Planner {
         has_executor: bool,
     ) -> Result<Planned, EngineError> {
         // Its own session: the catalog's has a real (empty) closure
-        // registry. Scans of object stores decode only with the store's
-        // scheme known; decoding makes no request.
+        // registry. It shares the catalog's runtime, whose object-store
+        // registry lets scans of `s3://` decode (decoding makes no request).
         let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(
             tone_engine::closure::ClosureRegistry::placeholders(),
         ));
-        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(tone_engine::stores::ObjectStores::new()))
-            .build_arc()?;
-        let session = datafusion::prelude::SessionContext::new_with_config_rt(config, runtime);
+        let session = datafusion::prelude::SessionContext::new_with_config_rt(
+            config,
+            self.engine.session().runtime_env(),
+        );
         let plan = tone_engine::codec::decode_plan(bytes, &session.task_ctx())?;
         match (has_closures(&plan), has_executor) {
             (true, false) => {

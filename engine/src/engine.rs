@@ -181,15 +181,13 @@ impl Engine {
                 self.context.execute_logical_plan(plan).await?;
                 Ok(StatementOutput::Done)
             }
-            // EXPLAIN describes a plan and reads no data; DataFusion answers
-            // it directly. `tone explain` shows the stage DAG.
-            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
-                let frame = self.context.execute_logical_plan(plan).await?;
-                Ok(StatementOutput::Rows(frame.execute_stream().await?))
-            }
-            // The catalog (SHOW TABLES, information_schema) lives in this
-            // session: its tables are views of it that no stage can carry.
-            plan if reads_only_the_catalog(&plan) => {
+            // DataFusion answers these directly: EXPLAIN describes a plan
+            // and reads no data (`tone explain` shows the stage DAG), and
+            // the catalog (SHOW TABLES, information_schema) lives in this
+            // session, as tables no stage can carry.
+            plan if matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_))
+                || reads_only_the_catalog(&plan) =>
+            {
                 let frame = self.context.execute_logical_plan(plan).await?;
                 Ok(StatementOutput::Rows(frame.execute_stream().await?))
             }

@@ -9,10 +9,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::datasource::file_format::csv::CsvSink;
-use datafusion::datasource::file_format::json::JsonSink;
-use datafusion::datasource::file_format::parquet::ParquetSink;
-use datafusion::datasource::physical_plan::{FileScanConfig, FileSink};
+use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
@@ -147,14 +144,7 @@ impl PathRoots {
         } else if let Some(sink) = any.downcast_ref::<FileSinkExec>() {
             self.check("write target", &sink.dir().to_string_lossy())?;
         } else if let Some(sink) = any.downcast_ref::<DataSinkExec>() {
-            let config = {
-                let sink = sink.sink() as &dyn std::any::Any;
-                sink.downcast_ref::<ParquetSink>()
-                    .map(|sink| sink.config())
-                    .or_else(|| sink.downcast_ref::<CsvSink>().map(|sink| sink.config()))
-                    .or_else(|| sink.downcast_ref::<JsonSink>().map(|sink| sink.config()))
-            };
-            let Some(config) = config else {
+            let Some(config) = crate::sink::file_sink_config(sink) else {
                 return Err(EngineError::PathNotAllowed {
                     what: "a data sink of unknown kind".into(),
                     path: format!("{sink:?}"),

@@ -21,6 +21,17 @@ use url::Url;
 
 mod profile;
 
+/// The object-store URL `location` names (`s3://bucket/key`), if it names
+/// one; a local path, or a `file://` URL, names none.
+pub fn object_url(location: &str) -> Option<&str> {
+    (location.contains("://") && !location.starts_with("file://")).then_some(location)
+}
+
+/// A local `location` as a path: a `file://` URL's path, else as given.
+pub fn local_path(location: &str) -> &str {
+    location.strip_prefix("file://").unwrap_or(location)
+}
+
 /// A failed request is retried this often. S3 answers transient errors
 /// (503 SlowDown) that a few retries absorb; a wrong endpoint or a dead
 /// server must fail within seconds, not after object_store's default of

@@ -169,7 +169,7 @@ impl Runner {
         partitions: Option<usize>,
     ) -> Result<Self, CliError> {
         let client = ClusterClient::connect_with(master, &security.load()?).await?;
-        let tables = match data.to_str().filter(|text| text.contains("://")) {
+        let tables = match data.to_str().and_then(tone_engine::stores::object_url) {
             // Listed here, read by the workers with their own credentials.
             Some(url) => {
                 let stores = tone_engine::stores::ObjectStores::new();

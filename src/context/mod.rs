@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use tone_engine::closure::{ClosureEntry, ClosureId, ClosureRegistry};
+use tone_engine::stores::{local_path, object_url};
 use tone_engine::{Engine, EngineConfig};
 
 use crate::cluster::ClusterClient;
@@ -331,31 +332,28 @@ fn path_text(path: &Path) -> Result<&str> {
     })
 }
 
-/// `path` made absolute against the working directory: plans carry paths
-/// to processes that run elsewhere.
-fn absolute(path: &Path) -> Result<PathBuf> {
-    crate::cluster::absolute(path).map_err(|error| {
-        Error::Engine(tone_engine::EngineError::InputPath {
-            what: "path",
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })
-    })
-}
-
-/// A location as plans carry it: an object-store URL as given, a local
-/// path made absolute.
-pub(crate) fn located(path: &Path) -> Result<PathBuf> {
-    if is_url(path) {
-        Ok(path.to_path_buf())
-    } else {
-        absolute(path)
+/// A location as plans carry it (they travel to processes that run
+/// elsewhere): an object-store URL as given, a local path (or `file://`
+/// URL) made absolute against the working directory.
+pub(crate) fn located(path: &Path) -> std::result::Result<PathBuf, tone_engine::EngineError> {
+    let invalid = |reason: String| tone_engine::EngineError::InputPath {
+        what: "path",
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = path
+        .to_str()
+        .ok_or_else(|| invalid("the path is not UTF-8".into()))?;
+    if object_url(text).is_some() {
+        return Ok(path.to_path_buf());
     }
+    crate::cluster::absolute(Path::new(local_path(text)))
+        .map_err(|error| invalid(error.to_string()))
 }
 
 /// Whether `path` is an object-store URL (`s3://bucket/key`).
 pub(crate) fn is_url(path: &Path) -> bool {
-    path.to_str().is_some_and(|text| text.contains("://"))
+    path.to_str().and_then(object_url).is_some()
 }
 
 impl Context {

@@ -179,8 +179,13 @@ impl Context {
     /// with `.` or `_` inside folders are skipped.
     #[track_caller]
     pub fn read_text<P: AsRef<Path>>(&self, paths: &[P]) -> Dataset<String> {
-        let inputs: std::result::Result<Vec<String>, EngineError> =
-            paths.iter().map(|path| text_input(path.as_ref())).collect();
+        let inputs: std::result::Result<Vec<String>, EngineError> = paths
+            .iter()
+            .map(|path| {
+                crate::context::located(path.as_ref())
+                    .map(|location| location.to_string_lossy().into_owned())
+            })
+            .collect();
         let ctx = self.clone();
         let plan: PlanThunk = Arc::new(move || {
             let (ctx, inputs) = (ctx.clone(), inputs.clone());
@@ -195,26 +200,6 @@ impl Context {
         });
         Dataset::plain(self, plan, "read_text")
     }
-}
-
-/// A text input as the plan carries it: a URL as given, a local path made
-/// absolute (tasks may run in other processes).
-fn text_input(path: &Path) -> std::result::Result<String, EngineError> {
-    let text = path.to_str().ok_or_else(|| EngineError::InputPath {
-        what: "text input",
-        path: path.to_path_buf(),
-        reason: "the path is not UTF-8".into(),
-    })?;
-    if text.contains("://") {
-        return Ok(text.to_string());
-    }
-    crate::cluster::absolute(path)
-        .map(|path| path.to_string_lossy().into_owned())
-        .map_err(|error| EngineError::InputPath {
-            what: "text input",
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })
 }
 
 fn memory_plan<T: Data>(

@@ -30,8 +30,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 MOTO_PORT=$(free_port)
 setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > "$WORK/moto.log" 2>&1 &
 PIDS+=($!)
-# The proxy counts every byte each way; SIGUSR1 zeroes, the file holds
-# "sent_to_server received_from_server" after every connection.
+# The proxy counts every byte each way; SIGUSR1 zeroes. The file holds
+# "sent_to_server received_from_server" as of the last chunk forwarded
+# (clients keep their connections open, so waiting for a close would
+# miss their bytes).
 cat > "$WORK/proxy.py" <<'PY'
 import asyncio, signal, sys
 listen, target, counts = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -46,13 +48,13 @@ async def pipe(reader, writer, index):
     try:
         while data := await reader.read(1 << 16):
             total[index] += len(data)
+            save()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
         writer.close()
-        save()
 async def serve(client_reader, client_writer):
     server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
     await asyncio.gather(pipe(client_reader, server_writer, 0), pipe(server_reader, client_writer, 1))
@@ -105,10 +107,11 @@ bench() {
 
 # One pass with the traffic counted from zero.
 : > "$WORK/moto.log"
-kill -USR1 "$PROXY"; sleep 0.2
+kill -USR1 "$PROXY"
+until grep -qx '0 0' "$WORK/bytes"; do sleep 0.05; done
 "$T" bench tpch --data s3://tpch/data/ --master "$MASTER" --engine cluster --partitions 2 \
   --iterations 1 > /dev/null 2>&1
-sleep 0.5
+# Every response has arrived once the bench returned: the file is current.
 read -r SENT RECEIVED < "$WORK/bytes"
 cp "$WORK/moto.log" "$WORK/traffic.log"
 

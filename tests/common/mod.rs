@@ -28,6 +28,32 @@ pub fn run_tone(args: &[&str]) -> Output {
     tone().args(args).output().expect("the tone binary runs")
 }
 
+/// Runs `command` (in its own process group) to its end and returns its
+/// output; if it is still running after `within`, kills it and fails
+/// naming `what`. For "fails promptly, never hangs": a generous deadline
+/// on the command ending, not a bound on how long it took.
+pub fn output_within(command: &mut Command, within: std::time::Duration, what: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("the command starts");
+    let group = format!("-{}", child.id());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(within) {
+        Ok(output) => output.expect("the command's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            panic!("waiting for {what} to end: still running after {within:?}")
+        }
+    }
+}
+
 /// The address a coordinator started with piped stdout prints on its
 /// first line (`coordinator: listening on ADDRESS`).
 pub fn listen_address(coordinator: &mut Child) -> String {

@@ -41,6 +41,8 @@ pub fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
 pub struct S3Server {
     child: Child,
     pub endpoint: String,
+    /// What a tone process needs in its environment to use this server.
+    env: Vec<(&'static str, String)>,
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -73,6 +75,7 @@ impl S3Server {
         let server = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            env: env_for(&format!("http://127.0.0.1:{port}")),
             port,
             log,
             _dir: dir,
@@ -87,7 +90,15 @@ impl S3Server {
 
     /// What a tone process needs in its environment to use this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        env_for(&self.endpoint)
+        self.env.clone()
+    }
+
+    /// [`S3Server::env`] as borrowed pairs, as cluster helpers take them.
+    pub fn env_pairs(&self) -> Vec<(&'static str, &str)> {
+        self.env
+            .iter()
+            .map(|(key, value)| (*key, value.as_str()))
+            .collect()
     }
 
     /// One plain HTTP request (moto needs no signature); the status line.

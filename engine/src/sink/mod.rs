@@ -44,6 +44,7 @@ mod names;
 mod output;
 mod store;
 
+pub(crate) use names::file_sink_config;
 pub use names::fix_sink_file_names;
 pub use output::{commit_output, prepare_output, OutputError, SUCCESS_MARKER};
 

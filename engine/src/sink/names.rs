@@ -40,15 +40,10 @@ pub async fn fix_sink_file_names(
     let Some(sink) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<DataSinkExec>() else {
         return Ok(plan);
     };
-    let any = sink.sink() as &dyn std::any::Any;
-    let config = any
-        .downcast_ref::<CsvSink>()
-        .map(|sink| sink.config())
-        .or_else(|| any.downcast_ref::<JsonSink>().map(|sink| sink.config()))
-        .or_else(|| any.downcast_ref::<ParquetSink>().map(|sink| sink.config()));
-    let Some(config) = config.and_then(one_named_file) else {
+    let Some(config) = file_sink_config(sink).and_then(one_named_file) else {
         return Ok(plan);
     };
+    let any = sink.sink() as &dyn std::any::Any;
     let input = Arc::clone(sink.input());
     let order = sink.sort_order().clone();
     if let Some(csv) = any.downcast_ref::<CsvSink>() {
@@ -69,6 +64,16 @@ pub async fn fix_sink_file_names(
         .with_options(options)
         .create_writer_physical_plan(input, state, config, order)
         .await
+}
+
+/// The file settings of a DataFusion sink that writes CSV, JSON or
+/// Parquet files; `None` for any other sink.
+pub(crate) fn file_sink_config(sink: &DataSinkExec) -> Option<&FileSinkConfig> {
+    let any = sink.sink() as &dyn std::any::Any;
+    any.downcast_ref::<CsvSink>()
+        .map(|sink| sink.config())
+        .or_else(|| any.downcast_ref::<JsonSink>().map(|sink| sink.config()))
+        .or_else(|| any.downcast_ref::<ParquetSink>().map(|sink| sink.config()))
 }
 
 /// `config` writing one file with a name drawn now, if it writes a folder

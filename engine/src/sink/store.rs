@@ -36,7 +36,7 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 /// (`s3://bucket/out/`) rather than a local path.
 pub(super) fn location_of(dir: &std::path::Path) -> Option<String> {
     dir.to_str()
-        .filter(|text| text.contains("://") && !text.starts_with("file://"))
+        .and_then(crate::stores::object_url)
         .map(|text| format!("{}/", text.trim_end_matches('/')))
 }
 

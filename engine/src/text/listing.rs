@@ -11,6 +11,7 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{EngineError, Result};
+use crate::stores::{local_path, object_url};
 
 /// One file to read: where it is and how many bytes it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,20 +21,14 @@ pub struct TextFile {
     pub size: u64,
 }
 
-/// Whether `location` names an object store rather than a local path.
-pub(super) fn is_url(location: &str) -> bool {
-    location.contains("://") && !location.starts_with("file://")
-}
-
 /// The store-facing form of `location`. Local paths become `file://`
 /// URLs as they are, without the glob expansion `ListingTableUrl::parse`
 /// would apply to them.
 pub(super) fn url_of(location: &str) -> Result<ListingTableUrl> {
-    let url = if is_url(location) {
+    let url = if object_url(location).is_some() {
         url::Url::parse(location).map_err(|error| input_error(location, error))?
     } else {
-        let path = location.strip_prefix("file://").unwrap_or(location);
-        url::Url::from_file_path(path)
+        url::Url::from_file_path(local_path(location))
             .map_err(|()| input_error(location, "not an absolute path"))?
     };
     ListingTableUrl::try_new(url, None).map_err(|error| input_error(location, error))
@@ -51,10 +46,11 @@ pub(super) fn input_error(location: &str, reason: impl std::fmt::Display) -> Eng
 pub async fn list_text_files(runtime: &RuntimeEnv, inputs: &[String]) -> Result<Vec<TextFile>> {
     let mut files = Vec::new();
     for input in inputs {
-        if is_url(input) {
+        if object_url(input).is_some() {
             files.extend(list_objects(runtime, input).await?);
         } else {
-            let path = std::path::absolute(input).map_err(|error| input_error(input, error))?;
+            let path = std::path::absolute(local_path(input))
+                .map_err(|error| input_error(input, error))?;
             let listed = tokio::task::spawn_blocking(move || {
                 let mut files = Vec::new();
                 list_local(&path, &mut files).map(|()| files)
