@@ -396,16 +396,44 @@ impl ClusterClient {
         Ok(())
     }
 
-    /// The newest `limit` jobs the coordinator knows (0: as many as it
-    /// sends at most), oldest first, and how many it knows in all.
+    /// The newest `limit` jobs the coordinator lists (0: all of them),
+    /// oldest first, and how many it lists in all.
     pub async fn jobs(&self, limit: u32) -> Result<(Vec<pb::JobStatus>, u64), ClusterError> {
-        let listed = self
-            .jobs
-            .clone()
-            .list_jobs(pb::ListJobsRequest { limit })
-            .await?
-            .into_inner();
-        Ok((listed.jobs, listed.total))
+        self.list_jobs(limit as usize, None).await
+    }
+
+    /// The newest `limit` jobs in `state` (every state without one; 0:
+    /// every job), oldest first, read page by page; and how many jobs in
+    /// that state the coordinator lists.
+    pub async fn list_jobs(
+        &self,
+        limit: usize,
+        state: Option<pb::JobState>,
+    ) -> Result<(Vec<pb::JobStatus>, u64), ClusterError> {
+        let wanted = if limit == 0 { usize::MAX } else { limit };
+        let mut pages = Vec::new();
+        let (mut listed, mut before, mut total) = (0, 0, 0);
+        while listed < wanted {
+            let request = pb::ListJobsRequest {
+                // The coordinator caps a page; 0 asks for a full one.
+                limit: u32::try_from(wanted - listed).unwrap_or(0),
+                state: state.map_or(0, |state| state as i32),
+                before,
+            };
+            let page = self.jobs.clone().list_jobs(request).await?.into_inner();
+            total = page.total;
+            listed += page.jobs.len();
+            pages.push(page.jobs);
+            if page.next_before == 0 {
+                break;
+            }
+            before = page.next_before;
+        }
+        // Pages come newest first, each oldest first inside.
+        let mut jobs: Vec<pb::JobStatus> = pages.into_iter().rev().flatten().collect();
+        let extra = jobs.len().saturating_sub(wanted);
+        jobs.drain(..extra);
+        Ok((jobs, total))
     }
 
     /// The live workers.

@@ -461,6 +461,59 @@ pub fn tone_ok(master_env: Option<&str>, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_lists_a_capped_history_by_state_and_page() {
+    let cluster = LocalCluster::start_with(1, 1, &[], &["--job-history", "2"]).await;
+    let client = cluster.client().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        client
+            .sql(&format!("select {n}"), &[], 0)
+            .await
+            .expect("runs");
+        let (jobs, _) = client.jobs(0).await.expect("jobs");
+        ids.push(jobs.last().expect("the job is listed").job_id.clone());
+    }
+    let (jobs, total) = client.jobs(0).await.expect("jobs");
+    let listed: Vec<&str> = jobs.iter().map(|job| job.job_id.as_str()).collect();
+    assert_eq!(
+        listed,
+        [ids[1].as_str(), ids[2].as_str()],
+        "the two newest, oldest first"
+    );
+    assert_eq!(total, 2, "the oldest left the history");
+    let gone = client.status(&ids[0]).await.expect_err("not kept");
+    assert!(gone.to_string().contains(&ids[0]), "{gone}");
+
+    let master = &cluster.master;
+    let output = tone()
+        .args(["jobs", "--master", master, "--limit", "1"])
+        .output()
+        .expect("tone runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.lines().count(),
+        2,
+        "a header and the newest job: {stdout}"
+    );
+    assert!(stdout.contains(&ids[2]), "{stdout}");
+    assert!(stderr.contains("1 older jobs not shown"), "{stderr}");
+    let succeeded = tone_ok(None, &["jobs", "--master", master, "--state", "succeeded"]);
+    assert_eq!(succeeded.lines().count(), 3, "{succeeded}");
+    let failed = tone_ok(None, &["jobs", "--master", master, "--state", "failed"]);
+    assert_eq!(failed.lines().count(), 1, "only the header: {failed}");
+    let bad = tone()
+        .args(["jobs", "--master", master, "--state", "sleeping"])
+        .output()
+        .expect("tone runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sleeping"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cli_submit_jobs_status_workers_and_catalog() {
     let cluster = LocalCluster::start(2, 1).await;
     let master = cluster.master.as_str();

@@ -148,7 +148,15 @@ async fn seeds_for_the_fuzz_targets() {
             }
             .encode_to_vec(),
         ),
-        ("list", 4, pb::ListJobsRequest { limit: 3 }.encode_to_vec()),
+        (
+            "list",
+            4,
+            pb::ListJobsRequest {
+                limit: 3,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
         (
             "has",
             5,

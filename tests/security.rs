@@ -360,7 +360,10 @@ async fn tokens_are_required_and_kept_to_their_role() {
     // A worker token may not act as a client either (raw call).
     let channel = cluster.channel(Some(&cluster.secrets.worker_token)).await;
     let listed = JobsClient::new(channel)
-        .list_jobs(pb::ListJobsRequest { limit: 0 })
+        .list_jobs(pb::ListJobsRequest {
+            limit: 0,
+            ..Default::default()
+        })
         .await
         .expect_err("a worker token cannot list jobs");
     assert_eq!(listed.code(), tonic::Code::Unauthenticated);
@@ -886,13 +889,54 @@ async fn numbers_and_names_from_the_wire_are_bounded() {
         client.sql("select 1", &[], 0).await.expect("runs");
     }
     let listed = jobs
-        .list_jobs(pb::ListJobsRequest { limit: 2 })
+        .list_jobs(pb::ListJobsRequest {
+            limit: 2,
+            ..Default::default()
+        })
         .await
         .expect("listed")
         .into_inner();
     assert_eq!(listed.jobs.len(), 2);
     assert_eq!(listed.total, 3);
     assert!(listed.jobs.iter().all(|job| job.results.is_empty()));
+    // The next page holds the oldest job, and is the last.
+    assert_ne!(listed.next_before, 0, "a page follows");
+    let older = jobs
+        .list_jobs(pb::ListJobsRequest {
+            limit: 2,
+            before: listed.next_before,
+            ..Default::default()
+        })
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!((older.jobs.len(), older.next_before), (1, 0));
+    let mut ids: Vec<String> = listed
+        .jobs
+        .iter()
+        .chain(&older.jobs)
+        .map(|job| job.job_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "the pages do not overlap");
+    let failed = pb::ListJobsRequest {
+        state: pb::JobState::Failed as i32,
+        ..Default::default()
+    };
+    let failed = jobs.list_jobs(failed).await.expect("listed").into_inner();
+    assert_eq!(
+        (failed.jobs.len(), failed.total),
+        (0, 0),
+        "every job succeeded"
+    );
+    let unknown = pb::ListJobsRequest {
+        state: 99,
+        ..Default::default()
+    };
+    let refused_state = jobs.list_jobs(unknown).await.expect_err("no such state");
+    assert_eq!(refused_state.code(), tonic::Code::InvalidArgument);
+    assert!(refused_state.message().contains("99"), "{refused_state:?}");
     // Still healthy.
     assert_eq!(client.workers().await.expect("listed").len(), 1);
 }

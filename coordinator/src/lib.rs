@@ -28,7 +28,7 @@ pub mod security;
 mod service;
 mod state;
 
-pub use scheduler::SchedulerConfig;
+pub use scheduler::{SchedulerConfig, DEFAULT_JOB_HISTORY};
 pub use security::CoordinatorSecurity;
 
 use std::net::SocketAddr;

@@ -22,8 +22,11 @@ pub const MAX_EXECUTOR_ARGS: usize = 4096;
 pub const MAX_EXECUTOR_ARG_BYTES: usize = 1024 * 1024;
 /// Earlier results one Rust job may replay.
 pub const MAX_REPLAYED_RESULTS: usize = 100_000;
-/// Jobs one `ListJobs` answer holds at most (the newest).
-pub const MAX_LISTED_JOBS: usize = 10_000;
+/// Jobs one `ListJobs` page holds at most; `tone jobs` pages through more.
+pub const MAX_LISTED_JOBS: usize = 1_000;
+/// SQL text a listed job carries at most (`Status` has the whole text), so
+/// a full page stays far below the message limit.
+pub const MAX_LISTED_SQL_BYTES: usize = 4096;
 /// Longest worker id and Flight address.
 pub const MAX_WORKER_ID_CHARS: usize = 128;
 pub const MAX_ADDRESS_CHARS: usize = 256;

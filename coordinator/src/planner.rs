@@ -89,9 +89,9 @@ impl Planner {
         self.engine.register_table(name, Path::new(path)).await
     }
 
-    fn record(&self, entry: CatalogEntry) {
+    async fn record(&self, entry: CatalogEntry) {
         if let Some(state) = &self.state {
-            state.add_catalog(entry);
+            state.add_catalog(entry).await;
         }
     }
 
@@ -114,12 +114,14 @@ impl Planner {
             self.record(CatalogEntry::Table {
                 name: table.name.clone(),
                 path: table.path.clone(),
-            });
+            })
+            .await;
         }
         let Some(plan) = self.engine.plan_statement(&request.sql, partitions).await? else {
             self.record(CatalogEntry::Statement {
                 sql: request.sql.clone(),
-            });
+            })
+            .await;
             return Ok(Planned::CatalogChange);
         };
         let plan = cluster_rewrites(plan)?;

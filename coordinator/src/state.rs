@@ -2,13 +2,16 @@
 //! the catalog, in an embedded transactional store (redb).
 //!
 //! Writes go to one thread that owns the database, in the order they were
-//! made, so the scheduler's event loop never waits on a disk sync. A job is
-//! acknowledged to its client only after its record is committed: a job the
-//! client heard of is never lost by a crash.
+//! made, so the scheduler's event loop never waits on a disk sync. The queue
+//! to it is bounded: when the disk falls behind, writers wait (back
+//! pressure) instead of the queue growing. A job is acknowledged to its
+//! client only after its record is committed: a job the client heard of is
+//! never lost by a crash.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -18,6 +21,8 @@ use tone_proto::v1 as pb;
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const CATALOG: TableDefinition<u64, &[u8]> = TableDefinition::new("catalog");
 const FILE_NAME: &str = "coordinator.redb";
+/// Writes waiting for the writer thread at most.
+const WRITE_QUEUE: usize = 1024;
 
 /// A change to the catalog, replayed in order after a restart.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,11 +60,13 @@ enum Write {
     },
 }
 
-/// Handle for writing state; cheap to share.
+/// Handle for writing state; shared. Dropping the last handle waits for
+/// the queued writes and closes the database.
 #[derive(Debug)]
 pub struct StateStore {
-    writes: mpsc::Sender<Write>,
+    writes: Option<tokio::sync::mpsc::Sender<Write>>,
     next_sequence: AtomicU64,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl StateStore {
@@ -76,27 +83,51 @@ impl StateStore {
             path: path.clone(),
             reason,
         })?;
-        let (writes, queue) = mpsc::channel();
-        std::thread::Builder::new()
+        let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let writer = std::thread::Builder::new()
             .name("tone-state".into())
             .spawn(move || write_loop(database, path, queue))
             .map_err(|error| open_error(error.to_string()))?;
         let store = Self {
-            writes,
+            writes: Some(writes),
             next_sequence: AtomicU64::new(restored.catalog.len() as u64),
+            writer: Mutex::new(Some(writer)),
         };
         Ok((store, restored))
     }
 
     /// Records a job's status; `committed` hears when it is on disk.
-    pub fn save_job(&self, status: pb::JobStatus, committed: Option<oneshot::Sender<()>>) {
-        let _ = self.writes.send(Write::Job { status, committed });
+    pub async fn save_job(&self, status: pb::JobStatus, committed: Option<oneshot::Sender<()>>) {
+        self.send(Write::Job { status, committed }).await;
     }
 
     /// Appends a catalog change.
-    pub fn add_catalog(&self, entry: CatalogEntry) {
+    pub async fn add_catalog(&self, entry: CatalogEntry) {
         let sequence = self.next_sequence.fetch_add(1, Ordering::SeqCst);
-        let _ = self.writes.send(Write::Catalog { sequence, entry });
+        self.send(Write::Catalog { sequence, entry }).await;
+    }
+
+    async fn send(&self, write: Write) {
+        if let Some(writes) = &self.writes {
+            // Only fails once the writer thread is gone (it never returns
+            // early); the write is lost with the database then.
+            let _ = writes.send(write).await;
+        }
+    }
+}
+
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        // The writer ends once its queue is closed and drained.
+        drop(self.writes.take());
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -126,8 +157,8 @@ fn read_all(database: &Database) -> Result<Restored, String> {
     Ok(restored)
 }
 
-fn write_loop(database: Database, path: PathBuf, queue: mpsc::Receiver<Write>) {
-    while let Ok(write) = queue.recv() {
+fn write_loop(database: Database, path: PathBuf, mut queue: tokio::sync::mpsc::Receiver<Write>) {
+    while let Some(write) = queue.blocking_recv() {
         let mut acknowledge = None;
         let outcome = match write {
             Write::Job { status, committed } => {
@@ -172,40 +203,34 @@ fn commit(
 mod tests {
     use super::*;
 
-    #[test]
-    fn jobs_and_catalog_survive_reopening_in_order() {
+    #[tokio::test]
+    async fn jobs_and_catalog_survive_reopening_in_order() {
         let dir = tempfile::tempdir().expect("temp dir");
         {
             let (store, restored) = StateStore::open(dir.path()).expect("opens");
             assert!(restored.jobs.is_empty() && restored.catalog.is_empty());
-            store.add_catalog(CatalogEntry::Table {
-                name: "t".into(),
-                path: "/data/t".into(),
-            });
-            store.add_catalog(CatalogEntry::Statement {
-                sql: "CREATE VIEW v AS SELECT 1".into(),
-            });
+            store
+                .add_catalog(CatalogEntry::Table {
+                    name: "t".into(),
+                    path: "/data/t".into(),
+                })
+                .await;
+            store
+                .add_catalog(CatalogEntry::Statement {
+                    sql: "CREATE VIEW v AS SELECT 1".into(),
+                })
+                .await;
             let (done, committed) = oneshot::channel();
             let status = pb::JobStatus {
                 job_id: "job-1".into(),
                 state: pb::JobState::Succeeded as i32,
                 ..Default::default()
             };
-            store.save_job(status, Some(done));
-            committed.blocking_recv().expect("committed");
+            store.save_job(status, Some(done)).await;
+            committed.await.expect("committed");
         }
-        // The writer thread holds the file until its queue closes: open
-        // succeeds once it let go.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let (_, restored) = loop {
-            match StateStore::open(dir.path()) {
-                Ok(opened) => break opened,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(error) => panic!("waiting for the writer to let go of the file: {error}"),
-            }
-        };
+        // Dropping the store closed the database: it opens again at once.
+        let (_, restored) = StateStore::open(dir.path()).expect("reopens");
         assert_eq!(restored.jobs.len(), 1);
         assert_eq!(restored.jobs[0].job_id, "job-1");
         assert_eq!(
@@ -220,5 +245,22 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn more_writes_than_the_queue_holds_all_land() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (store, _) = StateStore::open(dir.path()).expect("opens");
+            for n in 0..(WRITE_QUEUE * 3) {
+                let status = pb::JobStatus {
+                    job_id: format!("job-{n}"),
+                    ..Default::default()
+                };
+                store.save_job(status, None).await;
+            }
+        }
+        let (_, restored) = StateStore::open(dir.path()).expect("reopens");
+        assert_eq!(restored.jobs.len(), WRITE_QUEUE * 3);
     }
 }

@@ -113,6 +113,10 @@ pub struct FailureArgs {
     /// A job that has work but no worker for this long fails.
     #[arg(long, default_value_t = 30_000)]
     pub no_worker_grace_ms: u64,
+    /// Ended jobs the coordinator keeps listing; older ones are dropped
+    /// from memory (the state store keeps them).
+    #[arg(long, default_value_t = tone_coordinator::DEFAULT_JOB_HISTORY, value_name = "N")]
+    pub job_history: usize,
 }
 
 impl FailureArgs {
@@ -121,6 +125,7 @@ impl FailureArgs {
             heartbeat_timeout: std::time::Duration::from_millis(self.heartbeat_timeout_ms.max(1)),
             max_task_attempts: self.max_task_attempts.max(1),
             no_worker_grace: std::time::Duration::from_millis(self.no_worker_grace_ms),
+            job_history: self.job_history.max(1),
             ..tone_coordinator::SchedulerConfig::default()
         }
     }
@@ -133,6 +138,8 @@ impl FailureArgs {
             self.max_task_attempts.to_string(),
             "--no-worker-grace-ms".into(),
             self.no_worker_grace_ms.to_string(),
+            "--job-history".into(),
+            self.job_history.to_string(),
         ]
     }
 }

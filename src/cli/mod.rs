@@ -59,7 +59,7 @@ pub enum Command {
     /// Run a SQL file on a cluster, with live progress.
     Submit(remote::SubmitArgs),
     /// List the cluster's jobs.
-    Jobs(remote::MasterArgs),
+    Jobs(remote::JobsArgs),
     /// Show one job's status.
     Status(remote::JobArgs),
     /// Cancel a job.

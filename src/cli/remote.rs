@@ -343,12 +343,50 @@ fn one_line(sql: &str, width: usize) -> String {
     }
 }
 
-pub async fn jobs(args: MasterArgs) -> Result<(), CliError> {
-    let client = args.client().await?;
-    let (jobs, total) = client.jobs(0).await?;
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  tone jobs --master http://127.0.0.1:50050 --state failed --limit 20"
+)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub master: MasterArgs,
+    /// Show the newest N jobs (0: every job the coordinator lists).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub limit: usize,
+    /// Only jobs in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<JobStateArg>,
+}
+
+/// A job state, as `tone jobs --state` takes it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JobStateArg {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStateArg {
+    fn to_proto(self) -> pb::JobState {
+        match self {
+            JobStateArg::Queued => pb::JobState::Queued,
+            JobStateArg::Running => pb::JobState::Running,
+            JobStateArg::Succeeded => pb::JobState::Succeeded,
+            JobStateArg::Failed => pb::JobState::Failed,
+            JobStateArg::Cancelled => pb::JobState::Cancelled,
+        }
+    }
+}
+
+pub async fn jobs(args: JobsArgs) -> Result<(), CliError> {
+    let client = args.master.client().await?;
+    let state = args.state.map(JobStateArg::to_proto);
+    let (jobs, total) = client.list_jobs(args.limit, state).await?;
     let older = total.saturating_sub(jobs.len() as u64);
     if older > 0 {
-        eprintln!("({older} older jobs not shown)");
+        eprintln!("({older} older jobs not shown; --limit N shows more)");
     }
     emit(format_args!(
         "{:<18} {:<10} {:>7} {:>9}  sql",

@@ -294,7 +294,7 @@ fn assemble(
     if *next_part < assign.plan_parts {
         return None;
     }
-    assign.plan = parts.remove(&id)?.1;
+    assign.plan = parts.remove(&id)?.1.into();
     Some(assign)
 }
 
@@ -386,7 +386,7 @@ mod tests {
                 partition: 2,
                 attempt: 0,
             }),
-            plan: bytes.to_vec(),
+            plan: bytes.to_vec().into(),
             plan_part: part,
             plan_parts: parts,
             ..Default::default()
@@ -399,16 +399,12 @@ mod tests {
         assert!(assemble(&mut parts, part(0, 3, b"ab")).is_none());
         assert!(assemble(&mut parts, part(1, 3, b"cd")).is_none());
         let whole = assemble(&mut parts, part(2, 3, b"e")).expect("complete");
-        assert_eq!(whole.plan, b"abcde");
+        assert_eq!(&whole.plan[..], b"abcde");
         assert!(parts.is_empty());
 
         assert!(assemble(&mut parts, part(1, 2, b"x")).is_none());
         assert!(parts.is_empty(), "an out-of-order part must not be kept");
-        assert_eq!(
-            assemble(&mut parts, part(0, 1, b"whole"))
-                .expect("single")
-                .plan,
-            b"whole"
-        );
+        let single = assemble(&mut parts, part(0, 1, b"whole")).expect("single");
+        assert_eq!(&single.plan[..], b"whole");
     }
 }

@@ -11,9 +11,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
-use tone_proto::v1 as pb;
+use std::time::Instant;
 
-use super::{Event, Scheduler};
+use tone_engine::JobId;
+
+use super::event_loop::Scheduler;
+use super::Event;
 
 /// The planted panic, read once.
 fn planted() -> Option<&'static str> {
@@ -41,16 +44,15 @@ pub(super) fn planted_in_list_jobs() {
 
 impl Event {
     /// The job an event is about, if any.
-    fn job_id(&self) -> Option<String> {
+    fn job_id(&self) -> Option<JobId> {
         match self {
-            Event::Submit { job_id, .. } | Event::CatalogChange { job_id, .. } => {
-                Some(job_id.0.clone())
-            }
+            Event::Submit(submission) => Some(submission.job_id.clone()),
+            Event::CatalogChange { job_id, .. } => Some(job_id.clone()),
             Event::Cancel { job_id, .. }
             | Event::Release { job_id }
-            | Event::Watch { job_id, .. } => Some(job_id.clone()),
+            | Event::Watch { job_id, .. } => Some(JobId(job_id.clone())),
             Event::TaskStatus { status, .. } => {
-                status.task.as_ref().map(|task| task.job_id.clone())
+                status.task.as_ref().map(|task| JobId(task.job_id.clone()))
             }
             _ => None,
         }
@@ -58,27 +60,26 @@ impl Event {
 }
 
 impl Scheduler {
-    /// Handles one event and assigns free slots; `Err` when the loop must
-    /// stop.
+    /// Handles one event; `Err` when the loop must stop.
     pub(super) fn step(&mut self, event: Event) -> Result<(), String> {
         let name = event.name();
-        self.in_hand = event.job_id();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_and_assign(event)));
+        self.state.set_in_hand(event.job_id());
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(event)));
         let Err(panic) = outcome else {
-            self.in_hand = None;
+            self.state.set_in_hand(None);
             return Ok(());
         };
         let message = tone_engine::cpu::panic_message(&panic);
-        let Some(job_id) = self.in_hand.take() else {
+        let Some(job_id) = self.state.take_in_hand() else {
             return Err(format!("the scheduler panicked handling {name}: {message}"));
         };
         tracing::error!(%job_id, event = name, %message, "scheduler panic; failing the job");
         let recovered = catch_unwind(AssertUnwindSafe(|| {
-            self.fail_for_panic(&job_id, name, &message);
-            self.let_drained_workers_go();
-            self.assign_free_slots();
+            let now = Instant::now();
+            self.state.fail_for_panic(&job_id, name, &message, now);
+            self.carry_out(now);
         }));
-        self.in_hand = None;
+        self.state.set_in_hand(None);
         recovered.map_err(|again| {
             format!(
                 "the scheduler panicked handling {name} ({message}) and again while failing \
@@ -86,22 +87,5 @@ impl Scheduler {
                 tone_engine::cpu::panic_message(&again)
             )
         })
-    }
-
-    fn fail_for_panic(&mut self, job_id: &str, event: &str, message: &str) {
-        let Some(index) = self.job_index(job_id) else {
-            return;
-        };
-        if self.jobs[index].is_active() {
-            self.stop_job(
-                index,
-                pb::JobState::Failed,
-                pb::ErrorKind::Internal,
-                format!(
-                    "internal error (please report): the coordinator's scheduler panicked \
-                     while handling {event} for this job: {message}"
-                ),
-            );
-        }
     }
 }

@@ -15,7 +15,7 @@ use super::scheduler_stopped;
 use crate::binaries::{BinaryError, BinaryStore};
 use crate::limits::{check_submit, MAX_LISTED_JOBS};
 use crate::planner::{Planned, Planner};
-use crate::scheduler::{has_ended, Event, EventSender};
+use crate::scheduler::{has_ended, Event, EventSender, JobQuery, Submission};
 use crate::security::Guard;
 
 pub struct JobsService {
@@ -231,7 +231,7 @@ impl Jobs for JobsService {
                 let timeout = (request.timeout_ms > 0)
                     .then(|| std::time::Duration::from_millis(request.timeout_ms));
                 let (reply, recorded) = oneshot::channel();
-                let event = Event::Submit {
+                let event = Event::Submit(Box::new(Submission {
                     job_id: id,
                     sql,
                     dag,
@@ -240,7 +240,7 @@ impl Jobs for JobsService {
                     executor,
                     binary,
                     reply,
-                };
+                }));
                 self.events.send(event).await.map_err(scheduler_stopped)?;
                 if recorded.await.is_err() {
                     // The scheduler failed while taking the job in (a
@@ -328,14 +328,31 @@ impl Jobs for JobsService {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.guard.client(&request)?;
-        let limit = match request.into_inner().limit as usize {
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
             0 => MAX_LISTED_JOBS,
             limit => limit.min(MAX_LISTED_JOBS),
         };
-        let (jobs, total) = self.ask(|reply| Event::ListJobs { limit, reply }).await?;
+        let state = match pb::JobState::try_from(request.state) {
+            Ok(pb::JobState::Unspecified) => None,
+            Ok(state) => Some(state),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "list jobs: {} is not a job state",
+                    request.state
+                )))
+            }
+        };
+        let query = JobQuery {
+            limit,
+            state,
+            before: (request.before > 0).then_some(request.before),
+        };
+        let page = self.ask(|reply| Event::ListJobs { query, reply }).await?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs,
-            total: total as u64,
+            jobs: page.jobs,
+            total: page.total as u64,
+            next_before: page.next_before,
         }))
     }
 

@@ -1,0 +1,498 @@
+//! The event loop around the state: it turns each [`Event`] into a
+//! transition, carries out the [`Command`]s that come back (messages to
+//! workers, published statuses), and moves ended jobs to the history and
+//! the state store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tone_engine::JobId;
+use tone_proto::security::tickets::FETCH_GRANT_TTL;
+use tone_proto::security::TicketKey;
+use tone_proto::v1 as pb;
+use tone_proto::PLAN_PART_BYTES;
+use tonic::Status;
+
+use super::edge;
+use super::history::History;
+use super::model::{Attempt, Command, Recipients, TaskKey, WorkerId};
+use super::plans::DagPlans;
+use super::state::{IdTaken, JobSpec, Joining, SchedulerState, Session};
+use super::{panic, Event, JobPage, JobQuery, Outbox, Submission};
+use crate::binaries::BinaryPin;
+use crate::limits::MAX_LISTED_SQL_BYTES;
+use crate::state::StateStore;
+
+/// What the loop holds for a live job besides its scheduling state.
+struct Live {
+    /// Submission order, for listing.
+    number: u64,
+    publisher: watch::Sender<pb::JobStatus>,
+    result_schema: Vec<u8>,
+    /// For a job with Rust closures: the executor its tasks run in.
+    executor: Option<pb::ExecutorSpec>,
+    /// Keeps the job's binary and replayed results stored until it ends.
+    _binary: Vec<BinaryPin>,
+}
+
+pub struct Scheduler {
+    pub(super) state: SchedulerState,
+    /// Each worker's current session and the way to it.
+    outboxes: BTreeMap<WorkerId, (u64, Outbox)>,
+    live: HashMap<JobId, Live>,
+    history: History,
+    next_number: u64,
+    /// Where job records go, with `--state-dir`.
+    store: Option<Arc<StateStore>>,
+    /// Signs fetch grants and executor specs.
+    key: TicketKey,
+    /// Records for the state store, written after the step that made them
+    /// (the write waits when the store's queue is full).
+    unsaved: Vec<(pb::JobStatus, Option<oneshot::Sender<()>>)>,
+}
+
+impl Scheduler {
+    /// `to_record`: restored jobs whose record changed (marked failed,
+    /// as they were running); they are the first writes.
+    pub fn new(
+        state: SchedulerState,
+        history: Vec<pb::JobStatus>,
+        to_record: Vec<pb::JobStatus>,
+        capacity: usize,
+        store: Option<Arc<StateStore>>,
+        key: TicketKey,
+    ) -> Self {
+        let mut past = History::new(capacity);
+        let next_number = history.len() as u64;
+        let unsaved = match &store {
+            Some(_) => to_record.into_iter().map(|status| (status, None)).collect(),
+            None => Vec::new(),
+        };
+        for (number, status) in history.into_iter().enumerate() {
+            past.push(number as u64, status);
+        }
+        Self {
+            state,
+            outboxes: BTreeMap::new(),
+            live: HashMap::new(),
+            history: past,
+            next_number,
+            store,
+            key,
+            unsaved,
+        }
+    }
+
+    /// Handles events until every sender is gone. A panic while handling
+    /// one fails the job the event was about (see `panic.rs`) and the loop
+    /// goes on; a panic it cannot pin on a job ends the loop, and the
+    /// reason goes to `fatal` so the coordinator exits instead of
+    /// answering without ever scheduling.
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, fatal: oneshot::Sender<String>) {
+        self.save().await;
+        while let Some(event) = events.recv().await {
+            if !matches!(
+                event,
+                Event::Heartbeat { .. } | Event::Watch { .. } | Event::Tick
+            ) {
+                tracing::debug!(event = event.name(), "scheduler event");
+            }
+            let stepped = self.step(event);
+            self.save().await;
+            if let Err(reason) = stepped {
+                tracing::error!(%reason, "the scheduler cannot go on; the coordinator stops");
+                let _ = fatal.send(reason);
+                return;
+            }
+        }
+    }
+
+    /// Writes the records the last step made, in order.
+    async fn save(&mut self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        for (status, committed) in std::mem::take(&mut self.unsaved) {
+            store.save_job(status, committed).await;
+        }
+    }
+
+    pub(super) fn handle(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::WorkerJoined {
+                worker_id,
+                session,
+                session_key,
+                address,
+                slots,
+                max_executors,
+                outbox,
+                reply,
+            } => {
+                let id = WorkerId(worker_id);
+                let joining = Joining {
+                    id: id.clone(),
+                    session: Session {
+                        number: session,
+                        key: session_key,
+                    },
+                    address,
+                    slots,
+                    max_executors,
+                };
+                let joined = self.state.join(joining, now);
+                if joined.is_ok() {
+                    // Replaces (and so ends) an earlier session's outbox.
+                    self.outboxes.insert(id, (session, outbox));
+                }
+                let _ =
+                    reply
+                        .send(joined.map_err(|IdTaken(id)| {
+                            Status::already_exists(IdTaken(id).to_string())
+                        }));
+            }
+            Event::WorkerLeft { worker_id, session } => {
+                self.state.leave(&WorkerId(worker_id), session, now);
+            }
+            Event::Tick => self.state.tick(now),
+            Event::Heartbeat {
+                worker_id,
+                session,
+                heartbeat,
+            } => {
+                let figures = edge::figures_from_proto(&heartbeat);
+                self.state
+                    .heartbeat(&WorkerId(worker_id), session, figures, now);
+            }
+            Event::Drain { worker_id, session } => {
+                self.state.drain(&WorkerId(worker_id), session, now);
+            }
+            Event::TaskStatus {
+                worker_id,
+                session,
+                status,
+            } => {
+                if let (Some(key), Some(outcome)) = (status.task, status.outcome) {
+                    let (task, attempt) = edge::task_key_from_proto(&key);
+                    let outcome = edge::outcome_from_proto(outcome);
+                    self.state
+                        .report(&WorkerId(worker_id), session, &task, attempt, outcome, now);
+                }
+            }
+            Event::Submit(submission) => self.submit(*submission, now),
+            Event::CatalogChange { job_id, sql } => self.catalog_change(job_id, sql),
+            Event::Cancel { job_id, reply } => {
+                let id = JobId(job_id);
+                self.state.cancel(&id, now);
+                self.carry_out(now);
+                let _ = reply.send(self.status_of(&id, now));
+            }
+            Event::Release { job_id } => self.state.release(&JobId(job_id), now),
+            Event::Watch { job_id, reply } => {
+                let id = JobId(job_id);
+                let receiver = match self.live.get(&id) {
+                    Some(live) => Some(live.publisher.subscribe()),
+                    // An ended job's status never changes again.
+                    None => self
+                        .history
+                        .get(&id.0)
+                        .map(|status| watch::channel(status.clone()).1),
+                };
+                let _ = reply.send(receiver);
+            }
+            Event::ListJobs { query, reply } => {
+                panic::planted_in_list_jobs();
+                let _ = reply.send(self.list_jobs(query, now));
+            }
+            Event::ListWorkers { reply } => {
+                let workers = self
+                    .state
+                    .workers()
+                    .map(|(id, worker)| edge::worker_info(id, worker))
+                    .collect();
+                let _ = reply.send(workers);
+            }
+        }
+        self.carry_out(now);
+    }
+
+    fn submit(&mut self, submission: Submission, now: Instant) {
+        let Submission {
+            job_id,
+            sql,
+            dag,
+            schema,
+            timeout,
+            executor,
+            binary,
+            reply,
+        } = submission;
+        let plans = DagPlans(dag);
+        let spec = JobSpec {
+            id: job_id.clone(),
+            sql: sql.clone(),
+            stages: plans.shapes(),
+            plans: Box::new(plans),
+            timeout,
+            closures: executor.is_some(),
+        };
+        let (publisher, _) = watch::channel(pb::JobStatus::default());
+        let live = Live {
+            number: self.take_number(),
+            publisher,
+            result_schema: edge::schema_bytes(&schema),
+            executor,
+            _binary: binary,
+        };
+        self.live.insert(job_id.clone(), live);
+        self.state.submit(spec, now);
+        // The client hears of the job once it is recorded.
+        match (&self.store, self.status_of(&job_id, now)) {
+            (Some(_), Some(status)) => self.unsaved.push((status, Some(reply))),
+            _ => {
+                let _ = reply.send(());
+            }
+        }
+        panic::planted_in_submit(&sql);
+    }
+
+    /// A statement that only changed the catalog, listed as done.
+    fn catalog_change(&mut self, job_id: JobId, sql: String) {
+        let status = pb::JobStatus {
+            job_id: job_id.0,
+            state: pb::JobState::Succeeded as i32,
+            sql,
+            ..Default::default()
+        };
+        if self.store.is_some() {
+            self.unsaved.push((status.clone(), None));
+        }
+        let number = self.take_number();
+        self.history.push(number, status);
+    }
+
+    fn take_number(&mut self) -> u64 {
+        self.next_number += 1;
+        self.next_number - 1
+    }
+
+    fn status_of(&self, id: &JobId, now: Instant) -> Option<pb::JobStatus> {
+        match (self.state.job(id), self.live.get(id)) {
+            (Some(job), Some(live)) => Some(edge::job_status(job, &live.result_schema, now)),
+            _ => self.history.get(&id.0).cloned(),
+        }
+    }
+
+    /// A page of jobs, newest chosen first and listed oldest first.
+    fn list_jobs(&self, query: JobQuery, now: Instant) -> JobPage {
+        let wanted =
+            |status: &pb::JobStatus| query.state.is_none_or(|state| status.state == state as i32);
+        let live: Vec<(u64, pb::JobStatus)> = self
+            .state
+            .jobs()
+            .filter_map(|job| {
+                let live = self.live.get(&job.id)?;
+                Some((live.number, edge::job_status(job, &live.result_schema, now)))
+            })
+            .filter(|(_, status)| wanted(status))
+            .collect();
+        let total = live.len() + self.history.iter().filter(|status| wanted(status)).count();
+        let below = |number: u64| query.before.is_none_or(|before| number < before);
+        let past = self
+            .history
+            .newest_below(query.before)
+            .filter(|(_, status)| wanted(status))
+            .take(query.limit + 1)
+            .map(|(number, status)| (number, status.clone()));
+        let mut listed: Vec<(u64, pb::JobStatus)> = live
+            .into_iter()
+            .filter(|(number, _)| below(*number))
+            .chain(past)
+            .collect();
+        listed.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
+        let more = listed.len() > query.limit;
+        listed.truncate(query.limit);
+        let next_before = match (more, listed.last()) {
+            (true, Some((oldest, _))) => *oldest,
+            _ => 0,
+        };
+        let jobs = listed
+            .into_iter()
+            .rev()
+            .map(|(_, status)| listed_summary(status))
+            .collect();
+        JobPage {
+            jobs,
+            total,
+            next_before,
+        }
+    }
+
+    /// Carries out what the transitions asked for, then publishes the
+    /// statuses that changed and moves ended jobs out.
+    pub(super) fn carry_out(&mut self, now: Instant) {
+        let mut changed = BTreeSet::new();
+        loop {
+            let commands = self.state.take_commands();
+            if commands.is_empty() {
+                break;
+            }
+            for command in commands {
+                match command {
+                    Command::Changed(job) => {
+                        changed.insert(job);
+                    }
+                    other => self.send(other, now),
+                }
+            }
+        }
+        for id in &changed {
+            if let (Some(job), Some(live)) = (self.state.job(id), self.live.get(id)) {
+                live.publisher
+                    .send_replace(edge::job_status(job, &live.result_schema, now));
+            }
+        }
+        for job in self.state.take_ended() {
+            let Some(live) = self.live.remove(&job.id) else {
+                continue;
+            };
+            let status = edge::job_status(&job, &live.result_schema, now);
+            live.publisher.send_replace(status.clone());
+            if self.store.is_some() {
+                self.unsaved.push((status.clone(), None));
+            }
+            self.history.push(live.number, status);
+            // Dropping `live` lets the job's binary be collected once
+            // unused for the ttl: its results need no executor.
+        }
+    }
+
+    /// Sends one command to its worker(s).
+    fn send(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Assign {
+                worker,
+                task,
+                attempt,
+                plan,
+            } => {
+                if !self.send_assignment(&worker, &task, attempt, &plan) {
+                    // The session is gone or stuck; its end follows. Until
+                    // then the worker takes nothing, or the task would be
+                    // offered to it forever.
+                    self.state.undeliverable(&worker, &task, now);
+                }
+            }
+            Command::CancelTask {
+                worker,
+                task,
+                attempt,
+            } => {
+                if let Some((_, outbox)) = self.outboxes.get(&worker) {
+                    let _ = outbox.try_send(Ok(edge::cancel_task(&task, attempt)));
+                }
+            }
+            Command::Release { job, to } => {
+                let message = edge::release(&job);
+                // A full outbox means a stuck worker; its session ends soon.
+                match to {
+                    Recipients::Every => {
+                        for (_, outbox) in self.outboxes.values() {
+                            let _ = outbox.try_send(Ok(message.clone()));
+                        }
+                    }
+                    Recipients::One(worker) => {
+                        if let Some((_, outbox)) = self.outboxes.get(&worker) {
+                            let _ = outbox.try_send(Ok(message));
+                        }
+                    }
+                }
+            }
+            Command::EndSession { worker, session } => {
+                // Dropping the outbox ends the session.
+                if self
+                    .outboxes
+                    .get(&worker)
+                    .is_some_and(|(s, _)| *s == session)
+                {
+                    self.outboxes.remove(&worker);
+                }
+            }
+            Command::Changed(_) => {}
+        }
+    }
+
+    /// Sends an assignment, in parts if the plan is large; false when it
+    /// could not be queued whole.
+    fn send_assignment(
+        &self,
+        worker: &WorkerId,
+        task: &TaskKey,
+        attempt: Attempt,
+        plan: &bytes::Bytes,
+    ) -> bool {
+        let (Some((_, outbox)), Some(job)) = (self.outboxes.get(worker), self.state.job(&task.job))
+        else {
+            return false;
+        };
+        let executor = self
+            .live
+            .get(&task.job)
+            .and_then(|live| live.executor.clone());
+        let grants: Vec<pb::FetchGrant> = job
+            .stage(task.stage)
+            .inputs
+            .iter()
+            .map(|input| self.key.grant(&task.job.0, input.0, FETCH_GRANT_TTL))
+            .collect();
+        let executor_mac = executor
+            .as_ref()
+            .map(|spec| self.key.sign_spec(&task.job.0, spec))
+            .unwrap_or_default();
+        let key = edge::task_key_to_proto(task, attempt);
+        let parts = plan.len().div_ceil(PLAN_PART_BYTES).max(1);
+        if parts > 1 {
+            tracing::info!(job_id = %task.job, stage = %task.stage, parts, bytes = plan.len(), "plan sent in parts");
+        }
+        for part in 0..parts {
+            let start = part * PLAN_PART_BYTES;
+            let end = (start + PLAN_PART_BYTES).min(plan.len());
+            let message = pb::CoordinatorMessage {
+                kind: Some(pb::coordinator_message::Kind::AssignTask(pb::AssignTask {
+                    task: Some(key.clone()),
+                    // A view of the stage's one copy, not a copy per task.
+                    plan: plan.slice(start..end),
+                    plan_part: part as u32,
+                    plan_parts: parts as u32,
+                    executor: executor.clone(),
+                    grants: grants.clone(),
+                    executor_mac: executor_mac.clone(),
+                })),
+            };
+            if outbox.try_send(Ok(message)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A job as a listing shows it: no result tickets (results are read
+/// through Status, with fresh tickets), no failure list, and its SQL cut
+/// to `MAX_LISTED_SQL_BYTES`, so a page's size is bounded.
+fn listed_summary(mut status: pb::JobStatus) -> pb::JobStatus {
+    status.results.clear();
+    status.failures.clear();
+    if status.sql.len() > MAX_LISTED_SQL_BYTES {
+        let mut end = MAX_LISTED_SQL_BYTES;
+        while !status.sql.is_char_boundary(end) {
+            end -= 1;
+        }
+        status.sql.truncate(end);
+        status.sql.push('…');
+    }
+    status
+}

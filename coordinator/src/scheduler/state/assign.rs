@@ -1,0 +1,181 @@
+//! Handing pending tasks to free slots.
+
+use std::collections::BTreeMap;
+
+use tone_engine::{JobId, StageId};
+
+use super::job::Task;
+use super::SchedulerState;
+use crate::scheduler::model::{Command, ErrorKind, JobState, TaskKey, WorkerId};
+
+impl SchedulerState {
+    /// Hands pending tasks to free slots until none fits.
+    pub(super) fn assign_free_slots(&mut self) {
+        loop {
+            let mut assigned = false;
+            let free: Vec<WorkerId> = self
+                .workers
+                .iter()
+                .filter(|(_, worker)| worker.has_free_slot())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for worker in free {
+                if let Some(key) = self.pick(&worker) {
+                    self.assign(key, &worker);
+                    assigned = true;
+                }
+            }
+            if !assigned {
+                return;
+            }
+        }
+    }
+
+    /// Live jobs in round-robin order, starting after the one that last
+    /// got a task.
+    fn job_order(&self) -> Vec<JobId> {
+        let ids = self.jobs.keys().cloned();
+        match &self.cursor {
+            None => ids.collect(),
+            Some(cursor) => {
+                let (before, after): (Vec<JobId>, Vec<JobId>) = ids.partition(|id| id <= cursor);
+                after.into_iter().chain(before).collect()
+            }
+        }
+    }
+
+    /// The next task for `worker`: jobs in round robin, stages in order
+    /// within a job, and within a stage a task whose input is on this
+    /// worker.
+    fn pick(&mut self, worker: &WorkerId) -> Option<TaskKey> {
+        for id in self.job_order() {
+            if !self.may_run_on(&id, worker) {
+                continue;
+            }
+            self.in_hand = Some(id.clone());
+            if let Some(key) = self.pick_in_job(&id, worker) {
+                self.cursor = Some(id);
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// False when the job has ended, keeps away from this worker (it
+    /// failed the job's tasks repeatedly and another worker can take
+    /// them), or has closures and no executor room there.
+    fn may_run_on(&self, id: &JobId, worker: &WorkerId) -> bool {
+        let Some(job) = self.jobs.get(id) else {
+            return false;
+        };
+        let threshold = self.config.exclude_after_failures;
+        let excluded = job.excludes(worker, threshold)
+            && self
+                .workers
+                .iter()
+                .any(|(other, state)| !state.draining && !job.excludes(other, threshold));
+        // A closure job's tasks would only wait on a worker with no room
+        // for its executor, holding slots the running jobs need (two jobs
+        // each waiting for the other's executor to go).
+        let room = !job.closures
+            || self
+                .workers
+                .get(worker)
+                .is_some_and(|state| state.executor_room(id));
+        job.is_active() && !excluded && room
+    }
+
+    fn pick_in_job(&mut self, id: &JobId, worker: &WorkerId) -> Option<TaskKey> {
+        let stages: Vec<StageId> = self.jobs.get(id)?.stage_ids().collect();
+        for stage in stages {
+            let job = self.jobs.get(id)?;
+            if !job.runnable(stage) {
+                continue;
+            }
+            let pending: Vec<usize> = job
+                .stage(stage)
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, task)| task.state == Task::Pending)
+                .map(|(partition, _)| partition)
+                .collect();
+            let Some(first) = pending.first().copied() else {
+                continue;
+            };
+            if job.stage(stage).plan.is_none() {
+                if let Err(message) = self.prepare_stage(id, stage) {
+                    self.stop_job(id, JobState::Failed, ErrorKind::Internal, message);
+                    return None;
+                }
+            }
+            let job = self.jobs.get(id)?;
+            let local = pending
+                .iter()
+                .copied()
+                .find(|partition| job.preferred_worker(stage, *partition) == Some(worker));
+            return Some(job.key(stage, local.unwrap_or(first)));
+        }
+        None
+    }
+
+    /// Encodes a stage's plan with the addresses of the map outputs its
+    /// readers need.
+    fn prepare_stage(&mut self, id: &JobId, stage: StageId) -> Result<(), String> {
+        let job = self.jobs.get(id).ok_or("the job is gone")?;
+        let mut locations: BTreeMap<StageId, Vec<String>> = BTreeMap::new();
+        for input in &job.stage(stage).inputs {
+            let mut addresses = Vec::new();
+            for task in &job.stage(*input).tasks {
+                let Task::Done { worker } = &task.state else {
+                    return Err(format!("stage {input} is not done"));
+                };
+                let address = self.workers.get(worker).map(|w| w.address.clone()).ok_or_else(|| {
+                    format!("the output of stage {input} is listed on worker {worker}, which is gone")
+                })?;
+                addresses.push(address);
+            }
+            locations.insert(*input, addresses);
+        }
+        let plan = job.plans.encode(stage, &locations)?;
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.stage_mut(stage).plan = Some(plan);
+        }
+        Ok(())
+    }
+
+    /// Starts the next attempt of `key` on `worker`.
+    fn assign(&mut self, key: TaskKey, worker_id: &WorkerId) {
+        self.in_hand = Some(key.job.clone());
+        let (Some(job), Some(worker)) =
+            (self.jobs.get_mut(&key.job), self.workers.get_mut(worker_id))
+        else {
+            return;
+        };
+        let Some(plan) = job.stage(key.stage).plan.clone() else {
+            return;
+        };
+        let Some(task) = job.task_mut(&key) else {
+            return;
+        };
+        debug_assert_eq!(task.state, Task::Pending, "only a pending task is assigned");
+        let attempt = task.next_attempt;
+        task.state = Task::Running {
+            worker: worker_id.clone(),
+            attempt,
+        };
+        task.next_attempt.0 += 1;
+        worker.start(key.clone());
+        if job.closures {
+            worker.executors.insert(key.job.clone());
+        }
+        job.state = JobState::Running;
+        self.commands.push(Command::Assign {
+            worker: worker_id.clone(),
+            task: key.clone(),
+            attempt,
+            plan,
+        });
+        self.commands.push(Command::Changed(key.job));
+    }
+}
