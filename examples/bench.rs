@@ -2,12 +2,17 @@
 //!
 //! `cargo run --release --example bench -- wordcount [--bytes 1G] [--dir DIR]`
 //! `cargo run --release --example bench -- terasort [--bytes 1G] [--dir DIR]`
+//! `cargo run --release --example bench -- soak --master URL --coordinator-pid PID`
 //!
 //! Word count runs on tone (embedded, or `--master URL`) and, as the
 //! baseline in the same run, as plain single-threaded Rust with a std
 //! `HashMap`; it prints MB/s of both and their ratio. TeraSort prints MB/s
-//! of the sort (generation and validation excluded).
+//! of the sort (generation and validation excluded). The soak
+//! (`tests/bench/soak.sh`) prints the coordinator's memory and the time per
+//! job over 20,000 small jobs.
 
+#[path = "parts/soak.rs"]
+mod soak;
 #[path = "terasort.rs"]
 #[allow(dead_code)]
 mod terasort;
@@ -165,8 +170,26 @@ async fn main() -> std::process::ExitCode {
             }
             terasort::run(&rest).await.map(|line| println!("{line}"))
         }
+        "soak" => {
+            let (Some(master), Some(Ok(pid))) = (
+                value("--master"),
+                value("--coordinator-pid").map(|pid| pid.parse::<u32>()),
+            ) else {
+                eprintln!("bench: error: soak needs --master URL and --coordinator-pid PID");
+                return std::process::ExitCode::from(2);
+            };
+            let jobs = value("--jobs")
+                .and_then(|jobs| jobs.parse().ok())
+                .unwrap_or(20_000);
+            soak::run(&master, pid, jobs, &dir.join("soak"))
+                .await
+                .map_err(tone::Error::from)
+        }
         _ => {
-            eprintln!("usage: bench wordcount|terasort [--bytes 1G] [--dir DIR] [--master URL]");
+            eprintln!(
+                "usage: bench wordcount|terasort [--bytes 1G] [--dir DIR] [--master URL]\n       \
+                 bench soak --master URL --coordinator-pid PID [--jobs 20000] [--dir DIR]"
+            );
             return std::process::ExitCode::from(2);
         }
     };
