@@ -14,6 +14,9 @@ use tone_proto::v1 as pb;
 use tone_proto::v1::jobs_client::JobsClient;
 use tone_proto::MAX_MESSAGE_BYTES;
 
+mod results;
+pub use results::RESULT_RECOVERY;
+
 /// Why a cluster call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -336,21 +339,30 @@ impl ClusterClient {
         }
     }
 
-    /// Streams a finished job's result, partition by partition, as it
-    /// arrives from the workers.
+    /// Streams a finished job's result, partition by partition: each one
+    /// whole, from the worker that holds it or, if that worker is gone,
+    /// from wherever the coordinator made it again (`results.rs`).
     pub fn results(
         &self,
         status: &pb::JobStatus,
     ) -> Result<SendableRecordBatchStream, ClusterError> {
         let schema = result_schema(&status.result_schema)?;
-        let flight = self.flight.clone();
+        let client = self.clone();
+        let job_id = status.job_id.clone();
+        let recomputed = status.outputs_recomputed;
         let partitions = status.results.clone();
         let batches = futures::stream::iter(partitions)
             .then(move |partition| {
-                let flight = flight.clone();
+                let (client, job_id) = (client.clone(), job_id.clone());
                 async move {
-                    let ticket = partition.ticket.unwrap_or_default();
-                    flight.fetch(&partition.flight_address, &ticket).await
+                    let batches = client
+                        .read_partition(&job_id, partition, recomputed)
+                        .await?;
+                    Ok::<_, ClusterError>(futures::stream::iter(
+                        batches
+                            .into_iter()
+                            .map(Ok::<arrow::array::RecordBatch, ClusterError>),
+                    ))
                 }
             })
             .try_flatten()

@@ -416,8 +416,8 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
         job.stages_done, job.stages_total
     ))?;
     emit(format_args!(
-        "tasks:    {} running, {}/{} done",
-        job.tasks_running, job.tasks_done, job.tasks_total
+        "tasks:    {} running, {}/{} done, {} lost outputs recomputed",
+        job.tasks_running, job.tasks_done, job.tasks_total, job.outputs_recomputed
     ))?;
     emit(format_args!(
         "written:  {} rows, {}",

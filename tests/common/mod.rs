@@ -19,6 +19,15 @@ use tone::{Engine, EngineConfig};
 pub const TPCH_SCALE: &str = "0.1";
 
 /// The `tone` binary under test.
+/// A port that was free a moment ago (bound to 0, then let go), for a
+/// process that must listen where the test knows.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
 pub fn tone() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tone"))
 }

@@ -3,7 +3,7 @@
 //! its own process group on a free port, killed on drop.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,16 +13,11 @@ use std::time::{Duration, Instant};
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use super::free_port;
+
 /// `moto_server`, installed into the test venv on first use.
 pub fn moto_server() -> PathBuf {
     super::venv::tool("moto[server]", "moto_server")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 /// What a tone process needs in its environment to use the moto server

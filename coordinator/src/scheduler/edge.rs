@@ -148,6 +148,7 @@ pub fn job_status(job: &Job, result_schema: &[u8], now: Instant) -> pb::JobStatu
         results,
         result_schema: result_schema.to_vec(),
         elapsed_s: job.elapsed(now).as_secs_f64(),
+        outputs_recomputed: job.outputs_recomputed(),
         failures: job.failures.iter().map(failure_to_proto).collect(),
     }
 }

@@ -230,6 +230,7 @@ impl Scheduler {
             binary,
             reply,
         } = submission;
+        let keeps_lineage = !dag.writes_files();
         let plans = DagPlans(dag);
         let spec = JobSpec {
             id: job_id.clone(),
@@ -238,6 +239,7 @@ impl Scheduler {
             plans: Box::new(plans),
             timeout,
             closures: executor.is_some(),
+            keeps_lineage,
         };
         let (publisher, _) = watch::channel(pb::JobStatus::default());
         let live = Live {
@@ -351,8 +353,12 @@ impl Scheduler {
         }
         for id in &changed {
             if let (Some(job), Some(live)) = (self.state.job(id), self.live.get(id)) {
-                live.publisher
-                    .send_replace(edge::job_status(job, &live.result_schema, now));
+                let status = edge::job_status(job, &live.result_schema, now);
+                // A job kept for its results is recorded as it succeeds.
+                if job.holds_results && self.store.is_some() {
+                    self.unsaved.push((status.clone(), None));
+                }
+                live.publisher.send_replace(status);
             }
         }
         for job in self.state.take_ended() {

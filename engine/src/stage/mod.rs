@@ -96,6 +96,19 @@ impl StageDag {
         self.stages.get(id.0 as usize)
     }
 
+    /// Whether the job writes files (`COPY`, `INSERT`, a DataFrame
+    /// write): once it committed, running a task of it again would write
+    /// after the commit.
+    pub fn writes_files(&self) -> bool {
+        fn writes(plan: &Arc<dyn ExecutionPlan>) -> bool {
+            let any = plan.as_ref() as &dyn std::any::Any;
+            any.is::<crate::sink::FileSinkExec>()
+                || any.is::<datafusion::datasource::sink::DataSinkExec>()
+                || plan.children().into_iter().any(writes)
+        }
+        self.stages.iter().any(|stage| writes(&stage.plan))
+    }
+
     /// The stages that read `id`'s output.
     pub fn consumers(&self, id: StageId) -> Vec<StageId> {
         self.stages

@@ -2,12 +2,14 @@
 //! simulated workers.
 
 use rand::Rng;
-use tone_engine::JobId;
+use tone_engine::{JobId, StageId};
 
 use super::dags::random_job;
 use super::run::{Kind, Simulation, MAX_WORKERS};
 use super::world::{missing_input, Life, Message, SimWorker};
-use crate::scheduler::model::{Command, ErrorKind, JobState, Outcome, Recipients, WorkerId};
+use crate::scheduler::model::{
+    Command, ErrorKind, JobState, Outcome, Recipients, ResultLocation, TaskKey, WorkerId,
+};
 use crate::scheduler::state::{Job, Joining, Session, Task};
 
 impl Simulation {
@@ -376,8 +378,87 @@ impl Simulation {
                 self.route(command)?;
             }
         }
+        self.check_held()?;
         for job in self.state.take_ended() {
             self.check_ended(&job)?;
+        }
+        Ok(())
+    }
+
+    /// A job kept for its unread results is checked as it succeeds and
+    /// queued for its client to read; its results sit on workers the
+    /// state knows (one that is lost makes the job run again).
+    fn check_held(&mut self) -> Result<(), String> {
+        let mut newly_held = Vec::new();
+        let mut remade = Vec::new();
+        for job in self.state.jobs() {
+            if job.holds_results {
+                let finals = &job.stage(job.final_stage()).tasks;
+                let on_lost = finals.iter().find_map(|task| match &task.state {
+                    Task::Done { worker } if self.state.worker(worker).is_none() => Some(worker),
+                    _ => None,
+                });
+                if let Some(worker) = on_lost {
+                    return Err(format!(
+                        "{} holds results on {worker}, which is lost",
+                        job.id
+                    ));
+                }
+                if !self.held.contains(&job.id) {
+                    newly_held.push(job.id.clone());
+                }
+            } else if job.is_active() && self.held.contains(&job.id) {
+                remade.push(job.id.clone());
+            }
+        }
+        for id in remade {
+            self.held.remove(&id);
+            self.note(
+                Kind::ResultsRemade,
+                format!("{id} makes lost results again"),
+            );
+        }
+        for id in newly_held {
+            let job = self.state.job(&id).expect("listed just now");
+            let (stage, partitions) = self.finals[&id];
+            self.check_results(&id, stage, partitions, &job.results.clone())?;
+            self.held.insert(id.clone());
+            self.to_release.push_back(id);
+        }
+        Ok(())
+    }
+
+    /// A succeeded job's results name every final partition once, each
+    /// where that output was made.
+    fn check_results(
+        &self,
+        id: &JobId,
+        stage: StageId,
+        partitions: usize,
+        results: &[ResultLocation],
+    ) -> Result<(), String> {
+        let mut maps: Vec<u32> = results.iter().map(|result| result.map).collect();
+        maps.sort();
+        if maps != (0..partitions as u32).collect::<Vec<_>>() {
+            return Err(format!(
+                "{id} succeeded with result partitions {maps:?} of {partitions}"
+            ));
+        }
+        for result in results {
+            let key = TaskKey {
+                job: id.clone(),
+                stage,
+                partition: result.map,
+            };
+            let made_there = self
+                .produced
+                .get(&key)
+                .is_some_and(|addresses| addresses.contains(&result.address));
+            if result.stage != stage || !made_there {
+                return Err(format!(
+                    "{id} lists result {result:?}, which was not made there"
+                ));
+            }
         }
         Ok(())
     }
@@ -470,28 +551,11 @@ impl Simulation {
         match job.state {
             JobState::Succeeded => {
                 let (stage, partitions) = self.finals[&job.id];
-                let mut maps: Vec<u32> = job.results.iter().map(|result| result.map).collect();
-                maps.sort();
-                if maps != (0..partitions as u32).collect::<Vec<_>>() {
-                    return Err(format!(
-                        "{} succeeded with result partitions {maps:?} of {partitions}",
-                        job.id
-                    ));
+                self.check_results(&job.id, stage, partitions, &job.results)?;
+                // A job kept for its results was queued as it succeeded.
+                if !self.held.remove(&job.id) {
+                    self.to_release.push_back(job.id.clone());
                 }
-                for result in &job.results {
-                    let key = job.key(stage, result.map as usize);
-                    let made_there = self
-                        .produced
-                        .get(&key)
-                        .is_some_and(|addresses| addresses.contains(&result.address));
-                    if result.stage != stage || !made_there {
-                        return Err(format!(
-                            "{} lists result {result:?}, which was not made there",
-                            job.id
-                        ));
-                    }
-                }
-                self.to_release.push_back(job.id.clone());
             }
             JobState::Failed | JobState::Cancelled => {
                 let Some((kind, _)) = &job.error else {

@@ -77,5 +77,6 @@ pub fn random_job(rng: &mut StdRng, id: JobId) -> JobSpec {
             .random_bool(0.15)
             .then(|| Duration::from_secs(rng.random_range(5..=120))),
         closures: rng.random_bool(0.2),
+        keeps_lineage: rng.random_bool(0.5),
     }
 }

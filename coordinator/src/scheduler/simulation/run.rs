@@ -42,10 +42,12 @@ pub enum Kind {
     TaskFailure,
     TimedOut,
     Excluded,
+    /// A succeeded job lost unread results with a worker and ran again.
+    ResultsRemade,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Join,
         Kind::Restart,
         Kind::Rejoin,
@@ -68,6 +70,7 @@ impl Kind {
         Kind::TaskFailure,
         Kind::TimedOut,
         Kind::Excluded,
+        Kind::ResultsRemade,
     ];
 }
 
@@ -124,6 +127,8 @@ pub struct Simulation {
     pub(super) finals: BTreeMap<JobId, (StageId, usize)>,
     pub(super) ended: BTreeMap<JobId, JobState>,
     pub(super) to_release: VecDeque<JobId>,
+    /// Succeeded jobs the state keeps for their unread results.
+    pub(super) held: BTreeSet<JobId>,
     /// Counted failures per job and worker, from the reports the state
     /// took.
     pub(super) counted_failures: BTreeMap<(JobId, WorkerId), u32>,
@@ -162,6 +167,7 @@ impl Simulation {
             finals: BTreeMap::new(),
             ended: BTreeMap::new(),
             to_release: VecDeque::new(),
+            held: BTreeSet::new(),
             counted_failures: BTreeMap::new(),
             trace: VecDeque::new(),
             hasher: DefaultHasher::new(),
@@ -289,7 +295,8 @@ impl Simulation {
             | Kind::LostInput
             | Kind::TaskFailure
             | Kind::TimedOut
-            | Kind::Excluded => {}
+            | Kind::Excluded
+            | Kind::ResultsRemade => {}
         }
         self.absorb()?;
         self.state.check().map_err(|violation| violation.0)

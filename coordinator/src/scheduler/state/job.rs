@@ -40,6 +40,10 @@ pub struct JobSpec {
     pub timeout: Option<Duration>,
     /// Its tasks run in an executor process (Rust closures).
     pub closures: bool,
+    /// Once it succeeded, it stays until its results are read, so a
+    /// result partition lost with its worker is made again from lineage.
+    /// Not for a job that writes files: that would write after the commit.
+    pub keeps_lineage: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +65,9 @@ pub struct TaskRun {
     /// Attempts stopped through no fault of the task: lost input, lost
     /// worker.
     pub interrupted: u32,
+    /// Times its finished output was lost (its worker gone, a fetch
+    /// failed) and it went back to be made again from lineage.
+    pub outputs_lost: u32,
 }
 
 impl TaskRun {
@@ -70,7 +77,18 @@ impl TaskRun {
             next_attempt: Attempt(0),
             failed: 0,
             interrupted: 0,
+            outputs_lost: 0,
         }
+    }
+
+    /// Its finished output is gone: it is made again.
+    pub fn recompute(&mut self) {
+        debug_assert!(
+            matches!(self.state, Task::Done { .. }),
+            "only a done output is lost"
+        );
+        self.state = Task::Pending;
+        self.outputs_lost += 1;
     }
 }
 
@@ -115,6 +133,10 @@ pub struct Job {
     pub starved_since: Option<Instant>,
     pub finished: Option<Instant>,
     pub closures: bool,
+    pub keeps_lineage: bool,
+    /// Succeeded, and its results not yet read (released): it stays in
+    /// the state and its lost result partitions are made again.
+    pub holds_results: bool,
 }
 
 impl Job {
@@ -149,6 +171,8 @@ impl Job {
             starved_since: None,
             finished: None,
             closures: spec.closures,
+            keeps_lineage: spec.keeps_lineage,
+            holds_results: false,
         }
     }
 
@@ -224,6 +248,14 @@ impl Job {
 
     /// True while `stage`'s map outputs may still be read: by a consumer
     /// that has not finished, or, for the final stage, by the client.
+    /// Whether a final partition's output sits on `worker`.
+    pub fn has_final_output_on(&self, worker: &WorkerId) -> bool {
+        let tasks = &self.stage(self.final_stage()).tasks;
+        tasks
+            .iter()
+            .any(|task| matches!(&task.state, Task::Done { worker: w } if w == worker))
+    }
+
     pub fn output_needed(&self, stage: StageId) -> bool {
         let consumers = &self.stage(stage).consumers;
         consumers.is_empty() || consumers.iter().any(|c| !self.stage(*c).done())
@@ -251,6 +283,12 @@ impl Job {
             .filter(|task| matches!(task.state, Task::Done { .. }))
             .count();
         (running, done, all.count())
+    }
+
+    /// Finished outputs of this job that were lost and made again.
+    pub fn outputs_recomputed(&self) -> u32 {
+        let all = self.stages.iter().flat_map(|stage| &stage.tasks);
+        all.map(|task| task.outputs_lost).sum()
     }
 
     /// Seconds since the job started, up to its end.

@@ -35,6 +35,11 @@ pub use worker::{Session, Worker};
 /// Released job ids told again to every worker that (re)joins: a worker
 /// that was away (frozen, cut off) when a job ended still holds its files.
 pub const RELEASED_REMEMBERED: usize = 256;
+/// Succeeded jobs kept whole for their unread results at most; past it
+/// the oldest is let go (its results stay readable, but are no longer
+/// made again if their worker is lost), so clients that never read
+/// (`submit --detach`) cannot grow the state.
+pub const HELD_RESULTS: usize = 1_000;
 
 /// Why a worker may not join.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,12 +115,13 @@ impl SchedulerState {
         std::mem::take(&mut self.commands)
     }
 
-    /// Jobs that ended since the last call, removed from the state.
+    /// Jobs that ended since the last call, removed from the state (a
+    /// succeeded job that holds its results once they are read).
     pub fn take_ended(&mut self) -> Vec<Job> {
         let ended: Vec<JobId> = self
             .jobs
             .values()
-            .filter(|job| !job.is_active())
+            .filter(|job| !job.is_active() && !job.holds_results)
             .map(|job| job.id.clone())
             .collect();
         ended.iter().filter_map(|id| self.jobs.remove(id)).collect()
@@ -217,7 +223,7 @@ impl SchedulerState {
     /// Cancels a live job; false when there is none with that id.
     pub fn cancel(&mut self, job: &JobId, now: Instant) -> bool {
         self.now = now;
-        let live = self.jobs.contains_key(job);
+        let live = self.jobs.get(job).is_some_and(Job::is_active);
         self.stop_job(
             job,
             JobState::Cancelled,
@@ -228,10 +234,24 @@ impl SchedulerState {
         live
     }
 
-    /// The client read the job's results: its files may go.
+    /// The client read the job's results (or gave up on them): its files
+    /// may go. A job still making lost results again stops.
     pub fn release(&mut self, job: &JobId, now: Instant) {
         self.now = now;
-        self.broadcast_release(job);
+        if let Some(held) = self.jobs.get_mut(job) {
+            held.holds_results = false;
+        }
+        if self.jobs.get(job).is_some_and(Job::is_active) {
+            // Stopping it releases it too.
+            self.stop_job(
+                job,
+                JobState::Cancelled,
+                ErrorKind::Cancelled,
+                "its results were released while lost ones were made again".into(),
+            );
+        } else {
+            self.broadcast_release(job);
+        }
         self.settle();
     }
 

@@ -119,8 +119,10 @@ impl SchedulerState {
         job.results = results;
         job.state = JobState::Succeeded;
         job.finished = Some(self.now);
+        job.holds_results = job.keeps_lineage;
         tracing::info!(job_id = %job.id, elapsed_s = job.elapsed(self.now).as_secs_f64(), "job succeeded");
         self.commands.push(Command::Changed(id.clone()));
+        self.let_go_of_old_results();
     }
 
     /// A live worker handed back a task of the job as `WORKER_LOST`: it is
@@ -194,7 +196,7 @@ impl SchedulerState {
             tracing::warn!(job_id = %id, stage = %lost.stage, map = lost.map, address = %lost.address,
                 "map output lost; recomputing it");
             if let Some(task) = self.jobs.get_mut(id).and_then(|job| job.task_mut(&key)) {
-                task.state = Task::Pending;
+                task.recompute();
             }
             self.input_changed(id, lost.stage);
         }
@@ -292,6 +294,15 @@ impl SchedulerState {
         for job in live {
             self.recompute_outputs_on(&job, id);
         }
+        let results_lost: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|job| job.holds_results && job.has_final_output_on(id))
+            .map(|job| job.id.clone())
+            .collect();
+        for job in results_lost {
+            self.make_results_again(&job, id);
+        }
         self.commands.push(Command::EndSession {
             worker: id.clone(),
             session: worker.session.number,
@@ -319,7 +330,7 @@ impl SchedulerState {
             let mut changed = false;
             for task in &mut job.stage_mut(stage).tasks {
                 if matches!(&task.state, Task::Done { worker: w } if w == worker) {
-                    task.state = Task::Pending;
+                    task.recompute();
                     changed = true;
                 }
             }
@@ -329,6 +340,35 @@ impl SchedulerState {
                 self.input_changed(id, stage);
             }
         }
+    }
+
+    /// Keeps at most `HELD_RESULTS` succeeded jobs for their results.
+    fn let_go_of_old_results(&mut self) {
+        let held = || self.jobs.values().filter(|job| job.holds_results);
+        if held().count() <= super::HELD_RESULTS {
+            return;
+        }
+        let oldest = held()
+            .min_by_key(|job| job.finished)
+            .map(|job| job.id.clone());
+        if let Some(job) = oldest.and_then(|id| self.jobs.get_mut(&id)) {
+            job.holds_results = false;
+        }
+    }
+
+    /// A succeeded job whose results were not read yet lost some of them
+    /// with `worker`: it runs again, only the partitions that are gone
+    /// and what they need.
+    fn make_results_again(&mut self, id: &JobId, worker: &WorkerId) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        tracing::warn!(job_id = %id, worker_id = %worker, "results lost before they were read; making them again");
+        job.state = JobState::Running;
+        job.holds_results = false;
+        job.finished = None;
+        job.results.clear();
+        self.recompute_outputs_on(id, worker);
     }
 
     /// Ends the session of draining workers whose last task has reported;

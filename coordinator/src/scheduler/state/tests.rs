@@ -75,6 +75,7 @@ fn two_stages(name: &str, maps: usize) -> JobSpec {
         plans: Box::new(NamedPlans),
         timeout: None,
         closures: false,
+        keeps_lineage: false,
     }
 }
 
@@ -333,6 +334,7 @@ fn a_lost_worker_s_outputs_are_recomputed_and_their_readers_restarted() {
         format!(r#"stage 1 reads {{StageId(0): ["{address}", "{address}"]}}"#)
     );
     let job = world.state.job(&job_id("j")).expect("live");
+    assert_eq!(job.outputs_recomputed(), 1, "only the lost map output");
     let reader_run = &job.stage(StageId(1)).tasks[0];
     assert_eq!(
         (reader_run.failed, reader_run.interrupted),
@@ -380,6 +382,7 @@ fn a_fetch_failure_recomputes_the_named_output_and_does_not_count() {
     let job = world.state.job(&job_id("j")).expect("live");
     let reader = &job.stage(StageId(1)).tasks[0];
     assert_eq!((reader.failed, reader.interrupted), (0, 1));
+    assert_eq!(job.outputs_recomputed(), 1);
     assert!(
         !job.excludes(&w("w1"), 1),
         "a fetch failure is not the worker's fault"
@@ -682,4 +685,106 @@ fn a_closure_job_waits_for_executor_room() {
         [(w("w1"), key("b", 0, 0), 0)],
         "a's release made room"
     );
+}
+
+/// `two_stages` kept for its results until they are read.
+fn kept(name: &str, maps: usize) -> JobSpec {
+    JobSpec {
+        keeps_lineage: true,
+        ..two_stages(name, maps)
+    }
+}
+
+#[test]
+fn results_lost_before_they_are_read_are_made_again_and_only_they() {
+    let mut world = World::new();
+    world.join("w1", 1);
+    world.join("w2", 1);
+    world.submit(kept("j", 2));
+    world.report("w1", &key("j", 0, 0), 0, succeeded(1));
+    let commands = world.report("w2", &key("j", 0, 1), 0, succeeded(1));
+    let (holder, _, _) = assigned(&commands)[0].clone();
+    world.report(&holder.0, &key("j", 1, 0), 0, succeeded(2));
+    assert!(
+        world.state.take_ended().is_empty(),
+        "kept until its results are read"
+    );
+    assert_eq!(
+        world.state.job(&job_id("j")).expect("kept").state,
+        JobState::Succeeded
+    );
+
+    // The worker with the result goes: the final task and the map output
+    // it held run again, on the worker that is left.
+    let other = if holder == w("w1") { "w2" } else { "w1" };
+    let holder_map = if holder == w("w1") {
+        key("j", 0, 0)
+    } else {
+        key("j", 0, 1)
+    };
+    let commands = world.leave(&holder.0);
+    assert_eq!(
+        world.state.job(&job_id("j")).expect("live").state,
+        JobState::Running
+    );
+    assert_eq!(assigned(&commands), [(w(other), holder_map.clone(), 1)]);
+    let commands = world.report(other, &holder_map, 1, succeeded(1));
+    assert_eq!(assigned(&commands), [(w(other), key("j", 1, 0), 1)]);
+    world.report(other, &key("j", 1, 0), 1, succeeded(2));
+    let job = world.state.job(&job_id("j")).expect("kept again");
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.results.len(), 1);
+    assert_eq!(job.results[0].address, format!("{other}:1"));
+    assert_eq!(
+        job.outputs_recomputed(),
+        2,
+        "the result and the map output it lost"
+    );
+
+    world.state.release(&job_id("j"), world.now);
+    let ended = world.state.take_ended();
+    assert_eq!(ended[0].state, JobState::Succeeded);
+}
+
+#[test]
+fn a_job_released_while_it_makes_lost_results_again_stops() {
+    let mut world = World::new();
+    world.join("w1", 1);
+    world.submit(kept("j", 1));
+    world.report("w1", &key("j", 0, 0), 0, succeeded(1));
+    world.report("w1", &key("j", 1, 0), 0, succeeded(1));
+    world.leave("w1");
+    assert!(world.state.job(&job_id("j")).expect("live").is_active());
+    world.state.release(&job_id("j"), world.now);
+    let ended = world.state.take_ended();
+    assert_eq!(ended[0].state, JobState::Cancelled);
+    assert!(ended[0]
+        .error
+        .as_ref()
+        .is_some_and(|(_, m)| m.contains("released")));
+}
+
+#[test]
+fn a_job_that_writes_files_and_clients_that_never_read_do_not_pile_up() {
+    let mut world = World::new();
+    world.join("w1", 1);
+    world.submit(two_stages("copy", 1));
+    world.report("w1", &key("copy", 0, 0), 0, succeeded(1));
+    world.report("w1", &key("copy", 1, 0), 0, succeeded(1));
+    assert_eq!(
+        world.state.take_ended().len(),
+        1,
+        "nothing kept for a job without lineage kept"
+    );
+
+    for n in 0..=HELD_RESULTS {
+        let name = format!("j{n}");
+        world.submit(kept(&name, 1));
+        world.report("w1", &key(&name, 0, 0), 0, succeeded(1));
+        world.report("w1", &key(&name, 1, 0), 0, succeeded(1));
+        world.now += Duration::from_millis(1);
+    }
+    let let_go = world.state.take_ended();
+    assert_eq!(let_go.len(), 1, "one past the bound is let go");
+    assert_eq!(let_go[0].id, job_id("j0"), "the oldest");
 }
