@@ -23,6 +23,9 @@ const CATALOG: TableDefinition<u64, &[u8]> = TableDefinition::new("catalog");
 const FILE_NAME: &str = "coordinator.redb";
 /// Writes waiting for the writer thread at most.
 const WRITE_QUEUE: usize = 1024;
+/// redb's page cache (its default is 1 GiB, which a coordinator that only
+/// writes here, and reads once at start, would fill as the file grows).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// A change to the catalog, replayed in order after a restart.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -78,7 +81,10 @@ impl StateStore {
         };
         std::fs::create_dir_all(dir).map_err(|error| open_error(error.to_string()))?;
         let path = dir.join(FILE_NAME);
-        let database = Database::create(&path).map_err(|error| open_error(error.to_string()))?;
+        let database = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| open_error(error.to_string()))?;
         let restored = read_all(&database).map_err(|reason| StateError::Corrupt {
             path: path.clone(),
             reason,

@@ -190,7 +190,12 @@ impl Scheduler {
                 self.carry_out(now);
                 let _ = reply.send(self.status_of(&id, now));
             }
-            Event::Release { job_id } => self.state.release(&JobId(job_id), now),
+            Event::Release { job_id } => {
+                self.state.release(&JobId(job_id.clone()), now);
+                // Ended by the release, if it was kept for its results.
+                self.carry_out(now);
+                self.history.forget_results(&job_id);
+            }
             Event::Watch { job_id, reply } => {
                 let id = JobId(job_id);
                 let receiver = match self.live.get(&id) {

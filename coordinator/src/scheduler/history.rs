@@ -41,6 +41,18 @@ impl History {
         }
     }
 
+    /// The job's results were read and deleted: its record stops listing
+    /// where they were, which also keeps the record small.
+    pub fn forget_results(&mut self, job_id: &str) {
+        let Some(number) = self.numbers.get(job_id) else {
+            return;
+        };
+        if let Some(status) = self.by_number.get_mut(number) {
+            status.results = Vec::new();
+            status.result_schema = Vec::new();
+        }
+    }
+
     pub fn get(&self, job_id: &str) -> Option<&pb::JobStatus> {
         self.by_number.get(self.numbers.get(job_id)?)
     }
@@ -83,5 +95,19 @@ mod tests {
         assert_eq!(listed, [3, 2]);
         let older: Vec<u64> = history.newest_below(Some(3)).map(|(n, _)| n).collect();
         assert_eq!(older, [2]);
+    }
+
+    #[test]
+    fn a_released_record_lists_no_results() {
+        let mut history = History::new(2);
+        let mut read = status("a");
+        read.results = vec![pb::ResultPartition::default()];
+        read.result_schema = vec![1, 2, 3];
+        history.push(1, read.clone());
+        history.push(2, read);
+        history.forget_results("a");
+        history.forget_results("unknown");
+        let record = history.get("a").expect("kept");
+        assert!(record.results.is_empty() && record.result_schema.is_empty());
     }
 }
