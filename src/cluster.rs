@@ -149,6 +149,21 @@ impl From<tonic::Status> for ClusterError {
     }
 }
 
+/// How long a client following a job keeps asking a coordinator that went
+/// away; long enough for a supervisor to restart it.
+pub const COORDINATOR_RECONNECT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Pause between those attempts.
+const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// True when the coordinator could not be reached or the connection
+/// broke, rather than it answering.
+fn is_connection_loss(error: &ClusterError) -> bool {
+    matches!(
+        error,
+        ClusterError::Connection { .. } | ClusterError::Connect { .. }
+    )
+}
+
 /// True when a status reports the connection failing rather than the
 /// coordinator answering (tonic gives transport errors as UNAVAILABLE or
 /// UNKNOWN, and an HTTP/2 protocol error, such as TLS bytes read as
@@ -307,20 +322,37 @@ impl ClusterClient {
     }
 
     /// Follows the job until it ends, calling `progress` on every change.
-    /// A failed or cancelled job is an error carrying its cause.
+    /// A failed or cancelled job is an error carrying its cause. When the
+    /// coordinator goes away, it is asked again for up to
+    /// [`COORDINATOR_RECONNECT`] (said as a warning): one restarted on its
+    /// state dir resumes the job.
     pub async fn wait(
         &self,
         job_id: &str,
         mut progress: impl FnMut(&pb::JobStatus),
     ) -> Result<pb::JobStatus, ClusterError> {
-        let request = pb::JobStatusRequest {
-            job_id: job_id.to_string(),
-        };
-        let mut updates = self.jobs.clone().watch(request).await?.into_inner();
         let mut last = None;
-        while let Some(status) = updates.message().await? {
-            progress(&status);
-            last = Some(status);
+        let mut lost_since: Option<std::time::Instant> = None;
+        loop {
+            let followed = self.follow(job_id, &mut progress, &mut last).await;
+            match followed {
+                Ok(()) => break,
+                Err(error) if is_connection_loss(&error) => {
+                    let since = *lost_since.get_or_insert_with(|| {
+                        tracing::warn!(
+                            "lost the coordinator while following job {job_id} ({error});                              reconnecting for up to {} s",
+                            COORDINATOR_RECONNECT.as_secs()
+                        );
+                        std::time::Instant::now()
+                    });
+                    if since.elapsed() >= COORDINATOR_RECONNECT {
+                        return Err(error);
+                    }
+                    // Paces the retries; each one is a real request.
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                Err(error) => return Err(error),
+            }
         }
         let status = last.ok_or_else(|| ClusterError::Refused {
             message: format!("the coordinator sent no status for {job_id}"),
@@ -337,6 +369,24 @@ impl ClusterClient {
                 message: status.error,
             }),
         }
+    }
+
+    /// Watches the job until its stream ends, keeping the newest status.
+    async fn follow(
+        &self,
+        job_id: &str,
+        progress: &mut impl FnMut(&pb::JobStatus),
+        last: &mut Option<pb::JobStatus>,
+    ) -> Result<(), ClusterError> {
+        let request = pb::JobStatusRequest {
+            job_id: job_id.to_string(),
+        };
+        let mut updates = self.jobs.clone().watch(request).await?.into_inner();
+        while let Some(status) = updates.message().await? {
+            progress(&status);
+            *last = Some(status);
+        }
+        Ok(())
     }
 
     /// Streams a finished job's result, partition by partition: each one

@@ -99,6 +99,12 @@ impl Cluster {
     /// with the same arguments (so a `--state-dir` is reused).
     pub fn restart_coordinator(&mut self) {
         self.kill_coordinator();
+        self.start_coordinator();
+    }
+
+    /// Starts the coordinator (after a kill) on its address, with its
+    /// arguments.
+    pub fn start_coordinator(&mut self) {
         let (child, _) =
             spawn_coordinator(&self.address, &self.coordinator_args, &self.coordinator_env);
         self.coordinator = Some(child);
@@ -658,7 +664,8 @@ async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_bac
     let client = cluster.client().await;
 
     // A finished job (it registers the TPC-H tables), a catalog statement,
-    // and a job still running when the coordinator is killed.
+    // and a job still running when the coordinator is killed, over a table
+    // whose files go while the coordinator is down.
     let (finished, _) = run_job(&client, "select count(*) from nation", 2)
         .await
         .expect("runs");
@@ -671,9 +678,18 @@ async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_bac
         .sql(&create, &[], 1)
         .await
         .expect("creates the table");
-    let endless =
-        "select count(*) from lineitem a, lineitem b where a.l_orderkey + b.l_orderkey < 0";
-    let running = client.submit(endless, &[], 2).await.expect("submits");
+    let doomed = tempfile::tempdir().expect("table dir");
+    copy_dir(&region, doomed.path());
+    let doomed_table = TableRef {
+        name: "doomed".into(),
+        path: doomed.path().to_str().expect("utf-8 path").into(),
+    };
+    let endless = "select count(*) from lineitem a, lineitem b, doomed r \
+                   where a.l_orderkey + b.l_orderkey + r.r_regionkey < 0";
+    let running = client
+        .submit(endless, &[doomed_table], 2)
+        .await
+        .expect("submits");
     wait_until(Duration::from_secs(30), || async {
         client
             .status(&running.job_id)
@@ -682,7 +698,9 @@ async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_bac
     })
     .await;
 
-    cluster.restart_coordinator();
+    cluster.kill_coordinator();
+    std::fs::remove_dir_all(doomed.path()).expect("the table's files go");
+    cluster.start_coordinator();
     // Workers reconnect by themselves.
     cluster.wait_for_workers(2).await;
     let client = cluster.client().await;
@@ -698,7 +716,11 @@ async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_bac
     );
     let lost = state_of(&running.job_id);
     assert_eq!(lost.state, pb::JobState::Failed as i32);
-    assert!(lost.error.contains("restarted"), "{}", lost.error);
+    assert!(
+        lost.error.contains("cannot resume") && lost.error.contains(&doomed_table_path(&doomed)),
+        "the job fails naming the input that is gone: {}",
+        lost.error
+    );
     let status = client.status(&finished.job_id).await.expect("status");
     assert_eq!(status.job_id, finished.job_id);
 
@@ -715,6 +737,114 @@ async fn a_restarted_coordinator_keeps_its_catalog_and_jobs_and_workers_come_bac
         .sql("select count(*) from lineitem", &[], 2)
         .await
         .expect("a job's table is still there");
+}
+
+fn doomed_table_path(dir: &tempfile::TempDir) -> String {
+    dir.path().to_str().expect("utf-8 path").to_string()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("table dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copies");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_mid_q18_resumes_it_and_the_client_gets_the_answer() {
+    coordinator_killed_mid_query_resumes(18).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_mid_q21_resumes_it_and_the_client_gets_the_answer() {
+    coordinator_killed_mid_query_resumes(21).await;
+}
+
+/// Runs TPC-H query `number`, SIGKILLs the coordinator once two of its
+/// stages are done, and starts it again on the same state dir. The same
+/// client, still waiting, gets the oracle's answer; the stages that had
+/// finished are not run again.
+async fn coordinator_killed_mid_query_resumes(number: usize) {
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().to_str().expect("utf-8 path");
+    let mut cluster = Cluster::coordinator(&["--state-dir", state_dir]);
+    for _ in 0..2 {
+        cluster.add_worker(&[]);
+    }
+    cluster.wait_for_workers(2).await;
+    let client = cluster.client().await;
+    let sql = query(number);
+    let expected = oracle_answer(&oracle_context().await, &sql).await;
+    let submitted = client
+        .submit(&sql, &tpch_tables(), 4)
+        .await
+        .expect("submits");
+
+    // The client follows the job; the test hears every status it sees.
+    let (seen, mut statuses) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn({
+        let (client, job_id) = (client.clone(), submitted.job_id.clone());
+        async move {
+            let status = client
+                .wait(&job_id, |status| {
+                    let _ = seen.send(status.clone());
+                })
+                .await?;
+            let rows: Vec<RecordBatch> =
+                client
+                    .results(&status)?
+                    .try_collect()
+                    .await
+                    .map_err(|error| ClusterError::Results {
+                        message: error.to_string(),
+                    })?;
+            client.release(&job_id).await?;
+            Ok::<_, ClusterError>((status, rows))
+        }
+    });
+    let at_kill = loop {
+        let status = tokio::time::timeout(JOB_TIMEOUT, statuses.recv())
+            .await
+            .expect("the job progresses")
+            .expect("the job runs until the kill");
+        if status.stages_done >= 2 {
+            break status;
+        }
+    };
+    cluster.kill_coordinator();
+    assert_eq!(
+        at_kill.state,
+        pb::JobState::Running as i32,
+        "killed while the job ran: {at_kill:?}"
+    );
+    assert!(at_kill.stages_done < at_kill.stages_total, "{at_kill:?}");
+    cluster.start_coordinator();
+
+    let (status, rows) = tokio::time::timeout(JOB_TIMEOUT, follower)
+        .await
+        .expect("the resumed job ends in time")
+        .expect("the follower runs")
+        .expect("the same client gets the answer");
+    same_answer(&sql, &expected, &rows).expect("the oracle's answer, each row once");
+    eprintln!(
+        "q{number}: killed with {} of {} stages done; resumed {} stages ({} of {} tasks), \
+         recomputed {}",
+        at_kill.stages_done,
+        at_kill.stages_total,
+        status.stages_resumed,
+        status.tasks_resumed,
+        status.tasks_total,
+        status.outputs_recomputed
+    );
+    assert!(
+        status.stages_resumed >= at_kill.stages_done,
+        "every stage seen done before the kill is used as it was, not run again: {status:?}"
+    );
+    assert!(status.tasks_resumed > 0, "{status:?}");
+    assert_eq!(
+        status.outputs_recomputed, 0,
+        "no output was lost: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -296,6 +296,7 @@ fn register(worker_id: &str, slots: u32) -> pb::WorkerMessage {
             slots,
             max_executors: 1,
             session_key,
+            held_outputs: Vec::new(),
         })),
     }
 }

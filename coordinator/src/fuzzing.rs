@@ -71,7 +71,8 @@ impl Harness {
             heartbeat_timeout: Duration::from_secs(3600),
             ..SchedulerConfig::default()
         };
-        let (events, _fatal) = scheduler::spawn(config, None, Vec::new(), key.clone());
+        let (events, _fatal) =
+            scheduler::spawn(config, None, scheduler::Restart::default(), key.clone());
         let planner = Arc::new(Planner::new(None, roots).expect("planner"));
         let setup = JobId("job-setup".into());
         for ddl in TABLES {
@@ -260,6 +261,7 @@ async fn join_stand_in(events: &EventSender, assigned: Assigned) {
         address: "127.0.0.1:9".into(),
         slots: 4,
         max_executors: 2,
+        held: Vec::new(),
         outbox,
         reply,
     };

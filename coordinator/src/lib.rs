@@ -153,14 +153,15 @@ pub async fn serve(
         reason: error.to_string(),
     })?;
     let guard = Arc::new(security::Guard::new(&config.security, key.clone()));
-    let (events, scheduler_failed) =
-        scheduler::spawn(config.scheduler.clone(), state, restored.jobs, key);
     let binaries =
         binaries::BinaryStore::open(config.state_dir.as_deref(), config.binary_store_limit_bytes)
             .map_err(|error| CoordinatorError::State {
             reason: error.to_string(),
         })?;
     let binaries = Arc::new(binaries);
+    let restart = restart(restored, &planner, &binaries);
+    let (events, scheduler_failed) =
+        scheduler::spawn(config.scheduler.clone(), state, restart, key);
     let collector = tokio::spawn(binaries::collect_periodically(
         Arc::clone(&binaries),
         config.binary_ttl,
@@ -200,6 +201,41 @@ pub async fn serve(
         }),
         Ok(reason) = scheduler_failed => Err(CoordinatorError::SchedulerFailed { reason }),
     }
+}
+
+/// The jobs an earlier coordinator left, read back: those that had not
+/// ended go on where their plans can be read again.
+fn restart(
+    restored: state::Restored,
+    planner: &planner::Planner,
+    binaries: &Arc<binaries::BinaryStore>,
+) -> scheduler::Restart {
+    let mut restart = scheduler::Restart {
+        history: restored.jobs,
+        ..Default::default()
+    };
+    let interrupted: std::collections::HashSet<&str> = restart
+        .history
+        .iter()
+        .filter(|status| !scheduler::has_ended(status))
+        .map(|status| status.job_id.as_str())
+        .collect();
+    for running in restored.running {
+        let job_id = running.record.job_id.clone();
+        if !interrupted.contains(job_id.as_str()) {
+            continue; // Ended, its record written before the plans went.
+        }
+        let decode = |bytes: &[u8]| planner.decode(bytes);
+        let pin = |sha256: &str| binaries.pin(sha256).map_err(|error| error.to_string());
+        match scheduler::resumable::resumption(running, decode, pin) {
+            Ok(job) => restart.resumed.push(job),
+            Err(reason) => {
+                tracing::warn!(%job_id, %reason, "job not resumed");
+                restart.unresumable.insert(job_id, reason);
+            }
+        }
+    }
+    restart
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

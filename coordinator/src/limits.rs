@@ -27,6 +27,8 @@ pub const MAX_LISTED_JOBS: usize = 1_000;
 /// SQL text a listed job carries at most (`Status` has the whole text), so
 /// a full page stays far below the message limit.
 pub const MAX_LISTED_SQL_BYTES: usize = 4096;
+/// Map outputs one registering worker may say it holds.
+pub const MAX_HELD_OUTPUTS: usize = 1_000_000;
 /// Longest worker id and Flight address.
 pub const MAX_WORKER_ID_CHARS: usize = 128;
 pub const MAX_ADDRESS_CHARS: usize = 256;
@@ -132,6 +134,16 @@ pub fn check_register(register: &pb::Register) -> Result<(), Status> {
             "a session key has at most 64 bytes",
         ));
     }
+    let held: usize = register
+        .held_outputs
+        .iter()
+        .map(|stage| stage.maps.len())
+        .sum();
+    if held > MAX_HELD_OUTPUTS {
+        return Err(Status::invalid_argument(format!(
+            "a worker reports at most {MAX_HELD_OUTPUTS} held map outputs, not {held}"
+        )));
+    }
     Ok(())
 }
 
@@ -174,6 +186,7 @@ mod tests {
             slots,
             max_executors: 4,
             session_key: vec![0; 32],
+            held_outputs: Vec::new(),
         }
     }
 

@@ -146,6 +146,23 @@ impl Planner {
         job_of(job_id, cluster_rewrites(plan)?).map(Some)
     }
 
+    /// An encoded plan, decoded with placeholder closures (their code runs
+    /// in executor processes): a driver's plan, or a stage plan the state
+    /// store kept for a resume.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+        // Its own session: the catalog's has a real (empty) closure
+        // registry. It shares the catalog's runtime, whose object-store
+        // registry lets scans of `s3://` decode (decoding makes no request).
+        let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(
+            tone_engine::closure::ClosureRegistry::placeholders(),
+        ));
+        let session = datafusion::prelude::SessionContext::new_with_config_rt(
+            config,
+            self.engine.session().runtime_env(),
+        );
+        Ok(tone_engine::codec::decode_plan(bytes, &session.task_ctx())?)
+    }
+
     /// A physical plan a driver program planned and encoded (a DataFrame
     /// or Dataset job): decoded with placeholder closures (their code runs
     /// in executor processes), given the same cluster rewrites as SQL
@@ -159,17 +176,7 @@ impl Planner {
         bytes: &[u8],
         has_executor: bool,
     ) -> Result<Planned, EngineError> {
-        // Its own session: the catalog's has a real (empty) closure
-        // registry. It shares the catalog's runtime, whose object-store
-        // registry lets scans of `s3://` decode (decoding makes no request).
-        let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(
-            tone_engine::closure::ClosureRegistry::placeholders(),
-        ));
-        let session = datafusion::prelude::SessionContext::new_with_config_rt(
-            config,
-            self.engine.session().runtime_env(),
-        );
-        let plan = tone_engine::codec::decode_plan(bytes, &session.task_ctx())?;
+        let plan = self.decode(bytes)?;
         match (has_closures(&plan), has_executor) {
             (true, false) => {
                 return Err(EngineError::Plan {

@@ -131,6 +131,7 @@ impl Session<'_> {
                 slots: config.slots as u32,
                 max_executors: config.max_executors as u32,
                 session_key: session_key.to_vec(),
+                held_outputs: held_outputs(store),
             })),
         };
         outbox
@@ -233,6 +234,20 @@ impl Session<'_> {
         }
         outcome
     }
+}
+
+/// What the store holds, as the registration reports it (a restarted
+/// coordinator resumes its jobs from these).
+fn held_outputs(store: &LocalShuffleStore) -> Vec<tone_proto::v1::HeldOutputs> {
+    store
+        .held()
+        .into_iter()
+        .map(|(job, stage, maps)| tone_proto::v1::HeldOutputs {
+            job_id: job.0,
+            stage_id: stage.0,
+            maps: maps.into_iter().map(|map| map as u32).collect(),
+        })
+        .collect()
 }
 
 /// The job a coordinator message names, if any.

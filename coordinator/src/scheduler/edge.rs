@@ -2,6 +2,7 @@
 //! comes in from workers and clients is converted here, and what goes
 //! out is built here.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use tone_engine::{JobId, StageId};
@@ -149,7 +150,36 @@ pub fn job_status(job: &Job, result_schema: &[u8], now: Instant) -> pb::JobStatu
         result_schema: result_schema.to_vec(),
         elapsed_s: job.elapsed(now).as_secs_f64(),
         outputs_recomputed: job.outputs_recomputed(),
+        tasks_resumed: job.resumed_counts().0 as u32,
+        stages_resumed: job.resumed_counts().1 as u32,
         failures: job.failures.iter().map(failure_to_proto).collect(),
+    }
+}
+
+/// The map outputs a registering worker says it holds, as task keys
+/// (those of map tasks whose outputs they are).
+pub fn held_from_proto(held: &[pb::HeldOutputs]) -> BTreeSet<TaskKey> {
+    held.iter()
+        .flat_map(|stage| {
+            stage.maps.iter().map(|map| TaskKey {
+                job: JobId(stage.job_id.clone()),
+                stage: StageId(stage.stage_id),
+                partition: *map,
+            })
+        })
+        .collect()
+}
+
+/// Where a finished stage's outputs are, as the state store keeps them.
+pub fn stage_outputs(outputs: &[(WorkerId, String)]) -> pb::StageOutputs {
+    pb::StageOutputs {
+        outputs: outputs
+            .iter()
+            .map(|(worker, address)| pb::OutputLocation {
+                worker_id: worker.0.clone(),
+                address: address.clone(),
+            })
+            .collect(),
     }
 }
 

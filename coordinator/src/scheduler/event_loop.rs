@@ -19,11 +19,13 @@ use super::edge;
 use super::history::History;
 use super::model::{Attempt, Command, Recipients, TaskKey, WorkerId};
 use super::plans::DagPlans;
-use super::state::{IdTaken, JobSpec, Joining, SchedulerState, Session};
+use super::resumable::{self, Resumption};
+use super::state::{IdTaken, JobSpec, Joining, Resumed, SchedulerState, Session, Task};
 use super::{panic, Event, JobPage, JobQuery, Outbox, Submission};
 use crate::binaries::BinaryPin;
 use crate::limits::MAX_LISTED_SQL_BYTES;
 use crate::state::StateStore;
+use tone_engine::StageId;
 
 /// What the loop holds for a live job besides its scheduling state.
 struct Live {
@@ -50,7 +52,18 @@ pub struct Scheduler {
     key: TicketKey,
     /// Records for the state store, written after the step that made them
     /// (the write waits when the store's queue is full).
-    unsaved: Vec<(pb::JobStatus, Option<oneshot::Sender<()>>)>,
+    unsaved: Vec<Unsaved>,
+    /// Jobs whose new status waits for a finished stage to be on disk.
+    unpublished: BTreeSet<JobId>,
+}
+
+/// A record for the state store.
+enum Unsaved {
+    Job(pb::JobStatus, Option<oneshot::Sender<()>>),
+    /// A job that starts: its plans, for a resume.
+    Running(pb::ResumableJob),
+    /// A finished stage's outputs; the loop waits for it to be on disk.
+    Stage(JobId, StageId, pb::StageOutputs),
 }
 
 impl Scheduler {
@@ -67,7 +80,10 @@ impl Scheduler {
         let mut past = History::new(capacity);
         let next_number = history.len() as u64;
         let unsaved = match &store {
-            Some(_) => to_record.into_iter().map(|status| (status, None)).collect(),
+            Some(_) => to_record
+                .into_iter()
+                .map(|status| Unsaved::Job(status, None))
+                .collect(),
             None => Vec::new(),
         };
         for (number, status) in history.into_iter().enumerate() {
@@ -82,7 +98,48 @@ impl Scheduler {
             store,
             key,
             unsaved,
+            unpublished: BTreeSet::new(),
         }
+    }
+
+    /// Takes in the jobs an earlier coordinator ran, to go on.
+    pub fn with_resumed(mut self, resumed: Vec<Resumption>) -> Self {
+        let now = Instant::now();
+        for job in resumed {
+            let Resumption {
+                job_id,
+                sql,
+                dag,
+                result_schema,
+                timeout,
+                executor,
+                binary,
+                finished,
+            } = job;
+            let keeps_lineage = !dag.writes_files();
+            let plans = DagPlans(dag);
+            let spec = JobSpec {
+                id: job_id.clone(),
+                sql,
+                stages: plans.shapes(),
+                plans: Box::new(plans),
+                timeout,
+                closures: executor.is_some(),
+                keeps_lineage,
+            };
+            let (publisher, _) = watch::channel(pb::JobStatus::default());
+            let live = Live {
+                number: self.take_number(),
+                publisher,
+                result_schema,
+                executor,
+                _binary: binary,
+            };
+            self.live.insert(job_id, live);
+            self.state.resume(Resumed { spec, finished }, now);
+        }
+        self.carry_out(now);
+        self
     }
 
     /// Handles events until every sender is gone. A panic while handling
@@ -92,6 +149,7 @@ impl Scheduler {
     /// answering without ever scheduling.
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>, fatal: oneshot::Sender<String>) {
         self.save().await;
+        self.publish_saved();
         while let Some(event) = events.recv().await {
             if !matches!(
                 event,
@@ -101,6 +159,7 @@ impl Scheduler {
             }
             let stepped = self.step(event);
             self.save().await;
+            self.publish_saved();
             if let Err(reason) = stepped {
                 tracing::error!(%reason, "the scheduler cannot go on; the coordinator stops");
                 let _ = fatal.send(reason);
@@ -109,13 +168,29 @@ impl Scheduler {
         }
     }
 
-    /// Writes the records the last step made, in order.
+    /// Writes the records the last step made, in order, and waits for the
+    /// finished stages among them to be on disk: the loop publishes
+    /// nothing more until then, so a stage a client saw done is never run
+    /// again after a restart (at most one stage finishes per step).
     async fn save(&mut self) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        for (status, committed) in std::mem::take(&mut self.unsaved) {
-            store.save_job(status, committed).await;
+        let mut stages = Vec::new();
+        for unsaved in std::mem::take(&mut self.unsaved) {
+            match unsaved {
+                Unsaved::Job(status, committed) => store.save_job(status, committed).await,
+                Unsaved::Running(record) => store.save_running(record).await,
+                Unsaved::Stage(job, stage, outputs) => {
+                    let (committed, on_disk) = oneshot::channel();
+                    store.save_stage(job.0, stage.0, outputs, committed).await;
+                    stages.push(on_disk);
+                }
+            }
+        }
+        for on_disk in stages {
+            // An error means the writer is gone; the cause is in the log.
+            let _ = on_disk.await;
         }
     }
 
@@ -129,6 +204,7 @@ impl Scheduler {
                 address,
                 slots,
                 max_executors,
+                held,
                 outbox,
                 reply,
             } => {
@@ -142,6 +218,7 @@ impl Scheduler {
                     address,
                     slots,
                     max_executors,
+                    held: edge::held_from_proto(&held),
                 };
                 let joined = self.state.join(joining, now);
                 if joined.is_ok() {
@@ -236,6 +313,18 @@ impl Scheduler {
             reply,
         } = submission;
         let keeps_lineage = !dag.writes_files();
+        let result_schema = edge::schema_bytes(&schema);
+        let record = match &self.store {
+            Some(_) => Some(resumable::record(
+                &job_id,
+                &sql,
+                &dag,
+                &result_schema,
+                timeout,
+                executor.clone(),
+            )),
+            None => None,
+        };
         let plans = DagPlans(dag);
         let spec = JobSpec {
             id: job_id.clone(),
@@ -250,15 +339,24 @@ impl Scheduler {
         let live = Live {
             number: self.take_number(),
             publisher,
-            result_schema: edge::schema_bytes(&schema),
+            result_schema,
             executor,
             _binary: binary,
         };
         self.live.insert(job_id.clone(), live);
         self.state.submit(spec, now);
         // The client hears of the job once it is recorded.
-        match (&self.store, self.status_of(&job_id, now)) {
-            (Some(_), Some(status)) => self.unsaved.push((status, Some(reply))),
+        match (record, self.status_of(&job_id, now)) {
+            (Some(record), Some(status)) => {
+                match record {
+                    Ok(record) => self.unsaved.push(Unsaved::Running(record)),
+                    // The job runs, but cannot be resumed after a restart.
+                    Err(error) => {
+                        tracing::warn!(job_id = %job_id, %error, "job plan not recorded for a resume")
+                    }
+                }
+                self.unsaved.push(Unsaved::Job(status, Some(reply)));
+            }
             _ => {
                 let _ = reply.send(());
             }
@@ -275,7 +373,7 @@ impl Scheduler {
             ..Default::default()
         };
         if self.store.is_some() {
-            self.unsaved.push((status.clone(), None));
+            self.unsaved.push(Unsaved::Job(status.clone(), None));
         }
         let number = self.take_number();
         self.history.push(number, status);
@@ -352,32 +450,86 @@ impl Scheduler {
                     Command::Changed(job) => {
                         changed.insert(job);
                     }
+                    Command::StageDone { job, stage } => self.record_stage(job, stage),
                     other => self.send(other, now),
                 }
             }
         }
-        for id in &changed {
-            if let (Some(job), Some(live)) = (self.state.job(id), self.live.get(id)) {
-                let status = edge::job_status(job, &live.result_schema, now);
+        let stage_pending = self
+            .unsaved
+            .iter()
+            .any(|unsaved| matches!(unsaved, Unsaved::Stage(..)));
+        for id in changed {
+            if let Some(job) = self.state.job(&id) {
                 // A job kept for its results is recorded as it succeeds.
                 if job.holds_results && self.store.is_some() {
-                    self.unsaved.push((status.clone(), None));
+                    if let Some(status) = self.status_of(&id, now) {
+                        self.unsaved.push(Unsaved::Job(status, None));
+                    }
                 }
-                live.publisher.send_replace(status);
+            }
+            if stage_pending {
+                // Published once the stage is on disk (`publish_saved`).
+                self.unpublished.insert(id);
+            } else {
+                self.publish(&id, now);
             }
         }
         for job in self.state.take_ended() {
             let Some(live) = self.live.remove(&job.id) else {
                 continue;
             };
+            self.unpublished.remove(&job.id);
             let status = edge::job_status(&job, &live.result_schema, now);
             live.publisher.send_replace(status.clone());
             if self.store.is_some() {
-                self.unsaved.push((status.clone(), None));
+                self.unsaved.push(Unsaved::Job(status.clone(), None));
             }
             self.history.push(live.number, status);
             // Dropping `live` lets the job's binary be collected once
             // unused for the ttl: its results need no executor.
+        }
+    }
+
+    fn publish(&self, id: &JobId, now: Instant) {
+        if let (Some(job), Some(live)) = (self.state.job(id), self.live.get(id)) {
+            live.publisher
+                .send_replace(edge::job_status(job, &live.result_schema, now));
+        }
+    }
+
+    /// Publishes what waited for a finished stage to be on disk.
+    fn publish_saved(&mut self) {
+        let now = Instant::now();
+        for id in std::mem::take(&mut self.unpublished) {
+            self.publish(&id, now);
+        }
+    }
+
+    /// With a state store: where a finished stage's outputs are, for a
+    /// resume after a restart.
+    fn record_stage(&mut self, job: JobId, stage: StageId) {
+        if self.store.is_none() {
+            return;
+        }
+        let Some(run) = self.state.job(&job) else {
+            return;
+        };
+        let outputs: Option<Vec<(WorkerId, String)>> = run
+            .stage(stage)
+            .tasks
+            .iter()
+            .map(|task| match &task.state {
+                Task::Done { worker } => {
+                    let address: String = self.state.address_of(worker)?.clone();
+                    Some((worker.clone(), address))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Some(outputs) = outputs {
+            self.unsaved
+                .push(Unsaved::Stage(job, stage, edge::stage_outputs(&outputs)));
         }
     }
 
@@ -432,7 +584,8 @@ impl Scheduler {
                     self.outboxes.remove(&worker);
                 }
             }
-            Command::Changed(_) => {}
+            // Handled in `carry_out`.
+            Command::StageDone { .. } | Command::Changed(_) => {}
         }
     }
 

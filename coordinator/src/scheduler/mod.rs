@@ -18,10 +18,12 @@ mod history;
 pub mod model;
 mod panic;
 mod plans;
+pub mod resumable;
 #[cfg(test)]
 mod simulation;
 pub mod state;
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +98,8 @@ pub enum Event {
         slots: usize,
         /// Executors the worker runs at once; 0: no limit.
         max_executors: usize,
+        /// The map outputs it holds.
+        held: Vec<pb::HeldOutputs>,
         outbox: Outbox,
         reply: oneshot::Sender<Result<(), Status>>,
     },
@@ -203,61 +207,82 @@ impl Default for SchedulerConfig {
 
 /// Starts the event loop; it runs until every sender is dropped. With a
 /// state store, jobs are recorded there, and `history` (jobs an earlier
-/// coordinator recorded) is listed; those that had not ended are marked
-/// failed, since their running tasks ended with that coordinator.
+/// coordinator recorded) is listed. Of the jobs in it that had not ended,
+/// those in `resumed` go on; the others are marked failed, with the
+/// reason in `unresumable` when there is one.
 pub fn spawn(
     config: SchedulerConfig,
     state: Option<Arc<StateStore>>,
-    history: Vec<pb::JobStatus>,
+    restart: Restart,
     key: TicketKey,
 ) -> (EventSender, oneshot::Receiver<String>) {
     let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
     let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), TICK_MAX);
-    let released = interrupted_jobs(&history);
-    // The interrupted jobs' new records are the loop's first writes.
-    let to_record: Vec<pb::JobStatus> = history
+    let Restart {
+        history,
+        resumed,
+        unresumable,
+    } = restart;
+    let resumed_ids: BTreeSet<&str> = resumed.iter().map(|job| job.job_id.0.as_str()).collect();
+    let (history, interrupted): (Vec<pb::JobStatus>, Vec<pb::JobStatus>) = history
+        .into_iter()
+        .filter(|status| !resumed_ids.contains(status.job_id.as_str()))
+        .partition(has_ended);
+    let released = interrupted
         .iter()
-        .filter(|status| !has_ended(status))
-        .cloned()
-        .map(restored)
+        .map(|status| JobId(status.job_id.clone()))
         .collect();
-    let history: Vec<pb::JobStatus> = history.into_iter().map(restored).collect();
+    // The interrupted jobs' new records are the loop's first writes.
+    let interrupted: Vec<pb::JobStatus> = interrupted
+        .into_iter()
+        .map(|status| {
+            let reason = unresumable.get(&status.job_id).cloned();
+            failed_by_restart(status, reason)
+        })
+        .collect();
+    let listed = history
+        .into_iter()
+        .chain(interrupted.iter().cloned())
+        .collect();
     let capacity = config.job_history;
     let now = Instant::now();
     let scheduler = Scheduler::new(
         SchedulerState::new(config, released, now),
-        history,
-        to_record,
+        listed,
+        interrupted,
         capacity,
         state,
         key,
-    );
+    )
+    .with_resumed(resumed);
     let (fatal_sender, fatal) = oneshot::channel();
     tokio::spawn(scheduler.run(receiver, fatal_sender));
     tokio::spawn(ticks(sender.clone(), period));
     (sender, fatal)
 }
 
-/// Jobs that were running when an earlier coordinator stopped (the newest
-/// `RELEASED_REMEMBERED`): they are released to every worker that joins,
-/// since no one else will, and their files and executors (which count
-/// toward `--max-executors`) would otherwise stay on the workers.
-fn interrupted_jobs(history: &[pb::JobStatus]) -> Vec<JobId> {
-    history
-        .iter()
-        .filter(|status| !has_ended(status))
-        .map(|status| JobId(status.job_id.clone()))
-        .collect()
+/// What an earlier coordinator left to a new one.
+#[derive(Default)]
+pub struct Restart {
+    /// Every job it recorded.
+    pub history: Vec<pb::JobStatus>,
+    /// The jobs that had not ended and go on.
+    pub resumed: Vec<resumable::Resumption>,
+    /// Why the others that had not ended cannot, by job id.
+    pub unresumable: HashMap<String, String>,
 }
 
-/// A job an earlier coordinator recorded, as this one lists it.
-fn restored(mut status: pb::JobStatus) -> pb::JobStatus {
-    if !has_ended(&status) {
-        status.state = pb::JobState::Failed as i32;
-        status.error_kind = pb::ErrorKind::Execution as i32;
-        status.error = "the coordinator restarted while the job ran; submit it again".into();
-        status.tasks_running = 0;
-    }
+/// A job an earlier coordinator left running that cannot go on: it is
+/// listed as failed. Its files and executors on the workers are released
+/// to every worker that joins, since no one else will release them.
+fn failed_by_restart(mut status: pb::JobStatus, reason: Option<String>) -> pb::JobStatus {
+    status.state = pb::JobState::Failed as i32;
+    status.error_kind = pb::ErrorKind::Execution as i32;
+    status.error = match reason {
+        Some(reason) => format!("the coordinator restarted and cannot resume the job: {reason}"),
+        None => "the coordinator restarted while the job ran; submit it again".into(),
+    };
+    status.tasks_running = 0;
     status
 }
 
@@ -279,20 +304,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jobs_an_earlier_coordinator_left_running_are_released_to_joining_workers() {
-        let status = |id: &str, state: pb::JobState| pb::JobStatus {
-            job_id: id.into(),
-            state: state as i32,
+    fn a_job_that_cannot_resume_is_listed_as_failed_with_the_reason() {
+        let running = pb::JobStatus {
+            job_id: "job-cut".into(),
+            state: pb::JobState::Running as i32,
+            tasks_running: 3,
             ..Default::default()
         };
-        let history = vec![
-            status("job-done", pb::JobState::Succeeded),
-            status("job-cut", pb::JobState::Running),
-            status("job-queued", pb::JobState::Queued),
-        ];
-        assert_eq!(
-            interrupted_jobs(&history),
-            [JobId("job-cut".into()), JobId("job-queued".into())]
+        let failed = failed_by_restart(
+            running.clone(),
+            Some("its input /d/t.parquet is gone".into()),
+        );
+        assert_eq!(failed.state, pb::JobState::Failed as i32);
+        assert_eq!(failed.tasks_running, 0);
+        assert!(
+            failed.error.contains("its input /d/t.parquet is gone"),
+            "{}",
+            failed.error
+        );
+        let unknown = failed_by_restart(running, None);
+        assert!(
+            unknown.error.contains("submit it again"),
+            "{}",
+            unknown.error
         );
     }
 }

@@ -171,6 +171,9 @@ pub enum Command {
     Release { job: JobId, to: Recipients },
     /// End the worker's session `session`: it was lost, or it drained.
     EndSession { worker: WorkerId, session: u64 },
+    /// Every task of the stage is done (again): where its outputs are is
+    /// recorded before the change is published.
+    StageDone { job: JobId, stage: StageId },
     /// The job's status changed.
     Changed(JobId),
 }

@@ -74,6 +74,7 @@ impl WorkerControl for ControlService {
             address: register.flight_address,
             slots: register.slots as usize,
             max_executors: register.max_executors as usize,
+            held: register.held_outputs,
             outbox,
             reply,
         };

@@ -365,6 +365,22 @@ impl LocalShuffleStore {
         Ok(removed)
     }
 
+    /// The map outputs held, by job and stage: the map partitions of each,
+    /// in order.
+    pub fn held(&self) -> Vec<(JobId, StageId, Vec<usize>)> {
+        let outputs = self.lock();
+        let mut held: Vec<(JobId, StageId, Vec<usize>)> = outputs
+            .iter()
+            .map(|((job, stage), maps)| {
+                let mut maps: Vec<usize> = maps.keys().copied().collect();
+                maps.sort_unstable();
+                (job.clone(), *stage, maps)
+            })
+            .collect();
+        held.sort_by(|a, b| (&a.0 .0, a.1 .0).cmp(&(&b.0 .0, b.1 .0)));
+        held
+    }
+
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<(JobId, StageId), HashMap<usize, MapOutput>>> {

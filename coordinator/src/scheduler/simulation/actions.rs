@@ -82,6 +82,7 @@ impl Simulation {
             address: worker.address.clone(),
             slots: worker.slots,
             max_executors: worker.max_executors,
+            held: Default::default(),
         };
         let joined = self.state.join(joining, self.now());
         self.note(kind, format!("{id} joins as session {session}: {joined:?}"));
@@ -487,7 +488,7 @@ impl Simulation {
             // Sent before the state forgot the session: it reaches the
             // process that holds it.
             Command::EndSession { worker, .. } => vec![worker.clone()],
-            Command::Changed(_) => Vec::new(),
+            Command::StageDone { .. } | Command::Changed(_) => Vec::new(),
         };
         let ending = matches!(command, Command::EndSession { .. });
         for id in targets {

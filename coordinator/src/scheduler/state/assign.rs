@@ -77,12 +77,15 @@ impl SchedulerState {
         // A closure job's tasks would only wait on a worker with no room
         // for its executor, holding slots the running jobs need (two jobs
         // each waiting for the other's executor to go).
+        // A resumed job could read an output that is gone until the
+        // workers holding its outputs have rejoined (see `resume`).
+        let waiting = job.resumed && self.awaiting();
         let room = !job.closures
             || self
                 .workers
                 .get(worker)
                 .is_some_and(|state| state.executor_room(id));
-        job.is_active() && !excluded && room
+        job.is_active() && !excluded && room && !waiting
     }
 
     fn pick_in_job(&mut self, id: &JobId, worker: &WorkerId) -> Option<TaskKey> {
@@ -130,8 +133,10 @@ impl SchedulerState {
                 let Task::Done { worker } = &task.state else {
                     return Err(format!("stage {input} is not done"));
                 };
-                let address = self.workers.get(worker).map(|w| w.address.clone()).ok_or_else(|| {
-                    format!("the output of stage {input} is listed on worker {worker}, which is gone")
+                let address = self.address_of(worker).cloned().ok_or_else(|| {
+                    format!(
+                        "the output of stage {input} is listed on worker {worker}, which is gone"
+                    )
                 })?;
                 addresses.push(address);
             }

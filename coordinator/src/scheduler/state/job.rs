@@ -68,6 +68,9 @@ pub struct TaskRun {
     /// Times its finished output was lost (its worker gone, a fetch
     /// failed) and it went back to be made again from lineage.
     pub outputs_lost: u32,
+    /// Its output was made before the coordinator restarted and is used
+    /// as it is.
+    pub resumed: bool,
 }
 
 impl TaskRun {
@@ -78,6 +81,7 @@ impl TaskRun {
             failed: 0,
             interrupted: 0,
             outputs_lost: 0,
+            resumed: false,
         }
     }
 
@@ -89,6 +93,7 @@ impl TaskRun {
         );
         self.state = Task::Pending;
         self.outputs_lost += 1;
+        self.resumed = false;
     }
 }
 
@@ -137,6 +142,8 @@ pub struct Job {
     /// Succeeded, and its results not yet read (released): it stays in
     /// the state and its lost result partitions are made again.
     pub holds_results: bool,
+    /// An earlier coordinator ran it; this one resumed it.
+    pub resumed: bool,
 }
 
 impl Job {
@@ -173,6 +180,7 @@ impl Job {
             closures: spec.closures,
             keeps_lineage: spec.keeps_lineage,
             holds_results: false,
+            resumed: false,
         }
     }
 
@@ -289,6 +297,17 @@ impl Job {
     pub fn outputs_recomputed(&self) -> u32 {
         let all = self.stages.iter().flat_map(|stage| &stage.tasks);
         all.map(|task| task.outputs_lost).sum()
+    }
+
+    /// Tasks whose output from before a restart is used as it is, and
+    /// the stages all of whose tasks are.
+    pub fn resumed_counts(&self) -> (usize, usize) {
+        let tasks = self.stages.iter().flat_map(|stage| &stage.tasks);
+        let stages = self
+            .stages
+            .iter()
+            .filter(|stage| !stage.tasks.is_empty() && stage.tasks.iter().all(|task| task.resumed));
+        (tasks.filter(|task| task.resumed).count(), stages.count())
     }
 
     /// Seconds since the job started, up to its end.

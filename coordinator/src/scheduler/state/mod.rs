@@ -18,11 +18,12 @@ mod assign;
 pub mod invariants;
 pub mod job;
 mod recovery;
+mod resume;
 #[cfg(test)]
 mod tests;
 pub mod worker;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use tone_engine::JobId;
@@ -30,6 +31,7 @@ use tone_engine::JobId;
 use super::model::{Command, ErrorKind, JobState, Recipients, WorkerFigures, WorkerId};
 use super::SchedulerConfig;
 pub use job::{Job, JobSpec, StagePlans, StageShape, Task};
+pub use resume::Resumed;
 pub use worker::{Session, Worker};
 
 /// Released job ids told again to every worker that (re)joins: a worker
@@ -54,6 +56,8 @@ pub struct Joining {
     pub slots: usize,
     /// Executors the worker runs at once; 0: no limit.
     pub max_executors: usize,
+    /// The map outputs it holds (a worker that outlived a coordinator).
+    pub held: BTreeSet<super::model::TaskKey>,
 }
 
 pub struct SchedulerState {
@@ -69,6 +73,10 @@ pub struct SchedulerState {
     now: Instant,
     /// The job a transition is working on, failed if a panic strikes.
     in_hand: Option<JobId>,
+    /// Workers that hold resumed jobs' outputs and have not rejoined, with
+    /// their addresses; see `resume`.
+    awaited: BTreeMap<WorkerId, String>,
+    awaiting_until: Option<Instant>,
 }
 
 impl SchedulerState {
@@ -85,6 +93,8 @@ impl SchedulerState {
             commands: Vec::new(),
             now,
             in_hand: None,
+            awaited: BTreeMap::new(),
+            awaiting_until: None,
         }
     }
 
@@ -167,7 +177,8 @@ impl SchedulerState {
         }
         let worker = Worker::new(joining.session, joining.address, joining.slots, now)
             .with_max_executors(joining.max_executors);
-        self.workers.insert(joining.id, worker);
+        self.workers.insert(joining.id.clone(), worker);
+        self.reconcile(&joining.id, &joining.held);
         self.settle();
         Ok(())
     }
@@ -260,6 +271,7 @@ impl SchedulerState {
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
         self.expire_silent_workers();
+        self.expire_awaited();
         self.enforce_limits();
         self.settle();
     }

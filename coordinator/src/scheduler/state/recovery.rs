@@ -88,13 +88,19 @@ impl SchedulerState {
         job.bytes = job.bytes.saturating_add(bytes);
         job.remote_fetch_bytes = job.remote_fetch_bytes.saturating_add(remote);
         self.commands.push(Command::Changed(key.job.clone()));
-        if key.stage == job.final_stage() && job.stage(key.stage).done() {
-            self.finish_job(&key.job);
+        if job.stage(key.stage).done() {
+            self.commands.push(Command::StageDone {
+                job: key.job.clone(),
+                stage: key.stage,
+            });
+            if key.stage == job.final_stage() {
+                self.finish_job(&key.job);
+            }
         }
     }
 
     fn finish_job(&mut self, id: &JobId) {
-        let Some(job) = self.jobs.get_mut(id) else {
+        let Some(job) = self.jobs.get(id) else {
             return;
         };
         let stage = job.final_stage();
@@ -107,15 +113,14 @@ impl SchedulerState {
                 Task::Done { worker } => Some(ResultLocation {
                     stage,
                     map: map as u32,
-                    address: self
-                        .workers
-                        .get(worker)
-                        .map(|w| w.address.clone())
-                        .unwrap_or_default(),
+                    address: self.address_of(worker).cloned().unwrap_or_default(),
                 }),
                 _ => None,
             })
             .collect();
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
         job.results = results;
         job.state = JobState::Succeeded;
         job.finished = Some(self.now);
@@ -309,10 +314,19 @@ impl SchedulerState {
         });
     }
 
-    /// Marks the outputs on `worker` that are still needed as pending,
-    /// last stage first, so a consumer that must re-run makes its own inputs
-    /// needed again.
+    /// Marks the outputs on `worker` that are still needed as pending.
     fn recompute_outputs_on(&mut self, id: &JobId, worker: &WorkerId) {
+        self.recompute_outputs(id, |_, on| on == worker);
+    }
+
+    /// Marks the done outputs `lost(task, worker)` names that are still
+    /// needed as pending, last stage first, so a consumer that must re-run
+    /// makes its own inputs needed again.
+    pub(super) fn recompute_outputs(
+        &mut self,
+        id: &JobId,
+        lost: impl Fn(&TaskKey, &WorkerId) -> bool,
+    ) {
         let Some(stages) = self
             .jobs
             .get(id)
@@ -328,14 +342,17 @@ impl SchedulerState {
                 continue;
             }
             let mut changed = false;
-            for task in &mut job.stage_mut(stage).tasks {
-                if matches!(&task.state, Task::Done { worker: w } if w == worker) {
+            let keys: Vec<TaskKey> = (0..job.stage(stage).tasks.len())
+                .map(|partition| job.key(stage, partition))
+                .collect();
+            for (task, key) in job.stage_mut(stage).tasks.iter_mut().zip(&keys) {
+                if matches!(&task.state, Task::Done { worker } if lost(key, worker)) {
                     task.recompute();
                     changed = true;
                 }
             }
             if changed {
-                tracing::warn!(job_id = %id, %stage, worker_id = %worker, "recomputing lost map outputs");
+                tracing::warn!(job_id = %id, %stage, "recomputing lost map outputs");
                 self.commands.push(Command::Changed(id.clone()));
                 self.input_changed(id, stage);
             }

@@ -107,6 +107,11 @@ impl World {
     }
 
     fn join(&mut self, name: &str, slots: usize) -> Vec<Command> {
+        self.rejoin(name, slots, &[])
+    }
+
+    /// Joins holding the map outputs of `held`.
+    fn rejoin(&mut self, name: &str, slots: usize, held: &[TaskKey]) -> Vec<Command> {
         let session = self.next_session;
         self.next_session += 1;
         let joining = Joining {
@@ -118,6 +123,7 @@ impl World {
             address: format!("{name}:1"),
             slots,
             max_executors: 0,
+            held: held.iter().cloned().collect(),
         };
         self.state.join(joining, self.now).expect("joins");
         self.sessions.insert(w(name), session);
@@ -623,6 +629,7 @@ fn a_live_worker_id_is_bound_to_its_session_key() {
         address: "evil:1".into(),
         slots: 8,
         max_executors: 0,
+        held: Default::default(),
     };
     assert_eq!(world.state.join(impostor, world.now), Err(IdTaken(w("w1"))));
     assert_eq!(
@@ -659,6 +666,7 @@ fn a_closure_job_waits_for_executor_room() {
         address: "w1:1".into(),
         slots: 4,
         max_executors: 1,
+        held: Default::default(),
     };
     world.state.join(joining, world.now).expect("joins");
     world.sessions.insert(w("w1"), 1);
@@ -787,4 +795,118 @@ fn a_job_that_writes_files_and_clients_that_never_read_do_not_pile_up() {
     let let_go = world.state.take_ended();
     assert_eq!(let_go.len(), 1, "one past the bound is let go");
     assert_eq!(let_go[0].id, job_id("j0"), "the oldest");
+}
+
+/// `two_stages` as an earlier coordinator left it: the map stage finished,
+/// its outputs on `on` (one worker per map task).
+fn resumed_two_stages(name: &str, on: &[&str]) -> Resumed {
+    let outputs = on
+        .iter()
+        .map(|worker| (w(worker), format!("{worker}:1")))
+        .collect();
+    Resumed {
+        spec: two_stages(name, on.len()),
+        finished: BTreeMap::from([(StageId(0), outputs)]),
+    }
+}
+
+#[test]
+fn a_resumed_job_waits_for_its_workers_and_reruns_only_the_outputs_they_lost() {
+    let mut world = World::new();
+    world
+        .state
+        .resume(resumed_two_stages("j", &["a", "b"]), world.now);
+    world.state.take_commands();
+    let commands = world.rejoin("a", 2, &[key("j", 0, 0)]);
+    assert!(
+        assigned(&commands).is_empty(),
+        "nothing runs while worker b, which holds an output, may still come back: {commands:?}"
+    );
+    // b comes back without its output (its files were lost).
+    let commands = world.rejoin("b", 2, &[]);
+    let reruns = assigned(&commands);
+    assert_eq!(
+        reruns.len(),
+        1,
+        "only the lost map output runs again: {reruns:?}"
+    );
+    assert_eq!(reruns[0].1, key("j", 0, 1));
+    let job = world.state.job(&job_id("j")).expect("live");
+    assert_eq!(
+        job.resumed_counts(),
+        (1, 0),
+        "one task resumed, its stage not whole"
+    );
+    assert_eq!(world.task(&key("j", 0, 0)), Task::Done { worker: w("a") });
+
+    let (worker, _, attempt) = reruns[0].clone();
+    let commands = world.report(&worker.0, &key("j", 0, 1), attempt, succeeded(1));
+    assert_eq!(
+        plan_of(&commands, &key("j", 1, 0)),
+        format!(r#"stage 1 reads {{StageId(0): ["a:1", "{worker}:1"]}}"#),
+        "the final stage reads the resumed output where it was and the rerun one"
+    );
+}
+
+#[test]
+fn a_resumed_stage_whose_workers_all_rejoin_is_not_run_again() {
+    let mut world = World::new();
+    world
+        .state
+        .resume(resumed_two_stages("j", &["a", "b"]), world.now);
+    world.rejoin("a", 1, &[key("j", 0, 0)]);
+    let commands = world.rejoin("b", 1, &[key("j", 0, 1), key("other", 0, 0)]);
+    assert_eq!(
+        assigned(&commands)
+            .iter()
+            .map(|(_, task, _)| task.clone())
+            .collect::<Vec<_>>(),
+        [key("j", 1, 0)],
+        "only the stage that had not finished runs"
+    );
+    let job = world.state.job(&job_id("j")).expect("live");
+    assert_eq!(job.resumed_counts(), (2, 1));
+}
+
+#[test]
+fn outputs_on_a_worker_that_never_rejoins_are_made_again_after_the_wait() {
+    let mut world = World::new();
+    world
+        .state
+        .resume(resumed_two_stages("j", &["a", "gone"]), world.now);
+    let commands = world.rejoin("a", 2, &[key("j", 0, 0)]);
+    assert!(assigned(&commands).is_empty());
+    let session = world.sessions[&w("a")];
+    let pass = |world: &mut World, seconds: u64| {
+        world.now += Duration::from_secs(seconds);
+        // Worker a stays alive; only the missing one is silent.
+        let figures = crate::scheduler::model::WorkerFigures::default();
+        world.state.heartbeat(&w("a"), session, figures, world.now);
+        world.state.tick(world.now);
+        world.state.take_commands()
+    };
+    assert!(
+        assigned(&pass(&mut world, 5)).is_empty(),
+        "still within the wait"
+    );
+    let commands = pass(&mut world, 6);
+    assert_eq!(
+        assigned(&commands),
+        [(w("a"), key("j", 0, 1), 0)],
+        "past one heartbeat timeout the missing worker's output is made again"
+    );
+    let job = world.state.job(&job_id("j")).expect("live");
+    assert_eq!(job.resumed_counts(), (1, 0));
+    assert_eq!(job.outputs_recomputed(), 1);
+}
+
+#[test]
+fn new_jobs_run_while_resumed_ones_wait() {
+    let mut world = World::new();
+    world
+        .state
+        .resume(resumed_two_stages("old", &["gone"]), world.now);
+    world.join("a", 1);
+    let commands = world.submit(two_stages("new", 1));
+    assert_eq!(assigned(&commands), [(w("a"), key("new", 0, 0), 0)]);
 }
