@@ -3,6 +3,7 @@
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
@@ -12,8 +13,8 @@ use tone_proto::flight::FlightPool;
 use tone_proto::security::{AuthChannel, ClientFiles, ClientSecurity};
 use tone_proto::v1 as pb;
 use tone_proto::v1::jobs_client::JobsClient;
-use tone_proto::MAX_MESSAGE_BYTES;
 
+mod coordinators;
 mod results;
 pub use results::RESULT_RECOVERY;
 
@@ -110,6 +111,13 @@ impl ClusterError {
 impl From<tonic::Status> for ClusterError {
     fn from(status: tonic::Status) -> Self {
         use tonic::Code;
+        if let Some(leader) = coordinators::leader_named(&status) {
+            // A standby of a high-availability group: the leader is
+            // elsewhere (found again by the caller).
+            return ClusterError::Connection {
+                reason: format!("{} ({leader} leads)", status.message()),
+            };
+        }
         match status.code() {
             Code::FailedPrecondition => ClusterError::MissingBlob {
                 message: status.message().to_string(),
@@ -225,7 +233,7 @@ pub struct TableRef {
 /// A connection to a coordinator.
 #[derive(Clone)]
 pub struct ClusterClient {
-    jobs: JobsClient<AuthChannel>,
+    coordinators: Arc<coordinators::Coordinators>,
     flight: FlightPool,
     job_timeout: Option<std::time::Duration>,
 }
@@ -244,47 +252,26 @@ impl ClusterClient {
         Self::connect_with(url, &security).await
     }
 
-    /// Connects to the coordinator at `url` with `security`.
+    /// Connects to the coordinator at `url` with `security`. `url` may
+    /// list the members of a high-availability group, comma-separated:
+    /// the client finds the leader, and finds it again when it changes.
     pub async fn connect_with(url: &str, security: &ClientSecurity) -> Result<Self, ClusterError> {
-        let url = if url.contains("://") {
-            url.to_string()
-        } else if security.tls.is_some() {
-            format!("https://{url}")
-        } else {
-            format!("http://{url}")
-        };
-        let channel = security
-            .connect_authenticated(&url)
-            .await
-            .map_err(|error| ClusterError::Connect {
-                url: error.url,
-                reason: error.reason,
-            })?;
-        let jobs = JobsClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        // One call now, so a connection the server drops (TLS against
-        // plaintext, a client certificate it requires) or a refused token
-        // fails here, where the settings are known, not at the first job.
-        if let Err(status) = jobs.clone().list_workers(pb::ListWorkersRequest {}).await {
-            if !is_transport_failure(&status) {
-                return Err(status.into());
-            }
-            return Err(ClusterError::Connect {
-                reason: describe_failure(&status, &url, security),
-                url,
-            });
-        }
+        let coordinators = Arc::new(coordinators::Coordinators::connect(url, security).await?);
         // Workers need no token: the coordinator's tickets let us read.
         let flight = FlightPool::new(ClientSecurity {
             tls: security.tls.clone(),
             token: None,
         });
         Ok(Self {
-            jobs,
+            coordinators,
             flight,
             job_timeout: None,
         })
+    }
+
+    /// The client of the coordinator that leads.
+    fn leader(&self) -> JobsClient<AuthChannel> {
+        self.coordinators.jobs()
     }
 
     /// Every job this client submits fails when it runs longer than
@@ -318,7 +305,7 @@ impl ClusterClient {
             plan: Vec::new(),
             executor: None,
         };
-        Ok(self.jobs.clone().submit(request).await?.into_inner())
+        Ok(self.leader().submit(request).await?.into_inner())
     }
 
     /// Follows the job until it ends, calling `progress` on every change.
@@ -348,6 +335,8 @@ impl ClusterClient {
                     if since.elapsed() >= COORDINATOR_RECONNECT {
                         return Err(error);
                     }
+                    // Another member of a group may lead now.
+                    self.coordinators.find_leader_again().await;
                     // Paces the retries; each one is a real request.
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                 }
@@ -381,7 +370,7 @@ impl ClusterClient {
         let request = pb::JobStatusRequest {
             job_id: job_id.to_string(),
         };
-        let mut updates = self.jobs.clone().watch(request).await?.into_inner();
+        let mut updates = self.leader().watch(request).await?.into_inner();
         while let Some(status) = updates.message().await? {
             progress(&status);
             *last = Some(status);
@@ -438,7 +427,7 @@ impl ClusterClient {
         let request = pb::JobStatusRequest {
             job_id: job_id.to_string(),
         };
-        Ok(self.jobs.clone().status(request).await?.into_inner())
+        Ok(self.leader().status(request).await?.into_inner())
     }
 
     /// Cancels a job; returns its status after the cancel.
@@ -446,7 +435,7 @@ impl ClusterClient {
         let request = pb::CancelJobRequest {
             job_id: job_id.to_string(),
         };
-        Ok(self.jobs.clone().cancel(request).await?.into_inner())
+        Ok(self.leader().cancel(request).await?.into_inner())
     }
 
     /// Frees a job's result data on the workers.
@@ -454,7 +443,7 @@ impl ClusterClient {
         let request = pb::JobStatusRequest {
             job_id: job_id.to_string(),
         };
-        self.jobs.clone().release(request).await?;
+        self.leader().release(request).await?;
         Ok(())
     }
 
@@ -482,7 +471,7 @@ impl ClusterClient {
                 state: state.map_or(0, |state| state as i32),
                 before,
             };
-            let page = self.jobs.clone().list_jobs(request).await?.into_inner();
+            let page = self.leader().list_jobs(request).await?.into_inner();
             total = page.total;
             listed += page.jobs.len();
             pages.push(page.jobs);
@@ -501,8 +490,7 @@ impl ClusterClient {
     /// The live workers.
     pub async fn workers(&self) -> Result<Vec<pb::WorkerInfo>, ClusterError> {
         Ok(self
-            .jobs
-            .clone()
+            .leader()
             .list_workers(pb::ListWorkersRequest {})
             .await?
             .into_inner()
@@ -549,7 +537,7 @@ impl ClusterClient {
                 Some((chunk, (file, false)))
             }
         });
-        self.jobs.clone().upload_binary(chunks).await?;
+        self.leader().upload_binary(chunks).await?;
         Ok(sha256)
     }
 
@@ -559,13 +547,7 @@ impl ClusterClient {
         let request = pb::BinaryRef {
             sha256: sha256.to_string(),
         };
-        Ok(self
-            .jobs
-            .clone()
-            .has_binary(request)
-            .await?
-            .into_inner()
-            .stored)
+        Ok(self.leader().has_binary(request).await?.into_inner().stored)
     }
 
     /// Stores `bytes` on the coordinator like a binary (content-addressed)
@@ -591,8 +573,7 @@ impl ClusterClient {
                 data: Vec::new(),
             }),
         }
-        self.jobs
-            .clone()
+        self.leader()
             .upload_binary(futures::stream::iter(chunks))
             .await?;
         Ok(sha256)
@@ -616,7 +597,7 @@ impl ClusterClient {
             plan,
             executor,
         };
-        let submitted = self.jobs.clone().submit(request).await?.into_inner();
+        let submitted = self.leader().submit(request).await?.into_inner();
         self.collect(&submitted.job_id).await
     }
 

@@ -409,7 +409,7 @@ async fn a_live_worker_id_cannot_be_taken_over() {
     let welcome = session.message().await.expect("stream").expect("welcome");
     assert!(matches!(
         welcome.kind,
-        Some(pb::coordinator_message::Kind::Welcome(pb::Welcome { ref ticket_key })) if ticket_key.len() == 32
+        Some(pb::coordinator_message::Kind::Welcome(pb::Welcome { ref ticket_key, .. })) if ticket_key.len() == 32
     ));
 }
 

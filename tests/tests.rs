@@ -8,6 +8,7 @@ mod dataset;
 mod deploy;
 mod faults;
 mod fuzz_regressions;
+mod ha;
 mod memory;
 mod netns;
 mod oracle_tpch;

@@ -55,11 +55,12 @@ pub struct BinaryStore {
 }
 
 impl BinaryStore {
-    /// Binaries under `state_dir/binaries`, or in a temporary folder that
-    /// goes with the coordinator, taking at most `limit_bytes` in all.
-    pub fn open(state_dir: Option<&Path>, limit_bytes: u64) -> Result<Self, BinaryError> {
-        let (dir, temporary) = match state_dir {
-            Some(dir) => (dir.join("binaries"), None),
+    /// Binaries in `dir` (`--binary-store`, or `binaries` in the state
+    /// dir), or in a temporary folder that goes with the coordinator,
+    /// taking at most `limit_bytes` in all.
+    pub fn open(dir: Option<&Path>, limit_bytes: u64) -> Result<Self, BinaryError> {
+        let (dir, temporary) = match dir {
+            Some(dir) => (dir.to_path_buf(), None),
             None => {
                 let temporary = tempfile::Builder::new()
                     .prefix("tone-binaries-")
@@ -507,7 +508,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join(".tmpAbC123"), b"half a binary").expect("write");
         std::fs::write(dir.join("notes.txt"), b"the user's").expect("write");
-        let _store = BinaryStore::open(Some(state.path()), u64::MAX).expect("store");
+        let _store =
+            BinaryStore::open(Some(&state.path().join("binaries")), u64::MAX).expect("store");
         assert!(!dir.join(".tmpAbC123").exists());
         assert!(dir.join("notes.txt").exists());
     }

@@ -72,15 +72,17 @@ impl Harness {
             ..SchedulerConfig::default()
         };
         let (events, _fatal) =
-            scheduler::spawn(config, None, scheduler::Restart::default(), key.clone());
+            scheduler::spawn(config, None, scheduler::Restart::default(), key.clone(), 0);
         let planner = Arc::new(Planner::new(None, roots).expect("planner"));
         let setup = JobId("job-setup".into());
         for ddl in TABLES {
             let planned = planner.plan_without_running(&setup, ddl, 1).await;
             planned.expect("fuzzing tables");
         }
-        let binaries =
-            Arc::new(BinaryStore::open(Some(dir.path()), 64 * 1024 * 1024).expect("binary store"));
+        let binaries = Arc::new(
+            BinaryStore::open(Some(&dir.path().join("binaries")), 64 * 1024 * 1024)
+                .expect("binary store"),
+        );
         let guard = Arc::new(Guard::new(&security, key));
         let jobs = JobsService::new(
             events.clone(),

@@ -33,7 +33,7 @@ const RUNNING: TableDefinition<&str, &[u8]> = TableDefinition::new("running");
 const OUTPUTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("stage_outputs");
 const FILE_NAME: &str = "coordinator.redb";
 /// Writes waiting for the writer thread at most.
-const WRITE_QUEUE: usize = 1024;
+pub(crate) const WRITE_QUEUE: usize = 1024;
 /// redb's page cache (its default is 1 GiB, which a coordinator that only
 /// writes here, and reads once at start, would fill as the file grows).
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
@@ -73,7 +73,7 @@ pub struct RunningJob {
     pub finished: BTreeMap<u32, pb::StageOutputs>,
 }
 
-enum Write {
+pub(crate) enum Write {
     Job {
         status: pb::JobStatus,
         committed: Option<oneshot::Sender<()>>,
@@ -128,6 +128,20 @@ impl StateStore {
             writer: Mutex::new(Some(writer)),
         };
         Ok((store, restored))
+    }
+
+    /// A store whose writes go to `queue`'s consumer (the etcd writer of
+    /// a high-availability coordinator), with `catalog_entries` entries
+    /// already recorded.
+    pub(crate) fn with_queue(
+        writes: tokio::sync::mpsc::Sender<Write>,
+        catalog_entries: usize,
+    ) -> Self {
+        Self {
+            writes: Some(writes),
+            next_sequence: AtomicU64::new(catalog_entries as u64),
+            writer: Mutex::new(None),
+        }
     }
 
     /// Records a job's status; `committed` hears when it is on disk.
@@ -238,7 +252,7 @@ fn read_all(database: &Database) -> Result<Restored, String> {
 }
 
 /// Takes the writes waiting in the queue, up to a batch, after the first.
-fn batch(first: Write, queue: &mut tokio::sync::mpsc::Receiver<Write>) -> Vec<Write> {
+pub(crate) fn batch(first: Write, queue: &mut tokio::sync::mpsc::Receiver<Write>) -> Vec<Write> {
     let mut writes = vec![first];
     while writes.len() < WRITE_QUEUE {
         match queue.try_recv() {

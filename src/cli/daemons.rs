@@ -33,10 +33,67 @@ pub struct CoordinatorArgs {
     /// take, e.g. 16G; an upload past it is refused and removed.
     #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
     pub binary_store_limit: u64,
+    /// Store job binaries in this folder, which every coordinator of a
+    /// high-availability group must reach [default: DIR/binaries of
+    /// --state-dir, else a temporary folder].
+    #[arg(long, value_name = "DIR")]
+    pub binary_store: Option<PathBuf>,
+    #[command(flatten)]
+    pub ha: HaArgs,
     #[command(flatten)]
     pub security: CoordinatorSecurityArgs,
     #[command(flatten)]
     pub failures: FailureArgs,
+}
+
+/// High availability: several coordinators, one leading, on etcd.
+#[derive(Debug, Clone, Args)]
+pub struct HaArgs {
+    /// etcd client URLs (http://HOST:PORT, comma-separated): this
+    /// coordinator joins a group there, leads or stands by, and keeps job
+    /// state in etcd instead of --state-dir.
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        conflicts_with = "state_dir"
+    )]
+    pub ha_etcd: Vec<String>,
+    /// The group's keys in etcd.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "/tone/default",
+        requires = "ha_etcd"
+    )]
+    pub ha_prefix: String,
+    /// Seconds the leader's etcd lease lives without a refresh: a dead or
+    /// frozen leader is replaced within about this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=60), requires = "ha_etcd")]
+    pub ha_lease_ttl: u64,
+    /// The URL clients and workers reach this coordinator at, told to
+    /// them by standbys [default: http://LISTEN address].
+    #[arg(long, value_name = "URL", requires = "ha_etcd")]
+    pub advertise: Option<String>,
+}
+
+impl HaArgs {
+    fn config(&self, listening: SocketAddr, tls: bool) -> Option<tone_coordinator::HaConfig> {
+        if self.ha_etcd.is_empty() {
+            return None;
+        }
+        let scheme = if tls { "https" } else { "http" };
+        Some(tone_coordinator::HaConfig {
+            endpoints: self.ha_etcd.clone(),
+            prefix: self.ha_prefix.trim_end_matches('/').to_string(),
+            lease_ttl: std::time::Duration::from_secs(self.ha_lease_ttl),
+            advertise: self
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{listening}")),
+        })
+    }
 }
 
 /// TLS, tokens and path roots of the coordinator.
@@ -396,17 +453,20 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         context: "installing the Ctrl-C handler".into(),
         source,
     })?;
-    let config = CoordinatorConfig {
+    let mut config = CoordinatorConfig {
         listen: args.listen,
         state_dir: args.state_dir,
         scheduler: args.failures.scheduler(),
         binary_ttl: std::time::Duration::from_secs(args.binary_ttl),
         binary_store_limit_bytes: args.binary_store_limit,
         security: args.security.load()?,
+        binary_store: args.binary_store,
+        ha: None,
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
         .map_err(daemon_error)?;
+    config.ha = args.ha.config(address, config.security.tls.is_some());
     // The first stdout line tells scripts (and local-cluster) where we are.
     println!("coordinator: listening on {address}");
     let secure = &config.security;

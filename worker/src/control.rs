@@ -2,6 +2,7 @@
 //! assignments, report status. Reconnects when the session drops.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,16 +66,34 @@ pub async fn run(
         trusted: &trusted,
         session_key: &session_key,
         health: &health,
+        newest_epoch: &AtomicU64::new(0),
     };
+    let urls: Vec<String> = config
+        .coordinator_urls()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let mut next = 0;
+    // The leader a standby named; tried first next time.
+    let mut leader: Option<String> = None;
     tokio::pin!(stop);
     loop {
+        let url = leader
+            .take()
+            .unwrap_or_else(|| urls[next % urls.len()].clone());
         tokio::select! {
             _ = &mut stop => return,
-            outcome = worker.once(drain.clone()) => {
+            outcome = worker.once(&url, drain.clone()) => {
                 match outcome {
                     Ok(Ended::Drained) => return,
-                    Ok(Ended::ByCoordinator) => tracing::warn!("coordinator closed the session; reconnecting"),
-                    Err(error) => tracing::warn!(%error, "coordinator session failed; reconnecting"),
+                    Ok(Ended::ByCoordinator) => tracing::warn!(%url, "coordinator closed the session; reconnecting"),
+                    Err(failure) => {
+                        tracing::warn!(%url, error = %failure.reason, "coordinator session failed; reconnecting");
+                        leader = failure.leader;
+                        if leader.is_none() {
+                            next += 1;
+                        }
+                    }
                 }
             }
         }
@@ -82,6 +101,21 @@ pub async fn run(
             return; // Nothing runs once the session is gone.
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// Why a session ended badly, and the leader a standby named, if one did.
+struct Failure {
+    reason: String,
+    leader: Option<String>,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            leader: None,
+        }
     }
 }
 
@@ -100,10 +134,13 @@ struct Session<'a> {
     trusted: &'a TrustedKey,
     session_key: &'a [u8],
     health: &'a tonic_health::server::HealthReporter,
+    /// The newest leader epoch met (high availability): sessions and
+    /// assignments of older leaders are refused.
+    newest_epoch: &'a AtomicU64,
 }
 
 impl Session<'_> {
-    async fn once(&self, mut drain: watch::Receiver<bool>) -> Result<Ended, String> {
+    async fn once(&self, url: &str, mut drain: watch::Receiver<bool>) -> Result<Ended, Failure> {
         let Session {
             config,
             worker_id,
@@ -113,11 +150,12 @@ impl Session<'_> {
             trusted,
             session_key,
             health,
+            newest_epoch,
         } = *self;
         let channel = config
             .security
             .client
-            .connect_authenticated(&config.coordinator_url)
+            .connect_authenticated(url)
             .await
             .map_err(|error| error.to_string())?;
         let mut client = WorkerControlClient::new(channel)
@@ -141,9 +179,13 @@ impl Session<'_> {
         let mut inbound = client
             .session(ReceiverStream::new(outbound))
             .await
-            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
+            .map_err(|status| Failure {
+                reason: format!("{:?}: {}", status.code(), status.message()),
+                leader: leader_named(&status),
+            })?
             .into_inner();
-        tracing::info!(worker_id, coordinator = %config.coordinator_url, "registered");
+        tracing::info!(worker_id, coordinator = %url, "registered");
+        let mut epoch = 0;
         let running: Running = Arc::default();
         let mut parts: HashMap<TaskId, (u32, Vec<u8>)> = HashMap::new();
         let heartbeat = tokio::spawn(heartbeats(
@@ -189,6 +231,15 @@ impl Session<'_> {
             }
             match message.kind {
                 Some(coordinator_message::Kind::Welcome(welcome)) => {
+                    let newest = newest_epoch.fetch_max(welcome.leader_epoch, Ordering::SeqCst);
+                    if welcome.leader_epoch < newest {
+                        break Err(format!(
+                            "refused a coordinator whose leader epoch {} is older than {newest}: \
+                             a deposed leader",
+                            welcome.leader_epoch
+                        ));
+                    }
+                    epoch = welcome.leader_epoch;
                     match tone_proto::security::TicketKey::from_bytes(&welcome.ticket_key) {
                         Ok(key) => {
                             trusted.set(key);
@@ -202,6 +253,15 @@ impl Session<'_> {
                     let Some(assign) = assemble(&mut parts, assign) else {
                         continue;
                     };
+                    if assign.leader_epoch != epoch
+                        || assign.leader_epoch < newest_epoch.load(Ordering::SeqCst)
+                    {
+                        tracing::warn!(
+                            epoch = assign.leader_epoch,
+                            "refused an assignment from a deposed leader"
+                        );
+                        continue;
+                    }
                     if draining {
                         refuse(assign, &outbox).await;
                         continue;
@@ -232,8 +292,14 @@ impl Session<'_> {
         for (_, handle) in lock(&running).drain() {
             handle.abort();
         }
-        outcome
+        outcome.map_err(Failure::from)
     }
+}
+
+/// The leader a standby coordinator names in its refusal.
+fn leader_named(status: &tonic::Status) -> Option<String> {
+    let leader = status.metadata().get("tone-leader")?.to_str().ok()?;
+    (leader.starts_with("http://") || leader.starts_with("https://")).then(|| leader.to_string())
 }
 
 /// What the store holds, as the registration reports it (a restarted

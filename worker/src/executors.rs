@@ -31,7 +31,7 @@ use tone_proto::v1 as pb;
 use tone_proto::v1::executor_client::ExecutorClient;
 use tone_proto::v1::jobs_client::JobsClient;
 use tone_proto::MAX_MESSAGE_BYTES;
-use tonic::Status;
+use tonic::{Status, Streaming};
 
 use crate::trust::TrustedKey;
 use crate::WorkerSecurity;
@@ -436,22 +436,34 @@ impl Executors {
         }
     }
 
+    /// The binary's chunks from the coordinator that leads (with several
+    /// URLs, standbys refuse and the next is asked).
+    async fn binary_chunks(&self, sha256: &str) -> Result<Streaming<pb::BinaryChunk>, String> {
+        let mut last_error = String::from("no coordinator URL");
+        for url in self.coordinator_url.split(',').map(str::trim) {
+            let channel = match self.security.client.connect_authenticated(url).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    last_error = format!("cannot reach the coordinator for the binary: {error}");
+                    continue;
+                }
+            };
+            let mut client = JobsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let request = pb::BinaryRef {
+                sha256: sha256.to_string(),
+            };
+            match client.fetch_binary(request).await {
+                Ok(chunks) => return Ok(chunks.into_inner()),
+                Err(status) => {
+                    last_error = format!("fetching binary {sha256}: {}", status.message());
+                }
+            }
+        }
+        Err(last_error)
+    }
+
     async fn fetch(&self, sha256: &str, partial: &Path) -> Result<(), String> {
-        let channel = self
-            .security
-            .client
-            .connect_authenticated(&self.coordinator_url)
-            .await
-            .map_err(|error| format!("cannot reach the coordinator for the binary: {error}"))?;
-        let mut client = JobsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let request = pb::BinaryRef {
-            sha256: sha256.to_string(),
-        };
-        let mut chunks = client
-            .fetch_binary(request)
-            .await
-            .map_err(|status| format!("fetching binary {sha256}: {}", status.message()))?
-            .into_inner();
+        let mut chunks = self.binary_chunks(sha256).await?;
         let mut file = tokio::fs::File::create(partial)
             .await
             .map_err(|error| format!("{}: {error}", partial.display()))?;

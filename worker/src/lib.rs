@@ -56,7 +56,8 @@ pub const DEFAULT_BINARY_CACHE: usize = 4;
 /// Validated settings of a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Coordinator URL, e.g. `http://127.0.0.1:50050`.
+    /// Coordinator URL, e.g. `http://127.0.0.1:50050`; several,
+    /// comma-separated, for a high-availability group.
     pub coordinator_url: String,
     /// Address the worker's Flight service listens on (port 0: any free).
     pub listen: SocketAddr,
@@ -134,6 +135,16 @@ pub enum WorkerError {
 }
 
 impl WorkerConfig {
+    /// The coordinators `coordinator_url` names (comma-separated: the
+    /// members of a high-availability group).
+    pub fn coordinator_urls(&self) -> Vec<&str> {
+        self.coordinator_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     pub fn validate(self) -> Result<Self, WorkerError> {
         if self.slots == 0 {
             return Err(WorkerError::NoSlots);
@@ -144,12 +155,24 @@ impl WorkerConfig {
         if self.binary_cache == 0 {
             return Err(WorkerError::NoBinaryCache);
         }
-        let https = self.coordinator_url.starts_with("https://");
-        if !https && !self.coordinator_url.starts_with("http://") {
-            return Err(WorkerError::BadCoordinatorUrl {
-                url: self.coordinator_url,
-            });
-        }
+        // One or more coordinators (a high-availability group), all
+        // plaintext or all TLS.
+        let urls = self.coordinator_urls();
+        let scheme_of = |url: &str| {
+            ["https://", "http://"]
+                .into_iter()
+                .find(|scheme| url.starts_with(scheme))
+        };
+        let schemes: std::collections::BTreeSet<Option<&str>> =
+            urls.iter().map(|url| scheme_of(url)).collect();
+        let https = match schemes.into_iter().collect::<Vec<_>>()[..] {
+            [Some(scheme)] => scheme == "https://",
+            _ => {
+                return Err(WorkerError::BadCoordinatorUrl {
+                    url: self.coordinator_url,
+                })
+            }
+        };
         // A cluster is TLS throughout or not at all: clients pick the
         // scheme of a worker's Flight address by their own settings.
         let security = &self.security;

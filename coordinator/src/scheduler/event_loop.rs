@@ -55,6 +55,9 @@ pub struct Scheduler {
     unsaved: Vec<Unsaved>,
     /// Jobs whose new status waits for a finished stage to be on disk.
     unpublished: BTreeSet<JobId>,
+    /// The leader's epoch with high availability (0 alone), in every
+    /// assignment.
+    epoch: u64,
 }
 
 /// A record for the state store.
@@ -99,7 +102,13 @@ impl Scheduler {
             key,
             unsaved,
             unpublished: BTreeSet::new(),
+            epoch: 0,
         }
+    }
+
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// Takes in the jobs an earlier coordinator ran, to go on.
@@ -634,6 +643,7 @@ impl Scheduler {
                     executor: executor.clone(),
                     grants: grants.clone(),
                     executor_mac: executor_mac.clone(),
+                    leader_epoch: self.epoch,
                 })),
             };
             if outbox.try_send(Ok(message)).is_err() {

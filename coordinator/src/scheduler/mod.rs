@@ -191,6 +191,11 @@ pub struct SchedulerConfig {
     /// Ended jobs listed (`--job-history`); older ones are only in the
     /// state store.
     pub job_history: usize,
+    /// After a restart or takeover, how long resumed jobs wait for the
+    /// workers that hold their outputs to come back (longer than a
+    /// worker takes to find a frozen coordinator gone: 15 s of HTTP/2
+    /// keep-alive).
+    pub rejoin_wait: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -201,6 +206,7 @@ impl Default for SchedulerConfig {
             exclude_after_failures: 2,
             no_worker_grace: Duration::from_secs(30),
             job_history: DEFAULT_JOB_HISTORY,
+            rejoin_wait: Duration::from_secs(30),
         }
     }
 }
@@ -215,6 +221,7 @@ pub fn spawn(
     state: Option<Arc<StateStore>>,
     restart: Restart,
     key: TicketKey,
+    epoch: u64,
 ) -> (EventSender, oneshot::Receiver<String>) {
     let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
     let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), TICK_MAX);
@@ -254,6 +261,7 @@ pub fn spawn(
         state,
         key,
     )
+    .with_epoch(epoch)
     .with_resumed(resumed);
     let (fatal_sender, fatal) = oneshot::channel();
     tokio::spawn(scheduler.run(receiver, fatal_sender));

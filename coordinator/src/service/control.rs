@@ -25,11 +25,17 @@ const WORKER_OUTBOX_CAPACITY: usize = 1024;
 pub struct ControlService {
     events: EventSender,
     guard: Arc<Guard>,
+    /// The leader's epoch with high availability; 0 alone.
+    epoch: u64,
 }
 
 impl ControlService {
-    pub fn new(events: EventSender, guard: Arc<Guard>) -> Self {
-        Self { events, guard }
+    pub fn new(events: EventSender, guard: Arc<Guard>, epoch: u64) -> Self {
+        Self {
+            events,
+            guard,
+            epoch,
+        }
     }
 }
 
@@ -58,6 +64,7 @@ impl WorkerControl for ControlService {
         let welcome = pb::CoordinatorMessage {
             kind: Some(pb::coordinator_message::Kind::Welcome(pb::Welcome {
                 ticket_key: self.guard.key().to_bytes(),
+                leader_epoch: self.epoch,
             })),
         };
         // The outbox is new and empty: the first message always fits.

@@ -146,6 +146,7 @@ fn config() -> SchedulerConfig {
         exclude_after_failures: 2,
         no_worker_grace: Duration::from_secs(30),
         job_history: 100,
+        rejoin_wait: Duration::from_secs(30),
     }
 }
 

@@ -3,7 +3,7 @@
 //! A resumed job's finished stages start done, on the workers the state
 //! store says made them. Those workers are awaited: until each has
 //! rejoined (saying which map outputs it still holds) or the wait is over
-//! (one heartbeat timeout), no task of a resumed job runs, since it could
+//! (`rejoin_wait`, 30 s), no task of a resumed job runs, since it could
 //! read an output that is gone. Outputs a rejoined worker no longer holds,
 //! and those of workers that never came back, are made again from
 //! lineage, as for a lost worker. Everything else is used as it is.
@@ -50,7 +50,7 @@ impl SchedulerState {
             }
         }
         if !self.awaited.is_empty() && self.awaiting_until.is_none() {
-            self.awaiting_until = now.checked_add(self.config.heartbeat_timeout);
+            self.awaiting_until = now.checked_add(self.config.rejoin_wait);
         }
         let (tasks, stages) = job.resumed_counts();
         tracing::info!(job_id = %job.id, stages_done = stages, tasks_done = tasks, "job resumed");
