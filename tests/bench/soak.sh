@@ -6,10 +6,10 @@
 # after every 1,000 jobs, then both ratios (last point against the first).
 #
 # Usage: tests/bench/soak.sh [JOBS] [JOB_HISTORY] [TONE_BINARY] [BENCH_BINARY]
-#   JOB_HISTORY: the coordinator's --job-history (default 10000)
+#   JOB_HISTORY: the coordinator's --job-history (default 1000, its default)
 set -eu
 JOBS=${1:-20000}
-HISTORY=${2:-10000}
+HISTORY=${2:-1000}
 T=${3:-target/release/tone}
 B=${4:-target/release/examples/bench}
 WORK=$(mktemp -d)

@@ -174,8 +174,9 @@ impl Event {
     }
 }
 
-/// Ended jobs the coordinator lists by default.
-pub const DEFAULT_JOB_HISTORY: usize = 10_000;
+/// Ended jobs the coordinator lists by default (as Spark's UI keeps 1,000
+/// jobs): past it, memory stays flat however many jobs run.
+pub const DEFAULT_JOB_HISTORY: usize = 1_000;
 
 /// How the scheduler treats failures.
 #[derive(Debug, Clone)]
