@@ -197,16 +197,12 @@ fn spawn_coordinator(listen: &str, args: &[String], env: &[(String, String)]) ->
     (child, address)
 }
 
-pub async fn wait_until<F, Fut>(within: Duration, mut condition: F)
+pub async fn wait_until<F, Fut>(within: Duration, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "condition not met in {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::wait_for(within, "the condition", condition).await;
 }
 
 fn tpch_tables() -> Vec<TableRef> {
@@ -781,36 +777,8 @@ async fn coordinator_killed_mid_query_resumes(number: usize) {
         .expect("submits");
 
     // The client follows the job; the test hears every status it sees.
-    let (seen, mut statuses) = tokio::sync::mpsc::unbounded_channel();
-    let follower = tokio::spawn({
-        let (client, job_id) = (client.clone(), submitted.job_id.clone());
-        async move {
-            let status = client
-                .wait(&job_id, |status| {
-                    let _ = seen.send(status.clone());
-                })
-                .await?;
-            let rows: Vec<RecordBatch> =
-                client
-                    .results(&status)?
-                    .try_collect()
-                    .await
-                    .map_err(|error| ClusterError::Results {
-                        message: error.to_string(),
-                    })?;
-            client.release(&job_id).await?;
-            Ok::<_, ClusterError>((status, rows))
-        }
-    });
-    let at_kill = loop {
-        let status = tokio::time::timeout(JOB_TIMEOUT, statuses.recv())
-            .await
-            .expect("the job progresses")
-            .expect("the job runs until the kill");
-        if status.stages_done >= 2 {
-            break status;
-        }
-    };
+    let (follower, mut statuses) = crate::common::follow_job(&client, &submitted.job_id);
+    let at_kill = crate::common::when_stages_done(&mut statuses, 2, JOB_TIMEOUT).await;
     cluster.kill_coordinator();
     assert_eq!(
         at_kill.state,

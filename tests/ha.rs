@@ -10,13 +10,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
-use futures::TryStreamExt;
-use tone::cluster::{tables_in_dir, ClusterClient, ClusterError};
+use tone::cluster::{tables_in_dir, ClusterClient};
 use tone_proto::v1 as pb;
 
 use crate::common::compare::same_answer;
-use crate::common::{free_port, oracle_answer, oracle_context, tone, tpch_data, tpch_queries};
+use crate::common::{
+    follow_job, free_port, oracle_answer, oracle_context, tone, tpch_data, tpch_queries, wait_for,
+    when_stages_done,
+};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// The leader's lease in these tests: a dead leader is replaced within
@@ -203,21 +204,6 @@ async fn leads(url: String) -> bool {
     client.list_workers(pb::ListWorkersRequest {}).await.is_ok()
 }
 
-async fn wait_for<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "waiting for {what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_names_the_leader() {
     let group = Group::start().await;
@@ -255,14 +241,20 @@ async fn a_frozen_leader_is_replaced_and_deposed_when_it_wakes() {
     group.processes.signal(group.coordinators[0], "-CONT");
     let mut group = group;
     let old = group.coordinators[0];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Ok(Some(status)) = group.processes.0[old].try_wait() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the deposed leader did not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut exit = None;
+    wait_for(
+        Duration::from_secs(30),
+        "the deposed leader to stop",
+        || {
+            if let Ok(Some(status)) = group.processes.0[old].try_wait() {
+                exit = Some(status);
+            }
+            let stopped = exit.is_some();
+            async move { stopped }
+        },
+    )
+    .await;
+    let status = exit.expect("stopped");
     assert!(!status.success(), "{status:?}");
     let log = group.log(0);
     assert!(log.contains("no longer the leader"), "{log}");
@@ -309,36 +301,8 @@ async fn leader_lost_mid_query(lose: impl FnOnce(&Group)) -> (Group, String) {
     let expected = oracle_answer(&oracle_context().await, &sql).await;
     let tables = tables_in_dir(tpch_data()).expect("tables");
     let submitted = client.submit(&sql, &tables, 4).await.expect("submits");
-    let (seen, mut statuses) = tokio::sync::mpsc::unbounded_channel();
-    let follower = tokio::spawn({
-        let (client, job_id) = (client.clone(), submitted.job_id.clone());
-        async move {
-            let status = client
-                .wait(&job_id, |status| {
-                    let _ = seen.send(status.clone());
-                })
-                .await?;
-            let rows: Vec<RecordBatch> =
-                client
-                    .results(&status)?
-                    .try_collect()
-                    .await
-                    .map_err(|error| ClusterError::Results {
-                        message: error.to_string(),
-                    })?;
-            client.release(&job_id).await?;
-            Ok::<_, ClusterError>((status, rows))
-        }
-    });
-    let at_loss = loop {
-        let status = tokio::time::timeout(JOB_TIMEOUT, statuses.recv())
-            .await
-            .expect("the job progresses")
-            .expect("the job runs until the leader is lost");
-        if status.stages_done >= 2 {
-            break status;
-        }
-    };
+    let (follower, mut statuses) = follow_job(&client, &submitted.job_id);
+    let at_loss = when_stages_done(&mut statuses, 2, JOB_TIMEOUT).await;
     lose(&group);
     let lost_at = Instant::now();
     assert_eq!(at_loss.state, pb::JobState::Running as i32, "{at_loss:?}");

@@ -201,3 +201,73 @@ pub async fn oracle_answer(context: &SessionContext, sql: &str) -> Vec<RecordBat
         .await
         .expect("oracle runs")
 }
+
+/// Waits until `condition` holds, checking every 50 ms; fails naming
+/// `what` if it does not within `within` (a generous deadline, not a
+/// bound on how long it took).
+pub async fn wait_for<F, Fut>(within: std::time::Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Follows a submitted job from another task, as a client waiting on it
+/// would: every status it sees goes to the receiver; the task ends with
+/// the final status and the rows (the job released).
+pub fn follow_job(
+    client: &tone::cluster::ClusterClient,
+    job_id: &str,
+) -> (
+    tokio::task::JoinHandle<
+        Result<(tone_proto::v1::JobStatus, Vec<RecordBatch>), tone::cluster::ClusterError>,
+    >,
+    tokio::sync::mpsc::UnboundedReceiver<tone_proto::v1::JobStatus>,
+) {
+    use futures::TryStreamExt;
+    let (seen, statuses) = tokio::sync::mpsc::unbounded_channel();
+    let (client, job_id) = (client.clone(), job_id.to_string());
+    let follower = tokio::spawn(async move {
+        let status = client
+            .wait(&job_id, |status| {
+                let _ = seen.send(status.clone());
+            })
+            .await?;
+        let rows: Vec<RecordBatch> =
+            client
+                .results(&status)?
+                .try_collect()
+                .await
+                .map_err(|error| tone::cluster::ClusterError::Results {
+                    message: error.to_string(),
+                })?;
+        client.release(&job_id).await?;
+        Ok((status, rows))
+    });
+    (follower, statuses)
+}
+
+/// The first status from `statuses` with at least `stages` stages done.
+pub async fn when_stages_done(
+    statuses: &mut tokio::sync::mpsc::UnboundedReceiver<tone_proto::v1::JobStatus>,
+    stages: u32,
+    within: std::time::Duration,
+) -> tone_proto::v1::JobStatus {
+    loop {
+        let status = tokio::time::timeout(within, statuses.recv())
+            .await
+            .expect("the job progresses")
+            .expect("the job runs until then");
+        if status.stages_done >= stages {
+            return status;
+        }
+    }
+}

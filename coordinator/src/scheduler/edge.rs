@@ -132,6 +132,7 @@ pub fn job_status(job: &Job, result_schema: &[u8], now: Instant) -> pb::JobStatu
             }),
         })
         .collect();
+    let (tasks_resumed, stages_resumed) = job.resumed_counts();
     pb::JobStatus {
         job_id: job.id.0.clone(),
         state: job_state_to_proto(job.state) as i32,
@@ -150,8 +151,8 @@ pub fn job_status(job: &Job, result_schema: &[u8], now: Instant) -> pb::JobStatu
         result_schema: result_schema.to_vec(),
         elapsed_s: job.elapsed(now).as_secs_f64(),
         outputs_recomputed: job.outputs_recomputed(),
-        tasks_resumed: job.resumed_counts().0 as u32,
-        stages_resumed: job.resumed_counts().1 as u32,
+        tasks_resumed: tasks_resumed as u32,
+        stages_resumed: stages_resumed as u32,
         failures: job.failures.iter().map(failure_to_proto).collect(),
     }
 }

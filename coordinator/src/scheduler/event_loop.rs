@@ -60,6 +60,15 @@ pub struct Scheduler {
     epoch: u64,
 }
 
+/// What a job is, as the loop takes it in.
+struct Admitted {
+    job_id: JobId,
+    sql: String,
+    dag: tone_engine::StageDag,
+    timeout: Option<std::time::Duration>,
+    executor: Option<pb::ExecutorSpec>,
+}
+
 /// A record for the state store.
 enum Unsaved {
     Job(pb::JobStatus, Option<oneshot::Sender<()>>),
@@ -125,26 +134,17 @@ impl Scheduler {
                 binary,
                 finished,
             } = job;
-            let keeps_lineage = !dag.writes_files();
-            let plans = DagPlans(dag);
-            let spec = JobSpec {
-                id: job_id.clone(),
-                sql,
-                stages: plans.shapes(),
-                plans: Box::new(plans),
-                timeout,
-                closures: executor.is_some(),
-                keeps_lineage,
-            };
-            let (publisher, _) = watch::channel(pb::JobStatus::default());
-            let live = Live {
-                number: self.take_number(),
-                publisher,
+            let spec = self.admit(
+                Admitted {
+                    job_id,
+                    sql,
+                    dag,
+                    timeout,
+                    executor,
+                },
                 result_schema,
-                executor,
-                _binary: binary,
-            };
-            self.live.insert(job_id, live);
+                binary,
+            );
             self.state.resume(Resumed { spec, finished }, now);
         }
         self.carry_out(now);
@@ -321,7 +321,6 @@ impl Scheduler {
             binary,
             reply,
         } = submission;
-        let keeps_lineage = !dag.writes_files();
         let result_schema = edge::schema_bytes(&schema);
         let record = match &self.store {
             Some(_) => Some(resumable::record(
@@ -334,25 +333,14 @@ impl Scheduler {
             )),
             None => None,
         };
-        let plans = DagPlans(dag);
-        let spec = JobSpec {
-            id: job_id.clone(),
+        let admitted = Admitted {
+            job_id: job_id.clone(),
             sql: sql.clone(),
-            stages: plans.shapes(),
-            plans: Box::new(plans),
+            dag,
             timeout,
-            closures: executor.is_some(),
-            keeps_lineage,
-        };
-        let (publisher, _) = watch::channel(pb::JobStatus::default());
-        let live = Live {
-            number: self.take_number(),
-            publisher,
-            result_schema,
             executor,
-            _binary: binary,
         };
-        self.live.insert(job_id.clone(), live);
+        let spec = self.admit(admitted, result_schema, binary);
         self.state.submit(spec, now);
         // The client hears of the job once it is recorded.
         match (record, self.status_of(&job_id, now)) {
@@ -386,6 +374,38 @@ impl Scheduler {
         }
         let number = self.take_number();
         self.history.push(number, status);
+    }
+
+    /// A job's live entry (its publisher, schema, executor, pins) and its
+    /// spec for the state: the same for a submitted and a resumed job.
+    fn admit(&mut self, job: Admitted, result_schema: Vec<u8>, binary: Vec<BinaryPin>) -> JobSpec {
+        let Admitted {
+            job_id,
+            sql,
+            dag,
+            timeout,
+            executor,
+        } = job;
+        let keeps_lineage = !dag.writes_files();
+        let plans = DagPlans(dag);
+        let (publisher, _) = watch::channel(pb::JobStatus::default());
+        let live = Live {
+            number: self.take_number(),
+            publisher,
+            result_schema,
+            executor: executor.clone(),
+            _binary: binary,
+        };
+        self.live.insert(job_id.clone(), live);
+        JobSpec {
+            id: job_id,
+            sql,
+            stages: plans.shapes(),
+            plans: Box::new(plans),
+            timeout,
+            closures: executor.is_some(),
+            keeps_lineage,
+        }
     }
 
     fn take_number(&mut self) -> u64 {
