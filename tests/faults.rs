@@ -493,6 +493,13 @@ async fn results_survive_losing_their_worker(lose: impl FnOnce(&mut Cluster, usi
         .iter()
         .position(|port| address.ends_with(&format!(":{port}")))
         .unwrap_or_else(|| panic!("{address} is none of the workers' {ports:?}"));
+    assert!(
+        cluster.workers[victim]
+            .try_wait()
+            .is_ok_and(|exit| exit.is_none()),
+        "worker {victim} (port {}) is alive before it is lost",
+        ports[victim]
+    );
     lose(&mut cluster, victim);
     let read = client
         .results(&status)

@@ -21,11 +21,23 @@ pub const TPCH_SCALE: &str = "0.1";
 /// The `tone` binary under test.
 /// A port that was free a moment ago (bound to 0, then let go), for a
 /// process that must listen where the test knows.
+/// Never the same port twice in this test process: tests run in
+/// parallel, and two of them handed one port would race to bind it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    static HANDED_OUT: OnceLock<std::sync::Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Default::default);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port");
+        let mut handed_out = handed_out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn tone() -> Command {
