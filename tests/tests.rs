@@ -22,3 +22,4 @@ mod sql_generated;
 mod sql_regressions;
 mod sqlgen;
 mod worker_disk;
+mod worker_fencing;
