@@ -431,11 +431,15 @@ async fn heartbeats(
 ) {
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        let processes = executors.as_deref();
+        // The executors' files and spills are the worker's too.
         let heartbeat = Heartbeat {
             running_tasks: lock(&running).len() as u32,
-            shuffle_disk_bytes: store.disk().used_bytes(),
-            operator_spilled_bytes: spills.spilled_bytes(),
-            executors: executors.as_ref().map_or(0, |executors| executors.count()) as u32,
+            shuffle_disk_bytes: store.disk().used_bytes()
+                + processes.map_or(0, Executors::disk_bytes),
+            operator_spilled_bytes: spills.spilled_bytes()
+                + processes.map_or(0, Executors::operator_spilled_bytes),
+            executors: processes.map_or(0, Executors::count) as u32,
         };
         let message = WorkerMessage {
             kind: Some(worker_message::Kind::Heartbeat(heartbeat)),

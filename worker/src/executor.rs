@@ -7,7 +7,9 @@
 //!
 //! The worker writes an `ExecutorHandshake` to the executor's stdin (its
 //! secret, the ticket key, TLS material, path roots: nothing another local
-//! user may read from its environment). The executor prints
+//! user may read from its environment; and the worker's memory and disk
+//! limits and shuffle compression, which the executor's session and store
+//! are built with). The executor prints
 //! `TONE_EXECUTOR_LISTENING <address>` on stdout once it serves, accepts
 //! calls only with the secret, and exits when its stdin closes (the worker
 //! went away).
@@ -25,6 +27,7 @@ use tone_proto::MAX_MESSAGE_BYTES;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::executor_limits::ExecutorLimits;
 use crate::tasks::Runner;
 use crate::WorkerError;
 
@@ -122,30 +125,22 @@ pub async fn serve(
     check_build(&settings)?;
     let (handshake, stdin_closed) = read_handshake().await?;
     let trust = Trust::of(&handshake)?;
+    let limits = ExecutorLimits::read_from(&handshake).map_err(|reason| WorkerError::Executor {
+        reason: format!("bad handshake from the worker: {reason}"),
+    })?;
     let work_dir = |reason: String| WorkerError::WorkDir {
         path: settings.dir.clone(),
         reason,
     };
     std::fs::create_dir_all(&settings.dir).map_err(|error| work_dir(error.to_string()))?;
+    // As in the daemon: budget zero, every segment in its map task's file.
     let store = Arc::new(
         LocalShuffleStore::new(0, Some(&settings.dir))
-            .map_err(|error| work_dir(error.to_string()))?,
+            .map_err(|error| work_dir(error.to_string()))?
+            .with_disk_limit(limits.disk_limit_bytes),
     );
-    let runtime = runtime_env(None, store.spill_dir().to_path_buf(), None).map_err(|error| {
-        WorkerError::Runtime {
-            reason: error.to_string(),
-        }
-    })?;
     let remote = crate::remote::FlightRemote::new(trust.peers.clone());
-    let env = ShuffleEnv {
-        store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
-        remote: Some(Arc::new(remote.clone())),
-        // The job's outputs on this worker are all in this process's store.
-        local_address: Some(settings.worker_address.clone()),
-        compression: Some(arrow::ipc::CompressionType::LZ4_FRAME),
-    };
-    let config = crate::worker_session_config(env).with_extension(registry);
-    let session = datafusion::prelude::SessionContext::new_with_config_rt(config, runtime);
+    let session = session(&settings, &limits, &store, &remote, registry)?;
     let address = "127.0.0.1:0".parse().map_err(|_| WorkerError::Executor {
         reason: "bad loopback address".into(),
     })?;
@@ -161,7 +156,7 @@ pub async fn serve(
     })?;
     let runner = Runner {
         session,
-        memory_limit_bytes: None,
+        memory_limit_bytes: limits.memory_limit_bytes,
         spills: Arc::default(),
         executors: None,
         remote,
@@ -184,12 +179,46 @@ pub async fn serve(
             ))
         }
     };
-    let executor = ExecutorServer::new(ExecutorService { runner })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let executor = ExecutorServer::new(ExecutorService {
+        runner,
+        store: Arc::clone(&store),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let routes = tonic::service::Routes::new(InterceptedService::new(flight, check.clone()))
         .add_service(InterceptedService::new(executor, check));
     crate::flight::serve(listener, routes, trust.tls, stdin_closed).await
+}
+
+/// The executor's session: the worker's memory limit on its pool, spills
+/// into its store's folder (at most the disk limit), the worker's shuffle
+/// compression, and the job's closures.
+fn session(
+    settings: &ExecutorSettings,
+    limits: &ExecutorLimits,
+    store: &Arc<LocalShuffleStore>,
+    remote: &crate::remote::FlightRemote,
+    registry: Arc<ClosureRegistry>,
+) -> Result<datafusion::prelude::SessionContext, WorkerError> {
+    let runtime = runtime_env(
+        limits.memory_limit_bytes,
+        store.spill_dir().to_path_buf(),
+        limits.disk_limit_bytes,
+    )
+    .map_err(|error| WorkerError::Runtime {
+        reason: error.to_string(),
+    })?;
+    let env = ShuffleEnv {
+        store: Arc::clone(store) as Arc<dyn ShuffleStore>,
+        remote: Some(Arc::new(remote.clone())),
+        // The job's outputs on this worker are all in this process's store.
+        local_address: Some(settings.worker_address.clone()),
+        compression: limits.compression,
+    };
+    let config = crate::worker_session_config(env).with_extension(registry);
+    Ok(datafusion::prelude::SessionContext::new_with_config_rt(
+        config, runtime,
+    ))
 }
 
 /// Prints the address the worker waits for.
@@ -318,20 +347,32 @@ fn read_delimited(input: &mut impl std::io::Read) -> Result<pb::ExecutorHandshak
 
 struct ExecutorService {
     runner: Runner,
+    store: Arc<LocalShuffleStore>,
 }
 
 #[tonic::async_trait]
 impl Executor for ExecutorService {
     async fn run_task(
         &self,
-        request: Request<pb::AssignTask>,
-    ) -> Result<Response<pb::TaskStatus>, Status> {
-        let mut assign = request.into_inner();
+        request: Request<pb::ExecutorTask>,
+    ) -> Result<Response<pb::ExecutorTaskStatus>, Status> {
+        let task = request.into_inner();
+        let Some(mut assign) = task.assign else {
+            return Err(Status::invalid_argument(
+                "an executor task without its assignment",
+            ));
+        };
+        // What the worker's other processes hold counts against the
+        // shared disk limit while this task writes.
+        self.store.disk().set_elsewhere(task.disk_bytes_elsewhere);
         // Runs here: the spec only told the worker where to send it.
         assign.executor = None;
-        Ok(Response::new(
-            crate::tasks::run(assign, self.runner.clone()).await,
-        ))
+        let status = crate::tasks::run(assign, self.runner.clone()).await;
+        Ok(Response::new(pb::ExecutorTaskStatus {
+            status: Some(status),
+            shuffle_disk_bytes: self.store.disk().used_bytes(),
+            operator_spilled_bytes: self.runner.spills.spilled_bytes(),
+        }))
     }
 }
 

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +33,9 @@ use tone_proto::v1::jobs_client::JobsClient;
 use tone_proto::MAX_MESSAGE_BYTES;
 use tonic::{Status, Streaming};
 
+use tone_engine::shuffle::DiskUsage;
+
+use crate::executor_limits::{ExecutorLimits, ReportedUse};
 use crate::trust::TrustedKey;
 use crate::WorkerSecurity;
 
@@ -106,6 +109,11 @@ pub struct ExecutorsConfig {
     pub security: WorkerSecurity,
     /// The coordinator's key: executors start only from specs it signed.
     pub trusted: TrustedKey,
+    /// The worker's limits and compression, handed to every executor.
+    pub limits: ExecutorLimits,
+    /// The daemon's own shuffle files: they and the executors' share the
+    /// disk limit.
+    pub disk: Arc<DiskUsage>,
 }
 
 /// The executor processes of one worker, by job.
@@ -119,7 +127,7 @@ pub struct Executors {
     binary_cache: usize,
     /// `ROOM_WAIT`, shorter in tests.
     room_wait: Duration,
-    running: Mutex<HashMap<String, Arc<Process>>>,
+    running: Arc<Mutex<HashMap<String, Arc<Process>>>>,
     /// Executors killed and not yet exited: still processes, so they count.
     stopping: Arc<AtomicUsize>,
     /// Woken whenever an executor is gone, for tasks waiting for room.
@@ -132,6 +140,15 @@ pub struct Executors {
     /// With TLS: a private CA for the loopback link to executors, whose
     /// node certificate each executor serves with.
     link: Option<CertificateSet>,
+    limits: ExecutorLimits,
+    /// The daemon's shuffle files; told the executors' bytes after each
+    /// of their answers, so its own writes count them.
+    disk: Arc<DiskUsage>,
+    /// Bytes of stopped executors' files not yet deleted.
+    stopping_disk_bytes: Arc<AtomicU64>,
+    /// What executors' operators spilled, summed as they answer (kept
+    /// when they stop: heartbeats report the total since start).
+    spilled_bytes: AtomicU64,
 }
 
 struct Process {
@@ -142,6 +159,8 @@ struct Process {
     dir: PathBuf,
     /// The binary it runs, kept in the cache while it runs.
     sha256: String,
+    /// Its disk use and spills as of its last answer.
+    reported: ReportedUse,
 }
 
 impl Executors {
@@ -162,19 +181,39 @@ impl Executors {
             max_executors: config.max_executors.max(1),
             binary_cache: config.binary_cache.max(1),
             room_wait: ROOM_WAIT,
-            running: Mutex::default(),
+            running: Arc::default(),
             stopping: Arc::default(),
             gone: Arc::default(),
             starting: tokio::sync::Mutex::new(()),
             security: config.security,
             trusted: config.trusted,
             link,
+            limits: config.limits,
+            disk: config.disk,
+            stopping_disk_bytes: Arc::default(),
+            spilled_bytes: AtomicU64::new(0),
         })
     }
 
     /// Executor processes now, those still stopping included.
     pub fn count(&self) -> usize {
         lock(&self.running).len() + self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of the executors' shuffle files (as of each one's last
+    /// answer), stopped ones included until their folders are deleted.
+    pub fn disk_bytes(&self) -> u64 {
+        held_bytes(&self.running, &self.stopping_disk_bytes)
+    }
+
+    /// Bytes the executors' operators spilled since the worker started.
+    pub fn operator_spilled_bytes(&self) -> u64 {
+        self.spilled_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Tells the daemon's store what the executors hold now.
+    fn refresh_disk(&self) {
+        self.disk.set_elsewhere(self.disk_bytes());
     }
 
     /// Forwards a Flight fetch (its ticket already checked) to the job's
@@ -210,7 +249,12 @@ impl Executors {
         };
         tracing::info!(job_id, "stopping executor");
         self.stopping.fetch_add(1, Ordering::SeqCst);
+        let held = process.reported.shuffle_disk_bytes();
+        self.stopping_disk_bytes.fetch_add(held, Ordering::AcqRel);
         let stopping = Arc::clone(&self.stopping);
+        let stopping_disk_bytes = Arc::clone(&self.stopping_disk_bytes);
+        let running = Arc::clone(&self.running);
+        let disk = Arc::clone(&self.disk);
         let gone = Arc::clone(&self.gone);
         let job_id = job_id.to_string();
         tokio::spawn(async move {
@@ -224,6 +268,8 @@ impl Executors {
                 tracing::warn!(%job_id, "executor did not exit after being killed");
             }
             let _ = tokio::fs::remove_dir_all(&process.dir).await;
+            stopping_disk_bytes.fetch_sub(held, Ordering::AcqRel);
+            disk.set_elsewhere(held_bytes(&running, &stopping_disk_bytes));
             stopping.fetch_sub(1, Ordering::SeqCst);
             gone.notify_waiters();
         });
@@ -274,10 +320,23 @@ impl Executors {
         }
         let process = self.process(&key.job_id, &spec).await?;
         let mut client = process.client.clone();
-        match client.run_task(assign).await {
-            Ok(status) => status.into_inner().outcome.ok_or_else(|| {
-                ExecutorError::Failed("the executor sent a status without outcome".into())
-            }),
+        let task = pb::ExecutorTask {
+            assign: Some(assign),
+            disk_bytes_elsewhere: self.disk_bytes_elsewhere(&process),
+        };
+        match client.run_task(task).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                let spilled = process.reported.record(&answer);
+                self.spilled_bytes.fetch_add(spilled, Ordering::Relaxed);
+                self.refresh_disk();
+                answer
+                    .status
+                    .and_then(|status| status.outcome)
+                    .ok_or_else(|| {
+                        ExecutorError::Failed("the executor sent a status without outcome".into())
+                    })
+            }
             Err(status) => {
                 // Did user code take the process down (abort, out of memory)?
                 let exit = {
@@ -304,6 +363,13 @@ impl Executors {
         }
     }
 
+    /// What the worker's processes other than `process` hold: the
+    /// daemon's shuffle files and the other executors'.
+    fn disk_bytes_elsewhere(&self, process: &Arc<Process>) -> u64 {
+        let own = process.reported.shuffle_disk_bytes();
+        self.disk.used_bytes() + self.disk_bytes().saturating_sub(own)
+    }
+
     /// Drops a process that exited by itself from the running ones.
     fn forget(&self, job_id: &str, process: &Arc<Process>) {
         let mut running = lock(&self.running);
@@ -313,6 +379,7 @@ impl Executors {
         {
             running.remove(job_id);
             drop(running);
+            self.refresh_disk();
             self.gone.notify_waiters();
         }
     }
@@ -372,6 +439,7 @@ impl Executors {
         });
         if running.len() < before {
             drop(running);
+            self.refresh_disk();
             self.gone.notify_waiters();
         }
     }
@@ -582,6 +650,7 @@ impl Executors {
             child: tokio::sync::Mutex::new(child),
             dir,
             sha256: spec.binary_sha256.clone(),
+            reported: ReportedUse::default(),
         })
     }
 }
@@ -592,7 +661,7 @@ impl Executors {
     async fn send_handshake(&self, child: &mut Child, secret: &Token) -> Result<(), String> {
         let client_tls = self.security.client.tls.as_ref();
         let identity = client_tls.and_then(|tls| tls.identity.as_ref());
-        let handshake = pb::ExecutorHandshake {
+        let mut handshake = pb::ExecutorHandshake {
             secret: secret.secret().to_string(),
             ticket_key: self
                 .trusted
@@ -613,7 +682,9 @@ impl Executors {
             client_cert_pem: identity.map(|id| id.cert.clone()).unwrap_or_default(),
             client_key_pem: identity.map(|id| id.key.clone()).unwrap_or_default(),
             allow_paths: self.security.path_roots.given().to_vec(),
+            ..Default::default()
         };
+        self.limits.write_to(&mut handshake);
         let stdin = child
             .stdin
             .as_mut()
@@ -643,6 +714,16 @@ impl Executors {
         }
         std::env::join_paths(paths).map_err(|error| format!("{}: {error}", dir.display()))
     }
+}
+
+/// Bytes of executors' shuffle files: the running ones' as of their last
+/// answers, and the stopped ones' not yet deleted.
+fn held_bytes(running: &Mutex<HashMap<String, Arc<Process>>>, stopping: &AtomicU64) -> u64 {
+    let running: u64 = lock(running)
+        .values()
+        .map(|process| process.reported.shuffle_disk_bytes())
+        .sum();
+    running + stopping.load(Ordering::Acquire)
 }
 
 /// Deletes the oldest-used binaries (file mtime) in `dir` until at most
@@ -828,6 +909,8 @@ mod tests {
             binary_cache: 4,
             security: WorkerSecurity::default(),
             trusted: TrustedKey::default(),
+            limits: ExecutorLimits::default(),
+            disk: Arc::default(),
         })
         .expect("no TLS to set up");
         executors.room_wait = Duration::from_millis(300);
@@ -852,6 +935,7 @@ mod tests {
             child: tokio::sync::Mutex::new(child),
             dir: dir.to_path_buf(),
             sha256: hash(1),
+            reported: ReportedUse::default(),
         })
     }
 
@@ -934,6 +1018,47 @@ mod tests {
         };
         assert!(error.to_string().contains("binary"), "{error}");
         assert_eq!(executors.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn executors_disk_bytes_count_for_the_daemon_and_each_other_until_deleted() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let executors = executors(work.path(), 2);
+        let report = |process: &Process, bytes: u64| {
+            process.reported.record(&pb::ExecutorTaskStatus {
+                shuffle_disk_bytes: bytes,
+                ..Default::default()
+            });
+        };
+        let (a, b) = (
+            sleeping(&work.path().join("a")),
+            sleeping(&work.path().join("b")),
+        );
+        report(&a, 100);
+        report(&b, 30);
+        lock(&executors.running).insert("job-a".into(), Arc::clone(&a));
+        lock(&executors.running).insert("job-b".into(), Arc::clone(&b));
+        executors.refresh_disk();
+        assert_eq!(executors.disk_bytes(), 130);
+        assert_eq!(
+            executors.disk.elsewhere_bytes(),
+            130,
+            "the daemon counts them"
+        );
+        // The daemon's own files and the other executor's are a's elsewhere.
+        executors.disk.try_reserve(5).expect("no limit");
+        assert_eq!(executors.disk_bytes_elsewhere(&a), 35);
+
+        executors.stop("job-a");
+        assert_eq!(executors.disk_bytes(), 130, "counted until its folder goes");
+        let deleted = tokio::time::timeout(Duration::from_secs(20), async {
+            while executors.count() > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        deleted.await.expect("the stopped executor exits");
+        assert_eq!(executors.disk_bytes(), 30);
+        assert_eq!(executors.disk.elsewhere_bytes(), 30);
     }
 
     #[tokio::test]

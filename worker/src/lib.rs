@@ -22,13 +22,15 @@
 //! partition. Files left there by an earlier process are removed at start;
 //! a job's files go when the coordinator releases it (after the client read
 //! the results, or when the job failed or was cancelled). `--disk-limit`
-//! bounds them; `--memory-limit` bounds the session's memory pool;
+//! bounds them, the executors' included; `--memory-limit` bounds the
+//! session's memory pool and each executor's (`executor_limits`);
 //! `--max-executors` the executor processes, `--binary-cache` the cached
 //! binaries (fetches cut short by an earlier process go at start too).
 
 mod advertise;
 mod control;
 pub mod executor;
+mod executor_limits;
 mod executors;
 use tone_engine::faults;
 mod flight;
@@ -270,6 +272,12 @@ pub async fn run(
             binary_cache: config.binary_cache,
             security: config.security.clone(),
             trusted: trusted.clone(),
+            limits: executor_limits::ExecutorLimits {
+                memory_limit_bytes: config.memory_limit_bytes,
+                disk_limit_bytes: config.disk_limit_bytes,
+                compression: config.shuffle_compression,
+            },
+            disk: Arc::clone(store.disk()),
         })
         .map_err(|error| WorkerError::Tls {
             reason: format!("cannot set up TLS for executors: {error}"),

@@ -91,10 +91,15 @@ impl Drop for SpillFile {
 
 /// Bytes of shuffle files on disk, with an optional limit. A write that
 /// would pass the limit fails instead of filling the disk.
+///
+/// The limit may be shared with other processes (a worker and its
+/// executors): `elsewhere` is what they hold, as last told, and counts
+/// against the limit too.
 #[derive(Debug, Default)]
 pub struct DiskUsage {
     limit_bytes: Option<u64>,
     used_bytes: AtomicU64,
+    elsewhere_bytes: AtomicU64,
 }
 
 impl DiskUsage {
@@ -102,23 +107,27 @@ impl DiskUsage {
         Self {
             limit_bytes,
             used_bytes: AtomicU64::new(0),
+            elsewhere_bytes: AtomicU64::new(0),
         }
     }
 
     /// Reserves `bytes`, or fails with a resources error naming the limit.
     pub fn try_reserve(&self, bytes: u64) -> Result<()> {
         let limit = self.limit_bytes.unwrap_or(u64::MAX);
+        let elsewhere = self.elsewhere_bytes();
         self.used_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                let wanted = used.checked_add(bytes)?;
-                (wanted <= limit).then_some(wanted)
+                let wanted = used.checked_add(elsewhere)?.checked_add(bytes)?;
+                (wanted <= limit).then_some(used + bytes)
             })
             .map(|_| ())
             .map_err(|used| EngineError::ResourcesExhausted {
                 message: format!(
-                    "shuffle files would exceed the disk limit of {} (--disk-limit):                      {} are in use and a map task needs {} more; raise the limit or                      release finished jobs",
+                    "shuffle files would exceed the disk limit of {} (--disk-limit): \
+                     {} are in use and a map task needs {} more; raise the limit or \
+                     release finished jobs",
                     format_bytes(limit),
-                    format_bytes(used),
+                    format_bytes(used.saturating_add(elsewhere)),
                     format_bytes(bytes)
                 ),
             })
@@ -128,9 +137,19 @@ impl DiskUsage {
         self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Bytes of shuffle files on disk now.
+    /// Bytes of this process's shuffle files on disk now.
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Acquire)
+    }
+
+    /// Records what other processes sharing the limit hold now.
+    pub fn set_elsewhere(&self, bytes: u64) {
+        self.elsewhere_bytes.store(bytes, Ordering::Release);
+    }
+
+    /// What other processes sharing the limit held, as last told.
+    pub fn elsewhere_bytes(&self) -> u64 {
+        self.elsewhere_bytes.load(Ordering::Acquire)
     }
 
     pub fn limit_bytes(&self) -> Option<u64> {
@@ -463,5 +482,29 @@ impl ShuffleStore for LocalShuffleStore {
 
     fn spill_dir(&self) -> &Path {
         self.spill_dir.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_held_elsewhere_count_against_the_disk_limit() {
+        let disk = DiskUsage::new(Some(100));
+        disk.try_reserve(60).expect("fits alone");
+        // Another process sharing the limit holds 30: 60 + 30 + 20 > 100.
+        disk.set_elsewhere(30);
+        let refused = disk.try_reserve(20).expect_err("past the shared limit");
+        let message = refused.to_string();
+        assert!(
+            message.contains("disk limit of 100 B (--disk-limit): 90 B are in use"),
+            "{message}"
+        );
+        assert_eq!(disk.used_bytes(), 60, "a refused reservation takes nothing");
+        disk.try_reserve(10).expect("60 + 30 + 10 fits");
+        disk.set_elsewhere(0);
+        disk.try_reserve(30).expect("the other process let go");
+        assert_eq!((disk.used_bytes(), disk.elsewhere_bytes()), (100, 0));
     }
 }
