@@ -715,3 +715,62 @@ async fn with_one_executor_per_worker_concurrent_jobs_all_finish() {
     })
     .await;
 }
+
+/// A job with Rust closures survives a coordinator restart: its binary
+/// is pinned again, stages done before the kill are used as they were,
+/// and the same driver, still waiting, gets the std answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closure_job_resumes_after_a_coordinator_restart() {
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().to_str().expect("utf-8 path");
+    let mut cluster = Cluster::coordinator(&["--state-dir", state_dir]);
+    // The reduce stage (1) stalls once per executor process, so the kill
+    // certainly falls between the map stage's end and the job's.
+    for _ in 0..2 {
+        cluster.add_worker(&[("TONE_FAULT", "stall@1")]);
+    }
+    cluster.wait_for_workers(2).await;
+    let master = cluster.master.clone();
+    let driver = Driver::start("spmd_faults", &["--master", &master]);
+
+    let client = cluster.client().await;
+    let job_id = job_with_stages_done(&client, 1).await;
+    cluster.kill_coordinator();
+    cluster.start_coordinator();
+
+    let output = driver
+        .succeeded_within(Duration::from_secs(180), "the resumed closure job")
+        .await;
+    assert_eq!(output, spmd_faults_sum());
+    let client = cluster.client().await;
+    let status = client.status(&job_id).await.expect("the job is known");
+    assert_eq!(
+        status.state,
+        tone_proto::v1::JobState::Succeeded as i32,
+        "{status:?}"
+    );
+    assert!(
+        status.stages_resumed >= 1 && status.tasks_resumed >= 1,
+        "the map stage done before the kill was used as it was: {status:?}"
+    );
+}
+
+/// The id of the one running job, once `stages` of its stages are done.
+async fn job_with_stages_done(client: &tone::cluster::ClusterClient, stages: u32) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (jobs, _) = client.jobs(10).await.expect("jobs listed");
+        let running = jobs
+            .iter()
+            .find(|job| job.state == tone_proto::v1::JobState::Running as i32);
+        if let Some(job) = running.filter(|job| job.stages_done >= stages) {
+            assert!(job.stages_done < job.stages_total, "{job:?}");
+            return job.job_id.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for a running job with {stages} stages done: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -169,7 +169,7 @@ impl Session<'_> {
                 slots: config.slots as u32,
                 max_executors: config.max_executors as u32,
                 session_key: session_key.to_vec(),
-                held_outputs: held_outputs(store),
+                held_outputs: held_outputs(store, runner.executors.as_deref()).await,
             })),
         };
         outbox
@@ -302,18 +302,18 @@ fn leader_named(status: &tonic::Status) -> Option<String> {
     (leader.starts_with("http://") || leader.starts_with("https://")).then(|| leader.to_string())
 }
 
-/// What the store holds, as the registration reports it (a restarted
-/// coordinator resumes its jobs from these).
-fn held_outputs(store: &LocalShuffleStore) -> Vec<tone_proto::v1::HeldOutputs> {
-    store
-        .held()
-        .into_iter()
-        .map(|(job, stage, maps)| tone_proto::v1::HeldOutputs {
-            job_id: job.0,
-            stage_id: stage.0,
-            maps: maps.into_iter().map(|map| map as u32).collect(),
-        })
-        .collect()
+/// What this worker holds, as the registration reports it (a restarted
+/// coordinator resumes its jobs from these): its own store's outputs and
+/// its executors' (closure jobs keep theirs in the executor process).
+async fn held_outputs(
+    store: &LocalShuffleStore,
+    executors: Option<&Executors>,
+) -> Vec<tone_proto::v1::HeldOutputs> {
+    let mut held = crate::held_outputs(store);
+    if let Some(executors) = executors {
+        held.extend(executors.held().await);
+    }
+    held
 }
 
 /// The job a coordinator message names, if any.

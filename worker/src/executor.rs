@@ -374,6 +374,15 @@ impl Executor for ExecutorService {
             operator_spilled_bytes: self.runner.spills.spilled_bytes(),
         }))
     }
+
+    async fn held(
+        &self,
+        _request: Request<pb::HeldRequest>,
+    ) -> Result<Response<pb::HeldResponse>, Status> {
+        Ok(Response::new(pb::HeldResponse {
+            outputs: crate::held_outputs(&self.store),
+        }))
+    }
 }
 
 #[cfg(test)]

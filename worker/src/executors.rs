@@ -56,6 +56,8 @@ const ROOM_WAIT: Duration = Duration::from_secs(30);
 /// How long a stopped executor may take to exit before it no longer
 /// counts toward the limit.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a registration waits for an executor to list its outputs.
+const HELD_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a task could not run in its executor.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +237,35 @@ impl Executors {
                 .await
                 .map(|response| response.into_inner().boxed()),
         )
+    }
+
+    /// The map outputs this worker's executors hold, each taken only for
+    /// the executor's own job (an executor runs the user's code: it speaks
+    /// for its job alone). One that does not answer within `HELD_WAIT`
+    /// counts as holding nothing; its outputs are made again if needed.
+    pub async fn held(&self) -> Vec<pb::HeldOutputs> {
+        let processes: Vec<(String, Arc<Process>)> = lock(&self.running)
+            .iter()
+            .map(|(job_id, process)| (job_id.clone(), Arc::clone(process)))
+            .collect();
+        let mut held = Vec::new();
+        for (job_id, process) in processes {
+            let mut client = process.client.clone();
+            match tokio::time::timeout(HELD_WAIT, client.held(pb::HeldRequest {})).await {
+                Ok(Ok(response)) => held.extend(
+                    response
+                        .into_inner()
+                        .outputs
+                        .into_iter()
+                        .filter(|outputs| outputs.job_id == job_id),
+                ),
+                Ok(Err(status)) => {
+                    tracing::warn!(%job_id, %status, "an executor did not say what it holds")
+                }
+                Err(_) => tracing::warn!(%job_id, "an executor did not say what it holds in time"),
+            }
+        }
+        held
     }
 
     /// Stops the job's executor (its outputs go with it). It counts

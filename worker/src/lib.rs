@@ -369,6 +369,19 @@ fn remove_leftovers(work_dir: &std::path::Path) -> Result<(), WorkerError> {
 /// Each task runs its own copy of the stage plan, so a scan partition must
 /// read only the files it was assigned: DataFusion's work stealing between
 /// sibling partitions assumes they share one plan instance.
+/// The map outputs a store holds, as a registration reports them.
+pub(crate) fn held_outputs(store: &LocalShuffleStore) -> Vec<tone_proto::v1::HeldOutputs> {
+    store
+        .held()
+        .into_iter()
+        .map(|(job, stage, maps)| tone_proto::v1::HeldOutputs {
+            job_id: job.0,
+            stage_id: stage.0,
+            maps: maps.into_iter().map(|map| map as u32).collect(),
+        })
+        .collect()
+}
+
 pub(crate) fn worker_session_config(env: ShuffleEnv) -> SessionConfig {
     SessionConfig::new()
         .set_bool(
