@@ -12,28 +12,43 @@
 //! - `--again-after-ms MS`: the driver then waits MS, idle, and runs the
 //!   job a second time (a second action; prints the sum again).
 
-use tone::Context;
+use clap::Parser;
+
+#[path = "parts/context_flags.rs"]
+mod context_flags;
+
+/// A small pipeline that can panic in a closure or diverge between the
+/// driver and its executors.
+#[derive(Debug, Parser)]
+#[command(name = "spmd_faults")]
+struct Args {
+    /// The map closure panics at x == N
+    #[arg(long, value_name = "N")]
+    panic_on: Option<u64>,
+    /// The map closure sleeps MS at x == 0 and x == 500
+    #[arg(long, value_name = "MS")]
+    sleep_ms: Option<u64>,
+    /// The driver waits MS, idle, then runs the job a second time
+    #[arg(long, value_name = "MS")]
+    again_after_ms: Option<u64>,
+    /// Build another pipeline in the driver (SPMD_FAULTS_DRIVER set) than
+    /// in the executors
+    #[arg(long)]
+    diverge: bool,
+    #[command(flatten)]
+    context: context_flags::ContextFlags,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), tone::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let panic_on: Option<u64> = args
-        .iter()
-        .position(|arg| arg == "--panic-on")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok());
-    let sleep_ms: Option<u64> = args
-        .iter()
-        .position(|arg| arg == "--sleep-ms")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok());
-    let again_after_ms: Option<u64> = args
-        .iter()
-        .position(|arg| arg == "--again-after-ms")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok());
-    let diverge = args.iter().any(|arg| arg == "--diverge");
-    let ctx = Context::from_args().await?;
+    let Args {
+        panic_on,
+        sleep_ms,
+        again_after_ms,
+        diverge,
+        context,
+    } = Args::parse();
+    let ctx = context.context().await?;
     let numbers = ctx.parallelize((0..1000u64).collect());
     let numbers = if diverge && std::env::var("SPMD_FAULTS_DRIVER").is_ok() {
         numbers.filter(|x| *x < 1000)

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod dataset;
 mod deploy;
+mod example_args;
 mod faults;
 mod fuzz_regressions;
 mod ha;
