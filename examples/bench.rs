@@ -11,6 +11,8 @@
 //! (`tests/bench/soak.sh`) prints the coordinator's memory and the time per
 //! job over 20,000 small jobs.
 
+#[path = "parts/context_flags.rs"]
+mod context_flags;
 #[path = "parts/soak.rs"]
 mod soak;
 #[path = "terasort.rs"]
@@ -25,6 +27,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clap::{Parser, Subcommand};
 use tone::Context;
 
 #[global_allocator]
@@ -135,63 +138,90 @@ async fn bench_wordcount(ctx: &Context, dir: &Path, bytes: u64) -> Result<(), to
     Ok(())
 }
 
+/// Whole-job benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Debug, Subcommand)]
+enum Which {
+    /// Word count on tone against single-threaded Rust with a std HashMap
+    Wordcount {
+        #[command(flatten)]
+        size: Size,
+        #[command(flatten)]
+        context: context_flags::ContextFlags,
+    },
+    /// TeraSort: MB/s of the sort (generation and validation excluded)
+    Terasort {
+        #[command(flatten)]
+        size: Size,
+        /// The coordinator to run on, e.g. http://127.0.0.1:7070 (default:
+        /// TONE_MASTER, else embedded)
+        #[arg(long, value_name = "URL")]
+        master: Option<String>,
+    },
+    /// Many small jobs through one coordinator: its memory and the time
+    /// per job after every 1,000 jobs
+    Soak {
+        #[arg(long, value_name = "URL")]
+        master: String,
+        /// The coordinator's process id, to read its resident memory
+        #[arg(long, value_name = "PID")]
+        coordinator_pid: u32,
+        #[arg(long, default_value_t = 20_000)]
+        jobs: u64,
+        /// Working folder (default: <temp>/tone-bench)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// How much input to make, and where.
+#[derive(Debug, clap::Args)]
+struct Size {
+    /// Bytes of input to generate, e.g. 1G
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = tone_engine::limits::parse_size)]
+    bytes: u64,
+    /// Working folder (default: <temp>/tone-bench)
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+fn work_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| std::env::temp_dir().join("tone-bench"))
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let which = args.first().cloned().unwrap_or_default();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|arg| arg == flag)
-            .and_then(|index| args.get(index + 1))
-            .cloned()
-    };
-    let bytes = value("--bytes").map_or(Ok(256 * 1024 * 1024), |text| {
-        tone_engine::limits::parse_size(&text)
-    });
-    let Ok(bytes) = bytes else {
-        eprintln!("bench: error: --bytes needs a size such as 1G");
-        return std::process::ExitCode::from(2);
-    };
-    let dir = value("--dir").map_or_else(|| std::env::temp_dir().join("tone-bench"), PathBuf::from);
-    let result = match which.as_str() {
-        "wordcount" => match tone::Context::from_args().await {
-            Ok(ctx) => bench_wordcount(&ctx, &dir, bytes).await,
+    let result = match Args::parse().which {
+        Which::Wordcount { size, context } => match context.context().await {
+            Ok(ctx) => bench_wordcount(&ctx, &work_dir(size.dir), size.bytes).await,
             Err(error) => Err(error),
         },
-        "terasort" => {
+        Which::Terasort { size, master } => {
             let mut rest: Vec<String> = vec![
                 "--bytes".into(),
-                bytes.to_string(),
+                size.bytes.to_string(),
                 "--dir".into(),
-                dir.join("terasort").display().to_string(),
+                work_dir(size.dir).join("terasort").display().to_string(),
             ];
-            if let Some(url) = value("--master") {
+            if let Some(url) = master {
                 rest.extend(["--master".to_string(), url]);
             }
             terasort::run(&rest).await.map(|line| println!("{line}"))
         }
-        "soak" => {
-            let (Some(master), Some(Ok(pid))) = (
-                value("--master"),
-                value("--coordinator-pid").map(|pid| pid.parse::<u32>()),
-            ) else {
-                eprintln!("bench: error: soak needs --master URL and --coordinator-pid PID");
-                return std::process::ExitCode::from(2);
-            };
-            let jobs = value("--jobs")
-                .and_then(|jobs| jobs.parse().ok())
-                .unwrap_or(20_000);
-            soak::run(&master, pid, jobs, &dir.join("soak"))
-                .await
-                .map_err(tone::Error::from)
-        }
-        _ => {
-            eprintln!(
-                "usage: bench wordcount|terasort [--bytes 1G] [--dir DIR] [--master URL]\n       \
-                 bench soak --master URL --coordinator-pid PID [--jobs 20000] [--dir DIR]"
-            );
-            return std::process::ExitCode::from(2);
-        }
+        Which::Soak {
+            master,
+            coordinator_pid,
+            jobs,
+            dir,
+        } => soak::run(&master, coordinator_pid, jobs, &work_dir(dir).join("soak"))
+            .await
+            .map_err(tone::Error::from),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

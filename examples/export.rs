@@ -5,43 +5,52 @@
 //!
 //! `cargo run --release --example export -- --input PATH --output DIR [--format csv|parquet] [--master URL]`
 
-use tone::Context;
+use clap::{Parser, ValueEnum};
 
-const USAGE: &str = "usage: export --input PATH --output DIR [--format csv|parquet] [--master URL]";
+#[path = "parts/context_flags.rs"]
+mod context_flags;
+
+/// Exports a table as CSV or Parquet part files.
+#[derive(Debug, Parser)]
+#[command(name = "export")]
+struct Args {
+    /// The table: Parquet, CSV or JSON files (a file, a folder or an
+    /// object-store URL; the format is read off the names)
+    #[arg(long, value_name = "PATH")]
+    input: String,
+    /// The folder or s3:// prefix to write part files into
+    #[arg(long, value_name = "DIR")]
+    output: String,
+    /// The format of the part files written
+    #[arg(long, value_enum, default_value_t = Format::Csv)]
+    format: Format,
+    #[command(flatten)]
+    context: context_flags::ContextFlags,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Csv,
+    Parquet,
+}
 
 /// Reads `--input`, writes `--output`; returns the rows written.
-async fn run(args: &[String]) -> Result<(u64, String), tone::Error> {
-    let value = |flag: &str| {
-        args.iter()
-            .position(|arg| arg == flag)
-            .and_then(|index| args.get(index + 1))
-    };
-    let usage = || tone::Error::Usage {
-        message: USAGE.into(),
-    };
-    let input = value("--input").ok_or_else(usage)?;
-    let output = value("--output").ok_or_else(usage)?;
-    let ctx = Context::from_args().await?;
+async fn run(args: Args) -> Result<(u64, String), tone::Error> {
+    let ctx = args.context.context().await?;
     // The format is read off the file names, as for SQL tables.
-    ctx.register_table("input", std::path::Path::new(input))
+    ctx.register_table("input", std::path::Path::new(&args.input))
         .await?;
     let frame = ctx.table("input").await?;
-    let rows = match value("--format").map(String::as_str) {
-        None | Some("csv") => frame.write_csv(output).await?,
-        Some("parquet") => frame.write_parquet(output).await?,
-        Some(other) => {
-            return Err(tone::Error::Usage {
-                message: format!("--format {other}: expected csv or parquet; {USAGE}"),
-            })
-        }
+    let rows = match args.format {
+        Format::Csv => frame.write_csv(&args.output).await?,
+        Format::Parquet => frame.write_parquet(&args.output).await?,
     };
-    Ok((rows, output.clone()))
+    Ok((rows, args.output))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args).await {
+    match run(Args::parse()).await {
         Ok((rows, output)) => {
             println!("wrote {rows} rows to {output}");
             std::process::ExitCode::SUCCESS

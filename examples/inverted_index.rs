@@ -8,7 +8,21 @@
 
 use std::path::PathBuf;
 
+use clap::Parser;
 use tone::{Context, Dataset};
+
+/// For every word, the documents that contain it.
+#[derive(Debug, Parser)]
+#[command(name = "inverted_index")]
+struct Args {
+    /// Files or folders of lines `DOC_ID<TAB>TEXT`
+    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// The coordinator to run on, e.g. http://127.0.0.1:7070 (default:
+    /// TONE_MASTER, else embedded)
+    #[arg(long, value_name = "URL")]
+    master: Option<String>,
+}
 
 /// The job: (document, text) lines → distinct (word, document) pairs →
 /// documents per word.
@@ -29,34 +43,21 @@ pub fn inverted_index(ctx: &Context, inputs: &[PathBuf]) -> Dataset<(String, Vec
         })
 }
 
-/// Runs the example with its command-line arguments; returns the lines it
-/// printed.
+/// Runs the example with its command-line arguments (without the
+/// program name); returns the lines it printed.
 pub async fn run(args: &[String]) -> Result<Vec<String>, tone::Error> {
-    const USAGE: &str = "usage: inverted_index --input PATH... [--master URL]";
-    let mut inputs = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--input" => inputs.extend(iter.next().map(PathBuf::from)),
-            "--master" => {
-                iter.next();
-            }
-            other if !other.starts_with("--") && !inputs.is_empty() => {
-                inputs.push(PathBuf::from(other))
-            }
-            other => {
-                return Err(tone::Error::Usage {
-                    message: format!("unexpected argument {other}; {USAGE}"),
-                })
-            }
-        }
-    }
-    if inputs.is_empty() {
-        return Err(tone::Error::Usage {
-            message: USAGE.into(),
-        });
-    }
-    let ctx = match tone::context::master_from_args(args)? {
+    let args = Args::try_parse_from(
+        std::iter::once("inverted_index").chain(args.iter().map(String::as_str)),
+    )
+    .map_err(|error| tone::Error::Usage {
+        message: error.to_string(),
+    })?;
+    run_parsed(args).await
+}
+
+async fn run_parsed(args: Args) -> Result<Vec<String>, tone::Error> {
+    let inputs = args.input;
+    let ctx = match args.master {
         Some(url) => Context::connect(&url).await?,
         None => Context::from_env().await?,
     };
@@ -71,8 +72,7 @@ pub async fn run(args: &[String]) -> Result<Vec<String>, tone::Error> {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args).await {
+    match run_parsed(Args::parse()).await {
         Ok(lines) => {
             for line in lines {
                 println!("{line}");

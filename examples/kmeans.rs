@@ -8,7 +8,25 @@
 //! Coordinates are integers and a centroid is the integer mean of its
 //! points, so every run (embedded, on any cluster) gives the same answer.
 
+use clap::Parser;
 use tone::Context;
+
+#[path = "parts/context_flags.rs"]
+mod context_flags;
+
+/// K-means on generated integer points.
+#[derive(Debug, Parser)]
+#[command(name = "kmeans")]
+struct Args {
+    /// Points to generate
+    #[arg(long, default_value_t = 20_000)]
+    points: u64,
+    /// Clusters to find (at least 1)
+    #[arg(long, default_value_t = 5)]
+    k: u64,
+    #[command(flatten)]
+    context: context_flags::ContextFlags,
+}
 
 /// A point (or centroid) in the plane.
 pub type Point = (i64, i64);
@@ -82,16 +100,9 @@ pub async fn kmeans(
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<(), tone::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str, default: u64| {
-        args.iter()
-            .position(|arg| arg == flag)
-            .and_then(|index| args.get(index + 1))
-            .and_then(|text| text.parse().ok())
-            .unwrap_or(default)
-    };
-    let (count, k) = (value("--points", 20_000), value("--k", 5).max(1));
-    let ctx = Context::from_args().await?;
+    let args = Args::parse();
+    let (count, k) = (args.points, args.k.max(1));
+    let ctx = args.context.context().await?;
     let (centroids, steps) = kmeans(&ctx, points(count, k), k as usize).await?;
     println!("converged after {steps} steps");
     for (x, y) in centroids {

@@ -2,7 +2,22 @@
 //!
 //! `cargo run --release --example pagerank -- [--pages N] [--master URL]`
 
+use clap::Parser;
 use tone::Context;
+
+#[path = "parts/context_flags.rs"]
+mod context_flags;
+
+/// PageRank on a generated graph.
+#[derive(Debug, Parser)]
+#[command(name = "pagerank")]
+struct Args {
+    /// Pages in the generated graph
+    #[arg(long, default_value_t = 1000)]
+    pages: u64,
+    #[command(flatten)]
+    context: context_flags::ContextFlags,
+}
 
 /// Damping as in the original paper.
 pub const DAMPING: f64 = 0.85;
@@ -52,14 +67,9 @@ pub async fn pagerank(
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<(), tone::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let pages = args
-        .iter()
-        .position(|arg| arg == "--pages")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(1000);
-    let ctx = Context::from_args().await?;
+    let args = Args::parse();
+    let ctx = args.context.context().await?;
+    let pages = args.pages;
     let mut ranks = pagerank(&ctx, graph(pages)).await?;
     ranks.sort_by(|left, right| right.1.total_cmp(&left.1));
     for (page, rank) in ranks.iter().take(10) {

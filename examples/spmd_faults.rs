@@ -19,6 +19,36 @@
 use serde::{Deserialize, Serialize};
 use tone::prelude::col;
 use tone::Context;
+use clap::Parser;
+
+#[path = "parts/context_flags.rs"]
+mod context_flags;
+
+/// A small pipeline that can panic in a closure or diverge between the
+/// driver and its executors.
+#[derive(Debug, Parser)]
+#[command(name = "spmd_faults")]
+struct Args {
+    /// The map closure panics at x == N
+    #[arg(long, value_name = "N")]
+    panic_on: Option<u64>,
+    /// The map closure sleeps MS at x == 0 and x == 500
+    #[arg(long, value_name = "MS")]
+    sleep_ms: Option<u64>,
+    /// The driver waits MS, idle, then runs the job a second time
+    #[arg(long, value_name = "MS")]
+    again_after_ms: Option<u64>,
+    /// Build another pipeline in the driver (SPMD_FAULTS_DRIVER set) than
+    /// in the executors
+    #[arg(long)]
+    diverge: bool,
+    /// Instead, sort TPC-H lineitem from DIR with the DataFrame API, then
+    /// run a closure over the sorted rows; prints `rows N`
+    #[arg(long, value_name = "DIR")]
+    sort_data: Option<String>,
+    #[command(flatten)]
+    context: context_flags::ContextFlags,
+}
 
 /// The column of a sorted `lineitem` row the closure reads.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,30 +76,17 @@ async fn sort_then_closure(ctx: &Context, data: &str) -> Result<u64, tone::Error
 
 #[tokio::main]
 async fn main() -> Result<(), tone::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let panic_on: Option<u64> = args
-        .iter()
-        .position(|arg| arg == "--panic-on")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok());
-    let sleep_ms: Option<u64> = args
-        .iter()
-        .position(|arg| arg == "--sleep-ms")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok());
-    let again_after_ms: Option<u64> = args
-        .iter()
-        .position(|arg| arg == "--again-after-ms")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok());
-    let diverge = args.iter().any(|arg| arg == "--diverge");
-    let sort_data = args
-        .iter()
-        .position(|arg| arg == "--sort-data")
-        .and_then(|index| args.get(index + 1));
-    let ctx = Context::from_args().await?;
+    let Args {
+        panic_on,
+        sleep_ms,
+        again_after_ms,
+        diverge,
+        sort_data,
+        context,
+    } = Args::parse();
+    let ctx = context.context().await?;
     if let Some(data) = sort_data {
-        println!("rows {}", sort_then_closure(&ctx, data).await?);
+        println!("rows {}", sort_then_closure(&ctx, &data).await?);
         return Ok(());
     }
     let numbers = ctx.parallelize((0..1000u64).collect());

@@ -8,7 +8,24 @@
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use clap::Parser;
 use tone::Context;
+
+/// Generates records, sorts them and validates the output.
+#[derive(Debug, Parser)]
+#[command(name = "terasort")]
+struct Args {
+    /// Bytes of records to generate, e.g. 64M
+    #[arg(long, value_name = "SIZE", default_value = "10M", value_parser = tone_engine::limits::parse_size)]
+    bytes: u64,
+    /// Working folder for the input and output (default: <temp>/tone-terasort)
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The coordinator to run on, e.g. http://127.0.0.1:7070 (default:
+    /// TONE_MASTER, else embedded)
+    #[arg(long, value_name = "URL")]
+    master: Option<String>,
+}
 
 /// Bytes per record (without the line end) and per key.
 pub const RECORD_BYTES: usize = 100;
@@ -97,33 +114,23 @@ pub fn validate(output: &Path) -> std::io::Result<(Summary, bool)> {
     Ok((summary, sorted))
 }
 
-/// Generates, sorts and validates; returns a report line.
+/// Generates, sorts and validates with the command-line arguments
+/// (without the program name); returns a report line.
 pub async fn run(args: &[String]) -> Result<String, tone::Error> {
-    let mut bytes: u64 = 10 * 1024 * 1024;
-    let mut dir = std::env::temp_dir().join("tone-terasort");
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--bytes" => {
-                bytes = iter
-                    .next()
-                    .and_then(|text| tone_engine::limits::parse_size(text).ok())
-                    .ok_or_else(|| tone::Error::Usage {
-                        message: "--bytes needs a size such as 64M".into(),
-                    })?
-            }
-            "--dir" => dir = iter.next().map(PathBuf::from).unwrap_or(dir),
-            "--master" => {
-                iter.next();
-            }
-            other => {
-                return Err(tone::Error::Usage {
-                    message: format!("unexpected argument {other}; usage: terasort [--bytes N] [--dir DIR] [--master URL]"),
-                })
-            }
-        }
-    }
-    let ctx = match tone::context::master_from_args(args)? {
+    let args =
+        Args::try_parse_from(std::iter::once("terasort").chain(args.iter().map(String::as_str)))
+            .map_err(|error| tone::Error::Usage {
+                message: error.to_string(),
+            })?;
+    run_parsed(args).await
+}
+
+async fn run_parsed(args: Args) -> Result<String, tone::Error> {
+    let bytes = args.bytes;
+    let dir = args
+        .dir
+        .unwrap_or_else(|| std::env::temp_dir().join("tone-terasort"));
+    let ctx = match args.master {
         Some(url) => Context::connect(&url).await?,
         None => Context::from_env().await?,
     };
@@ -158,8 +165,7 @@ pub async fn run(args: &[String]) -> Result<String, tone::Error> {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args).await {
+    match run_parsed(Args::parse()).await {
         Ok(line) => {
             println!("{line}");
             if line.ends_with("INVALID") {

@@ -4,12 +4,27 @@
 //! `cargo run --release --example tpch_dataframe -- --data DIR [--master URL]`
 //! (DIR from `tone gen tpch --out DIR`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
+use clap::Parser;
 use datafusion::prelude::cast;
 use tone::prelude::*;
+
+#[path = "parts/context_flags.rs"]
+mod context_flags;
+
+/// TPC-H Q1 and Q3 as DataFrames.
+#[derive(Debug, Parser)]
+#[command(name = "tpch_dataframe")]
+struct Args {
+    /// Folder of TPC-H tables (`tone gen tpch --out DIR`), or an s3:// prefix
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    #[command(flatten)]
+    context: context_flags::ContextFlags,
+}
 
 fn date(text: &str) -> Expr {
     cast(lit(text.to_string()), DataType::Date32)
@@ -91,17 +106,10 @@ pub async fn q3(ctx: &Context, data: &Path) -> Result<Vec<RecordBatch>, tone::Er
 }
 
 /// Runs both queries over the tables under `--data` and prints them.
-async fn run(args: &[String]) -> Result<(), tone::Error> {
-    let data = args
-        .iter()
-        .position(|arg| arg == "--data")
-        .and_then(|index| args.get(index + 1))
-        .ok_or_else(|| tone::Error::Usage {
-            message: "usage: tpch_dataframe --data DIR [--master URL]".into(),
-        })?;
-    let ctx = Context::from_args().await?;
-    let q1_rows = q1(&ctx, Path::new(data)).await?;
-    let q3_rows = q3(&ctx, Path::new(data)).await?;
+async fn run(args: Args) -> Result<(), tone::Error> {
+    let ctx = args.context.context().await?;
+    let q1_rows = q1(&ctx, &args.data).await?;
+    let q3_rows = q3(&ctx, &args.data).await?;
     for (name, batches) in [("Q1", q1_rows), ("Q3", q3_rows)] {
         let text = arrow::util::pretty::pretty_format_batches(&batches)
             .map_err(datafusion::error::DataFusionError::from)?;
@@ -113,8 +121,7 @@ async fn run(args: &[String]) -> Result<(), tone::Error> {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args).await {
+    match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tpch_dataframe: error: {error}");

@@ -3,8 +3,23 @@
 //!
 //! `cargo run --release --example typed_join -- [--customers N] [--master URL]`
 
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tone::{Context, Dataset};
+
+#[path = "parts/context_flags.rs"]
+mod context_flags;
+
+/// Order totals per customer, and customers without orders.
+#[derive(Debug, Parser)]
+#[command(name = "typed_join")]
+struct Args {
+    /// Customers to generate
+    #[arg(long, default_value_t = 1000)]
+    customers: u64,
+    #[command(flatten)]
+    context: context_flags::ContextFlags,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
@@ -76,14 +91,9 @@ pub fn without_orders(
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<(), tone::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let customers = args
-        .iter()
-        .position(|arg| arg == "--customers")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(1000);
-    let ctx = Context::from_args().await?;
+    let args = Args::parse();
+    let ctx = args.context.context().await?;
+    let customers = args.customers;
     let (people, orders) = generate(customers);
     let mut top = totals(&ctx, people.clone(), orders.clone())
         .collect()

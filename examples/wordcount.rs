@@ -7,8 +7,26 @@
 
 use std::path::PathBuf;
 
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tone::{Context, Dataset};
+
+/// Word count over text files.
+#[derive(Debug, Parser)]
+#[command(name = "wordcount")]
+struct Args {
+    /// Text files or folders to count the words of
+    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Write CSV files (header `word,count`) into this folder instead of
+    /// printing the 20 most frequent words
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// The coordinator to run on, e.g. http://127.0.0.1:7070 (default:
+    /// TONE_MASTER, else embedded)
+    #[arg(long, value_name = "URL")]
+    master: Option<String>,
+}
 
 /// One output row.
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,35 +47,24 @@ pub fn word_counts(ctx: &Context, inputs: &[PathBuf]) -> Dataset<(String, u64)> 
         .reduce_by_key(|left, right| left + right)
 }
 
-/// Runs the example with its command-line arguments; returns the lines it
-/// printed.
+/// Runs the example with its command-line arguments (without the
+/// program name); returns the lines it printed.
 pub async fn run(args: &[String]) -> Result<Vec<String>, tone::Error> {
-    let mut inputs = Vec::new();
-    let mut output = None;
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--input" => inputs.extend(iter.next().map(PathBuf::from)),
-            "--output" => output = iter.next().map(PathBuf::from),
-            "--master" => {
-                iter.next();
-            }
-            other if !other.starts_with("--") && !inputs.is_empty() => {
-                inputs.push(PathBuf::from(other))
-            }
-            other => {
-                return Err(tone::Error::Usage {
-                    message: format!("unexpected argument {other}; usage: wordcount --input PATH... [--output DIR] [--master URL]"),
-                })
-            }
-        }
-    }
-    if inputs.is_empty() {
-        return Err(tone::Error::Usage {
-            message: "usage: wordcount --input PATH... [--output DIR] [--master URL]".into(),
-        });
-    }
-    let ctx = match tone::context::master_from_args(args)? {
+    let args =
+        Args::try_parse_from(std::iter::once("wordcount").chain(args.iter().map(String::as_str)))
+            .map_err(|error| tone::Error::Usage {
+            message: error.to_string(),
+        })?;
+    run_parsed(args).await
+}
+
+async fn run_parsed(args: Args) -> Result<Vec<String>, tone::Error> {
+    let Args {
+        input: inputs,
+        output,
+        master,
+    } = args;
+    let ctx = match master {
         Some(url) => Context::connect(&url).await?,
         None => Context::from_env().await?,
     };
@@ -81,8 +88,7 @@ pub async fn run(args: &[String]) -> Result<Vec<String>, tone::Error> {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args).await {
+    match run_parsed(Args::parse()).await {
         Ok(lines) => {
             for line in lines {
                 println!("{line}");

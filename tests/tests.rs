@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod dataset;
 mod deploy;
+mod example_args;
 mod executor_limits;
 mod faults;
 mod fuzz_regressions;

@@ -82,14 +82,20 @@ impl Simulation {
             address: worker.address.clone(),
             slots: worker.slots,
             max_executors: worker.max_executors,
-            held: Default::default(),
+            // A worker always lists what it holds; only a restarted
+            // coordinator that awaits it uses the list.
+            held: worker.held.clone(),
         };
+        // Before its first join, a worker a restarted coordinator knows
+        // of is one it awaits.
+        let was_awaited = self.state.worker(id).is_none() && self.state.address_of(id).is_some();
         let joined = self.state.join(joining, self.now());
         self.note(kind, format!("{id} joins as session {session}: {joined:?}"));
         if joined.is_ok() {
             if let Some(worker) = self.workers.get_mut(id) {
                 worker.session = Some(session);
             }
+            self.rejoined_after_restart(id, session, was_awaited);
         }
     }
 
@@ -103,6 +109,7 @@ impl Simulation {
         if let Some(worker) = self.workers.get_mut(&id) {
             worker.die();
         }
+        self.holder_unreachable(&id);
         // What it had sent but was not read dies with the connection.
         self.in_flight.retain(|message| message.from != id);
         let kind = if stream_ends {
@@ -121,6 +128,7 @@ impl Simulation {
             if let Some(worker) = self.workers.get_mut(&id) {
                 worker.life = Life::Frozen;
             }
+            self.holder_unreachable(&id);
             self.note(Kind::Freeze, format!("{id} freezes"));
         }
     }
@@ -229,6 +237,7 @@ impl Simulation {
             task,
             attempt,
             outcome,
+            generation: self.generation,
         });
     }
 
@@ -289,7 +298,21 @@ impl Simulation {
             .state
             .worker(&message.from)
             .is_some_and(|worker| worker.session.number == message.session);
-        let counts = running_here && current;
+        // Attempt numbers start again with each coordinator: only the
+        // report of an attempt the current one made may count.
+        let counts = running_here && current && message.generation == self.generation;
+        if let Outcome::Failed {
+            lost_output: Some(lost),
+            ..
+        } = &message.outcome
+        {
+            let lost = TaskKey {
+                job: message.task.job.clone(),
+                stage: lost.stage,
+                partition: lost.map,
+            };
+            self.intact.remove(&lost);
+        }
         self.note(
             kind,
             format!(
@@ -315,8 +338,8 @@ impl Simulation {
             }
             (_, false) if rows_after != rows_before => {
                 return Err(format!(
-                    "a report of {} attempt {} was counted though that attempt was not running on {} (late, twice, or of an old session)",
-                    message.task, message.attempt, message.from
+                    "a report of {} attempt {} (coordinator generation {}) was counted though that attempt was not running on {} (late, twice, of an old session or an old coordinator)",
+                    message.task, message.attempt, message.generation, message.from
                 ));
             }
             (Outcome::Failed { kind, .. }, true)
@@ -340,13 +363,15 @@ impl Simulation {
     pub(super) fn act_submit(&mut self) -> Result<JobId, String> {
         let id = JobId(format!("sim-{}-{}", self.seed, self.next_job));
         self.next_job += 1;
-        let spec = random_job(&mut self.rng, id.clone());
-        let last = spec.stages.len().saturating_sub(1);
-        let partitions = spec.stages.last().map_or(0, |stage| stage.partitions);
+        let job = random_job(&mut self.rng, id.clone());
+        let last = job.stages.len().saturating_sub(1);
+        let partitions = job.stages.last().map_or(0, |stage| stage.partitions);
         self.finals
             .insert(id.clone(), (tone_engine::StageId(last as u32), partitions));
-        self.note(Kind::Submit, format!("submit {id}: {:?}", spec.stages));
-        self.state.submit(spec, self.now());
+        self.note(Kind::Submit, format!("submit {id}: {:?}", job.stages));
+        // The loop records the job's plans before the client hears of it.
+        self.store.submitted(&job);
+        self.state.submit(job.spec(), self.now());
         Ok(id)
     }
 
@@ -383,6 +408,7 @@ impl Simulation {
         for job in self.state.take_ended() {
             self.check_ended(&job)?;
         }
+        self.store.forget_ended(&self.state);
         Ok(())
     }
 
@@ -474,6 +500,7 @@ impl Simulation {
         let targets: Vec<WorkerId> = match &command {
             Command::Assign { worker, task, .. } => {
                 self.check_exclusion(worker, &task.job)?;
+                self.check_not_rerun(task, worker)?;
                 vec![worker.clone()]
             }
             Command::CancelTask { worker, .. } => vec![worker.clone()],
@@ -488,7 +515,11 @@ impl Simulation {
             // Sent before the state forgot the session: it reaches the
             // process that holds it.
             Command::EndSession { worker, .. } => vec![worker.clone()],
-            Command::StageDone { .. } | Command::Changed(_) => Vec::new(),
+            Command::StageDone { job, stage } => {
+                self.store.stage_done(&self.state, job, *stage);
+                Vec::new()
+            }
+            Command::Changed(_) => Vec::new(),
         };
         let ending = matches!(command, Command::EndSession { .. });
         for id in targets {

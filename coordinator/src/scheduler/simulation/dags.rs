@@ -40,10 +40,36 @@ pub fn locations(plan: &[u8]) -> Vec<(StageId, Vec<String>)> {
         .collect()
 }
 
+/// A job as the simulator submits it: what the state store keeps of it
+/// (the real one keeps the encoded stage plans), so a restarted
+/// coordinator can be given the same job again.
+#[derive(Debug, Clone)]
+pub struct SimJob {
+    pub id: JobId,
+    pub stages: Vec<StageShape>,
+    pub timeout: Option<Duration>,
+    pub closures: bool,
+    pub keeps_lineage: bool,
+}
+
+impl SimJob {
+    pub fn spec(&self) -> JobSpec {
+        JobSpec {
+            sql: format!("simulated job of {} stages", self.stages.len()),
+            id: self.id.clone(),
+            stages: self.stages.clone(),
+            plans: Box::new(LocationPlans),
+            timeout: self.timeout,
+            closures: self.closures,
+            keeps_lineage: self.keeps_lineage,
+        }
+    }
+}
+
 /// A random job: mostly a few stages, sometimes up to 50; each stage reads
 /// up to two earlier ones, and the final stage reads every stage no other
 /// stage reads, so every stage feeds the result.
-pub fn random_job(rng: &mut StdRng, id: JobId) -> JobSpec {
+pub fn random_job(rng: &mut StdRng, id: JobId) -> SimJob {
     let count = if rng.random_bool(0.15) {
         rng.random_range(10..=50)
     } else {
@@ -68,11 +94,9 @@ pub fn random_job(rng: &mut StdRng, id: JobId) -> JobSpec {
         });
         unread.push(StageId(index as u32));
     }
-    JobSpec {
-        sql: format!("simulated job of {count} stages"),
+    SimJob {
         id,
         stages,
-        plans: Box::new(LocationPlans),
         timeout: rng
             .random_bool(0.15)
             .then(|| Duration::from_secs(rng.random_range(5..=120))),

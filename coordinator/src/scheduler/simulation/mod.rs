@@ -1,17 +1,21 @@
 //! A seeded simulation of the scheduler's state machine: workers join,
 //! die, freeze and come back; reports arrive late, twice or out of order;
 //! inputs go missing; jobs of up to 50 stages are submitted, cancelled
-//! and timed out. After every step the invariants are checked:
+//! and timed out; the coordinator restarts on its state store (`store.rs`
+//! models what it holds, `restart.rs` the restart). After every step the
+//! invariants are checked:
 //!
 //! - the state's own (`SchedulerState::check`): slots, one worker per
 //!   running attempt;
-//! - a report counts only if it is of the attempt running on its worker
-//!   (so no task is counted twice);
+//! - a report counts only if it is of the attempt running on its worker,
+//!   made under the current coordinator (so no task is counted twice);
 //! - no worker process runs more attempts than its slots;
 //! - a worker excluded from a job gets none of its tasks while another
 //!   can take them;
 //! - a succeeded job's results name every final partition exactly once,
 //!   each where that output was made;
+//! - after a restart, an output the store recorded done is not run again
+//!   while its holder, which rejoined holding it, stays reachable;
 //! - every job ends (succeeded, failed with a reason, or cancelled) within
 //!   a bounded number of steps once the faults stop, and a job submitted
 //!   then succeeds.
@@ -21,7 +25,9 @@
 
 mod actions;
 mod dags;
+mod restart;
 mod run;
+mod store;
 mod world;
 
 use std::collections::BTreeSet;

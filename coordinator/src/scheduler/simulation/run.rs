@@ -10,6 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tone_engine::{JobId, StageId};
 
+use super::restart::Recorded;
+use super::store::ModelStore;
 use super::world::{Life, Message, SimWorker};
 use crate::scheduler::model::{JobState, TaskKey, WorkerId};
 use crate::scheduler::state::SchedulerState;
@@ -44,10 +46,15 @@ pub enum Kind {
     Excluded,
     /// A succeeded job lost unread results with a worker and ran again.
     ResultsRemade,
+    /// The coordinator restarts on its state store.
+    CoordinatorRestart,
+    /// A worker rejoined a restarted coordinator holding outputs the
+    /// store recorded, which are used as they are.
+    OutputsResumed,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 23] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Join,
         Kind::Restart,
         Kind::Rejoin,
@@ -71,11 +78,13 @@ impl Kind {
         Kind::TimedOut,
         Kind::Excluded,
         Kind::ResultsRemade,
+        Kind::CoordinatorRestart,
+        Kind::OutputsResumed,
     ];
 }
 
 /// How often each step kind is drawn while faults happen.
-const CHAOS_WEIGHTS: [(Kind, u32); 18] = [
+const CHAOS_WEIGHTS: [(Kind, u32); 19] = [
     (Kind::Deliver, 30),
     (Kind::Complete, 30),
     (Kind::Heartbeat, 15),
@@ -93,6 +102,7 @@ const CHAOS_WEIGHTS: [(Kind, u32); 18] = [
     (Kind::KillSilently, 1),
     (Kind::Freeze, 1),
     (Kind::Drain, 1),
+    (Kind::CoordinatorRestart, 1),
     (Kind::Undeliverable, 0),
 ];
 
@@ -137,9 +147,20 @@ pub struct Simulation {
     pub(super) seen: BTreeSet<Kind>,
     pub(super) step: usize,
     pub(super) calm: bool,
+    /// What the coordinator's state store holds.
+    pub(super) store: ModelStore,
+    /// Coordinator restarts so far; reports carry the one they were
+    /// made under.
+    pub(super) generation: u32,
+    /// Since the last restart: holders of recorded outputs that have not
+    /// joined yet, with those outputs.
+    pub(super) awaiting_rejoin: BTreeMap<WorkerId, Vec<Recorded>>,
+    /// Resumed outputs whose holder rejoined with them, and its session:
+    /// they must not run again while it stays reachable.
+    pub(super) intact: BTreeMap<TaskKey, (WorkerId, u64)>,
 }
 
-fn config() -> SchedulerConfig {
+pub(super) fn config() -> SchedulerConfig {
     SchedulerConfig {
         heartbeat_timeout: Duration::from_secs(10),
         max_task_attempts: 4,
@@ -175,6 +196,10 @@ impl Simulation {
             seen: BTreeSet::new(),
             step: 0,
             calm: false,
+            store: ModelStore::default(),
+            generation: 0,
+            awaiting_rejoin: BTreeMap::new(),
+            intact: BTreeMap::new(),
         }
     }
 
@@ -292,12 +317,14 @@ impl Simulation {
             }
             Kind::Cancel => self.act_cancel(),
             Kind::ClientRelease => self.act_client_release(),
+            Kind::CoordinatorRestart => self.act_coordinator_restart(),
             Kind::Undeliverable
             | Kind::LostInput
             | Kind::TaskFailure
             | Kind::TimedOut
             | Kind::Excluded
-            | Kind::ResultsRemade => {}
+            | Kind::ResultsRemade
+            | Kind::OutputsResumed => {}
         }
         self.absorb()?;
         self.state.check().map_err(|violation| violation.0)

@@ -120,6 +120,8 @@ pub struct Message {
     pub task: TaskKey,
     pub attempt: Attempt,
     pub outcome: Outcome,
+    /// The coordinator generation whose assignment it reports on.
+    pub generation: u32,
 }
 
 /// The first input map output of `plan` that is not where the plan says.
