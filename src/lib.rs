@@ -1,46 +1,9 @@
-//! tone: a dataflow batch compute engine, embedded in one process or on a
-//! cluster.
-//!
-//! This crate is the facade: it re-exports the engine's public API, holds
-//! the `tone` command-line interface ([`cli`]) and the Rust job API:
-//!
-//! - [`Context`] ([`context`]): embedded or on a cluster; SQL and the
-//!   [`DataFrame`] API.
-//! - [`Dataset`] ([`dataset`]): typed collections transformed with closures.
-//! - [`cluster`]: the cluster client; [`error`]: the jobs' [`Error`].
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), tone::EngineError> {
-//! let engine = tone::Engine::new(tone::EngineConfig::default())?;
-//! engine.register_data_dir(std::path::Path::new("/tmp/tpch")).await?;
-//! let batches = engine.sql("select count(*) from lineitem").await?;
-//! # Ok(()) }
-//! ```
+//! The `tone` command line ([`cli`]): the coordinator and worker daemons,
+//! SQL, job submission and benchmarks, on top of the `tone` job API
+//! library; and the TPC-H query texts and generator ([`tpch`]) that
+//! `tone gen` and `tone bench` use.
 
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod cluster;
-pub mod context;
-pub mod dataset;
-pub mod error;
 pub mod tpch;
-
-pub use context::{Context, DataFrame};
-pub use dataset::Dataset;
-pub use error::Error;
-
-/// What a job usually needs: the context, datasets, and DataFusion's
-/// expression builders (`col`, `lit`, aggregates) for DataFrames.
-pub mod prelude {
-    pub use crate::context::{Context, DataFrame};
-    pub use crate::dataset::{Data, Dataset, Key};
-    pub use crate::error::Error;
-    pub use datafusion::common::JoinType;
-    pub use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
-    pub use datafusion::prelude::{col, lit, Expr};
-}
-
-pub use tone_engine::{
-    render_dag, Engine, EngineConfig, EngineError, JobId, Stage, StageDag, StageId, StatementOutput,
-};

@@ -9,12 +9,12 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = tone::cli::Cli::parse();
+    let cli = tone_cli::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TONE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    tone::cli::main(cli)
+    tone_cli::cli::main(cli)
 }

@@ -13,7 +13,7 @@ use tone_engine::session::register_data_dir;
 use tone_engine::{Engine, EngineConfig, EngineError};
 
 use super::CliError;
-use crate::cluster::{tables_in_dir, ClusterClient, TableRef};
+use tone::cluster::{tables_in_dir, ClusterClient, TableRef};
 use crate::tpch::QUERIES;
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,7 @@ use super::output::{print_stream, OutputFormat};
 use super::security::ClientSecurityArgs;
 use super::tables::TableArgs;
 use super::CliError;
-use crate::cluster::{absolute, tables_in_dir, ClusterClient, ClusterError, TableRef};
+use tone::cluster::{absolute, tables_in_dir, ClusterClient, ClusterError, TableRef};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -63,7 +63,7 @@ async fn submit_binary(
     security.load()?;
     let status = tokio::process::Command::new(bin)
         .args(args)
-        .env(crate::context::MASTER_ENV, master)
+        .env(tone::context::MASTER_ENV, master)
         .envs(security.to_env())
         .status()
         .await

@@ -49,7 +49,7 @@ impl ClientSecurityArgs {
     /// --bin`): as the environment a Rust job's `Context` reads, with
     /// absolute paths.
     pub fn to_env(&self) -> Vec<(&'static str, PathBuf)> {
-        let absolute = |path: &PathBuf| crate::cluster::absolute(path).unwrap_or(path.clone());
+        let absolute = |path: &PathBuf| tone::cluster::absolute(path).unwrap_or(path.clone());
         [
             (tone_proto::security::TLS_CA_ENV, &self.tls_ca),
             (tone_proto::security::TLS_CERT_ENV, &self.tls_cert),

@@ -156,7 +156,7 @@ fn generator_key() -> String {
 
 /// The 22 TPC-H query texts.
 pub fn tpch_queries() -> Vec<(String, String)> {
-    tone::tpch::QUERIES
+    tone_cli::tpch::QUERIES
         .iter()
         .map(|(name, sql)| (name.to_string(), sql.to_string()))
         .collect()

@@ -22,10 +22,10 @@ mod sort;
 
 use std::fmt::Display;
 use std::panic::Location;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt64Array};
+use arrow::array::RecordBatch;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -471,8 +471,7 @@ impl<T: Data> Dataset<T> {
         });
         let (id, entry) = self.register("count", functions::count_schema(), function);
         let plan = closure_plan(Arc::clone(&self.plan), id, entry, Vec::new(), None);
-        let batches = self.ctx.run_plan(plan().await?).await?;
-        Ok(sum_counts(&batches))
+        self.ctx.run_counted(plan().await?).await
     }
 
     /// Writes the rows as CSV files (with a header) into folder `dir`, one
@@ -512,22 +511,21 @@ impl<T: Data> Dataset<T> {
         schema: arrow::datatypes::SchemaRef,
         encode: Emit<T>,
     ) -> Result<u64> {
-        let dir = self.ctx.prepare_output(dir).await?;
         let function = Arc::new(MapFn {
             pipe: Arc::clone(&self.pipe),
             emit: encode,
         });
         let (id, entry) = self.register("write", schema, function);
         let encoded = closure_plan(Arc::clone(&self.plan), id, entry, Vec::new(), None);
-        let target = dir.clone();
-        let plan = then(encoded, move |input| {
-            let sink: Arc<dyn ExecutionPlan> =
-                Arc::new(FileSinkExec::new(input, target.clone(), format));
-            Ok(sink)
-        });
-        let batches = self.ctx.run_plan(plan().await?).await?;
-        self.ctx.finish_output(&dir).await?;
-        Ok(sum_counts(&batches))
+        let sink = |target: PathBuf| {
+            let plan = then(encoded, move |input| {
+                let sink: Arc<dyn ExecutionPlan> =
+                    Arc::new(FileSinkExec::new(input, target.clone(), format));
+                Ok(sink)
+            });
+            plan()
+        };
+        self.ctx.write_plan(dir, sink).await
     }
 }
 
@@ -547,12 +545,11 @@ impl<T: Data + Display> Dataset<T> {
     }
 }
 
-/// The sum of the one-column `UInt64` counts tasks report (rows counted
-/// or written).
-pub(crate) fn sum_counts(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .filter_map(|batch| batch.column(0).as_any().downcast_ref::<UInt64Array>())
-        .flat_map(|counts| counts.iter().flatten())
-        .sum()
+impl crate::context::DataFrame {
+    /// Typed rows: each row becomes a `T` whose field names are the
+    /// columns' (see [`Dataset`]).
+    pub async fn into_dataset<T: Data>(self) -> Result<Dataset<T>> {
+        let plan = self.physical_plan().await?;
+        Ok(Dataset::from_rows_plan(&self.ctx, plan))
+    }
 }

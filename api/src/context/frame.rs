@@ -33,7 +33,7 @@ use crate::error::Result;
 /// ```
 #[derive(Clone)]
 pub struct DataFrame {
-    ctx: Context,
+    pub(crate) ctx: Context,
     frame: datafusion::dataframe::DataFrame,
 }
 
@@ -183,18 +183,11 @@ impl DataFrame {
     /// Each partition commits its own file (`tone_engine::sink`), so the
     /// write runs in parallel and a re-run task never duplicates rows.
     async fn write(self, path: &Path, format: SinkFormat) -> Result<u64> {
-        let dir = self.ctx.prepare_output(path).await?;
         let plan = self.physical_plan().await?;
-        let sink: Arc<dyn ExecutionPlan> = Arc::new(FileSinkExec::new(plan, dir.clone(), format));
-        let batches = self.ctx.run_plan(sink).await?;
-        self.ctx.finish_output(&dir).await?;
-        Ok(crate::dataset::sum_counts(&batches))
-    }
-
-    /// Typed rows: each row becomes a `T` whose field names are the
-    /// columns' (see [`crate::Dataset`]).
-    pub async fn into_dataset<T: crate::dataset::Data>(self) -> Result<crate::Dataset<T>> {
-        let plan = self.physical_plan().await?;
-        Ok(crate::Dataset::from_rows_plan(&self.ctx, plan))
+        let sink = |dir| async move {
+            let sink: Arc<dyn ExecutionPlan> = Arc::new(FileSinkExec::new(plan, dir, format));
+            Ok(sink)
+        };
+        self.ctx.write_plan(path, sink).await
     }
 }

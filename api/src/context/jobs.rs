@@ -298,47 +298,6 @@ impl ExecutorJobs {
     }
 }
 
-impl Context {
-    /// Runs a physical plan on the stage engine and collects its rows.
-    pub(crate) async fn run_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
-        match &*self.inner {
-            Backend::Local(engine) => {
-                let stream = engine.execute(plan).await?;
-                Ok(tone_engine::runtime::collect_stream(stream).await?)
-            }
-            Backend::Cluster(jobs) => jobs.run(plan).await,
-            Backend::Executor(jobs) => jobs.run().await,
-        }
-    }
-
-    /// The output location for a write: an object-store URL as given, a
-    /// local folder made absolute and created. Tone neither overwrites nor
-    /// appends (as Spark's default): a location that holds anything is
-    /// refused. An executor only computes the location; the driver checked
-    /// it.
-    pub(crate) async fn prepare_output(&self, dir: &Path) -> Result<PathBuf> {
-        let dir = located(dir)?;
-        if matches!(*self.inner, Backend::Executor(_)) {
-            return Ok(dir);
-        }
-        tone_engine::sink::prepare_output(&ObjectStores::new(), &dir)
-            .await
-            .map_err(Error::from_output)?;
-        Ok(dir)
-    }
-
-    /// After a write's job: removes what uncommitted attempts left and
-    /// marks the output committed (`_SUCCESS`).
-    pub(crate) async fn finish_output(&self, dir: &Path) -> Result<()> {
-        if matches!(*self.inner, Backend::Executor(_)) {
-            return Ok(());
-        }
-        tone_engine::sink::commit_output(&ObjectStores::new(), dir)
-            .await
-            .map_err(Error::from_output)
-    }
-}
-
 /// Registers table `name` (replacing one of that name) in a planning
 /// engine; returns the location it was registered with (see [`located`]).
 pub(super) async fn register_in(planner: &Engine, name: &str, path: &Path) -> Result<PathBuf> {

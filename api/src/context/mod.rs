@@ -7,6 +7,7 @@
 //! encoded and the coordinator cuts and schedules it on the workers (see
 //! `jobs`). DataFusion's own executor is used for planning only.
 
+mod actions;
 mod frame;
 mod jobs;
 
