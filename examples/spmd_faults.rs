@@ -16,10 +16,10 @@
 //!   a memory limit) and then runs a closure over the sorted rows in the
 //!   executors; prints `rows N`.
 
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tone::prelude::col;
 use tone::Context;
-use clap::Parser;
 
 #[path = "parts/context_flags.rs"]
 mod context_flags;

@@ -13,8 +13,8 @@ use tone_engine::session::register_data_dir;
 use tone_engine::{Engine, EngineConfig, EngineError};
 
 use super::CliError;
-use tone::cluster::{tables_in_dir, ClusterClient, TableRef};
 use crate::tpch::QUERIES;
+use tone::cluster::{tables_in_dir, ClusterClient, TableRef};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

@@ -21,12 +21,11 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::physical_plan::ExecutionPlan;
 use tone_engine::closure::{as_closure, ClosureRegistry};
-use tone_engine::stores::ObjectStores;
 use tone_engine::{Engine, EngineConfig};
 use tone_proto::v1 as pb;
 use tone_worker::executor::ExecutorSettings;
 
-use super::{located, Backend, Context};
+use super::located;
 use crate::cluster::{ClusterClient, ClusterError, TableRef};
 use crate::error::{Error, Result};
 
@@ -152,7 +151,7 @@ impl ClusterJobs {
     }
 
     /// Runs a plan as a job of the cluster and collects its rows.
-    async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+    pub(super) async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
         let mut actions = self.actions.lock().await;
         let schema = plan.schema();
         let outcome = self.submit(plan, &mut actions).await;
@@ -279,7 +278,7 @@ impl ExecutorJobs {
 
     /// The job's action serves its tasks and ends the process; earlier
     /// ones return the driver's results.
-    async fn run(&self) -> Result<Vec<RecordBatch>> {
+    pub(super) async fn run(&self) -> Result<Vec<RecordBatch>> {
         let action = self.actions.fetch_add(1, Ordering::SeqCst);
         if action < self.settings.action {
             return self.replayed(action);
