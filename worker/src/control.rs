@@ -36,6 +36,26 @@ const OUTBOX_CAPACITY: usize = 1024;
 type TaskId = (String, u32, u32, u32);
 type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 
+/// Where this worker's tasks run: those with Rust closures in their job's
+/// executor process, never in the daemon; the rest here. Routed before
+/// `tasks::run`, so the task runner (which executors use too) knows
+/// nothing of executors.
+#[derive(Clone)]
+pub struct Work {
+    pub runner: Runner,
+    pub executors: Arc<Executors>,
+}
+
+impl Work {
+    async fn run(self, assign: AssignTask) -> TaskStatus {
+        if assign.executor.is_some() {
+            self.executors.run(assign).await
+        } else {
+            crate::tasks::run(assign, self.runner).await
+        }
+    }
+}
+
 /// Keeps a session with the coordinator until `stop` resolves, or until
 /// `drain` turns true and the running tasks have finished.
 #[allow(clippy::too_many_arguments)]
@@ -43,7 +63,7 @@ pub async fn run(
     config: WorkerConfig,
     worker_id: String,
     address: String,
-    runner: Runner,
+    work: Work,
     store: Arc<LocalShuffleStore>,
     trusted: TrustedKey,
     health: tonic_health::server::HealthReporter,
@@ -61,7 +81,7 @@ pub async fn run(
         config: &config,
         worker_id: &worker_id,
         address: &address,
-        runner: &runner,
+        work: &work,
         store: &store,
         trusted: &trusted,
         session_key: &session_key,
@@ -129,7 +149,7 @@ struct Session<'a> {
     config: &'a WorkerConfig,
     worker_id: &'a str,
     address: &'a str,
-    runner: &'a Runner,
+    work: &'a Work,
     store: &'a Arc<LocalShuffleStore>,
     trusted: &'a TrustedKey,
     session_key: &'a [u8],
@@ -145,7 +165,7 @@ impl Session<'_> {
             config,
             worker_id,
             address,
-            runner,
+            work,
             store,
             trusted,
             session_key,
@@ -169,7 +189,7 @@ impl Session<'_> {
                 slots: config.slots as u32,
                 max_executors: config.max_executors as u32,
                 session_key: session_key.to_vec(),
-                held_outputs: held_outputs(store, runner.executors.as_deref()).await,
+                held_outputs: held_outputs(store, Some(&work.executors)).await,
             })),
         };
         outbox
@@ -192,8 +212,8 @@ impl Session<'_> {
             outbox.clone(),
             Arc::clone(&running),
             Arc::clone(store),
-            Arc::clone(&runner.spills),
-            runner.executors.clone(),
+            Arc::clone(&work.runner.spills),
+            Some(Arc::clone(&work.executors)),
         ));
         let mut draining = false;
         let outcome = loop {
@@ -266,7 +286,7 @@ impl Session<'_> {
                         refuse(assign, &outbox).await;
                         continue;
                     }
-                    start_task(assign, runner.clone(), outbox.clone(), Arc::clone(&running));
+                    start_task(assign, work.clone(), outbox.clone(), Arc::clone(&running));
                 }
                 Some(coordinator_message::Kind::CancelTask(cancel)) => {
                     if let Some(key) = cancel.task {
@@ -278,9 +298,7 @@ impl Session<'_> {
                 }
                 Some(coordinator_message::Kind::ReleaseJob(release)) => {
                     abort_job(&running, &release.job_id);
-                    if let Some(executors) = &runner.executors {
-                        executors.stop(&release.job_id);
-                    }
+                    work.executors.stop(&release.job_id);
                     store.remove_job(&JobId(release.job_id));
                 }
                 None => {}
@@ -381,7 +399,7 @@ fn assemble(
 
 fn start_task(
     assign: AssignTask,
-    runner: Runner,
+    work: Work,
     outbox: mpsc::Sender<WorkerMessage>,
     running: Running,
 ) {
@@ -393,7 +411,7 @@ fn start_task(
     let tracked = Arc::clone(&running);
     let tracked_id = id.clone();
     let handle = tokio::spawn(async move {
-        let status = crate::tasks::run(assign, runner).await;
+        let status = work.run(assign).await;
         lock(&tracked).remove(&tracked_id);
         let message = WorkerMessage {
             kind: Some(worker_message::Kind::TaskStatus(status)),

@@ -158,7 +158,6 @@ pub async fn serve(
         session,
         memory_limit_bytes: limits.memory_limit_bytes,
         spills: Arc::default(),
-        executors: None,
         remote,
         path_roots: trust.path_roots.clone(),
     };

@@ -218,27 +218,6 @@ impl Executors {
         self.disk.set_elsewhere(self.disk_bytes());
     }
 
-    /// Forwards a Flight fetch (its ticket already checked) to the job's
-    /// executor, which holds the job's outputs on this worker; `None` when
-    /// the job has no executor here. The messages pass through as they
-    /// are (no decode).
-    pub async fn forward_fetch(
-        &self,
-        job_id: &str,
-        ticket: arrow_flight::Ticket,
-    ) -> Option<Result<BoxStream<'static, Result<arrow_flight::FlightData, Status>>, Status>> {
-        let channel = lock(&self.running).get(job_id)?.channel.clone();
-        let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Some(
-            client
-                .do_get(ticket)
-                .await
-                .map(|response| response.into_inner().boxed()),
-        )
-    }
-
     /// The map outputs this worker's executors hold, each taken only for
     /// the executor's own job (an executor runs the user's code: it speaks
     /// for its job alone). One that does not answer within `HELD_WAIT`
@@ -755,6 +734,30 @@ fn held_bytes(running: &Mutex<HashMap<String, Arc<Process>>>, stopping: &AtomicU
         .map(|process| process.reported.shuffle_disk_bytes())
         .sum();
     running + stopping.load(Ordering::Acquire)
+}
+
+#[tonic::async_trait]
+impl crate::flight::ForwardFetch for Executors {
+    /// Forwards a Flight fetch (its ticket already checked) to the job's
+    /// executor, which holds the job's outputs on this worker; `None` when
+    /// the job has no executor here. The messages pass through as they
+    /// are (no decode).
+    async fn forward_fetch(
+        &self,
+        job_id: &str,
+        ticket: arrow_flight::Ticket,
+    ) -> Option<Result<BoxStream<'static, Result<arrow_flight::FlightData, Status>>, Status>> {
+        let channel = lock(&self.running).get(job_id)?.channel.clone();
+        let mut client = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Some(
+            client
+                .do_get(ticket)
+                .await
+                .map(|response| response.into_inner().boxed()),
+        )
+    }
 }
 
 /// Deletes the oldest-used binaries (file mtime) in `dir` until at most

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::trust::{is_job_id, TrustedKey};
 use crate::WorkerError;
 
-type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Serves `routes` on `listener` (with TLS when `tls` is set) until
 /// `shutdown` resolves.
@@ -53,12 +53,25 @@ pub async fn serve(
         })
 }
 
-/// The Flight service over `store` (and the executors' stores). A job
-/// with Rust closures keeps its map outputs in its executor process
-/// (`executors`): requests for them are forwarded there.
+/// Where a fetch of outputs this process does not hold goes: a worker
+/// daemon forwards those of a job with Rust closures to the job's
+/// executor process, which holds them.
+#[tonic::async_trait]
+pub trait ForwardFetch: Send + Sync {
+    /// The fetch answered elsewhere (its ticket already checked); `None`
+    /// when no other process here holds `job_id`'s outputs.
+    async fn forward_fetch(
+        &self,
+        job_id: &str,
+        ticket: Ticket,
+    ) -> Option<Result<BoxedStream<FlightData>, Status>>;
+}
+
+/// The Flight service over `store`, with fetches of outputs held by other
+/// processes here (`forward`) passed on to them.
 pub fn service(
     store: Arc<dyn ShuffleStore>,
-    executors: Option<Arc<crate::executors::Executors>>,
+    executors: Option<Arc<dyn ForwardFetch>>,
     trusted: TrustedKey,
 ) -> FlightServiceServer<ShuffleFlightService> {
     FlightServiceServer::new(ShuffleFlightService {
@@ -72,7 +85,7 @@ pub fn service(
 
 pub struct ShuffleFlightService {
     store: Arc<dyn ShuffleStore>,
-    executors: Option<Arc<crate::executors::Executors>>,
+    executors: Option<Arc<dyn ForwardFetch>>,
     trusted: TrustedKey,
 }
 

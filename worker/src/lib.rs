@@ -287,7 +287,7 @@ pub async fn run(
     let (drain_sender, drain_receiver) = tokio::sync::watch::channel(false);
     let flight_service = flight::service(
         Arc::clone(&store) as Arc<dyn ShuffleStore>,
-        Some(Arc::clone(&executors)),
+        Some(Arc::clone(&executors) as Arc<dyn flight::ForwardFetch>),
         trusted.clone(),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -302,13 +302,15 @@ pub async fn run(
         config.clone(),
         worker_id,
         address.to_string(),
-        tasks::Runner {
-            session,
-            memory_limit_bytes: config.memory_limit_bytes,
-            spills: Arc::default(),
-            executors: Some(executors),
-            remote: remote::FlightRemote::new(config.security.client.clone()),
-            path_roots: config.security.path_roots.clone(),
+        control::Work {
+            runner: tasks::Runner {
+                session,
+                memory_limit_bytes: config.memory_limit_bytes,
+                spills: Arc::default(),
+                remote: remote::FlightRemote::new(config.security.client.clone()),
+                path_roots: config.security.path_roots.clone(),
+            },
+            executors,
         },
         store,
         trusted,

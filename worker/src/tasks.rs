@@ -24,8 +24,6 @@ pub struct Runner {
     pub memory_limit_bytes: Option<u64>,
     /// What finished tasks' operators spilled; reported in heartbeats.
     pub spills: Arc<OperatorSpills>,
-    /// The worker daemon's executor processes; `None` inside an executor.
-    pub executors: Option<Arc<crate::executors::Executors>>,
     /// Fetches from other workers; each task adds its grants.
     pub remote: crate::remote::FlightRemote,
     /// `--allow-path`: every decoded plan is checked before it runs.
@@ -35,12 +33,6 @@ pub struct Runner {
 /// Runs the task and reports how it went; never panics the worker (a
 /// panicking task is reported as a failed one).
 pub async fn run(assign: AssignTask, runner: Runner) -> TaskStatus {
-    if assign.executor.is_some() {
-        if let Some(executors) = &runner.executors {
-            // Rust closures run in the job's executor, never in the daemon.
-            return executors.run(assign).await;
-        }
-    }
     let task = assign.task.clone();
     let limit = runner.memory_limit_bytes;
     let handle = tokio::spawn(execute(assign, runner));
