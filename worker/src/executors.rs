@@ -5,36 +5,39 @@
 //! released. User code never runs in the daemon, so a crash or a panic
 //! there only fails tasks.
 //!
-//! Limits: at most `--max-executors` processes at once (one still stopping
+//! Limits: at most `--max-executors` processes at once, each holding a
+//! permit of one semaphore until it has exited (one still stopping
 //! counts); a job that needs one more waits up to `ROOM_WAIT` for a
-//! release, then its task is handed back as an interruption. The cache
-//! keeps `--binary-cache` binaries: after a fetch, the least recently used
-//! (file mtime, touched at each executor start) that no executor runs go.
+//! permit, then its task is handed back as an interruption. Starts are
+//! per job: the job's first task starts its executor (a once-cell per
+//! job) while its other tasks wait on that start, and other jobs'
+//! executors start meanwhile. Binaries come from `binary_cache`, pinned
+//! there while their executors run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::Notify;
-use tone_proto::binary::{is_sha256, BinaryHasher};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tone_proto::binary::is_sha256;
 use tone_proto::security::certs::CertificateSet;
 use tone_proto::security::{AuthChannel, ClientSecurity, ClientTls, SecurityError, Token};
 use tone_proto::v1 as pb;
 use tone_proto::v1::executor_client::ExecutorClient;
-use tone_proto::v1::jobs_client::JobsClient;
 use tone_proto::MAX_MESSAGE_BYTES;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use tone_engine::shuffle::DiskUsage;
 
+use crate::binary_cache::{BinaryCache, CachedBinary};
 use crate::executor_limits::{ExecutorLimits, ReportedUse};
 use crate::trust::TrustedKey;
 use crate::WorkerSecurity;
@@ -120,23 +123,21 @@ pub struct ExecutorsConfig {
 
 /// The executor processes of one worker, by job.
 pub struct Executors {
-    coordinator_url: String,
     worker_id: String,
     worker_address: String,
-    binaries_dir: PathBuf,
     jobs_dir: PathBuf,
     max_executors: usize,
-    binary_cache: usize,
     /// `ROOM_WAIT`, shorter in tests.
     room_wait: Duration,
     running: Arc<Mutex<HashMap<String, Arc<Process>>>>,
-    /// Executors killed and not yet exited: still processes, so they count.
-    stopping: Arc<AtomicUsize>,
-    /// Woken whenever an executor is gone, for tasks waiting for room.
-    gone: Arc<Notify>,
-    /// One start at a time: two slots getting the job's first tasks at once
-    /// must not start two processes, nor two jobs pass the limit together.
-    starting: tokio::sync::Mutex<()>,
+    /// `max_executors` permits; each process holds one until it has
+    /// exited (a killed one still counts until then).
+    permits: Arc<Semaphore>,
+    /// Starts under way, by job: two slots getting the job's first tasks
+    /// at once wait on one start, never two processes. Kept after a failed
+    /// start (the next task tries again) until the job is released.
+    starting: Mutex<HashMap<String, Arc<OnceCell<Arc<Process>>>>>,
+    binaries: BinaryCache,
     security: WorkerSecurity,
     trusted: TrustedKey,
     /// With TLS: a private CA for the loopback link to executors, whose
@@ -159,8 +160,11 @@ struct Process {
     client: ExecutorClient<AuthChannel>,
     child: tokio::sync::Mutex<Child>,
     dir: PathBuf,
-    /// The binary it runs, kept in the cache while it runs.
-    sha256: String,
+    /// The binary it runs, pinned in the cache while it runs.
+    _binary: CachedBinary,
+    /// Its room under `--max-executors`, given back when the process is
+    /// dropped: after it exited, since a stopping one holds it meanwhile.
+    _permit: OwnedSemaphorePermit,
     /// Its disk use and spills as of its last answer.
     reported: ReportedUse,
 }
@@ -174,19 +178,22 @@ impl Executors {
             ])?),
             None => None,
         };
+        let max_executors = config.max_executors.max(1);
         Ok(Self {
-            coordinator_url: config.coordinator_url,
             worker_id: config.worker_id,
             worker_address: config.worker_address,
-            binaries_dir: config.work_dir.join("binaries"),
             jobs_dir: config.work_dir.join("executors"),
-            max_executors: config.max_executors.max(1),
-            binary_cache: config.binary_cache.max(1),
+            max_executors,
             room_wait: ROOM_WAIT,
             running: Arc::default(),
-            stopping: Arc::default(),
-            gone: Arc::default(),
-            starting: tokio::sync::Mutex::new(()),
+            permits: Arc::new(Semaphore::new(max_executors)),
+            starting: Mutex::default(),
+            binaries: BinaryCache::new(
+                config.coordinator_url,
+                config.security.client.clone(),
+                &config.work_dir,
+                config.binary_cache,
+            ),
             security: config.security,
             trusted: config.trusted,
             link,
@@ -197,9 +204,10 @@ impl Executors {
         })
     }
 
-    /// Executor processes now, those still stopping included.
+    /// Executor processes now, those still stopping (and starting)
+    /// included.
     pub fn count(&self) -> usize {
-        lock(&self.running).len() + self.stopping.load(Ordering::SeqCst)
+        self.max_executors - self.permits.available_permits()
     }
 
     /// Bytes of the executors' shuffle files (as of each one's last
@@ -250,6 +258,7 @@ impl Executors {
     /// Stops the job's executor (its outputs go with it). It counts
     /// toward the limit until it has exited; then its folder goes.
     pub fn stop(&self, job_id: &str) {
+        lock(&self.starting).remove(job_id);
         let Some(process) = lock(&self.running).remove(job_id) else {
             // Its process exited earlier (a crash): only the folder is left.
             if is_plain_name(job_id) {
@@ -258,14 +267,11 @@ impl Executors {
             return;
         };
         tracing::info!(job_id, "stopping executor");
-        self.stopping.fetch_add(1, Ordering::SeqCst);
         let held = process.reported.shuffle_disk_bytes();
         self.stopping_disk_bytes.fetch_add(held, Ordering::AcqRel);
-        let stopping = Arc::clone(&self.stopping);
         let stopping_disk_bytes = Arc::clone(&self.stopping_disk_bytes);
         let running = Arc::clone(&self.running);
         let disk = Arc::clone(&self.disk);
-        let gone = Arc::clone(&self.gone);
         let job_id = job_id.to_string();
         tokio::spawn(async move {
             let exited = tokio::time::timeout(STOP_WAIT, async {
@@ -280,8 +286,8 @@ impl Executors {
             let _ = tokio::fs::remove_dir_all(&process.dir).await;
             stopping_disk_bytes.fetch_sub(held, Ordering::AcqRel);
             disk.set_elsewhere(held_bytes(&running, &stopping_disk_bytes));
-            stopping.fetch_sub(1, Ordering::SeqCst);
-            gone.notify_waiters();
+            // Its permit goes with it: room for another executor.
+            drop(process);
         });
     }
 
@@ -390,11 +396,10 @@ impl Executors {
             running.remove(job_id);
             drop(running);
             self.refresh_disk();
-            self.gone.notify_waiters();
         }
     }
 
-    /// The job's executor: the running one, or a new one once there is
+    /// The job's executor: the running one, or one started once there is
     /// room for it (waiting up to `ROOM_WAIT`).
     async fn process(
         &self,
@@ -404,31 +409,22 @@ impl Executors {
         if let Some(process) = lock(&self.running).get(job_id) {
             return Ok(Arc::clone(process));
         }
-        let deadline = tokio::time::Instant::now() + self.room_wait;
-        loop {
-            // Enabled before the count is read, so a stop in between wakes it.
-            let gone = self.gone.notified();
-            tokio::pin!(gone);
-            gone.as_mut().enable();
+        let start = Arc::clone(lock(&self.starting).entry(job_id.to_string()).or_default());
+        let started = start
+            .get_or_try_init(|| self.start_new(job_id, spec))
+            .await
+            .map(Arc::clone);
+        if started.is_ok() {
+            // Later tasks find it running.
+            let mut starting = lock(&self.starting);
+            if starting
+                .get(job_id)
+                .is_some_and(|current| Arc::ptr_eq(current, &start))
             {
-                let _starting = self.starting.lock().await;
-                if let Some(process) = lock(&self.running).get(job_id) {
-                    return Ok(Arc::clone(process));
-                }
-                self.forget_exited();
-                if self.count() < self.max_executors {
-                    return self.start_new(job_id, spec).await;
-                }
-            }
-            if tokio::time::timeout_at(deadline, gone).await.is_err() {
-                return Err(ExecutorError::AtLimit {
-                    worker_id: self.worker_id.clone(),
-                    running: self.count(),
-                    max: self.max_executors,
-                    waited: self.room_wait,
-                });
+                starting.remove(job_id);
             }
         }
+        started
     }
 
     /// Forgets executors that exited while idle (killed from outside, out
@@ -450,134 +446,56 @@ impl Executors {
         if running.len() < before {
             drop(running);
             self.refresh_disk();
-            self.gone.notify_waiters();
         }
     }
 
-    /// Starts the job's executor; the caller holds `starting`.
+    /// Starts the job's executor: the one start of the job under way.
     async fn start_new(
         &self,
         job_id: &str,
         spec: &pb::ExecutorSpec,
     ) -> Result<Arc<Process>, ExecutorError> {
-        let binary = self.binary(&spec.binary_sha256).await?;
-        let process = Arc::new(self.start(job_id, spec, &binary).await?);
+        // A start that ended just before this one began left it running.
+        if let Some(process) = lock(&self.running).get(job_id) {
+            return Ok(Arc::clone(process));
+        }
+        let permit = self.room().await?;
+        let binary = self.binaries.get(&spec.binary_sha256).await?;
+        let process = Arc::new(self.start(job_id, spec, binary, permit).await?);
         lock(&self.running).insert(job_id.to_string(), Arc::clone(&process));
         Ok(process)
     }
 
-    /// The binary's path in the cache, fetched from the coordinator first
-    /// if it is not there (then the cache is trimmed to `binary_cache`).
-    async fn binary(&self, sha256: &str) -> Result<PathBuf, String> {
-        if !is_sha256(sha256) {
-            return Err(format!("'{sha256}' is not a binary hash"));
+    /// A permit for one more executor, waiting up to `room_wait` for one
+    /// to exit.
+    async fn room(&self) -> Result<OwnedSemaphorePermit, ExecutorError> {
+        self.forget_exited();
+        let permit = Arc::clone(&self.permits).acquire_owned();
+        match tokio::time::timeout(self.room_wait, permit).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Timed out (the semaphore is never closed).
+            _ => Err(ExecutorError::AtLimit {
+                worker_id: self.worker_id.clone(),
+                running: self.count(),
+                max: self.max_executors,
+                waited: self.room_wait,
+            }),
         }
-        let path = self.binaries_dir.join(sha256);
-        if touch(&path) {
-            return Ok(path);
-        }
-        tokio::fs::create_dir_all(&self.binaries_dir)
-            .await
-            .map_err(|error| format!("{}: {error}", self.binaries_dir.display()))?;
-        let partial = self.binaries_dir.join(format!(
-            "{sha256}.{}.partial",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let fetched = self.fetch(sha256, &partial).await;
-        if fetched.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
-        }
-        fetched?;
-        tokio::fs::rename(&partial, &path)
-            .await
-            .map_err(|error| format!("{}: {error}", path.display()))?;
-        touch(&path);
-        self.trim_cache(sha256);
-        Ok(path)
-    }
-
-    /// Deletes the least recently used cached binaries past `binary_cache`,
-    /// except `new` and those running executors use.
-    fn trim_cache(&self, new: &str) {
-        let mut in_use: HashSet<String> = lock(&self.running)
-            .values()
-            .map(|process| process.sha256.clone())
-            .collect();
-        in_use.insert(new.to_string());
-        match evict_least_recently_used(&self.binaries_dir, self.binary_cache, &in_use) {
-            Ok(removed) => {
-                for sha256 in removed {
-                    tracing::info!(%sha256, keep = self.binary_cache, "cached binary deleted");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "trimming the binary cache failed"),
-        }
-    }
-
-    /// The binary's chunks from the coordinator that leads (with several
-    /// URLs, standbys refuse and the next is asked).
-    async fn binary_chunks(&self, sha256: &str) -> Result<Streaming<pb::BinaryChunk>, String> {
-        let mut last_error = String::from("no coordinator URL");
-        for url in self.coordinator_url.split(',').map(str::trim) {
-            let channel = match self.security.client.connect_authenticated(url).await {
-                Ok(channel) => channel,
-                Err(error) => {
-                    last_error = format!("cannot reach the coordinator for the binary: {error}");
-                    continue;
-                }
-            };
-            let mut client = JobsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-            let request = pb::BinaryRef {
-                sha256: sha256.to_string(),
-            };
-            match client.fetch_binary(request).await {
-                Ok(chunks) => return Ok(chunks.into_inner()),
-                Err(status) => {
-                    last_error = format!("fetching binary {sha256}: {}", status.message());
-                }
-            }
-        }
-        Err(last_error)
-    }
-
-    async fn fetch(&self, sha256: &str, partial: &Path) -> Result<(), String> {
-        let mut chunks = self.binary_chunks(sha256).await?;
-        let mut file = tokio::fs::File::create(partial)
-            .await
-            .map_err(|error| format!("{}: {error}", partial.display()))?;
-        let mut hasher = BinaryHasher::default();
-        while let Some(chunk) = chunks
-            .message()
-            .await
-            .map_err(|status| format!("fetching binary {sha256}: {}", status.message()))?
-        {
-            hasher.update(&chunk.data);
-            file.write_all(&chunk.data)
-                .await
-                .map_err(|error| format!("{}: {error}", partial.display()))?;
-        }
-        file.flush()
-            .await
-            .map_err(|error| format!("{}: {error}", partial.display()))?;
-        let actual = hasher.finish();
-        if actual != sha256 {
-            return Err(format!("fetched binary has SHA-256 {actual}, not {sha256}"));
-        }
-        make_executable(partial).map_err(|error| format!("{}: {error}", partial.display()))
     }
 
     async fn start(
         &self,
         job_id: &str,
         spec: &pb::ExecutorSpec,
-        binary: &Path,
+        binary: CachedBinary,
+        permit: OwnedSemaphorePermit,
     ) -> Result<Process, String> {
         let dir = self.jobs_dir.join(job_id);
         std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
         let stderr = std::fs::File::create(dir.join("stderr.log"))
             .map_err(|error| format!("{}: {error}", dir.display()))?;
         let results = self.fetch_results(spec, &dir).await?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(binary.path());
         let cwd = Path::new(&spec.cwd);
         if !spec.cwd.is_empty() && cwd.is_dir() {
             command.current_dir(cwd);
@@ -597,7 +515,9 @@ impl Executors {
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true)
             .spawn()
-            .map_err(|error| format!("cannot start executor {}: {error}", binary.display()))?;
+            .map_err(|error| {
+                format!("cannot start executor {}: {error}", binary.path().display())
+            })?;
         tracing::info!(job_id, pid = child.id(), "executor started");
         let secret = Token::generate().map_err(|error| error.to_string())?;
         self.send_handshake(&mut child, &secret).await?;
@@ -659,7 +579,8 @@ impl Executors {
             client,
             child: tokio::sync::Mutex::new(child),
             dir,
-            sha256: spec.binary_sha256.clone(),
+            _binary: binary,
+            _permit: permit,
             reported: ReportedUse::default(),
         })
     }
@@ -719,7 +640,7 @@ impl Executors {
                 return Err(format!("'{sha256}' is not a result hash"));
             }
             let path = dir.join(format!("result-{index}"));
-            self.fetch(sha256, &path).await?;
+            self.binaries.fetch(sha256, &path).await?;
             paths.push(path);
         }
         std::env::join_paths(paths).map_err(|error| format!("{}: {error}", dir.display()))
@@ -760,73 +681,6 @@ impl crate::flight::ForwardFetch for Executors {
     }
 }
 
-/// Deletes the oldest-used binaries (file mtime) in `dir` until at most
-/// `keep` remain, skipping those in `in_use`; returns the deleted hashes.
-/// Only files named by a hash are binaries; anything else stays.
-fn evict_least_recently_used(
-    dir: &Path,
-    keep: usize,
-    in_use: &HashSet<String>,
-) -> std::io::Result<Vec<String>> {
-    let mut cached: Vec<(SystemTime, String)> = std::fs::read_dir(dir)?
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let used = entry.metadata().and_then(|meta| meta.modified()).ok()?;
-            is_sha256(&name).then_some((used, name))
-        })
-        .collect();
-    cached.sort();
-    let mut excess = cached.len().saturating_sub(keep);
-    let mut removed = Vec::new();
-    for (_, sha256) in cached {
-        if excess == 0 {
-            break;
-        }
-        if in_use.contains(&sha256) {
-            continue;
-        }
-        std::fs::remove_file(dir.join(&sha256))?;
-        removed.push(sha256);
-        excess -= 1;
-    }
-    Ok(removed)
-}
-
-/// Records a use of the cached binary (its mtime, for the LRU order);
-/// false when it is not cached.
-fn touch(path: &Path) -> bool {
-    match std::fs::File::open(path) {
-        Ok(file) => {
-            // A failed touch only makes it look older than it is.
-            let _ = file.set_modified(SystemTime::now());
-            file.metadata().is_ok_and(|meta| meta.is_file())
-        }
-        Err(_) => false,
-    }
-}
-
-/// Fetches cut short by an earlier worker process (`<hash>.<id>.partial`
-/// in `<work dir>/binaries`): nothing would finish or delete them.
-pub fn remove_partial_binaries(work_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let dir = work_dir.join("binaries");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error),
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let partial = path.extension().is_some_and(|ext| ext == "partial");
-        if partial && path.is_file() {
-            std::fs::remove_file(&path)?;
-            removed.push(path);
-        }
-    }
-    Ok(removed)
-}
-
 /// A job id usable as a folder name under the executors dir.
 fn is_plain_name(name: &str) -> bool {
     let mut components = Path::new(name).components();
@@ -854,17 +708,6 @@ fn stderr_tail(dir: &Path) -> String {
     }
 }
 
-#[cfg(unix)]
-fn make_executable(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-}
-
-#[cfg(not(unix))]
-fn make_executable(_path: &Path) -> std::io::Result<()> {
-    Ok(())
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Entries are inserted and removed whole.
     mutex
@@ -875,62 +718,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hash(n: u8) -> String {
-        format!("{n:064x}")
-    }
-
-    fn cached(dir: &Path, name: &str, age_s: u64) {
-        let path = dir.join(name);
-        std::fs::write(&path, name).expect("write");
-        let used = SystemTime::now() - Duration::from_secs(age_s);
-        std::fs::File::open(&path)
-            .and_then(|file| file.set_modified(used))
-            .expect("mtime set");
-    }
-
-    #[test]
-    fn the_cache_drops_least_recently_used_binaries_no_executor_runs() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // hash(1) is the oldest, hash(5) the newest.
-        for n in 1..=5u8 {
-            cached(dir.path(), &hash(n), 100 - u64::from(n) * 10);
-        }
-        cached(dir.path(), "notes.txt", 1000);
-        cached(dir.path(), &format!("{}.abc.partial", hash(9)), 1000);
-        // The oldest runs an executor: it stays, and the next ones go.
-        let in_use: HashSet<String> = [hash(1)].into();
-        let removed = evict_least_recently_used(dir.path(), 2, &in_use).expect("evicted");
-        assert_eq!(removed, vec![hash(2), hash(3), hash(4)]);
-        for (n, kept) in [(1, true), (2, false), (3, false), (4, false), (5, true)] {
-            assert_eq!(dir.path().join(hash(n)).exists(), kept, "binary {n}");
-        }
-        assert!(dir.path().join("notes.txt").exists());
-
-        // A use moves a binary to the back of the queue.
-        cached(dir.path(), &hash(6), 5);
-        assert!(touch(&dir.path().join(hash(5))));
-        let removed = evict_least_recently_used(dir.path(), 2, &HashSet::new()).expect("evicted");
-        assert_eq!(removed, vec![hash(1)]);
-        let removed = evict_least_recently_used(dir.path(), 1, &HashSet::new()).expect("evicted");
-        assert_eq!(removed, vec![hash(6)], "hash(5) was used last");
-    }
-
-    #[test]
-    fn only_partial_fetches_are_leftovers() {
-        let work = tempfile::tempdir().expect("temp dir");
-        assert!(remove_partial_binaries(work.path())
-            .expect("no binaries dir")
-            .is_empty());
-        let dir = work.path().join("binaries");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        cached(&dir, &format!("{}.0123.partial", hash(1)), 0);
-        cached(&dir, &hash(2), 0);
-        cached(&dir, "notes.txt", 0);
-        let removed = remove_partial_binaries(work.path()).expect("removed");
-        assert_eq!(removed.len(), 1);
-        assert!(dir.join(hash(2)).exists() && dir.join("notes.txt").exists());
-    }
 
     fn executors(work_dir: &Path, max_executors: usize) -> Executors {
         let mut executors = Executors::new(ExecutorsConfig {
@@ -951,8 +738,12 @@ mod tests {
         executors
     }
 
-    /// A stand-in executor: a sleeping process.
-    fn sleeping(dir: &Path) -> Arc<Process> {
+    fn hash(n: u8) -> String {
+        format!("{n:064x}")
+    }
+
+    /// A stand-in executor: a sleeping process, holding a permit.
+    fn sleeping(executors: &Executors, dir: &Path) -> Arc<Process> {
         let child = Command::new("sleep")
             .arg("60")
             .kill_on_drop(true)
@@ -968,7 +759,10 @@ mod tests {
             channel,
             child: tokio::sync::Mutex::new(child),
             dir: dir.to_path_buf(),
-            sha256: hash(1),
+            _binary: executors.binaries.pin(&hash(1)),
+            _permit: Arc::clone(&executors.permits)
+                .try_acquire_owned()
+                .expect("room for it"),
             reported: ReportedUse::default(),
         })
     }
@@ -984,7 +778,8 @@ mod tests {
     async fn at_the_limit_a_new_job_waits_for_a_release_then_fails_as_retriable() {
         let work = tempfile::tempdir().expect("temp dir");
         let executors = executors(work.path(), 1);
-        lock(&executors.running).insert("job-a".into(), sleeping(&work.path().join("a")));
+        lock(&executors.running)
+            .insert("job-a".into(), sleeping(&executors, &work.path().join("a")));
         assert_eq!(executors.count(), 1);
 
         let Err(error) = executors.process("job-b", &spec()).await else {
@@ -1065,8 +860,8 @@ mod tests {
             });
         };
         let (a, b) = (
-            sleeping(&work.path().join("a")),
-            sleeping(&work.path().join("b")),
+            sleeping(&executors, &work.path().join("a")),
+            sleeping(&executors, &work.path().join("b")),
         );
         report(&a, 100);
         report(&b, 30);
@@ -1084,6 +879,8 @@ mod tests {
         assert_eq!(executors.disk_bytes_elsewhere(&a), 35);
 
         executors.stop("job-a");
+        // Its permit goes when the last handle on it does.
+        drop(a);
         assert_eq!(executors.disk_bytes(), 130, "counted until its folder goes");
         let deleted = tokio::time::timeout(Duration::from_secs(20), async {
             while executors.count() > 1 {
@@ -1095,11 +892,57 @@ mod tests {
         assert_eq!(executors.disk.elsewhere_bytes(), 30);
     }
 
+    /// A stand-in binary: marks its job's folder, waits until every job's
+    /// folder is marked (each start waits for the other), then announces
+    /// an address where nothing listens.
+    const BOTH_START: &str = r#"#!/bin/sh
+touch "$TONE_EXECUTOR_DIR/started"
+while [ "$(ls "$TONE_EXECUTOR_DIR"/../*/started | wc -l)" -lt 2 ]; do sleep 0.05; done
+echo "TONE_EXECUTOR_LISTENING 127.0.0.1:9"
+sleep 30
+"#;
+
+    #[tokio::test]
+    async fn executors_of_different_jobs_start_at_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let work = tempfile::tempdir().expect("temp dir");
+        let executors = executors(work.path(), 2);
+        let binaries = work.path().join("binaries");
+        std::fs::create_dir_all(&binaries).expect("mkdir");
+        let binary = binaries.join(hash(7));
+        std::fs::write(&binary, BOTH_START).expect("script written");
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+            .expect("executable");
+        let spec = spec();
+        let both = async {
+            tokio::join!(
+                executors.process("job-a", &spec),
+                executors.process("job-b", &spec)
+            )
+        };
+        // One start at a time would hold the first until START_TIMEOUT.
+        let (a, b) = tokio::time::timeout(Duration::from_secs(60), both)
+            .await
+            .expect("each start waited for the other: starts ran one at a time");
+        for started in [a, b] {
+            let Err(error) = started else {
+                panic!("nothing serves at the announced address");
+            };
+            assert!(
+                error
+                    .to_string()
+                    .contains("cannot reach the job's executor"),
+                "{error}"
+            );
+        }
+        assert_eq!(executors.count(), 0, "failed starts give their room back");
+    }
+
     #[tokio::test]
     async fn an_executor_that_exited_by_itself_takes_no_room() {
         let work = tempfile::tempdir().expect("temp dir");
         let executors = executors(work.path(), 1);
-        let process = sleeping(&work.path().join("a"));
+        let process = sleeping(&executors, &work.path().join("a"));
         process.child.lock().await.start_kill().expect("killed");
         process.child.lock().await.wait().await.expect("exited");
         lock(&executors.running).insert("job-a".into(), process);

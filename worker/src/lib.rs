@@ -28,6 +28,7 @@
 //! binaries (fetches cut short by an earlier process go at start too).
 
 mod advertise;
+mod binary_cache;
 mod control;
 pub mod executor;
 mod executor_limits;
@@ -358,7 +359,7 @@ fn remove_leftovers(work_dir: &std::path::Path) -> Result<(), WorkerError> {
         tracing::info!(count = removed.len(), work_dir = %work_dir.display(), "removed leftover shuffle files");
     }
     let partial =
-        executors::remove_partial_binaries(work_dir).map_err(|error| WorkerError::WorkDir {
+        binary_cache::remove_partial_binaries(work_dir).map_err(|error| WorkerError::WorkDir {
             path: work_dir.to_path_buf(),
             reason: format!("removing unfinished binary fetches: {error}"),
         })?;
