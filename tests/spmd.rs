@@ -757,20 +757,23 @@ async fn a_closure_job_resumes_after_a_coordinator_restart() {
 
 /// The id of the one running job, once `stages` of its stages are done.
 async fn job_with_stages_done(client: &tone::cluster::ClusterClient, stages: u32) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let found = std::sync::Mutex::new(None);
+    let seen = &found;
+    let what = format!("a running job with {stages} stages done");
+    crate::common::wait_for(Duration::from_secs(120), &what, move || async move {
         let (jobs, _) = client.jobs(10).await.expect("jobs listed");
-        let running = jobs
-            .iter()
-            .find(|job| job.state == tone_proto::v1::JobState::Running as i32);
-        if let Some(job) = running.filter(|job| job.stages_done >= stages) {
-            assert!(job.stages_done < job.stages_total, "{job:?}");
-            return job.job_id.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waiting for a running job with {stages} stages done: {jobs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let job = jobs.into_iter().find(|job| {
+            job.state == tone_proto::v1::JobState::Running as i32 && job.stages_done >= stages
+        });
+        let done = job.is_some();
+        *seen.lock().expect("not poisoned") = job;
+        done
+    })
+    .await;
+    let job = found
+        .into_inner()
+        .expect("not poisoned")
+        .expect("found running");
+    assert!(job.stages_done < job.stages_total, "{job:?}");
+    job.job_id
 }

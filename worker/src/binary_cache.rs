@@ -18,6 +18,8 @@ use tone_proto::v1::jobs_client::JobsClient;
 use tone_proto::MAX_MESSAGE_BYTES;
 use tonic::Streaming;
 
+use crate::lock;
+
 /// Pins per binary hash.
 type Pins = Arc<Mutex<HashMap<String, usize>>>;
 
@@ -261,13 +263,6 @@ fn make_executable(path: &Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn make_executable(_path: &Path) -> std::io::Result<()> {
     Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Entries are inserted and removed whole.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

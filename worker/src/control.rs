@@ -21,6 +21,7 @@ use tone_proto::v1::{
 use tone_proto::{MAX_MESSAGE_BYTES, MAX_PLAN_BYTES};
 
 use crate::executors::Executors;
+use crate::lock;
 use crate::tasks::Runner;
 use crate::trust::{is_job_id, TrustedKey};
 use crate::WorkerConfig;
@@ -466,14 +467,6 @@ async fn heartbeats(
             return;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Entries are inserted and removed whole; a panic elsewhere cannot leave
-    // the map inconsistent.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tone_engine::closure::ClosureRegistry;
-use tone_engine::limits::runtime_env;
-use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
+use tone_engine::shuffle::{LocalShuffleStore, ShuffleStore};
 use tone_proto::v1 as pb;
 use tone_proto::v1::executor_server::{Executor, ExecutorServer};
 use tone_proto::MAX_MESSAGE_BYTES;
@@ -140,7 +139,14 @@ pub async fn serve(
             .with_disk_limit(limits.disk_limit_bytes),
     );
     let remote = crate::remote::FlightRemote::new(trust.peers.clone());
-    let session = session(&settings, &limits, &store, &remote, registry)?;
+    // The job's outputs on this worker are all in this process's store.
+    let session = crate::task_session(
+        &store,
+        remote.clone(),
+        settings.worker_address.clone(),
+        &limits,
+        Some(registry),
+    )?;
     let address = "127.0.0.1:0".parse().map_err(|_| WorkerError::Executor {
         reason: "bad loopback address".into(),
     })?;
@@ -187,37 +193,6 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(InterceptedService::new(flight, check.clone()))
         .add_service(InterceptedService::new(executor, check));
     crate::flight::serve(listener, routes, trust.tls, stdin_closed).await
-}
-
-/// The executor's session: the worker's memory limit on its pool, spills
-/// into its store's folder (at most the disk limit), the worker's shuffle
-/// compression, and the job's closures.
-fn session(
-    settings: &ExecutorSettings,
-    limits: &ExecutorLimits,
-    store: &Arc<LocalShuffleStore>,
-    remote: &crate::remote::FlightRemote,
-    registry: Arc<ClosureRegistry>,
-) -> Result<datafusion::prelude::SessionContext, WorkerError> {
-    let runtime = runtime_env(
-        limits.memory_limit_bytes,
-        store.spill_dir().to_path_buf(),
-        limits.disk_limit_bytes,
-    )
-    .map_err(|error| WorkerError::Runtime {
-        reason: error.to_string(),
-    })?;
-    let env = ShuffleEnv {
-        store: Arc::clone(store) as Arc<dyn ShuffleStore>,
-        remote: Some(Arc::new(remote.clone())),
-        // The job's outputs on this worker are all in this process's store.
-        local_address: Some(settings.worker_address.clone()),
-        compression: limits.compression,
-    };
-    let config = crate::worker_session_config(env).with_extension(registry);
-    Ok(datafusion::prelude::SessionContext::new_with_config_rt(
-        config, runtime,
-    ))
 }
 
 /// Prints the address the worker waits for.

@@ -39,6 +39,7 @@ use tone_engine::shuffle::DiskUsage;
 
 use crate::binary_cache::{BinaryCache, CachedBinary};
 use crate::executor_limits::{ExecutorLimits, ReportedUse};
+use crate::lock;
 use crate::trust::TrustedKey;
 use crate::WorkerSecurity;
 
@@ -706,13 +707,6 @@ fn stderr_tail(dir: &Path) -> String {
     } else {
         format!("; its stderr ends with: {text}")
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Entries are inserted and removed whole.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -234,23 +234,18 @@ pub async fn run(
             })?
             .with_disk_limit(config.disk_limit_bytes),
     );
-    let runtime = runtime_env(
-        config.memory_limit_bytes,
-        store.spill_dir().to_path_buf(),
-        config.disk_limit_bytes,
-    )
-    .map_err(|error| WorkerError::Runtime {
-        reason: error.to_string(),
-    })?;
-    let env = ShuffleEnv {
-        store: Arc::clone(&store) as Arc<dyn ShuffleStore>,
-        remote: Some(Arc::new(remote::FlightRemote::new(
-            config.security.client.clone(),
-        ))),
-        local_address: Some(address.to_string()),
+    let limits = executor_limits::ExecutorLimits {
+        memory_limit_bytes: config.memory_limit_bytes,
+        disk_limit_bytes: config.disk_limit_bytes,
         compression: config.shuffle_compression,
     };
-    let session = SessionContext::new_with_config_rt(worker_session_config(env), runtime);
+    let session = task_session(
+        &store,
+        remote::FlightRemote::new(config.security.client.clone()),
+        address.to_string(),
+        &limits,
+        None,
+    )?;
     tracing::info!(
         %bound,
         %address,
@@ -273,11 +268,7 @@ pub async fn run(
             binary_cache: config.binary_cache,
             security: config.security.clone(),
             trusted: trusted.clone(),
-            limits: executor_limits::ExecutorLimits {
-                memory_limit_bytes: config.memory_limit_bytes,
-                disk_limit_bytes: config.disk_limit_bytes,
-                compression: config.shuffle_compression,
-            },
+            limits,
             disk: Arc::clone(store.disk()),
         })
         .map_err(|error| WorkerError::Tls {
@@ -385,13 +376,50 @@ pub(crate) fn held_outputs(store: &LocalShuffleStore) -> Vec<tone_proto::v1::Hel
         .collect()
 }
 
-pub(crate) fn worker_session_config(env: ShuffleEnv) -> SessionConfig {
-    SessionConfig::new()
+/// The session every task of a process runs in, the daemon's and each
+/// executor's alike (so an executor runs under the worker's settings):
+/// the memory pool and spill bound of `limits`, the shuffle over `store`
+/// in its compression, and an executor's closures (`registry`).
+pub(crate) fn task_session(
+    store: &Arc<LocalShuffleStore>,
+    remote: remote::FlightRemote,
+    local_address: String,
+    limits: &executor_limits::ExecutorLimits,
+    registry: Option<Arc<tone_engine::closure::ClosureRegistry>>,
+) -> Result<SessionContext, WorkerError> {
+    let runtime = runtime_env(
+        limits.memory_limit_bytes,
+        store.spill_dir().to_path_buf(),
+        limits.disk_limit_bytes,
+    )
+    .map_err(|error| WorkerError::Runtime {
+        reason: error.to_string(),
+    })?;
+    let env = ShuffleEnv {
+        store: Arc::clone(store) as Arc<dyn ShuffleStore>,
+        remote: Some(Arc::new(remote)),
+        local_address: Some(local_address),
+        compression: limits.compression,
+    };
+    let mut config = SessionConfig::new()
         .set_bool(
             "datafusion.execution.enable_file_stream_work_stealing",
             false,
         )
-        .with_extension(Arc::new(env))
+        .with_extension(Arc::new(env));
+    if let Some(registry) = registry {
+        config = config.with_extension(registry);
+    }
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// Locks a mutex whose holders insert and remove entries whole: a panic
+/// elsewhere cannot leave what it guards inconsistent, so a poisoned lock
+/// is taken as it is.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn wait_for_stop(mut receiver: tokio::sync::watch::Receiver<bool>) {
