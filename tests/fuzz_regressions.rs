@@ -214,6 +214,12 @@ fn overflowing_report() -> pb::WorkerMessage {
                 rows: u64::MAX,
                 bytes: u64::MAX,
                 remote_fetch_bytes: u64::MAX,
+                spilled_bytes: u64::MAX,
+                operators: vec![pb::OperatorMetrics {
+                    depth: u32::MAX,
+                    name: "x".repeat(10_000),
+                    values: [("output_rows".to_string(), u64::MAX)].into(),
+                }],
             })),
         })),
     }

@@ -13,6 +13,7 @@ mod fuzz_regressions;
 mod ha;
 mod memory;
 mod netns;
+mod observability;
 mod oracle_tpch;
 mod roundtrip;
 mod s3;

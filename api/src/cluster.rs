@@ -302,6 +302,7 @@ impl ClusterClient {
             timeout_ms: self
                 .job_timeout
                 .map_or(0, |timeout| timeout.as_millis().max(1) as u64),
+            name: String::new(),
             plan: Vec::new(),
             executor: None,
         };
@@ -594,6 +595,7 @@ impl ClusterClient {
             timeout_ms: self
                 .job_timeout
                 .map_or(0, |timeout| timeout.as_millis().max(1) as u64),
+            name: job_name(executor.as_ref()),
             plan,
             executor,
         };
@@ -679,4 +681,21 @@ pub fn absolute(path: &Path) -> std::io::Result<std::path::PathBuf> {
     } else {
         Ok(std::env::current_dir()?.join(path))
     }
+}
+
+/// What a plan job is called in the coordinator's listings and UI: the
+/// driver program's file name, and for a job with closures its action.
+fn job_name(executor: Option<&pb::ExecutorSpec>) -> String {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "driver".to_string());
+    let name = match executor {
+        Some(spec) => format!("{program} (Rust job, action {})", spec.action),
+        None => format!("{program} (DataFrame job)"),
+    };
+    name.chars().take(256).collect()
 }

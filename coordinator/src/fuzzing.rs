@@ -71,8 +71,14 @@ impl Harness {
             heartbeat_timeout: Duration::from_secs(3600),
             ..SchedulerConfig::default()
         };
-        let (events, _fatal) =
-            scheduler::spawn(config, None, scheduler::Restart::default(), key.clone(), 0);
+        let (events, _fatal) = scheduler::spawn(
+            config,
+            None,
+            scheduler::Restart::default(),
+            key.clone(),
+            0,
+            None,
+        );
         let planner = Arc::new(Planner::new(None, roots).expect("planner"));
         let setup = JobId("job-setup".into());
         for ddl in TABLES {

@@ -22,20 +22,25 @@ mod file_groups;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ha;
+pub mod history;
 pub mod limits;
+pub mod observe;
 mod planner;
 mod run;
 mod scheduler;
 pub mod security;
 mod service;
 mod state;
+mod ui;
 
 pub use ha::{HaConfig, DEFAULT_LEASE_TTL};
+pub use observe::board::DEFAULT_RETAINED_JOBS;
 pub use scheduler::{SchedulerConfig, DEFAULT_JOB_HISTORY};
 pub use security::CoordinatorSecurity;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
@@ -66,6 +71,45 @@ pub struct CoordinatorConfig {
     pub binary_store: Option<PathBuf>,
     /// High availability on etcd (`--ha-etcd`): job state lives there.
     pub ha: Option<HaConfig>,
+    /// The web UI and `/metrics` (`--ui-listen`); none with `--no-ui`.
+    /// Served while this coordinator leads.
+    pub ui: Option<UiListener>,
+    /// Where each job's events are appended (`--event-log DIR`).
+    pub event_log: Option<PathBuf>,
+    /// Ended jobs the web UI keeps (`--ui-retained-jobs`).
+    pub ui_retained_jobs: usize,
+}
+
+/// The web UI's bound listener, bound before serving so its port is known
+/// (port 0) and kept until this coordinator leads.
+#[derive(Debug, Clone)]
+pub struct UiListener(pub Arc<std::net::TcpListener>);
+
+impl UiListener {
+    pub fn bind(address: SocketAddr) -> Result<(SocketAddr, Self), CoordinatorError> {
+        let fail = |error: std::io::Error| CoordinatorError::Listen {
+            address,
+            reason: format!("the web UI: {error}"),
+        };
+        let listener = std::net::TcpListener::bind(address).map_err(fail)?;
+        listener.set_nonblocking(true).map_err(fail)?;
+        let bound = listener.local_addr().map_err(fail)?;
+        Ok((bound, Self(Arc::new(listener))))
+    }
+
+    fn tokio(&self) -> std::io::Result<TcpListener> {
+        TcpListener::from_std(self.0.try_clone()?)
+    }
+}
+
+/// The web UI's default address: the port after the gRPC one (any free
+/// port when that is 0).
+pub fn default_ui_address(listen: SocketAddr) -> SocketAddr {
+    let port = match listen.port() {
+        0 => 0,
+        port => port.wrapping_add(1),
+    };
+    SocketAddr::new(listen.ip(), port)
 }
 
 impl Default for CoordinatorConfig {
@@ -80,6 +124,9 @@ impl Default for CoordinatorConfig {
             security: CoordinatorSecurity::default(),
             binary_store: None,
             ha: None,
+            ui: None,
+            event_log: None,
+            ui_retained_jobs: observe::board::DEFAULT_RETAINED_JOBS,
         }
     }
 }
@@ -103,6 +150,10 @@ pub enum CoordinatorError {
     SchedulerFailed { reason: String },
     #[error(transparent)]
     Ha(#[from] ha::HaError),
+    #[error(transparent)]
+    EventLog(#[from] observe::event_log::EventLogError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Binds `config.listen` and returns the bound address with the server's

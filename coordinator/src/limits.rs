@@ -31,6 +31,8 @@ pub const MAX_LISTED_SQL_BYTES: usize = 4096;
 pub const MAX_HELD_OUTPUTS: usize = 1_000_000;
 /// Longest worker id and Flight address.
 pub const MAX_WORKER_ID_CHARS: usize = 128;
+/// A plan job's name (`SubmitJobRequest.name`).
+pub const MAX_JOB_NAME_CHARS: usize = 256;
 pub const MAX_ADDRESS_CHARS: usize = 256;
 
 /// Checks a submission's numbers: partitions, tables, time limit.
@@ -58,6 +60,12 @@ pub fn check_submit(request: &pb::SubmitJobRequest) -> Result<(), Status> {
         return Err(Status::invalid_argument(
             "a job is either SQL text or an encoded plan, not both",
         ));
+    }
+    if request.name.chars().count() > MAX_JOB_NAME_CHARS {
+        return Err(Status::invalid_argument(format!(
+            "a job name of {} characters; at most {MAX_JOB_NAME_CHARS} are allowed",
+            request.name.chars().count()
+        )));
     }
     if request.executor.is_some() && request.plan.is_empty() {
         return Err(Status::invalid_argument(

@@ -15,7 +15,7 @@ use tone_proto::v1::worker_control_server::WorkerControlServer;
 use tone_proto::MAX_MESSAGE_BYTES;
 
 use crate::ha::{self, HaConfig, HaError, Member, Standby};
-use crate::{binaries, planner, scheduler, security, service, state};
+use crate::{binaries, observe, planner, scheduler, security, service, state, ui};
 use crate::{CoordinatorConfig, CoordinatorError};
 
 /// How long a standby's server may take to close before the leader's
@@ -215,8 +215,19 @@ async fn serve_leading(
             })?;
     let binaries = Arc::new(binaries);
     let restart = restart(restored, &planner, &binaries);
-    let (events, scheduler_failed) =
-        scheduler::spawn(config.scheduler.clone(), state, restart, key, epoch);
+    let board = Arc::new(observe_board(config)?);
+    let (events, scheduler_failed) = scheduler::spawn(
+        config.scheduler.clone(),
+        state,
+        restart,
+        key,
+        epoch,
+        Some(Arc::clone(&board)),
+    );
+    let _ui = match &config.ui {
+        Some(listener) => Some(serve_ui(config, listener, board.clone(), events.clone())?),
+        None => None,
+    };
     let collector = tokio::spawn(binaries::collect_periodically(
         Arc::clone(&binaries),
         config.binary_ttl,
@@ -230,6 +241,7 @@ async fn serve_leading(
     // (the state is loaded before this point).
     let (_health, health_service) = tonic_health::server::health_reporter();
     let server = server_builder(config)?
+        .layer(observe::grpc::GrpcMetricsLayer::new(Arc::clone(&board)))
         .add_service(health_service)
         .add_service(
             JobsServer::new(jobs)
@@ -249,6 +261,46 @@ async fn serve_leading(
         Ok(reason) = scheduler_failed => Err(CoordinatorError::SchedulerFailed { reason }),
         deposed = deposed => Err(CoordinatorError::Ha(deposed)),
     }
+}
+
+/// The web UI's board, logging events with `--event-log`.
+fn observe_board(config: &CoordinatorConfig) -> Result<observe::board::Board, CoordinatorError> {
+    let log = match &config.event_log {
+        Some(dir) => Some(observe::event_log::EventLogWriter::start(dir)?),
+        None => None,
+    };
+    let metrics = observe::metrics::CoordinatorMetrics::new()?;
+    Ok(observe::board::Board::new(
+        config.ui_retained_jobs,
+        log,
+        metrics,
+    ))
+}
+
+/// Serves the web UI until the returned guard is dropped (when this
+/// coordinator stops leading or serving).
+fn serve_ui(
+    config: &CoordinatorConfig,
+    listener: &crate::UiListener,
+    board: Arc<observe::board::Board>,
+    events: scheduler::EventSender,
+) -> Result<AbortOnDrop, CoordinatorError> {
+    let listener = listener.tokio().map_err(|error| CoordinatorError::Listen {
+        address: config.listen,
+        reason: format!("the web UI: {error}"),
+    })?;
+    tracing::info!(address = ?listener.local_addr().ok(), "web UI listening");
+    let router = ui::router(ui::UiState {
+        board,
+        scheduler: Some(events),
+        tokens: config.security.tokens.clone(),
+    });
+    let server = tokio::spawn(async move {
+        if let Err(error) = ui::serve(listener, router, std::future::pending()).await {
+            tracing::warn!(%error, "the web UI server failed");
+        }
+    });
+    Ok(AbortOnDrop(server.abort_handle()))
 }
 
 fn server_builder(

@@ -26,6 +26,7 @@ pub mod ids;
 pub mod ipc_frames;
 pub mod limits;
 pub mod paths;
+pub mod plan_figures;
 pub mod runtime;
 pub mod session;
 pub mod shuffle;

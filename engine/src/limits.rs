@@ -96,6 +96,12 @@ pub fn plan_metric_sum(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
     })
 }
 
+/// Bytes DataFusion's operators (sorts, aggregates, joins) of one plan
+/// spilled to disk.
+pub fn plan_spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    plan_tree_sum(plan, &|metrics| metrics.spilled_bytes())
+}
+
 fn plan_tree_sum(
     plan: &Arc<dyn ExecutionPlan>,
     metric: &dyn Fn(&MetricsSet) -> Option<usize>,
@@ -125,7 +131,7 @@ impl OperatorSpills {
     pub fn record(&self, plan: &Arc<dyn ExecutionPlan>) {
         // `sum_by_name` skips DataFusion's built-in spill metrics; they
         // have their own accessors.
-        let bytes = plan_tree_sum(plan, &|metrics| metrics.spilled_bytes());
+        let bytes = plan_spilled_bytes(plan);
         let count = plan_tree_sum(plan, &|metrics| metrics.spill_count());
         self.spilled_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.spill_count.fetch_add(count, Ordering::Relaxed);

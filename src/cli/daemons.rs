@@ -39,11 +39,32 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "DIR")]
     pub binary_store: Option<PathBuf>,
     #[command(flatten)]
+    pub ui: UiArgs,
+    #[command(flatten)]
     pub ha: HaArgs,
     #[command(flatten)]
     pub security: CoordinatorSecurityArgs,
     #[command(flatten)]
     pub failures: FailureArgs,
+}
+
+/// The web UI, `/metrics` and the event log.
+#[derive(Debug, Clone, Args)]
+pub struct UiArgs {
+    /// Serve the web UI, its JSON API and Prometheus `/metrics` here
+    /// [default: the port after --listen's, or any free port when that is 0].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_ui")]
+    pub ui_listen: Option<SocketAddr>,
+    /// Serve no web UI (and no `/metrics`).
+    #[arg(long)]
+    pub no_ui: bool,
+    /// Ended jobs whose pages the web UI keeps.
+    #[arg(long, value_name = "N", default_value_t = tone_coordinator::DEFAULT_RETAINED_JOBS)]
+    pub ui_retained_jobs: usize,
+    /// Append every job's events (submitted, planned, tasks, end) to
+    /// DIR/<job id>.jsonl as it runs, for `tone history`.
+    #[arg(long, value_name = "DIR")]
+    pub event_log: Option<PathBuf>,
 }
 
 /// High availability: several coordinators, one leading, on etcd.
@@ -228,6 +249,11 @@ pub struct WorkerArgs {
     pub limits: WorkerLimitArgs,
     #[command(flatten)]
     pub security: WorkerSecurityArgs,
+    /// Serve Prometheus `/metrics` here: tasks, shuffle bytes, memory,
+    /// spill, disk and executors (with --token-file, scrapes must send
+    /// that token as a bearer token).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// TLS, the token and path roots of a worker.
@@ -462,6 +488,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         security: args.security.load()?,
         binary_store: args.binary_store,
         ha: None,
+        ui: None,
+        event_log: args.ui.event_log,
+        ui_retained_jobs: args.ui.ui_retained_jobs,
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
@@ -469,6 +498,16 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     config.ha = args.ha.config(address, config.security.tls.is_some());
     // The first stdout line tells scripts (and local-cluster) where we are.
     println!("coordinator: listening on {address}");
+    if !args.ui.no_ui {
+        let wanted = args
+            .ui
+            .ui_listen
+            .unwrap_or_else(|| tone_coordinator::default_ui_address(address));
+        let (ui_address, ui) = tone_coordinator::UiListener::bind(wanted).map_err(daemon_error)?;
+        config.ui = Some(ui);
+        // The second line: where the web UI is.
+        println!("ui: listening on http://{ui_address}");
+    }
     let secure = &config.security;
     if let Some(warning) = tone_proto::security::exposure_warning(
         address,
@@ -519,6 +558,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
         max_executors: args.limits.max_executors,
         binary_cache: args.limits.binary_cache,
         security: args.security.load()?,
+        metrics_listen: args.metrics_listen,
     };
     let secure = &config.security;
     if let Some(warning) = tone_proto::security::exposure_warning(

@@ -8,6 +8,7 @@ mod daemons;
 mod explain;
 mod gen;
 mod health;
+mod history;
 mod output;
 mod remote;
 mod s3;
@@ -74,6 +75,8 @@ pub enum Command {
     /// Make tokens for a secure cluster.
     #[command(subcommand)]
     Token(security::TokenCommand),
+    /// Serve the web UI over a coordinator's event log, or summarize a job.
+    History(history::HistoryArgs),
 }
 
 /// Why a command failed, and so which exit code it returns.
@@ -161,5 +164,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Health(args) => health::health(args).await,
         Command::Cert(command) => security::cert(command),
         Command::Token(command) => security::token(command),
+        Command::History(args) => history::run(args).await,
     }
 }

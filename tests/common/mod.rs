@@ -2,7 +2,9 @@
 //! oracle (plain DataFusion) and result comparison.
 
 pub mod compare;
+pub mod http;
 pub mod netns;
+pub mod node;
 pub mod s3;
 pub mod venv;
 

@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tone_engine::limits::OperatorSpills;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleStore};
 use tone_engine::JobId;
 use tone_proto::v1::worker_control_client::WorkerControlClient;
@@ -45,6 +44,7 @@ type Running = Arc<Mutex<HashMap<TaskId, AbortHandle>>>;
 pub struct Work {
     pub runner: Runner,
     pub executors: Arc<Executors>,
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl Work {
@@ -213,7 +213,7 @@ impl Session<'_> {
             outbox.clone(),
             Arc::clone(&running),
             Arc::clone(store),
-            Arc::clone(&work.runner.spills),
+            work.runner.clone(),
             Some(Arc::clone(&work.executors)),
         ));
         let mut draining = false;
@@ -411,8 +411,13 @@ fn start_task(
     let id = task_id(&key);
     let tracked = Arc::clone(&running);
     let tracked_id = id.clone();
+    let metrics = Arc::clone(&work.metrics);
     let handle = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        // Dropped when the task ends or is aborted.
+        let _running = RunningTask::new(Arc::clone(&metrics));
         let status = work.run(assign).await;
+        metrics.task_ended(&status, started.elapsed().as_secs_f64());
         lock(&tracked).remove(&tracked_id);
         let message = WorkerMessage {
             kind: Some(worker_message::Kind::TaskStatus(status)),
@@ -422,6 +427,22 @@ fn start_task(
         let _ = outbox.send(message).await;
     });
     lock(&running).insert(id, handle.abort_handle());
+}
+
+/// Counts a task as running while it lives.
+struct RunningTask(Arc<crate::metrics::WorkerMetrics>);
+
+impl RunningTask {
+    fn new(metrics: Arc<crate::metrics::WorkerMetrics>) -> Self {
+        metrics.tasks_running.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        self.0.tasks_running.dec();
+    }
 }
 
 fn abort_task(running: &Running, id: &TaskId) {
@@ -445,7 +466,7 @@ async fn heartbeats(
     outbox: mpsc::Sender<WorkerMessage>,
     running: Running,
     store: Arc<LocalShuffleStore>,
-    spills: Arc<OperatorSpills>,
+    runner: crate::tasks::Runner,
     executors: Option<Arc<Executors>>,
 ) {
     loop {
@@ -456,9 +477,12 @@ async fn heartbeats(
             running_tasks: lock(&running).len() as u32,
             shuffle_disk_bytes: store.disk().used_bytes()
                 + processes.map_or(0, Executors::disk_bytes),
-            operator_spilled_bytes: spills.spilled_bytes()
+            operator_spilled_bytes: runner.spills.spilled_bytes()
                 + processes.map_or(0, Executors::operator_spilled_bytes),
             executors: processes.map_or(0, Executors::count) as u32,
+            // The daemon's pool; executors have pools of their own.
+            memory_used_bytes: runner.session.runtime_env().memory_pool.reserved() as u64,
+            memory_limit_bytes: runner.memory_limit_bytes.unwrap_or(0),
         };
         let message = WorkerMessage {
             kind: Some(worker_message::Kind::Heartbeat(heartbeat)),

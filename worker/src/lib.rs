@@ -36,6 +36,7 @@ mod executors;
 use tone_engine::faults;
 mod flight;
 mod health;
+mod metrics;
 mod remote;
 mod tasks;
 mod trust;
@@ -46,7 +47,7 @@ use std::sync::Arc;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::net::TcpListener;
-use tone_engine::limits::runtime_env;
+use tone_engine::limits::{runtime_env, OperatorSpills};
 use tone_engine::paths::PathRoots;
 use tone_engine::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
 use tone_proto::security::{ClientSecurity, ServerTls};
@@ -86,6 +87,8 @@ pub struct WorkerConfig {
     pub binary_cache: usize,
     /// TLS, the worker token, `--allow-path`.
     pub security: WorkerSecurity,
+    /// Serve Prometheus `/metrics` here (`--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A worker's security settings.
@@ -126,6 +129,8 @@ pub enum WorkerError {
     Runtime { reason: String },
     #[error("executor: {reason}")]
     Executor { reason: String },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error(
         "this executable ({path}, SHA-256 {actual}) is not the build the driver submitted \
          (SHA-256 {expected}); closures are only found by id in the same build"
@@ -246,6 +251,8 @@ pub async fn run(
         &limits,
         None,
     )?;
+    // What finished tasks' operators spilled, here and in heartbeats.
+    let spills: Arc<OperatorSpills> = Arc::default();
     tracing::info!(
         %bound,
         %address,
@@ -276,6 +283,29 @@ pub async fn run(
         })?,
     );
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(metrics::WorkerMetrics::new()?);
+    if let Some(listen) = config.metrics_listen {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|error| WorkerError::Listen {
+                address: listen,
+                reason: format!("metrics: {error}"),
+            })?;
+        tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            gauges(
+                &session,
+                &store,
+                &executors,
+                config.memory_limit_bytes,
+                &spills,
+            ),
+            config.security.client.token.clone(),
+            wait_for_stop(stop_receiver.clone()),
+        ));
+    }
     let (drain_sender, drain_receiver) = tokio::sync::watch::channel(false);
     let flight_service = flight::service(
         Arc::clone(&store) as Arc<dyn ShuffleStore>,
@@ -298,11 +328,12 @@ pub async fn run(
             runner: tasks::Runner {
                 session,
                 memory_limit_bytes: config.memory_limit_bytes,
-                spills: Arc::default(),
+                spills,
                 remote: remote::FlightRemote::new(config.security.client.clone()),
                 path_roots: config.security.path_roots.clone(),
             },
             executors,
+            metrics,
         },
         store,
         trusted,
@@ -427,6 +458,31 @@ async fn wait_for_stop(mut receiver: tokio::sync::watch::Receiver<bool>) {
     let _ = receiver.wait_for(|stop| *stop).await;
 }
 
+/// Sets the worker's gauges from its pool, disk and executors when scraped.
+fn gauges(
+    session: &datafusion::prelude::SessionContext,
+    store: &Arc<LocalShuffleStore>,
+    executors: &Arc<executors::Executors>,
+    memory_limit_bytes: Option<u64>,
+    spills: &Arc<OperatorSpills>,
+) -> metrics::Refresh {
+    let pool = Arc::clone(&session.runtime_env().memory_pool);
+    let (store, executors, spills) = (Arc::clone(store), Arc::clone(executors), Arc::clone(spills));
+    Arc::new(move |metrics: &metrics::WorkerMetrics| {
+        metrics.memory_used.set(pool.reserved() as i64);
+        metrics
+            .memory_limit
+            .set(memory_limit_bytes.unwrap_or(0) as i64);
+        metrics
+            .spilled
+            .set((spills.spilled_bytes() + executors.operator_spilled_bytes()) as i64);
+        metrics
+            .shuffle_disk
+            .set((store.disk().used_bytes() + executors.disk_bytes()) as i64);
+        metrics.executors.set(executors.count() as i64);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +500,7 @@ mod tests {
             max_executors: DEFAULT_MAX_EXECUTORS,
             binary_cache: DEFAULT_BINARY_CACHE,
             security: WorkerSecurity::default(),
+            metrics_listen: None,
         }
     }
 

@@ -6,13 +6,15 @@ use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 use tokio::task::AbortHandle;
 use tone_engine::codec::decode_plan;
-use tone_engine::limits::{name_memory_limit, plan_metric_sum, OperatorSpills};
+use tone_engine::limits::{name_memory_limit, plan_metric_sum, plan_spilled_bytes, OperatorSpills};
 use tone_engine::paths::PathRoots;
+use tone_engine::plan_figures::operator_figures;
 use tone_engine::shuffle::{ShuffleEnv, ShuffleWriterExec};
 use tone_engine::stage::check_stage_plan;
 use tone_engine::EngineError;
 use tone_proto::v1::{
-    task_status, AssignTask, ErrorKind, FetchFailure, TaskFailed, TaskStatus, TaskSucceeded,
+    task_status, AssignTask, ErrorKind, FetchFailure, OperatorMetrics, TaskFailed, TaskStatus,
+    TaskSucceeded,
 };
 
 use crate::faults::Point;
@@ -111,6 +113,15 @@ async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, En
         rows: summary.rows,
         bytes: summary.bytes,
         remote_fetch_bytes: plan_metric_sum(&plan, "remote_fetch_bytes"),
+        spilled_bytes: plan_spilled_bytes(&plan),
+        operators: operator_figures(&plan)
+            .into_iter()
+            .map(|figures| OperatorMetrics {
+                depth: figures.depth,
+                name: figures.name,
+                values: figures.values.into_iter().collect(),
+            })
+            .collect(),
     })
 }
 

@@ -95,6 +95,8 @@ pub fn figures_from_proto(heartbeat: &pb::Heartbeat) -> WorkerFigures {
         shuffle_disk_bytes: heartbeat.shuffle_disk_bytes,
         operator_spilled_bytes: heartbeat.operator_spilled_bytes,
         executors: heartbeat.executors,
+        memory_used_bytes: heartbeat.memory_used_bytes,
+        memory_limit_bytes: heartbeat.memory_limit_bytes,
     }
 }
 
@@ -184,7 +186,14 @@ pub fn stage_outputs(outputs: &[(WorkerId, String)]) -> pb::StageOutputs {
     }
 }
 
-pub fn worker_info(id: &WorkerId, worker: &Worker) -> pb::WorkerInfo {
+/// A worker as listings show it; `excluded_from` are the jobs that keep
+/// their tasks away from it.
+pub fn worker_info(
+    id: &WorkerId,
+    worker: &Worker,
+    excluded_from: Vec<String>,
+    now: std::time::Instant,
+) -> pb::WorkerInfo {
     pb::WorkerInfo {
         worker_id: id.0.clone(),
         flight_address: worker.address.clone(),
@@ -195,6 +204,11 @@ pub fn worker_info(id: &WorkerId, worker: &Worker) -> pb::WorkerInfo {
         operator_spilled_bytes: worker.figures.operator_spilled_bytes,
         executors: worker.figures.executors,
         max_executors: worker.max_executors as u32,
+        heartbeat_age_ms: now.saturating_duration_since(worker.last_seen).as_millis() as u64,
+        draining: worker.draining,
+        memory_used_bytes: worker.figures.memory_used_bytes,
+        memory_limit_bytes: worker.figures.memory_limit_bytes,
+        excluded_from,
     }
 }
 

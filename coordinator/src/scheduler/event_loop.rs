@@ -18,6 +18,7 @@ use tonic::Status;
 use super::edge;
 use super::history::History;
 use super::model::{Attempt, Command, Recipients, TaskKey, WorkerId};
+use super::observer::Observer;
 use super::plans::DagPlans;
 use super::resumable::{self, Resumption};
 use super::state::{IdTaken, JobSpec, Joining, Resumed, SchedulerState, Session, Task};
@@ -58,6 +59,8 @@ pub struct Scheduler {
     /// The leader's epoch with high availability (0 alone), in every
     /// assignment.
     epoch: u64,
+    /// Tells the web UI, metrics and event log what happens.
+    observer: Option<Observer>,
 }
 
 /// What a job is, as the loop takes it in.
@@ -67,6 +70,8 @@ struct Admitted {
     dag: tone_engine::StageDag,
     timeout: Option<std::time::Duration>,
     executor: Option<pb::ExecutorSpec>,
+    /// A plan its driver made (a Rust program), not SQL text.
+    program: bool,
 }
 
 /// A record for the state store.
@@ -112,7 +117,13 @@ impl Scheduler {
             unsaved,
             unpublished: BTreeSet::new(),
             epoch: 0,
+            observer: None,
         }
+    }
+
+    pub fn with_board(mut self, board: Option<Arc<crate::observe::board::Board>>) -> Self {
+        self.observer = board.map(Observer::new);
+        self
     }
 
     pub fn with_epoch(mut self, epoch: u64) -> Self {
@@ -136,6 +147,7 @@ impl Scheduler {
             } = job;
             let spec = self.admit(
                 Admitted {
+                    program: executor.is_some(),
                     job_id,
                     sql,
                     dag,
@@ -262,6 +274,9 @@ impl Scheduler {
                 status,
             } => {
                 if let (Some(key), Some(outcome)) = (status.task, status.outcome) {
+                    if let Some(observer) = &self.observer {
+                        observer.reported(&key, &outcome);
+                    }
                     let (task, attempt) = edge::task_key_from_proto(&key);
                     let outcome = edge::outcome_from_proto(outcome);
                     self.state
@@ -299,15 +314,27 @@ impl Scheduler {
                 let _ = reply.send(self.list_jobs(query, now));
             }
             Event::ListWorkers { reply } => {
+                let threshold = self.state.config().exclude_after_failures;
                 let workers = self
                     .state
                     .workers()
-                    .map(|(id, worker)| edge::worker_info(id, worker))
+                    .map(|(id, worker)| {
+                        let excluded = self
+                            .state
+                            .jobs()
+                            .filter(|job| job.excludes(id, threshold))
+                            .map(|job| job.id.0.clone())
+                            .collect();
+                        edge::worker_info(id, worker, excluded, now)
+                    })
                     .collect();
                 let _ = reply.send(workers);
             }
         }
         self.carry_out(now);
+        if let Some(observer) = &mut self.observer {
+            observer.look_at_workers(&self.state);
+        }
     }
 
     fn submit(&mut self, submission: Submission, now: Instant) {
@@ -318,6 +345,7 @@ impl Scheduler {
             schema,
             timeout,
             executor,
+            program,
             binary,
             reply,
         } = submission;
@@ -339,6 +367,7 @@ impl Scheduler {
             dag,
             timeout,
             executor,
+            program,
         };
         let spec = self.admit(admitted, result_schema, binary);
         self.state.submit(spec, now);
@@ -385,8 +414,12 @@ impl Scheduler {
             dag,
             timeout,
             executor,
+            program,
         } = job;
         let keeps_lineage = !dag.writes_files();
+        if let Some(observer) = &self.observer {
+            observer.admitted(&job_id, &sql, program, &dag);
+        }
         let plans = DagPlans(dag);
         let (publisher, _) = watch::channel(pb::JobStatus::default());
         let live = Live {
@@ -479,7 +512,12 @@ impl Scheduler {
                     Command::Changed(job) => {
                         changed.insert(job);
                     }
-                    Command::StageDone { job, stage } => self.record_stage(job, stage),
+                    Command::StageDone { job, stage } => {
+                        if let Some(observer) = &self.observer {
+                            observer.stage_done(&job, stage);
+                        }
+                        self.record_stage(job, stage)
+                    }
                     other => self.send(other, now),
                 }
             }
@@ -489,6 +527,9 @@ impl Scheduler {
             .iter()
             .any(|unsaved| matches!(unsaved, Unsaved::Stage(..)));
         for id in changed {
+            if let (Some(job), Some(observer)) = (self.state.job(&id), &mut self.observer) {
+                observer.changed(job);
+            }
             if let Some(job) = self.state.job(&id) {
                 // A job kept for its results is recorded as it succeeds.
                 if job.holds_results && self.store.is_some() {
@@ -505,6 +546,9 @@ impl Scheduler {
             }
         }
         for job in self.state.take_ended() {
+            if let Some(observer) = &mut self.observer {
+                observer.ended(&job);
+            }
             let Some(live) = self.live.remove(&job.id) else {
                 continue;
             };
@@ -571,7 +615,11 @@ impl Scheduler {
                 attempt,
                 plan,
             } => {
-                if !self.send_assignment(&worker, &task, attempt, &plan) {
+                if self.send_assignment(&worker, &task, attempt, &plan) {
+                    if let Some(observer) = &self.observer {
+                        observer.started(&worker, &task, attempt);
+                    }
+                } else {
                     // The session is gone or stuck; its end follows. Until
                     // then the worker takes nothing, or the task would be
                     // offered to it forever.
@@ -585,6 +633,9 @@ impl Scheduler {
             } => {
                 if let Some((_, outbox)) = self.outboxes.get(&worker) {
                     let _ = outbox.try_send(Ok(edge::cancel_task(&task, attempt)));
+                }
+                if let Some(observer) = &self.observer {
+                    observer.cancelled(&task, attempt);
                 }
             }
             Command::Release { job, to } => {

@@ -16,6 +16,7 @@ mod edge;
 mod event_loop;
 mod history;
 pub mod model;
+mod observer;
 mod panic;
 mod plans;
 pub mod resumable;
@@ -77,6 +78,8 @@ pub struct Submission {
     pub timeout: Option<Duration>,
     /// Set for a job with Rust closures.
     pub executor: Option<pb::ExecutorSpec>,
+    /// A plan its driver made (a Rust program), not SQL text.
+    pub program: bool,
     /// Keep the job's binary and replayed results stored until the job
     /// ends.
     pub binary: Vec<BinaryPin>,
@@ -223,6 +226,7 @@ pub fn spawn(
     restart: Restart,
     key: TicketKey,
     epoch: u64,
+    board: Option<Arc<crate::observe::board::Board>>,
 ) -> (EventSender, oneshot::Receiver<String>) {
     let (sender, receiver) = mpsc::channel(EVENT_CAPACITY);
     let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(50), TICK_MAX);
@@ -263,6 +267,7 @@ pub fn spawn(
         key,
     )
     .with_epoch(epoch)
+    .with_board(board)
     .with_resumed(resumed);
     let (fatal_sender, fatal) = oneshot::channel();
     tokio::spawn(scheduler.run(receiver, fatal_sender));

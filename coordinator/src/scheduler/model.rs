@@ -132,6 +132,9 @@ pub struct WorkerFigures {
     pub operator_spilled_bytes: u64,
     /// Executor processes running or stopping there.
     pub executors: u32,
+    /// Its memory pool's use and limit (0: none).
+    pub memory_used_bytes: u64,
+    pub memory_limit_bytes: u64,
 }
 
 /// Where one partition of a succeeded job's result is.

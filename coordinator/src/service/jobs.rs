@@ -224,6 +224,7 @@ impl Jobs for JobsService {
                 let id = job_id.clone();
                 let sql = match (&request.executor, request.plan.is_empty()) {
                     (_, true) => request.sql.clone(),
+                    (_, false) if !request.name.is_empty() => request.name.clone(),
                     (Some(_), false) => "(Rust job with closures)".to_string(),
                     (None, false) => "(DataFrame job)".to_string(),
                 };
@@ -238,6 +239,7 @@ impl Jobs for JobsService {
                     schema,
                     timeout,
                     executor,
+                    program: !request.plan.is_empty(),
                     binary,
                     reply,
                 }));

@@ -67,6 +67,12 @@ impl Token {
         &self.0
     }
 
+    /// True when `secret` is this token (constant time).
+    pub fn matches(&self, secret: &str) -> bool {
+        Token::parse(secret)
+            .is_ok_and(|presented| bool::from(presented.digest().ct_eq(&self.digest())))
+    }
+
     fn digest(&self) -> [u8; 32] {
         Sha256::digest(self.0.as_bytes()).into()
     }
@@ -220,6 +226,25 @@ impl TokenSet {
                 "the token is wrong: it is not one of this cluster's {} tokens",
                 role.name()
             )))
+        }
+    }
+}
+
+impl TokenSet {
+    /// True when `secret` is one of `role`'s tokens, or authentication is
+    /// off: for callers that carry a token outside gRPC metadata (the web
+    /// UI's cookie).
+    pub fn accepts(&self, secret: &str, role: Role) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let Ok(token) = Token::parse(secret) else {
+            return false;
+        };
+        let digest = token.digest();
+        match role {
+            Role::Worker => contains(&self.worker, &digest),
+            Role::Client => contains(&self.client, &digest),
         }
     }
 }

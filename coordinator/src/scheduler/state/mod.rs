@@ -98,7 +98,6 @@ impl SchedulerState {
         }
     }
 
-    #[cfg(test)]
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
     }
