@@ -158,6 +158,14 @@ impl UiCluster {
             }
             if number == 0 {
                 worker.envs(first_worker_env.iter().copied());
+            } else {
+                // Its log, as a log shipper would take it.
+                let file = std::fs::File::create(log.path().join(format!("worker-{number}.log")))
+                    .expect("log file");
+                worker
+                    .env("TONE_LOG", "tone_worker=debug")
+                    .args(["--log-format", "json"])
+                    .stderr(file);
             }
             processes.start(&mut worker);
             worker_metrics.push(format!("http://127.0.0.1:{port}/metrics"));
@@ -331,8 +339,103 @@ async fn the_ui_api_metrics_browser_and_history_follow_real_jobs() {
     check_metrics(&cluster, &page, &before, &workers_before);
     check_workers(&cluster, &page);
     client.release(&job).await.expect("released");
+    check_json_log(&cluster, &job);
 
     check_history(&cluster, &[&job, &failing.job_id]);
+    check_openapi(&cluster, &[&job, &failing.job_id]);
+    check_explain_analyze(&cluster);
+}
+
+/// The live API's answers against docs/api/openapi.yaml, both ways: no
+/// field the spec lacks, none it requires missing (tests/browser/
+/// check_openapi.py).
+fn check_openapi(cluster: &UiCluster, jobs: &[&str]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let save = |name: &str, json: String| {
+        std::fs::write(dir.path().join(name), json).expect("response file");
+    };
+    save("GET__api__jobs.json", cluster.api("/api/jobs").to_string());
+    for (index, job) in jobs.iter().enumerate() {
+        let page = cluster.api(&format!("/api/jobs/{job}"));
+        save(
+            &format!("GET__api__jobs__{{id}}~{index}.json"),
+            page.to_string(),
+        );
+        let streamed = sse_messages(
+            &format!("{}/api/jobs/{job}/events", cluster.ui),
+            cluster.token(),
+            1,
+        );
+        save(
+            &format!("SSE__api__jobs__{{id}}__events~{index}.json"),
+            streamed[0].1.clone(),
+        );
+    }
+    save(
+        "GET__api__workers.json",
+        cluster.api("/api/workers").to_string(),
+    );
+    let listed = sse_messages(
+        &format!("{}/api/jobs/events", cluster.ui),
+        cluster.token(),
+        1,
+    );
+    save("SSE__api__jobs__events.json", listed[0].1.clone());
+    let workers = sse_messages(
+        &format!("{}/api/workers/events", cluster.ui),
+        cluster.token(),
+        1,
+    );
+    save("SSE__api__workers__events.json", workers[0].1.clone());
+    crate::common::venv::python_with("pyyaml", "yaml");
+    let python = crate::common::venv::python_with("jsonschema", "jsonschema");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(python)
+        .arg(root.join("tests/browser/check_openapi.py"))
+        .arg(root.join("docs/api/openapi.yaml"))
+        .arg(dir.path())
+        .arg("--all")
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "the API and docs/api/openapi.yaml disagree:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `tone explain --analyze --master` runs the query on the cluster and
+/// prints each stage's operators with what they measured.
+fn check_explain_analyze(cluster: &UiCluster) {
+    let mut explain = tone();
+    explain
+        .args([
+            "explain",
+            "--analyze",
+            "--master",
+            &cluster.master,
+            "--partitions",
+            "2",
+        ])
+        .arg("--data")
+        .arg(tiny_tpch_data())
+        .arg("SELECT n_regionkey, count(*) AS n FROM nation GROUP BY n_regionkey");
+    if let Some(file) = &cluster.client_token_file {
+        explain.arg("--token-file").arg(file);
+    }
+    let output = explain.output().expect("tone explain runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("succeeded"), "{text}");
+    assert!(text.contains("DataSourceExec"), "{text}");
+    // The 25 nations were scanned, and 5 groups came out.
+    assert!(text.contains("[rows=25,"), "{text}");
+    assert!(text.contains("5 row(s)"), "{text}");
 }
 
 /// With tokens on, only a client token opens the UI: as a bearer token
@@ -523,6 +626,28 @@ fn run_browser(cluster: &UiCluster, job: &str, stages: u64, failed: &str) {
     assert!(screenshots.join("job-running.png").is_file());
 }
 
+/// The second worker's JSON log: one object per line, and its tasks'
+/// lines carry their job, stage, task and attempt.
+fn check_json_log(cluster: &UiCluster, job: &str) {
+    let text = std::fs::read_to_string(cluster.log.path().join("worker-1.log")).expect("log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect();
+    let task_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["fields"]["message"] == "task done" && line["span"]["job_id"] == job)
+        .collect();
+    assert!(!task_lines.is_empty(), "no task line of {job} in {text}");
+    for line in task_lines {
+        let span = &line["span"];
+        assert!(
+            span["stage"].is_u64() && span["task"].is_u64() && span["attempt"].is_u64(),
+            "{line}"
+        );
+    }
+}
+
 /// `tone history` over the event log answers as the live coordinator did.
 fn check_history(cluster: &UiCluster, jobs: &[&str]) {
     let mut processes = Processes::default();
@@ -646,4 +771,31 @@ fn a_damaged_event_log_is_reported_by_file_and_line_and_the_rest_loads() {
         "{stdout}"
     );
     assert!(stdout.contains("1 row(s)"), "{stdout}");
+}
+
+#[test]
+fn explain_analyze_embedded_prints_each_stage_with_its_operators_metrics() {
+    let output = tone()
+        .args(["explain", "--analyze", "--partitions", "2", "--data"])
+        .arg(tiny_tpch_data())
+        .arg("SELECT n_regionkey, count(*) AS n FROM nation GROUP BY n_regionkey")
+        .output()
+        .expect("tone explain runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("5 row(s)"), "{text}");
+    assert!(
+        text.contains("Stage 0") && text.contains("hash shuffle"),
+        "{text}"
+    );
+    // The scan read the 25 nations; the final aggregate emitted 5 groups.
+    assert!(
+        text.contains("DataSourceExec") && text.contains("[rows=25,"),
+        "{text}"
+    );
+    assert!(text.contains("[rows=5,"), "{text}");
 }

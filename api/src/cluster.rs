@@ -488,6 +488,16 @@ impl ClusterClient {
         Ok((jobs, total))
     }
 
+    /// A job as the coordinator's web UI shows it (JSON: stages, their
+    /// operators with DataFusion's metrics, tasks); see
+    /// docs/api/openapi.yaml, `/api/jobs/{id}`.
+    pub async fn detail(&self, job_id: &str) -> Result<String, ClusterError> {
+        let request = pb::JobStatusRequest {
+            job_id: job_id.to_string(),
+        };
+        Ok(self.leader().detail(request).await?.into_inner().json)
+    }
+
     /// The live workers.
     pub async fn workers(&self) -> Result<Vec<pb::WorkerInfo>, ClusterError> {
         Ok(self

@@ -71,13 +71,16 @@ impl Harness {
             heartbeat_timeout: Duration::from_secs(3600),
             ..SchedulerConfig::default()
         };
+        // The UI's board too: reports from the network reach it.
+        let metrics = crate::observe::metrics::CoordinatorMetrics::new().expect("metrics");
+        let board = Arc::new(crate::observe::board::Board::new(16, None, metrics));
         let (events, _fatal) = scheduler::spawn(
             config,
             None,
             scheduler::Restart::default(),
             key.clone(),
             0,
-            None,
+            Some(Arc::clone(&board)),
         );
         let planner = Arc::new(Planner::new(None, roots).expect("planner"));
         let setup = JobId("job-setup".into());
@@ -95,6 +98,7 @@ impl Harness {
             Arc::clone(&planner),
             Arc::clone(&binaries),
             guard,
+            board,
         );
         let assigned = Assigned::default();
         join_stand_in(&events, Arc::clone(&assigned)).await;

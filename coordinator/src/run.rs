@@ -234,7 +234,13 @@ async fn serve_leading(
     ));
     // The collector stops with the server, however `serve` returns.
     let _collector = AbortOnDrop(collector.abort_handle());
-    let jobs = service::JobsService::new(events.clone(), planner, binaries, Arc::clone(&guard));
+    let jobs = service::JobsService::new(
+        events.clone(),
+        planner,
+        binaries,
+        Arc::clone(&guard),
+        Arc::clone(&board),
+    );
     let control = service::ControlService::new(events, guard, epoch);
     tracing::info!(address = ?listener.local_addr().ok(), tls = config.security.tls.is_some(), auth = config.security.tokens.enabled(), epoch, "coordinator listening");
     // Probes: the standard gRPC health service, SERVING once listening

@@ -27,7 +27,7 @@ use crate::error::{EngineError, Result};
 use crate::ids::JobId;
 use crate::limits::{name_memory_limit, runtime_env, MemorySplit, OperatorSpills};
 use crate::paths::PathRoots;
-use crate::runtime::run_dag;
+use crate::runtime::{run_dag, ExecutedStages};
 use crate::session::{new_session, register_data_dir, register_table};
 use crate::shuffle::{LocalShuffleStore, ShuffleEnv, ShuffleStore};
 use crate::sql_location::snippet;
@@ -286,6 +286,28 @@ impl Engine {
     pub async fn execute(&self, plan: Arc<dyn ExecutionPlan>) -> Result<SendableRecordBatchStream> {
         let plan = self.prepare_plan(plan).await?;
         let dag = self.stage_dag(plan)?;
+        self.run(dag, None).await
+    }
+
+    /// Runs a plan as [`Engine::execute`] does, and also gives its stage
+    /// DAG and the plans each stage ran, whose metrics fill in as the
+    /// stream is read (`tone explain --analyze`).
+    pub async fn execute_analyzed(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<(StageDag, Arc<ExecutedStages>, SendableRecordBatchStream)> {
+        let plan = self.prepare_plan(plan).await?;
+        let dag = self.stage_dag(plan)?;
+        let executed = Arc::new(ExecutedStages::default());
+        let stream = self.run(dag.clone(), Some(Arc::clone(&executed))).await?;
+        Ok((dag, executed, stream))
+    }
+
+    async fn run(
+        &self,
+        dag: StageDag,
+        executed: Option<Arc<ExecutedStages>>,
+    ) -> Result<SendableRecordBatchStream> {
         let store = Arc::clone(&self.store) as Arc<dyn ShuffleStore>;
         let limit = self.memory_limit_bytes;
         let stream = run_dag(
@@ -293,6 +315,7 @@ impl Engine {
             store,
             self.context.task_ctx(),
             Arc::clone(&self.spills),
+            executed,
         )
         .await
         .map_err(|error| name_memory_limit(error, limit))?;

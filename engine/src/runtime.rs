@@ -26,6 +26,31 @@ use crate::limits::OperatorSpills;
 use crate::shuffle::{ShuffleStore, ShuffleWriteSummary, ShuffleWriterExec};
 use crate::stage::{check_stage_plan, Stage, StageDag};
 
+/// The plans a run executed, by stage: their metrics are what ran
+/// (`tone explain --analyze`). The final stage's fill in as its stream is
+/// read.
+#[derive(Default)]
+pub struct ExecutedStages(
+    std::sync::Mutex<std::collections::BTreeMap<StageId, Arc<dyn ExecutionPlan>>>,
+);
+
+impl ExecutedStages {
+    fn insert(&self, stage: StageId, plan: Arc<dyn ExecutionPlan>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(stage, plan);
+    }
+
+    pub fn get(&self, stage: StageId) -> Option<Arc<dyn ExecutionPlan>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&stage)
+            .cloned()
+    }
+}
+
 /// Runs `dag` and streams the final stage's output. Intermediate stages run
 /// to completion first; the final stage runs as the stream is polled.
 /// The job's shuffle data is released when the stream is dropped.
@@ -36,6 +61,7 @@ pub async fn run_dag(
     store: Arc<dyn ShuffleStore>,
     context: Arc<TaskContext>,
     spills: Arc<OperatorSpills>,
+    executed: Option<Arc<ExecutedStages>>,
 ) -> Result<SendableRecordBatchStream> {
     let mut guard = JobGuard {
         job_id: dag.job_id.clone(),
@@ -43,9 +69,12 @@ pub async fn run_dag(
         final_plan: None,
         spills: Arc::clone(&spills),
     };
-    run_map_stages(&dag, &store, &context, &spills).await?;
+    run_map_stages(&dag, &store, &context, &spills, executed.as_ref()).await?;
     let final_stage = dag.final_stage();
     let plan = round_trip(final_stage.id, &final_stage.plan, &context)?;
+    if let Some(executed) = &executed {
+        executed.insert(final_stage.id, Arc::clone(&plan));
+    }
     let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > 1 {
         Arc::new(CoalescePartitionsExec::new(plan))
     } else {
@@ -65,6 +94,7 @@ async fn run_map_stages(
     store: &Arc<dyn ShuffleStore>,
     context: &Arc<TaskContext>,
     spills: &Arc<OperatorSpills>,
+    executed: Option<&Arc<ExecutedStages>>,
 ) -> Result<()> {
     let map_stages = &dag.stages[..dag.stages.len() - 1];
     let mut done: HashSet<StageId> = HashSet::new();
@@ -78,6 +108,7 @@ async fn run_map_stages(
                     stage.clone(),
                     Arc::clone(context),
                     Arc::clone(spills),
+                    executed.cloned(),
                 ));
             }
         }
@@ -114,6 +145,7 @@ async fn run_map_stage(
     stage: Stage,
     context: Arc<TaskContext>,
     spills: Arc<OperatorSpills>,
+    executed: Option<Arc<ExecutedStages>>,
 ) -> Result<StageId> {
     let started = std::time::Instant::now();
     let plan = round_trip(stage.id, &stage.plan, &context)?;
@@ -140,6 +172,9 @@ async fn run_map_stage(
     }
     spills.record(&writer);
     spills.record_shuffle_rows(written.rows);
+    if let Some(executed) = executed {
+        executed.insert(stage.id, Arc::clone(&writer));
+    }
     tracing::info!(
         stage_id = stage.id.0,
         tasks,

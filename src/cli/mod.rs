@@ -34,6 +34,26 @@ pub struct Cli {
     /// S3 settings, for every command.
     #[command(flatten)]
     pub s3: s3::S3Args,
+    /// How log lines (stderr; their level is set by TONE_LOG) are
+    /// written: `json` is one object per line for log shippers, with the
+    /// job, stage, task and attempt of the span it was logged in.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TONE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line of text each.
+    Text,
+    /// For log shippers: one JSON object per line.
+    Json,
 }
 
 /// The `tone` commands.

@@ -137,7 +137,7 @@ impl From<ClusterError> for CliError {
 }
 
 /// The tables named by the table flags, with absolute paths.
-async fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
+pub async fn table_refs(args: &TableArgs) -> Result<Vec<TableRef>, CliError> {
     if args.memory_limit.is_some() {
         return Err(CliError::Usage(
             "--memory-limit applies to the embedded engine; on a cluster give it to each \

@@ -37,7 +37,21 @@ pub struct Runner {
 pub async fn run(assign: AssignTask, runner: Runner) -> TaskStatus {
     let task = assign.task.clone();
     let limit = runner.memory_limit_bytes;
-    let handle = tokio::spawn(execute(assign, runner));
+    // Every line the task logs names its job, stage, task and attempt.
+    let span = match &task {
+        Some(key) => tracing::info_span!(
+            "task",
+            job_id = %key.job_id,
+            stage = key.stage_id,
+            task = key.partition,
+            attempt = key.attempt
+        ),
+        None => tracing::info_span!("task"),
+    };
+    let handle = tokio::spawn(tracing::Instrument::instrument(
+        execute(assign, runner),
+        span,
+    ));
     // Aborting this future (cancel, release) must stop the task itself,
     // or it would go on writing shuffle files nobody will delete.
     let _stop = AbortOnDrop(handle.abort_handle());

@@ -114,6 +114,13 @@ impl Jobs for Standby {
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         Err(self.refuse().await)
     }
+
+    async fn detail(
+        &self,
+        _: Request<pb::JobStatusRequest>,
+    ) -> Result<Response<pb::JobDetailResponse>, Status> {
+        Err(self.refuse().await)
+    }
 }
 
 #[tonic::async_trait]

@@ -274,6 +274,14 @@ impl Scheduler {
                 status,
             } => {
                 if let (Some(key), Some(outcome)) = (status.task, status.outcome) {
+                    let _span = tracing::info_span!(
+                        "report",
+                        job_id = %key.job_id,
+                        stage = key.stage_id,
+                        task = key.partition,
+                        attempt = key.attempt
+                    )
+                    .entered();
                     if let Some(observer) = &self.observer {
                         observer.reported(&key, &outcome);
                     }
@@ -283,7 +291,10 @@ impl Scheduler {
                         .report(&WorkerId(worker_id), session, &task, attempt, outcome, now);
                 }
             }
-            Event::Submit(submission) => self.submit(*submission, now),
+            Event::Submit(submission) => {
+                let _span = tracing::info_span!("job", job_id = %submission.job_id).entered();
+                self.submit(*submission, now)
+            }
             Event::CatalogChange { job_id, sql } => self.catalog_change(job_id, sql),
             Event::Cancel { job_id, reply } => {
                 let id = JobId(job_id);

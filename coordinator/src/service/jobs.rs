@@ -23,6 +23,7 @@ pub struct JobsService {
     planner: Arc<Planner>,
     binaries: Arc<BinaryStore>,
     guard: Arc<Guard>,
+    board: Arc<crate::observe::board::Board>,
 }
 
 impl JobsService {
@@ -31,12 +32,14 @@ impl JobsService {
         planner: Arc<Planner>,
         binaries: Arc<BinaryStore>,
         guard: Arc<Guard>,
+        board: Arc<crate::observe::board::Board>,
     ) -> Self {
         Self {
             events,
             planner,
             binaries,
             guard,
+            board,
         }
     }
 
@@ -365,5 +368,21 @@ impl Jobs for JobsService {
         self.guard.client(&request)?;
         let workers = self.ask(|reply| Event::ListWorkers { reply }).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn detail(
+        &self,
+        request: Request<pb::JobStatusRequest>,
+    ) -> Result<Response<pb::JobDetailResponse>, Status> {
+        self.guard.client(&request)?;
+        let job = request.into_inner().job_id;
+        let detail = self.board.detail(&job).ok_or_else(|| {
+            Status::not_found(format!(
+                "no job {job:?} is known here (the web UI keeps the last --ui-retained-jobs)"
+            ))
+        })?;
+        let json = serde_json::to_string(&detail)
+            .map_err(|error| Status::internal(format!("job detail: {error}")))?;
+        Ok(Response::new(pb::JobDetailResponse { json }))
     }
 }
