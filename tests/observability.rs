@@ -799,3 +799,69 @@ fn explain_analyze_embedded_prints_each_stage_with_its_operators_metrics() {
     );
     assert!(text.contains("[rows=5,"), "{text}");
 }
+
+#[test]
+fn the_ui_is_served_over_tls_with_the_coordinators_certificate() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let made = tone()
+        .args([
+            "cert",
+            "generate",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(certs.path())
+        .output()
+        .expect("tone cert runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut processes = Processes::default();
+    let index = processes.start(
+        tone()
+            .args([
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--ui-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--tls-cert")
+            .arg(certs.path().join("node.pem"))
+            .arg("--tls-key")
+            .arg(certs.path().join("node-key.pem"))
+            .stdout(Stdio::piped()),
+    );
+    let lines = processes.lines(index, 2);
+    let ui = lines[1]
+        .strip_prefix("ui: listening on ")
+        .unwrap_or_else(|| panic!("no UI line: {lines:?}"));
+    assert!(ui.starts_with("https://"), "{ui}");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "20"])
+            .args(args)
+            .output()
+            .expect("curl runs (apt-get install curl; .ci/run installs it)")
+    };
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let answer = curl(&["--cacert", &ca, &format!("{ui}/api/jobs")]);
+    let body = String::from_utf8_lossy(&answer.stdout);
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    assert!(body.contains("\"jobs\""), "{body}");
+    // Without the CA the certificate is not trusted; plain HTTP gets no
+    // answer.
+    assert!(!curl(&[&format!("{ui}/api/jobs")]).status.success());
+    let plain = ui.replacen("https://", "http://", 1);
+    let refused = curl(&[&format!("{plain}/api/jobs")]);
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains("\"jobs\""));
+}

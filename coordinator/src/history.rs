@@ -48,7 +48,7 @@ pub async fn serve(
         scheduler: None,
         tokens: Default::default(),
     });
-    crate::ui::serve(listener, router, shutdown)
+    crate::ui::serve(listener, router, None, shutdown)
         .await
         .map_err(|error| HistoryError::Serve {
             address,

@@ -301,8 +301,10 @@ fn serve_ui(
         scheduler: Some(events),
         tokens: config.security.tokens.clone(),
     });
+    let tls = config.security.tls.clone();
     let server = tokio::spawn(async move {
-        if let Err(error) = ui::serve(listener, router, std::future::pending()).await {
+        let served = ui::serve(listener, router, tls.as_ref(), std::future::pending()).await;
+        if let Err(error) = served {
             tracing::warn!(%error, "the web UI server failed");
         }
     });

@@ -496,8 +496,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         .await
         .map_err(daemon_error)?;
     config.ha = args.ha.config(address, config.security.tls.is_some());
-    // The first stdout line tells scripts (and local-cluster) where we are.
-    println!("coordinator: listening on {address}");
+    // The first stdout line tells scripts (and local-cluster) where we
+    // are, the second where the web UI is; one write, so a reader that
+    // takes the first line and closes the pipe cannot fail a later one.
+    let mut announce = format!("coordinator: listening on {address}\n");
     if !args.ui.no_ui {
         let wanted = args
             .ui
@@ -505,8 +507,23 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             .unwrap_or_else(|| tone_coordinator::default_ui_address(address));
         let (ui_address, ui) = tone_coordinator::UiListener::bind(wanted).map_err(daemon_error)?;
         config.ui = Some(ui);
-        // The second line: where the web UI is.
-        println!("ui: listening on http://{ui_address}");
+        let scheme = if config.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        announce.push_str(&format!("ui: listening on {scheme}://{ui_address}\n"));
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let written = stdout
+            .write_all(announce.as_bytes())
+            .and_then(|()| stdout.flush());
+        written.map_err(|source| CliError::Io {
+            context: "announcing the listen address".into(),
+            source,
+        })?;
     }
     let secure = &config.security;
     if let Some(warning) = tone_proto::security::exposure_warning(
@@ -690,10 +707,13 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
         })?;
     let stdout = coordinator.stdout.take();
     processes.children.push(coordinator);
-    let address = read_listen_address(stdout)?;
+    let (address, ui) = read_listen_address(stdout)?;
     let scheme = if secure.is_some() { "https" } else { "http" };
     let master = format!("{scheme}://{address}");
     println!("master: {master}");
+    if let Some(ui) = ui {
+        println!("ui: {ui}");
+    }
     if let Some(secure) = &secure {
         println!("tls-ca: {}", secure.certs.ca_cert.display());
         println!("token-file: {}", secure.client_token.display());
@@ -740,18 +760,32 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Reads the coordinator's first line, `coordinator: listening on ADDR`.
-fn read_listen_address(stdout: Option<std::process::ChildStdout>) -> Result<String, CliError> {
+/// Reads the coordinator's first lines: `coordinator: listening on ADDR`
+/// and, unless it runs with --no-ui, `ui: listening on URL`.
+fn read_listen_address(
+    stdout: Option<std::process::ChildStdout>,
+) -> Result<(String, Option<String>), CliError> {
     let stdout = stdout.ok_or_else(|| CliError::Usage("the coordinator has no stdout".into()))?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|source| CliError::Io {
-            context: "reading the coordinator's address".into(),
-            source,
-        })?;
-    line.trim()
+    let mut reader = BufReader::new(stdout);
+    let mut read = || {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|source| CliError::Io {
+                context: "reading the coordinator's address".into(),
+                source,
+            })
+            .map(|_| line)
+    };
+    let line = read()?;
+    let address = line
+        .trim()
         .strip_prefix("coordinator: listening on ")
         .map(str::to_string)
-        .ok_or_else(|| CliError::Usage(format!("the coordinator did not start: {line}")))
+        .ok_or_else(|| CliError::Usage(format!("the coordinator did not start: {line}")))?;
+    let ui = read()?
+        .trim()
+        .strip_prefix("ui: listening on ")
+        .map(str::to_string);
+    Ok((address, ui))
 }

@@ -14,6 +14,7 @@
 mod api;
 mod auth;
 mod live;
+mod tls;
 
 use std::sync::Arc;
 
@@ -66,15 +67,27 @@ pub fn router(state: UiState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves; over TLS
+/// with the coordinator's certificate when it has one.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<&tone_proto::security::ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let acceptor = tls::acceptor(tls).map_err(std::io::Error::other)?;
+            axum::serve(tls::TlsListener::new(listener, acceptor), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 async fn page() -> Response {
