@@ -501,11 +501,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     // takes the first line and closes the pipe cannot fail a later one.
     let mut announce = format!("coordinator: listening on {address}\n");
     if !args.ui.no_ui {
-        let wanted = args
-            .ui
-            .ui_listen
-            .unwrap_or_else(|| tone_coordinator::default_ui_address(address));
-        let (ui_address, ui) = tone_coordinator::UiListener::bind(wanted).map_err(daemon_error)?;
+        let (ui_address, ui) = bind_ui(args.ui.ui_listen, args.listen, address)?;
         config.ui = Some(ui);
         let scheme = if config.security.tls.is_some() {
             "https"
@@ -536,6 +532,28 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     tone_coordinator::serve(&config, listener, async move { signals.recv().await })
         .await
         .map_err(daemon_error)
+}
+
+/// The web UI's listener: where --ui-listen says (an error when that is
+/// taken), else the port after the gRPC one, or any free port when that
+/// one is taken too (said on stderr; the stdout line names it).
+fn bind_ui(
+    wanted: Option<SocketAddr>,
+    listen: SocketAddr,
+    bound: SocketAddr,
+) -> Result<(SocketAddr, tone_coordinator::UiListener), CliError> {
+    if let Some(wanted) = wanted {
+        return tone_coordinator::UiListener::bind(wanted).map_err(daemon_error);
+    }
+    // Port 0 asked for any port: so does the UI.
+    let next = match listen.port() {
+        0 => SocketAddr::new(bound.ip(), 0),
+        _ => tone_coordinator::default_ui_address(bound),
+    };
+    tone_coordinator::UiListener::bind(next).or_else(|error| {
+        eprintln!("tone: {error}; the web UI takes any free port instead (--ui-listen sets one)");
+        tone_coordinator::UiListener::bind(SocketAddr::new(next.ip(), 0)).map_err(daemon_error)
+    })
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<(), CliError> {
@@ -710,13 +728,16 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
     let (address, ui) = read_listen_address(stdout)?;
     let scheme = if secure.is_some() { "https" } else { "http" };
     let master = format!("{scheme}://{address}");
-    println!("master: {master}");
-    if let Some(ui) = ui {
-        println!("ui: {ui}");
-    }
+    // Scripts read these lines (master, then tls-ca and token-file when
+    // secure, then ui) and may close the pipe: one write, and a reader
+    // that went away does not stop the cluster.
+    let mut announce = format!("master: {master}\n");
     if let Some(secure) = &secure {
-        println!("tls-ca: {}", secure.certs.ca_cert.display());
-        println!("token-file: {}", secure.client_token.display());
+        announce.push_str(&format!(
+            "tls-ca: {}\ntoken-file: {}\n",
+            secure.certs.ca_cert.display(),
+            secure.client_token.display()
+        ));
         eprintln!(
             "clients: TONE_MASTER={master} TONE_TLS_CA={} TONE_TOKEN_FILE={} tone jobs \
              (files in {}, removed when the cluster stops)",
@@ -724,6 +745,16 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             secure.client_token.display(),
             secure.dir.path().display()
         );
+    }
+    if let Some(ui) = ui {
+        announce.push_str(&format!("ui: {ui}\n"));
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(announce.as_bytes())
+            .and_then(|()| stdout.flush());
     }
     for index in 0..args.workers {
         let work_dir = tempfile::Builder::new()

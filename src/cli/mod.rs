@@ -10,6 +10,7 @@ mod gen;
 mod health;
 mod history;
 mod output;
+mod progress;
 mod remote;
 mod s3;
 mod security;

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use tone_engine::engine::parse_statements;
 use tone_proto::v1 as pb;
 
 use super::output::{print_stream, OutputFormat};
+use super::progress::StageBars;
 use super::security::ClientSecurityArgs;
 use super::tables::TableArgs;
 use super::CliError;
@@ -217,16 +217,11 @@ impl Script<'_> {
             if !submitted.has_results {
                 continue;
             }
-            let progress = show_progress.then(progress_bar);
-            let status = client
-                .wait(&submitted.job_id, |status| {
-                    if let Some(bar) = &progress {
-                        show(bar, status);
-                    }
-                })
-                .await;
-            if let Some(bar) = progress {
-                bar.finish_and_clear();
+            let progress =
+                show_progress.then(|| StageBars::start(client.clone(), submitted.job_id.clone()));
+            let status = client.wait(&submitted.job_id, |_| {}).await;
+            if let Some(bars) = progress {
+                bars.finish().await;
             }
             let status = status?;
             print_stream(client.results(&status)?, format).await?;
@@ -289,30 +284,7 @@ fn emit(line: std::fmt::Arguments) -> Result<(), CliError> {
     })
 }
 
-fn progress_bar() -> ProgressBar {
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed}] stages {pos}/{len} {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
-fn show(bar: &ProgressBar, status: &pb::JobStatus) {
-    bar.set_length(status.stages_total.max(1) as u64);
-    bar.set_position(status.stages_done as u64);
-    bar.set_message(format!(
-        "tasks {} running, {}/{} done · {} rows · {}",
-        status.tasks_running,
-        status.tasks_done,
-        status.tasks_total,
-        status.rows,
-        human_bytes(status.bytes)
-    ));
-}
-
-fn human_bytes(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
