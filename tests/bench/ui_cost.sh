@@ -48,6 +48,7 @@ run() {
       until "$T" status --master "$MASTER" "$id" 2>/dev/null | grep -qE "succeeded|failed|cancelled"; do
         sleep 0.05
       done
+      "$T" status --master "$MASTER" "$id" | grep -q succeeded || { echo "job $id ($q) did not succeed" >&2; exit 1; }
       [ "$follower" != 0 ] && kill "$follower" 2>/dev/null
     done
   done
