@@ -109,6 +109,18 @@ fn token_file(dir: &Path, name: &str) -> (PathBuf, String) {
 
 impl UiCluster {
     fn start(workers: usize, first_worker_env: &[(&str, &str)], secure: bool) -> Self {
+        Self::start_with(workers, first_worker_env, secure, &[], None)
+    }
+
+    /// With `env` for every process, and the event log at `event_log`
+    /// (else in a temp dir).
+    fn start_with(
+        workers: usize,
+        first_worker_env: &[(&str, &str)],
+        secure: bool,
+        env: &[(&str, &str)],
+        event_log: Option<&str>,
+    ) -> Self {
         let secrets = tempfile::tempdir().expect("temp dir");
         let log = tempfile::tempdir().expect("temp dir");
         let mut processes = Processes::default();
@@ -128,7 +140,8 @@ impl UiCluster {
                 "127.0.0.1:0",
             ])
             .arg("--event-log")
-            .arg(log.path())
+            .arg(event_log.map_or_else(|| log.path().as_os_str().to_owned(), |url| url.into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped());
         if let Some(((client, _), (worker, _))) = &tokens {
             coordinator
@@ -151,6 +164,7 @@ impl UiCluster {
             let port = free_port();
             let mut worker = tone();
             worker
+                .envs(env.iter().copied())
                 .args(["worker", "--coordinator", &master, "--slots", "2"])
                 .args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
             if let Some((_, (worker_token, _))) = &tokens {
@@ -864,4 +878,64 @@ fn the_ui_is_served_over_tls_with_the_coordinators_certificate() {
     let plain = ui.replacen("https://", "http://", 1);
     let refused = curl(&[&format!("{plain}/api/jobs")]);
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("\"jobs\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_can_live_in_an_object_store() {
+    let s3 = crate::common::s3::S3Server::start();
+    s3.create_bucket("logs");
+    let env = s3.env_pairs();
+    let url = "s3://logs/tone/events";
+    let cluster = UiCluster::start_with(1, &[], false, &env, Some(url));
+    cluster.wait_for_workers(1).await;
+    let client = cluster.client().await;
+    let tables = tables_in_dir(tiny_tpch_data()).expect("tables");
+    let sql = "SELECT n_regionkey, count(*) AS n FROM nation GROUP BY n_regionkey";
+    let batches = client.sql(sql, &tables, 2).await.expect("runs");
+    assert_eq!(
+        batches.iter().map(|batch| batch.num_rows()).sum::<usize>(),
+        5
+    );
+    let job = cluster.api("/api/jobs")["jobs"][0]["id"]
+        .as_str()
+        .expect("the job")
+        .to_string();
+    let live = cluster.api(&format!("/api/jobs/{job}"));
+    let history = |args: &[&str]| {
+        tone()
+            .envs(env.iter().copied())
+            .args(["history", "--event-log", url])
+            .args(args)
+            .output()
+            .expect("tone history runs")
+    };
+    // The writer puts the object whole within its flush interval.
+    wait_for(WITHIN, "the job's log in the object store", || async {
+        history(&["--job", &job, "--summary"]).status.success()
+    })
+    .await;
+    let summary = history(&["--job", &job, "--summary"]);
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(
+        summary.status.success(),
+        "{}",
+        String::from_utf8_lossy(&summary.stderr)
+    );
+    assert!(
+        text.contains(&format!("Job {job}")) && text.contains("succeeded"),
+        "{text}"
+    );
+    let mut processes = Processes::default();
+    let index = processes.start(
+        tone()
+            .envs(env.iter().copied())
+            .args(["history", "--listen", "127.0.0.1:0", "--event-log", url])
+            .stdout(Stdio::piped()),
+    );
+    let line = processes.lines(index, 1).remove(0);
+    let served = line
+        .strip_prefix("history: listening on ")
+        .expect("history serves");
+    let replayed = get_json(&format!("{served}/api/jobs/{job}"), None);
+    assert_eq!(live, replayed);
 }

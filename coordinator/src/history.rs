@@ -2,13 +2,12 @@
 //! interrupted) jobs, and a text summary of one job.
 
 use std::fmt::Write;
-use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::observe::board::Board;
-use crate::observe::event_log::{read_dir, EventLogError, LogProblem};
+use crate::observe::event_log::{read, EventLogError, LogProblem};
 use crate::observe::metrics::CoordinatorMetrics;
 use crate::observe::view::{JobDetail, StageJson};
 
@@ -24,10 +23,10 @@ pub enum HistoryError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// The jobs of an event log as the live coordinator's UI showed them,
-/// and the lines that could not be read.
-pub fn load(dir: &Path) -> Result<(Board, Vec<LogProblem>), HistoryError> {
-    let (views, problems) = read_dir(dir)?;
+/// The jobs of an event log (a folder or an object-store URL) as the
+/// live coordinator's UI showed them, and the lines that could not be read.
+pub async fn load(location: &str) -> Result<(Board, Vec<LogProblem>), HistoryError> {
+    let (views, problems) = read(location).await?;
     Ok((
         Board::from_views(views, CoordinatorMetrics::new()?),
         problems,
@@ -58,10 +57,10 @@ pub async fn serve(
 
 /// One job's report: its stages' times, the critical path, the slowest
 /// stage, skew (slowest task over the median, per stage) and spill.
-pub fn summary(board: &Board, dir: &Path, job: &str) -> Result<String, HistoryError> {
+pub fn summary(board: &Board, location: &str, job: &str) -> Result<String, HistoryError> {
     let detail = board.detail(job).ok_or_else(|| HistoryError::UnknownJob {
         job: job.to_string(),
-        dir: dir.display().to_string(),
+        dir: location.to_string(),
     })?;
     Ok(render_summary(&detail))
 }

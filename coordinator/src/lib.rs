@@ -74,8 +74,9 @@ pub struct CoordinatorConfig {
     /// The web UI and `/metrics` (`--ui-listen`); none with `--no-ui`.
     /// Served while this coordinator leads.
     pub ui: Option<UiListener>,
-    /// Where each job's events are appended (`--event-log DIR`).
-    pub event_log: Option<PathBuf>,
+    /// Where each job's events are written (`--event-log`): a folder or
+    /// an object-store URL such as `s3://bucket/logs`.
+    pub event_log: Option<String>,
     /// Ended jobs the web UI keeps (`--ui-retained-jobs`).
     pub ui_retained_jobs: usize,
 }

@@ -61,10 +61,12 @@ pub struct UiArgs {
     /// Ended jobs whose pages the web UI keeps.
     #[arg(long, value_name = "N", default_value_t = tone_coordinator::DEFAULT_RETAINED_JOBS)]
     pub ui_retained_jobs: usize,
-    /// Append every job's events (submitted, planned, tasks, end) to
-    /// DIR/<job id>.jsonl as it runs, for `tone history`.
-    #[arg(long, value_name = "DIR")]
-    pub event_log: Option<PathBuf>,
+    /// Write every job's events (submitted, planned, tasks, end) to
+    /// <job id>.jsonl in a folder or under an object-store URL
+    /// (`s3://bucket/logs`: put whole again at most every second) as it
+    /// runs, for `tone history`.
+    #[arg(long, value_name = "DIR|URL")]
+    pub event_log: Option<String>,
 }
 
 /// High availability: several coordinators, one leading, on etcd.

@@ -1,7 +1,6 @@
 //! `tone history`: the web UI over an event log, or one job's summary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::Args;
 
@@ -12,9 +11,10 @@ use super::CliError;
     tone history --event-log /var/log/tone --listen 127.0.0.1:18080\n  \
     tone history --event-log /var/log/tone --job job-1a2b3c4d5e6f --summary")]
 pub struct HistoryArgs {
-    /// The folder a coordinator's --event-log wrote.
-    #[arg(long, value_name = "DIR")]
-    pub event_log: PathBuf,
+    /// The folder or object-store URL (`s3://bucket/prefix`) a
+    /// coordinator's --event-log wrote.
+    #[arg(long, value_name = "DIR|URL")]
+    pub event_log: String,
     /// Serve the web UI over the log's jobs here (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18080")]
     pub listen: SocketAddr,
@@ -29,6 +29,7 @@ pub struct HistoryArgs {
 
 pub async fn run(args: HistoryArgs) -> Result<(), CliError> {
     let (board, problems) = tone_coordinator::history::load(&args.event_log)
+        .await
         .map_err(|error| CliError::Usage(error.to_string()))?;
     // A damaged line is named; the rest of its file still loads.
     for problem in &problems {
