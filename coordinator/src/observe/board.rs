@@ -248,7 +248,7 @@ impl Board {
                     return;
                 };
                 if let Some((started, final_stage)) =
-                    view.attempt_start(*stage, *partition, *attempt)
+                    view.running_since(*stage, *partition, *attempt)
                 {
                     let seconds = logged.t.saturating_sub(started) as f64 / 1000.0;
                     self.metrics.attempt_ended(end, seconds, final_stage);

@@ -2,7 +2,7 @@
 //! views, the Prometheus metrics and the event log.
 //!
 //! - `events`: the closed set of job events, one JSON line each;
-//! - `view`: a job folded from its events, and the REST API's JSON;
+//! - `view`: a job folded from its events; `json`: the REST API's JSON;
 //! - `board`: the live coordinator's recent views, fed by the scheduler;
 //! - `event_log`: events appended per job as files, and read back by
 //!   `tone history`;
@@ -12,7 +12,10 @@ pub mod board;
 pub mod event_log;
 pub mod events;
 pub mod grpc;
+mod json;
 pub mod metrics;
+#[cfg(test)]
+mod tests;
 pub mod view;
 
 use std::sync::{Mutex, MutexGuard};

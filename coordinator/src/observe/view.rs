@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::events::{AttemptEnd, EndState, JobEvent, JobKind, StageOutline};
+pub use super::json::{
+    FailureJson, InputJson, JobDetail, JobSummary, OperatorJson, StageJson, TaskJson,
+};
 
 /// Why an event does not fit the job it is about (a damaged log).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,8 +41,10 @@ struct StageView {
     outline: StageOutline,
     /// In the order they started.
     attempts: Vec<AttemptView>,
-    /// When it was last done; a later start means it runs again.
-    done_ms: Option<u64>,
+    /// When it was last done, and how many attempts had started by then:
+    /// an attempt started since means it runs again (events, not clocks,
+    /// decide: two can share a millisecond).
+    done: Option<(u64, usize)>,
     /// Operator figures summed over its succeeded attempts, in plan order.
     operators: Vec<BTreeMap<String, u64>>,
 }
@@ -92,14 +95,17 @@ impl JobView {
             .collect()
     }
 
-    /// When an attempt started, and whether its stage is the final one.
-    pub fn attempt_start(&self, stage: u32, partition: u32, attempt: u32) -> Option<(u64, bool)> {
+    /// When a running attempt started, and whether its stage is the final
+    /// one; none for an attempt that has ended (its first end is the one
+    /// that counts, as in the view).
+    pub fn running_since(&self, stage: u32, partition: u32, attempt: u32) -> Option<(u64, bool)> {
         let view = self.stages.get(stage as usize)?;
         let found = view
             .attempts
             .iter()
             .rev()
-            .find(|a| a.partition == partition && a.attempt == attempt)?;
+            .find(|a| a.partition == partition && a.attempt == attempt)
+            .filter(|a| a.end.is_none())?;
         Some((found.started_ms, view.outline.output.is_none()))
     }
 
@@ -113,7 +119,7 @@ impl JobView {
                         operators: vec![BTreeMap::new(); outline.plan.len()],
                         outline: outline.clone(),
                         attempts: Vec::new(),
-                        done_ms: None,
+                        done: None,
                     })
                     .collect();
             }
@@ -136,7 +142,10 @@ impl JobView {
                 attempt,
                 end,
             } => self.end_attempt(t, *stage, *partition, *attempt, end)?,
-            JobEvent::StageDone { stage } => self.stage_mut(*stage)?.done_ms = Some(t),
+            JobEvent::StageDone { stage } => {
+                let view = self.stage_mut(*stage)?;
+                view.done = Some((t, view.attempts.len()));
+            }
             JobEvent::Ended { state, error } => {
                 // Whatever still runs is stopped with the job.
                 for stage in &mut self.stages {
@@ -291,12 +300,8 @@ impl JobView {
 
 impl StageView {
     fn is_done(&self) -> bool {
-        let last_start = self.attempts.iter().map(|a| a.started_ms).max();
-        match (self.done_ms, last_start) {
-            (Some(done), Some(start)) => done >= start,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
+        self.done
+            .is_some_and(|(_, started)| started == self.attempts.len())
     }
 
     /// Per partition, its latest succeeded attempt.
@@ -370,8 +375,8 @@ impl StageView {
                 _ => 0,
             }),
             started_ms: started_ms.map_or(0, relative),
-            ended_ms: match (self.is_done(), self.done_ms) {
-                (true, Some(done)) => relative(done),
+            ended_ms: match (self.is_done(), self.done) {
+                (true, Some((done, _))) => relative(done),
                 _ => 0,
             },
             plan: self.outline.plan.clone(),
@@ -442,95 +447,4 @@ impl AttemptView {
 /// Figures come from workers' reports: a sum never overflows.
 fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
     values.fold(0, u64::saturating_add)
-}
-
-/// A job in the jobs listing (`/api/jobs`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JobSummary {
-    pub id: String,
-    pub name: String,
-    pub kind: JobKind,
-    pub state: &'static str,
-    pub submitted_unix_ms: u64,
-    pub duration_ms: u64,
-    pub stages_done: usize,
-    pub stages_total: usize,
-    pub tasks_running: usize,
-    pub tasks_done: usize,
-    pub tasks_total: usize,
-    pub rows: u64,
-    pub bytes_read: u64,
-    pub bytes_shuffled: u64,
-    pub error: String,
-}
-
-/// A job's page (`/api/jobs/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JobDetail {
-    #[serde(flatten)]
-    pub summary: JobSummary,
-    pub stages: Vec<StageJson>,
-    pub failures: Vec<FailureJson>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StageJson {
-    pub id: u32,
-    pub partitions: u32,
-    pub state: &'static str,
-    pub inputs: Vec<InputJson>,
-    pub output: Option<super::events::Exchange>,
-    pub tasks_done: usize,
-    pub tasks_total: usize,
-    pub rows: u64,
-    pub bytes_written: u64,
-    pub spilled_bytes: u64,
-    pub started_ms: u64,
-    pub ended_ms: u64,
-    pub plan: Vec<super::events::PlanLine>,
-    pub operators: Vec<OperatorJson>,
-    pub tasks: Vec<TaskJson>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct InputJson {
-    pub stage: u32,
-    pub exchange: String,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OperatorJson {
-    pub depth: u32,
-    pub name: String,
-    pub output_rows: u64,
-    pub elapsed_compute_ms: f64,
-    pub spilled_bytes: u64,
-    pub metrics: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TaskJson {
-    pub partition: u32,
-    pub attempt: u32,
-    pub worker: String,
-    pub state: &'static str,
-    pub started_ms: u64,
-    pub ended_ms: u64,
-    pub duration_ms: u64,
-    pub rows: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub spilled_bytes: u64,
-    pub error: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FailureJson {
-    pub stage: u32,
-    pub partition: u32,
-    pub attempt: u32,
-    pub worker: String,
-    pub kind: String,
-    pub message: String,
 }
