@@ -15,6 +15,9 @@ use super::{QUERY, STALL_STAGE, WITHIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_api_metrics_browser_and_history_follow_real_jobs() {
+    // Installed first (npm, on a fresh machine): the browser must open
+    // while the stalled job still runs.
+    let playwright = node::playwright_dir();
     let cluster = UiCluster::start(2, &[("TONE_FAULT", STALL_STAGE)], true);
     cluster.wait_for_workers(2).await;
     let client = cluster.client().await;
@@ -357,8 +360,7 @@ fn check_workers(cluster: &UiCluster, page: &Value) {
 }
 
 /// Runs tests/browser/ui.mjs against the live UI while `job` runs.
-fn run_browser(cluster: &UiCluster, job: &str, stages: u64, failed: &str) {
-    let playwright = node::playwright_dir();
+fn run_browser(cluster: &UiCluster, playwright: &Path, job: &str, stages: u64, failed: &str) {
     let screenshots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     std::fs::create_dir_all(&screenshots).expect("screenshot dir");
     let workers: Vec<String> = cluster.api("/api/workers")["workers"]
@@ -377,7 +379,7 @@ fn run_browser(cluster: &UiCluster, job: &str, stages: u64, failed: &str) {
         .env("TONE_UI_FAILED_MESSAGE", "not-a-number")
         .env("TONE_UI_WORKERS", workers.join(","))
         .env("TONE_UI_SCREENSHOTS", &screenshots)
-        .env("TONE_PLAYWRIGHT_DIR", &playwright)
+        .env("TONE_PLAYWRIGHT_DIR", playwright)
         .output()
         .expect("node runs (apt-get install nodejs; .ci/run installs it)");
     assert!(
