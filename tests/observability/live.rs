@@ -81,12 +81,8 @@ async fn the_ui_api_metrics_browser_and_history_follow_real_jobs() {
     assert!(value(&during, "tone_tasks_running") >= 1.0, "{during:?}");
     assert_eq!(value(&during, "tone_jobs{state=\"running\"}"), 1.0);
 
-    run_browser(
-        &cluster,
-        &job,
-        number(&running["stages_total"]),
-        &failing.job_id,
-    );
+    let stages = number(&running["stages_total"]);
+    run_browser(&cluster, &playwright, &job, stages, &failing.job_id);
 
     let done = client.wait(&job, |_| {}).await.expect("status");
     assert_eq!(
