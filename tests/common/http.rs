@@ -22,16 +22,7 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, BTreeMap<String, String
         .call()
         .unwrap_or_else(|error| panic!("GET {url}: {error}"));
     let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                value.to_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let headers = headers_of(&response);
     let body = response
         .body_mut()
         .read_to_string()
@@ -45,7 +36,12 @@ pub fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, BTreeMap<String, Str
         .post(url)
         .send_form(form.iter().copied())
         .unwrap_or_else(|error| panic!("POST {url}: {error}"));
-    let headers = response
+    (response.status().as_u16(), headers_of(&response))
+}
+
+/// A response's headers by lower-case name.
+fn headers_of<B>(response: &ureq::http::Response<B>) -> BTreeMap<String, String> {
+    response
         .headers()
         .iter()
         .map(|(name, value)| {
@@ -54,8 +50,7 @@ pub fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, BTreeMap<String, Str
                 value.to_str().unwrap_or("").to_string(),
             )
         })
-        .collect();
-    (response.status().as_u16(), headers)
+        .collect()
 }
 
 /// The JSON of a GET that must answer 200.

@@ -46,6 +46,10 @@ impl Processes {
         lines
     }
 
+    pub(super) fn take_stdout(&mut self, index: usize) -> std::process::ChildStdout {
+        self.0[index].stdout.take().expect("piped stdout")
+    }
+
     pub(super) fn kill(&mut self, index: usize) {
         let _ = Command::new("kill")
             .args(["-KILL", &self.0[index].id().to_string()])

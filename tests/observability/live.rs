@@ -236,6 +236,15 @@ fn check_auth(cluster: &UiCluster) {
     assert_eq!(status, 200);
     let (status, _, _) = get(&cluster.worker_metrics[0], &[]);
     assert_eq!(status, 401, "a worker's metrics need its token");
+    // Bad input is answered with a clear JSON error.
+    let (status, _, body) = get(&format!("{ui}/api/jobs?state=bogus"), &[("cookie", &pair)]);
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON error");
+    let message = error["error"].as_str().unwrap_or("");
+    assert!(message.starts_with("unknown job state \"bogus\""), "{body}");
+    let (status, _, body) = get(&format!("{ui}/api/jobs/job-none"), &[("cookie", &pair)]);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("job-none"), "{body}");
 }
 
 /// The finished job's page: every stage done with all its tasks, rows and

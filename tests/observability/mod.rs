@@ -118,3 +118,32 @@ fn the_ui_is_served_over_tls_with_the_coordinators_certificate() {
     let refused = curl(&[&format!("{plain}/api/jobs")]);
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("\"jobs\""));
 }
+
+#[test]
+fn no_ui_serves_no_web_ui() {
+    let mut processes = Processes::default();
+    let index = processes.start(
+        tone()
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--no-ui"])
+            .stdout(Stdio::piped()),
+    );
+    let stdout = processes.take_stdout(index);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().expect("a line").expect("reads");
+    let address = first
+        .strip_prefix("coordinator: listening on ")
+        .unwrap_or_else(|| panic!("the coordinator did not start: {first}"));
+    let health = tone()
+        .args(["health", "--url", &format!("http://{address}")])
+        .output()
+        .expect("tone health runs");
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    // Serving, and it announced no UI: nothing follows the first line.
+    processes.kill(index);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.is_empty(), "{rest:?}");
+}

@@ -217,6 +217,7 @@ impl Scheduler {
 
     pub(super) fn handle(&mut self, event: Event) {
         let now = Instant::now();
+        let drain = matches!(event, Event::Drain { .. });
         match event {
             Event::WorkerJoined {
                 worker_id,
@@ -344,7 +345,7 @@ impl Scheduler {
         }
         self.carry_out(now);
         if let Some(observer) = &mut self.observer {
-            observer.look_at_workers(&self.state);
+            observer.look_at_workers(&self.state, drain);
         }
     }
 

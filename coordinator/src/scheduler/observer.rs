@@ -136,7 +136,13 @@ impl Observer {
     }
 
     /// Notes the workers that are gone since the last look.
-    pub fn look_at_workers(&mut self, state: &SchedulerState) {
+    /// Runs after every event, so it lists the workers again only when
+    /// their number changed (one event adds or removes, never both) or
+    /// one may have started draining (whether a departure was a drain).
+    pub fn look_at_workers(&mut self, state: &SchedulerState, drain: bool) {
+        if !drain && state.workers().count() == self.workers.len() {
+            return;
+        }
         let now: BTreeMap<WorkerId, (String, bool)> = state
             .workers()
             .map(|(id, worker)| (id.clone(), (worker.address.clone(), worker.draining)))
