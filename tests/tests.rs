@@ -9,6 +9,7 @@ mod deploy;
 mod example_args;
 mod executor_limits;
 mod faults;
+mod flight_sql;
 mod fuzz_regressions;
 mod ha;
 mod memory;

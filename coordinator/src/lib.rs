@@ -13,12 +13,15 @@
 //! - `security`: tokens per role, `--allow-binaries`, path roots and the
 //!   ticket key, asked by the services (`Guard`); `limits`: bounds on
 //!   every number and name from the network.
+//! - `flight_sql`: the Arrow Flight SQL service (`--flight-sql-listen`)
+//!   for ADBC/JDBC drivers, BI tools and pyarrow.
 //! - `binaries`: user binaries (Rust jobs), stored by SHA-256, uploaded by
 //!   drivers and fetched by workers to start per-job executors; deleted
 //!   once unused for `binary_ttl`, never while a job that names them runs.
 
 mod binaries;
 mod file_groups;
+pub mod flight_sql;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ha;
@@ -33,6 +36,7 @@ mod service;
 mod state;
 mod ui;
 
+pub use flight_sql::FlightSqlConfig;
 pub use ha::{HaConfig, DEFAULT_LEASE_TTL};
 pub use observe::board::DEFAULT_RETAINED_JOBS;
 pub use scheduler::{SchedulerConfig, DEFAULT_JOB_HISTORY};
@@ -79,6 +83,9 @@ pub struct CoordinatorConfig {
     pub event_log: Option<String>,
     /// Ended jobs the web UI keeps (`--ui-retained-jobs`).
     pub ui_retained_jobs: usize,
+    /// The Flight SQL service (`--flight-sql-listen`), served while this
+    /// coordinator leads.
+    pub flight_sql: Option<FlightSqlConfig>,
 }
 
 /// The web UI's bound listener, bound before serving so its port is known
@@ -128,6 +135,7 @@ impl Default for CoordinatorConfig {
             ui: None,
             event_log: None,
             ui_retained_jobs: observe::board::DEFAULT_RETAINED_JOBS,
+            flight_sql: None,
         }
     }
 }

@@ -5,12 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
+use datafusion::common::ParamValues;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{
     replace_children_if_necessary, ExecutionPlan, ExecutionPlanProperties, Partitioning,
 };
+use tone_engine::parameters::StatementShape;
 use tone_engine::shuffle::ShuffleWriterExec;
 use tone_engine::{Engine, EngineConfig, EngineError, JobId, StageDag};
 use tone_proto::v1::SubmitJobRequest;
@@ -95,14 +97,26 @@ impl Planner {
         }
     }
 
+    /// What a prepared statement returns and takes, without running it.
+    pub async fn describe(&self, sql: &str) -> Result<StatementShape, EngineError> {
+        self.engine.describe_statement(sql).await
+    }
+
+    /// The catalog's session (tables, schemas), for metadata queries.
+    pub fn session(&self) -> &datafusion::prelude::SessionContext {
+        self.engine.session()
+    }
+
     /// Registers the request's tables, then plans its statement into a
     /// stage DAG whose every stage, the final one included, ends in a
     /// shuffle writer (the final stage's output is the job's result).
-    pub async fn plan(
+    /// `values` are bound to the statement's parameters first.
+    pub async fn plan_with(
         &self,
         job_id: &JobId,
         request: &SubmitJobRequest,
         partitions: usize,
+        values: Option<ParamValues>,
     ) -> Result<Planned, EngineError> {
         let mut registered = self.registered.lock().await;
         for table in &request.tables {
@@ -117,7 +131,11 @@ impl Planner {
             })
             .await;
         }
-        let Some(plan) = self.engine.plan_statement(&request.sql, partitions).await? else {
+        let planned = self
+            .engine
+            .plan_statement_with(&request.sql, partitions, values)
+            .await?;
+        let Some(plan) = planned else {
             self.record(CatalogEntry::Statement {
                 sql: request.sql.clone(),
             })

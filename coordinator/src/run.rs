@@ -234,13 +234,22 @@ async fn serve_leading(
     ));
     // The collector stops with the server, however `serve` returns.
     let _collector = AbortOnDrop(collector.abort_handle());
-    let jobs = service::JobsService::new(
+    let jobs = Arc::new(service::JobsService::new(
         events.clone(),
         planner,
         binaries,
         Arc::clone(&guard),
         Arc::clone(&board),
-    );
+    ));
+    let _flight_sql = match &config.flight_sql {
+        Some(flight_sql) => Some(serve_flight_sql(
+            config,
+            flight_sql,
+            Arc::clone(&jobs),
+            Arc::clone(&board),
+        )?),
+        None => None,
+    };
     let control = service::ControlService::new(events, guard, epoch);
     tracing::info!(address = ?listener.local_addr().ok(), tls = config.security.tls.is_some(), auth = config.security.tokens.enabled(), epoch, "coordinator listening");
     // Probes: the standard gRPC health service, SERVING once listening
@@ -250,7 +259,7 @@ async fn serve_leading(
         .layer(observe::grpc::GrpcMetricsLayer::new(Arc::clone(&board)))
         .add_service(health_service)
         .add_service(
-            JobsServer::new(jobs)
+            JobsServer::from_arc(jobs)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -309,6 +318,35 @@ fn serve_ui(
         }
     });
     Ok(AbortOnDrop(server.abort_handle()))
+}
+
+/// Serves Flight SQL until the returned guard is dropped (when this
+/// coordinator stops leading or serving).
+fn serve_flight_sql(
+    config: &CoordinatorConfig,
+    flight_sql: &crate::FlightSqlConfig,
+    jobs: Arc<service::JobsService>,
+    board: Arc<observe::board::Board>,
+) -> Result<AbortOnDrop, CoordinatorError> {
+    let listener = flight_sql
+        .listener
+        .try_clone()
+        .and_then(TcpListener::from_std)
+        .map_err(|error| CoordinatorError::Listen {
+            address: config.listen,
+            reason: format!("Flight SQL: {error}"),
+        })?;
+    tracing::info!(address = ?listener.local_addr().ok(), proxy = flight_sql.proxy, "Flight SQL listening");
+    let server = server_builder(config)?
+        .layer(observe::grpc::GrpcMetricsLayer::new(board))
+        .add_service(crate::flight_sql::service(flight_sql, jobs))
+        .serve_with_incoming(incoming(listener));
+    let task = tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::warn!(%error, "the Flight SQL server failed");
+        }
+    });
+    Ok(AbortOnDrop(task.abort_handle()))
 }
 
 fn server_builder(

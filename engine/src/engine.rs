@@ -232,43 +232,8 @@ impl Engine {
         sql: &str,
         partitions: usize,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let mut statements = self.parse(sql)?;
-        if statements.len() != 1 {
-            return Err(EngineError::Plan {
-                message: format!("expected one statement, found {}", statements.len()),
-            });
-        }
-        let mut state = self.context.state();
-        state.config_mut().options_mut().execution.target_partitions = partitions.max(1);
-        let plan = state.statement_to_plan(statements.remove(0)).await?;
-        self.path_roots.check_logical(&plan)?;
-        match plan {
-            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
-                self.context.execute_logical_plan(plan).await?;
-                Ok(None)
-            }
-            // The catalog is this session's: answered here, its rows
-            // travel as an in-memory scan (on a cluster, to a worker).
-            plan if reads_only_the_catalog(&plan) => {
-                let frame = datafusion::dataframe::DataFrame::new(state, plan);
-                let schema = Arc::clone(frame.schema().inner());
-                let rows = frame.collect().await?;
-                let plan: Arc<dyn ExecutionPlan> =
-                    datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                        &[rows],
-                        schema,
-                        None,
-                    )?;
-                Ok(Some(plan))
-            }
-            plan => {
-                let frame = datafusion::dataframe::DataFrame::new(state.clone(), plan);
-                let plan = frame.create_physical_plan().await?;
-                let plan = crate::sink::fix_sink_file_names(plan, &state).await?;
-                self.path_roots.check_plan(&plan)?;
-                Ok(Some(plan))
-            }
-        }
+        let plan = self.logical_plan(sql, partitions).await?;
+        self.physical_of(plan, partitions).await
     }
 
     /// Where statements may read and write.

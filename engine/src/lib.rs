@@ -25,6 +25,7 @@ pub mod faults;
 pub mod ids;
 pub mod ipc_frames;
 pub mod limits;
+pub mod parameters;
 pub mod paths;
 pub mod plan_figures;
 pub mod runtime;

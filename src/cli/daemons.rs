@@ -41,6 +41,8 @@ pub struct CoordinatorArgs {
     #[command(flatten)]
     pub ui: UiArgs,
     #[command(flatten)]
+    pub flight_sql: super::flight_sql::FlightSqlArgs,
+    #[command(flatten)]
     pub ha: HaArgs,
     #[command(flatten)]
     pub security: CoordinatorSecurityArgs,
@@ -409,6 +411,13 @@ pub struct LocalClusterArgs {
     /// coordinator --allow-binaries`).
     #[arg(long)]
     pub allow_binaries: bool,
+    /// Serve Arrow Flight SQL here (see `tone coordinator
+    /// --flight-sql-listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub flight_sql_listen: Option<SocketAddr>,
+    /// Stream Flight SQL results through the coordinator.
+    #[arg(long, requires = "flight_sql_listen")]
+    pub flight_sql_proxy: bool,
     #[command(flatten)]
     pub failures: FailureArgs,
     #[command(flatten)]
@@ -493,6 +502,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         ui: None,
         event_log: args.ui.event_log,
         ui_retained_jobs: args.ui.ui_retained_jobs,
+        flight_sql: None,
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
@@ -511,6 +521,21 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             "http"
         };
         announce.push_str(&format!("ui: listening on {scheme}://{ui_address}\n"));
+    }
+    let tls_files = match (&args.security.tls_cert, &args.security.tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key, args.security.tls_client_ca.as_ref())),
+        _ => None,
+    };
+    if let Some((flight_address, flight_sql)) = args.flight_sql.bind(tls_files)? {
+        config.flight_sql = Some(flight_sql);
+        let scheme = if tls_files.is_some() {
+            "grpc+tls"
+        } else {
+            "grpc+tcp"
+        };
+        announce.push_str(&format!(
+            "flight-sql: listening on {scheme}://{flight_address}\n"
+        ));
     }
     {
         use std::io::Write;
@@ -719,6 +744,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
         .args(args.failures.to_args())
         .args(secure.iter().flat_map(SecureFiles::coordinator_args))
         .args(args.allow_binaries.then_some("--allow-binaries"))
+        .args(flight_sql_args(&args, secure.as_ref()))
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|source| CliError::Io {
@@ -727,7 +753,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
         })?;
     let stdout = coordinator.stdout.take();
     processes.children.push(coordinator);
-    let (address, ui) = read_listen_address(stdout)?;
+    let (address, ui, flight_sql) = read_listen_address(stdout, args.flight_sql_listen.is_some())?;
     let scheme = if secure.is_some() { "https" } else { "http" };
     let master = format!("{scheme}://{address}");
     // Scripts read these lines (master, then tls-ca and token-file when
@@ -750,6 +776,9 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
     }
     if let Some(ui) = ui {
         announce.push_str(&format!("ui: {ui}\n"));
+    }
+    if let Some(flight_sql) = flight_sql {
+        announce.push_str(&format!("flight-sql: {flight_sql}\n"));
     }
     {
         use std::io::Write;
@@ -793,11 +822,33 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Reads the coordinator's first lines: `coordinator: listening on ADDR`
-/// and, unless it runs with --no-ui, `ui: listening on URL`.
+/// The coordinator's Flight SQL flags of a local cluster.
+fn flight_sql_args(
+    args: &LocalClusterArgs,
+    secure: Option<&SecureFiles>,
+) -> Vec<std::ffi::OsString> {
+    let Some(listen) = args.flight_sql_listen else {
+        return Vec::new();
+    };
+    let mut flags: Vec<std::ffi::OsString> =
+        vec!["--flight-sql-listen".into(), listen.to_string().into()];
+    if args.flight_sql_proxy {
+        flags.push("--flight-sql-proxy".into());
+    }
+    if let Some(secure) = secure {
+        flags.push("--workers-tls-ca".into());
+        flags.push(secure.certs.ca_cert.as_os_str().to_owned());
+    }
+    flags
+}
+
+/// Reads the coordinator's first lines: `coordinator: listening on ADDR`,
+/// `ui: listening on URL` (the coordinator runs with its UI) and, with
+/// `flight_sql`, `flight-sql: listening on URL`.
 fn read_listen_address(
     stdout: Option<std::process::ChildStdout>,
-) -> Result<(String, Option<String>), CliError> {
+    flight_sql: bool,
+) -> Result<(String, Option<String>, Option<String>), CliError> {
     let stdout = stdout.ok_or_else(|| CliError::Usage("the coordinator has no stdout".into()))?;
     let mut reader = BufReader::new(stdout);
     let mut read = || {
@@ -820,5 +871,12 @@ fn read_listen_address(
         .trim()
         .strip_prefix("ui: listening on ")
         .map(str::to_string);
-    Ok((address, ui))
+    let flight = match flight_sql {
+        true => read()?
+            .trim()
+            .strip_prefix("flight-sql: listening on ")
+            .map(str::to_string),
+        false => None,
+    };
+    Ok((address, ui, flight))
 }

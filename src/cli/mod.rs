@@ -6,6 +6,7 @@
 mod bench;
 mod daemons;
 mod explain;
+mod flight_sql;
 mod gen;
 mod health;
 mod history;

@@ -43,7 +43,10 @@ impl JobsService {
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T, Status> {
+    pub(crate) async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Event,
+    ) -> Result<T, Status> {
         let (reply, answer) = oneshot::channel();
         self.events
             .send(make(reply))
@@ -56,11 +59,26 @@ impl JobsService {
         })
     }
 
-    async fn watch(&self, job_id: String) -> Result<watch::Receiver<pb::JobStatus>, Status> {
+    pub(crate) async fn watch(
+        &self,
+        job_id: String,
+    ) -> Result<watch::Receiver<pb::JobStatus>, Status> {
         let missing = format!("no job with id '{job_id}'");
         self.ask(|reply| Event::Watch { job_id, reply })
             .await?
             .ok_or_else(|| Status::not_found(missing))
+    }
+
+    pub(crate) fn guard(&self) -> &Arc<Guard> {
+        &self.guard
+    }
+
+    pub(crate) fn planner(&self) -> &Arc<Planner> {
+        &self.planner
+    }
+
+    pub(crate) fn events(&self) -> &EventSender {
+        &self.events
     }
 
     /// Partitions per stage when the client leaves it open: every slot.
@@ -68,6 +86,87 @@ impl JobsService {
         let workers = self.ask(|reply| Event::ListWorkers { reply }).await?;
         let slots: u32 = workers.iter().map(|worker| worker.slots).sum();
         Ok((slots as usize).max(1))
+    }
+
+    /// Plans and queues a checked request (`values` bound to its
+    /// parameters): the caller has authorized it.
+    pub(crate) async fn start(
+        &self,
+        request: pb::SubmitJobRequest,
+        values: Option<datafusion::common::ParamValues>,
+    ) -> Result<pb::SubmitJobResponse, Status> {
+        let job_id = JobId(format!(
+            "job-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        let partitions = match request.partitions {
+            0 => self.default_partitions().await?,
+            given => given as usize,
+        };
+        // Pinned before the job exists, so they cannot be collected between
+        // this check and the job's start; the job holds them until it ends.
+        let mut binary = Vec::new();
+        if let Some(executor) = &request.executor {
+            let blobs = std::iter::once(&executor.binary_sha256).chain(&executor.results);
+            for sha256 in blobs {
+                binary.push(self.binaries.pin(sha256).map_err(binary_status)?);
+            }
+        }
+        let planned = if request.plan.is_empty() {
+            self.planner
+                .plan_with(&job_id, &request, partitions, values)
+                .await
+        } else {
+            self.planner
+                .plan_encoded(&job_id, &request.plan, request.executor.is_some())
+        }
+        .map_err(planning_status)?;
+        let has_results = match planned {
+            Planned::CatalogChange => {
+                let event = Event::CatalogChange {
+                    job_id: job_id.clone(),
+                    sql: request.sql.clone(),
+                };
+                self.events.send(event).await.map_err(scheduler_stopped)?;
+                false
+            }
+            Planned::Job { dag, schema } => {
+                let id = job_id.clone();
+                let sql = match (&request.executor, request.plan.is_empty()) {
+                    (_, true) => request.sql.clone(),
+                    (_, false) if !request.name.is_empty() => request.name.clone(),
+                    (Some(_), false) => "(Rust job with closures)".to_string(),
+                    (None, false) => "(DataFrame job)".to_string(),
+                };
+                let executor = request.executor.clone();
+                let timeout = (request.timeout_ms > 0)
+                    .then(|| std::time::Duration::from_millis(request.timeout_ms));
+                let (reply, recorded) = oneshot::channel();
+                let event = Event::Submit(Box::new(Submission {
+                    job_id: id,
+                    sql,
+                    dag,
+                    schema,
+                    timeout,
+                    executor,
+                    program: !request.plan.is_empty(),
+                    binary,
+                    reply,
+                }));
+                self.events.send(event).await.map_err(scheduler_stopped)?;
+                if recorded.await.is_err() {
+                    // The scheduler failed while taking the job in (a
+                    // panic fails the job it was handling): the job's
+                    // status tells the client what happened.
+                    tracing::error!(job_id = %job_id, "the scheduler did not confirm a submission");
+                }
+                true
+            }
+        };
+        Ok(pb::SubmitJobResponse {
+            job_id: job_id.0,
+            has_results,
+        })
     }
 }
 
@@ -190,76 +289,7 @@ impl Jobs for JobsService {
         for table in &request.tables {
             self.guard.path("table", &table.path)?;
         }
-        let job_id = JobId(format!(
-            "job-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ));
-        let partitions = match request.partitions {
-            0 => self.default_partitions().await?,
-            given => given as usize,
-        };
-        // Pinned before the job exists, so they cannot be collected between
-        // this check and the job's start; the job holds them until it ends.
-        let mut binary = Vec::new();
-        if let Some(executor) = &request.executor {
-            let blobs = std::iter::once(&executor.binary_sha256).chain(&executor.results);
-            for sha256 in blobs {
-                binary.push(self.binaries.pin(sha256).map_err(binary_status)?);
-            }
-        }
-        let planned = if request.plan.is_empty() {
-            self.planner.plan(&job_id, &request, partitions).await
-        } else {
-            self.planner
-                .plan_encoded(&job_id, &request.plan, request.executor.is_some())
-        }
-        .map_err(planning_status)?;
-        let has_results = match planned {
-            Planned::CatalogChange => {
-                let event = Event::CatalogChange {
-                    job_id: job_id.clone(),
-                    sql: request.sql.clone(),
-                };
-                self.events.send(event).await.map_err(scheduler_stopped)?;
-                false
-            }
-            Planned::Job { dag, schema } => {
-                let id = job_id.clone();
-                let sql = match (&request.executor, request.plan.is_empty()) {
-                    (_, true) => request.sql.clone(),
-                    (_, false) if !request.name.is_empty() => request.name.clone(),
-                    (Some(_), false) => "(Rust job with closures)".to_string(),
-                    (None, false) => "(DataFrame job)".to_string(),
-                };
-                let executor = request.executor.clone();
-                let timeout = (request.timeout_ms > 0)
-                    .then(|| std::time::Duration::from_millis(request.timeout_ms));
-                let (reply, recorded) = oneshot::channel();
-                let event = Event::Submit(Box::new(Submission {
-                    job_id: id,
-                    sql,
-                    dag,
-                    schema,
-                    timeout,
-                    executor,
-                    program: !request.plan.is_empty(),
-                    binary,
-                    reply,
-                }));
-                self.events.send(event).await.map_err(scheduler_stopped)?;
-                if recorded.await.is_err() {
-                    // The scheduler failed while taking the job in (a
-                    // panic fails the job it was handling): the job's
-                    // status tells the client what happened.
-                    tracing::error!(job_id = %job_id, "the scheduler did not confirm a submission");
-                }
-                true
-            }
-        };
-        Ok(Response::new(pb::SubmitJobResponse {
-            job_id: job_id.0,
-            has_results,
-        }))
+        self.start(request, None).await.map(Response::new)
     }
 
     async fn status(
