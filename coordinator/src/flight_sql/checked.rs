@@ -34,8 +34,11 @@ impl Checked {
 /// error; it is the client's.
 fn clarify(status: Status) -> Status {
     let message = status.message();
-    let undecodable = status.code() == tonic::Code::Internal
-        && (message.contains("DecodeError") || message.contains("Unable to decode"));
+    let undecodable = matches!(
+        status.code(),
+        tonic::Code::Internal | tonic::Code::InvalidArgument
+    ) && (message.starts_with("DecodeError")
+        || message.contains("Unable to decode"));
     if undecodable {
         return Status::invalid_argument(format!("a malformed Flight SQL command: {message}"));
     }

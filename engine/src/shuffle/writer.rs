@@ -368,6 +368,15 @@ impl MapOutputWriter {
     }
 
     fn finish(mut self) -> Result<(MapOutput, u64)> {
+        // An unsplit output (a job's result, a merge's input) that got no
+        // rows still says its schema: a client reading it over Flight
+        // (Flight SQL from the workers) needs one message that does.
+        let empty = self.sealed.first().is_some_and(Vec::is_empty)
+            && self.open.first().is_some_and(Option::is_none);
+        if self.partitioner.is_none() && empty {
+            let batch = RecordBatch::new_empty(Arc::clone(&self.schema));
+            append(&mut self.open[0], batch, &self.schema, &self.options)?;
+        }
         for index in 0..self.open.len() {
             self.seal(index)?;
         }
