@@ -155,6 +155,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let children = self.workers.iter_mut().chain(self.coordinator.as_mut());
         for child in children {
+            // A child already reaped (killed by the test) is skipped: its
+            // pid may belong to another test's process by now.
+            if !matches!(child.try_wait(), Ok(None)) {
+                continue;
+            }
             // Thawed first, in case a test stopped with it frozen.
             signal(child.id(), "-CONT");
             let _ = Command::new("kill")
@@ -453,9 +458,33 @@ async fn results_whose_worker_freezes_before_they_are_read_are_made_again() {
     // still accepts TCP connections), and the coordinator must find it
     // lost by its silence.
     results_survive_losing_their_worker(|cluster, victim| {
-        signal(cluster.worker_pid(victim), "-STOP")
+        freeze(cluster.worker_pid(victim));
     })
     .await;
+}
+
+/// Stops `pid` with SIGSTOP and returns once the kernel shows it stopped:
+/// a `kill` that could not run (a fork failing on a loaded machine) is
+/// tried again rather than leaving the process running.
+fn freeze(pid: u32) {
+    let stat = format!("/proc/{pid}/stat");
+    let stopped = || {
+        std::fs::read_to_string(&stat).is_ok_and(|text| {
+            // The state follows the command name's closing parenthesis.
+            text.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop: {:?}",
+            std::fs::read_to_string(&stat)
+        );
+        signal(pid, "-STOP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs a query to success, loses the worker that holds its first result

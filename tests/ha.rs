@@ -53,6 +53,10 @@ impl Processes {
 impl Drop for Processes {
     fn drop(&mut self) {
         for child in &mut self.0 {
+            // Already reaped: its pid may be another test's process now.
+            if !matches!(child.try_wait(), Ok(None)) {
+                continue;
+            }
             let group = format!("-{}", child.id());
             for signal in ["-CONT", "-KILL"] {
                 let _ = Command::new("kill")

@@ -315,6 +315,21 @@ def raw(config):
     # DoPutUpdateResult { int64 record_count = 1 }: a varint field.
     payload = put_result.to_pybytes() if put_result is not None else b""
     report["update_result_bytes"] = list(payload)
+    # DDL through CommandStatementUpdate, then through CommandStatementQuery
+    # (no endpoints), then a query of what they made.
+    nation = os.path.join(config["data"], "nation")
+    ddl = any_of(
+        "CommandStatementUpdate",
+        field(1, f"CREATE EXTERNAL TABLE nation_u STORED AS PARQUET LOCATION '{nation}/'".encode()),
+    )
+    writer, reader = client.do_put(flight.FlightDescriptor.for_command(ddl), pa.schema([]), options)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    view = info_of(any_of("CommandStatementQuery", field(1, b"CREATE VIEW nation_v AS SELECT n_name FROM nation_u")))
+    report["ddl_query_endpoints"] = len(view.endpoints)
+    counted = read_all(info_of(any_of("CommandStatementQuery", field(1, b"SELECT count(*) AS n FROM nation_v"))))
+    report["ddl_view_rows"] = counted.column(0).to_pylist()
     # A client deadline on a running query: the job is cancelled.
     slow = flight.FlightCallOptions(headers=[header], timeout=3.0)
     report["deadline"] = error_of(

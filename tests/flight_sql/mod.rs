@@ -404,6 +404,8 @@ fn raw_report_holds(report: &Value) {
         serde_json::json!([8, 25]),
         "{report}"
     );
+    assert_eq!(report["ddl_query_endpoints"], 0, "{report}");
+    assert_eq!(report["ddl_view_rows"], serde_json::json!([25]), "{report}");
     let deadline = error_message(report, "deadline");
     assert!(deadline.to_lowercase().contains("deadline"), "{deadline}");
 }
