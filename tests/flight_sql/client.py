@@ -303,6 +303,22 @@ def raw(config):
     close = any_of("ActionClosePreparedStatementRequest", field(1, handle))
     list(client.do_action(flight.Action("ClosePreparedStatement", close), options))
     report["closed_handle"] = error_of(lambda: info_of(command))
+    # CancelFlightInfo on a finished query lets its results go: reading
+    # them fails once the workers dropped them.
+    info = info_of(any_of("CommandStatementQuery", field(1, b"SELECT * FROM nation")))
+    result = list(client.do_action(flight.Action("CancelFlightInfo", field(1, info.serialize())), options))
+    report["cancel_flight_info"] = list(result[0].body.to_pybytes())
+    until = time.monotonic() + 60
+    gone = None
+    while gone is None and time.monotonic() < until:
+        gone = error_of(lambda: read_all(info))
+        time.sleep(0.2)
+    report["read_after_cancel"] = gone
+    # The older CancelQuery action.
+    done = info_of(any_of("CommandStatementQuery", field(1, b"SELECT 1")))
+    legacy = any_of("ActionCancelQueryRequest", field(1, done.serialize()))
+    result = list(client.do_action(flight.Action("CancelQuery", legacy), options))
+    report["cancel_query"] = list(read_field(result[0].body.to_pybytes(), 2))
     # An update through DoPut with CommandStatementUpdate.
     update = any_of(
         "CommandStatementUpdate",

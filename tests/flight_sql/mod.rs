@@ -404,6 +404,22 @@ fn raw_report_holds(report: &Value) {
         serde_json::json!([8, 25]),
         "{report}"
     );
+    // CancelFlightInfoResult { status: CANCELLED }, and the results gone.
+    assert_eq!(
+        report["cancel_flight_info"],
+        serde_json::json!([8, 1]),
+        "{report}"
+    );
+    assert!(
+        error_message(report, "read_after_cancel").contains("released"),
+        "{report}"
+    );
+    // ActionCancelQueryResult { result: CANCELLED }.
+    assert_eq!(
+        report["cancel_query"],
+        serde_json::json!([8, 1]),
+        "{report}"
+    );
     assert_eq!(report["ddl_query_endpoints"], 0, "{report}");
     assert_eq!(report["ddl_view_rows"], serde_json::json!([25]), "{report}");
     let deadline = error_message(report, "deadline");

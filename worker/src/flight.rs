@@ -133,7 +133,13 @@ impl FlightService for ShuffleFlightService {
         let segments = self
             .store
             .segments(&key.job_id, key.stage_id, key.map, key.reduce)
-            .map_err(|error| Status::not_found(error.to_string()))?;
+            .map_err(|_| {
+                Status::not_found(format!(
+                    "job {} stage {} map {} has no output on this worker: released (its job \
+                     ended or its results were read) or never made here",
+                    key.job_id, key.stage_id, key.map
+                ))
+            })?;
         // The reader checks it got every row the writer recorded.
         let rows: u64 = segments.iter().map(Segment::rows).sum();
         let truncate = crate::faults::fires(crate::faults::Point::Truncate, key.stage_id.0);
