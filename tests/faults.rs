@@ -28,6 +28,9 @@ pub struct Cluster {
     coordinator_args: Vec<String>,
     coordinator_env: Vec<(String, String)>,
     workers: Vec<Child>,
+    /// The workers' work dirs: a worker killed with SIGKILL cannot remove
+    /// a temporary one of its own, so the test owns them.
+    work_dirs: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -51,6 +54,7 @@ impl Cluster {
             coordinator_args: args,
             coordinator_env: env,
             workers: Vec::new(),
+            work_dirs: tempfile::tempdir().expect("a temp dir for work dirs"),
         }
     }
 
@@ -72,9 +76,18 @@ impl Cluster {
         args: &[&str],
         stderr: Stdio,
     ) -> usize {
+        // Its own, never another worker's: a started worker clears what
+        // it finds in its work dir.
+        let work_dir = tempfile::Builder::new()
+            .prefix("worker-")
+            .tempdir_in(self.work_dirs.path())
+            .expect("a work dir")
+            .keep();
         let child = tone()
             .envs(env.iter().copied())
             .args(["worker", "--coordinator", &self.master, "--slots", "1"])
+            .arg("--work-dir")
+            .arg(&work_dir)
             .args(args)
             .stdout(Stdio::null())
             .stderr(stderr)

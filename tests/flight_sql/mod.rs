@@ -132,6 +132,18 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        // SIGTERM first: the local cluster stops its workers and removes
+        // their work dirs (a SIGKILL would leave them behind).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return; // Gone and reaped: its pid is not ours to signal.
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill")
             .args(["-KILL", "--", &group])
