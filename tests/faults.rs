@@ -228,7 +228,7 @@ fn tpch_tables() -> Vec<TableRef> {
 }
 
 /// Runs `sql` to the end; returns its final status and rows.
-async fn run_job(
+pub(crate) async fn run_job(
     client: &ClusterClient,
     sql: &str,
     partitions: usize,
@@ -270,7 +270,7 @@ fn kinds(status: &pb::JobStatus) -> Vec<pb::ErrorKind> {
         .collect()
 }
 
-fn query(number: usize) -> String {
+pub(crate) fn query(number: usize) -> String {
     tpch_queries()[number - 1].1.clone()
 }
 
@@ -998,7 +998,10 @@ async fn health_says_live_and_whether_a_worker_is_registered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_stops_a_draining_worker_at_once() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let mut cluster = Cluster::coordinator(&["--heartbeat-timeout-ms", "2000"]);
+    // No backup may finish the stalled task: it must be held by the
+    // draining worker.
+    let mut cluster =
+        Cluster::coordinator(&["--heartbeat-timeout-ms", "2000", "--speculation", "off"]);
     // Its first task holds its slot for faults::STALL (20 s).
     let stalled = cluster.add_worker(&[("TONE_FAULT", "stall@*")]);
     cluster.wait_for_workers(1).await;

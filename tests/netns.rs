@@ -67,6 +67,9 @@ impl HostCluster {
                 &format!("{}:0", coordinator.address),
             ])
             .args(["--heartbeat-timeout-ms", "2000"])
+            // A stalled task must stay stalled (no backup finishes it)
+            // while the tests cut links mid-job.
+            .args(["--speculation", "off"])
             .args([
                 "--allow-path",
                 "s3://tpch/",

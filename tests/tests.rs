@@ -20,6 +20,7 @@ mod roundtrip;
 mod s3;
 mod security;
 mod shuffle;
+mod speculation;
 mod spmd;
 mod sql_beyond_tpch;
 mod sql_generated;

@@ -39,7 +39,7 @@ mod ui;
 pub use flight_sql::FlightSqlConfig;
 pub use ha::{HaConfig, DEFAULT_LEASE_TTL};
 pub use observe::board::DEFAULT_RETAINED_JOBS;
-pub use scheduler::{SchedulerConfig, DEFAULT_JOB_HISTORY};
+pub use scheduler::{SchedulerConfig, Speculation, DEFAULT_JOB_HISTORY};
 pub use security::CoordinatorSecurity;
 
 use std::net::SocketAddr;

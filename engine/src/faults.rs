@@ -14,6 +14,9 @@
 //!     serves loses its last batch on the way (the reader must notice);
 //!   - `stall`: the task waits [`STALL`] before it starts, holding its
 //!     slot, so a test can act while a job is certainly mid-run;
+//!   - `slow` (written `slow@STAGE:MS`): every task of stage STAGE on
+//!     this worker waits MS milliseconds before it starts, not just once:
+//!     a slow machine, for speculation to back up;
 //!   - `stall_upload` (stage `*` only: a sink does not know its stage): a
 //!     write to an object store waits [`STALL`] once it has handed the
 //!     upload more than one part, so a multipart upload is certainly in
@@ -38,6 +41,7 @@ pub enum Point {
     Stall,
     StallUpload,
     Truncate,
+    Slow,
 }
 
 impl Point {
@@ -49,6 +53,7 @@ impl Point {
             "stall" => Some(Self::Stall),
             "stall_upload" => Some(Self::StallUpload),
             "truncate" => Some(Self::Truncate),
+            "slow" => Some(Self::Slow),
             _ => None,
         }
     }
@@ -58,6 +63,8 @@ struct Fault {
     point: Point,
     /// `None`: any stage.
     stage: Option<u32>,
+    /// How long a `slow` fault holds each task.
+    delay: Duration,
     fired: AtomicBool,
 }
 
@@ -74,12 +81,21 @@ fn parse(spec: &str) -> Vec<Fault> {
     spec.split(',')
         .filter_map(|item| {
             let (point, stage) = item.trim().split_once('@')?;
+            let point = Point::parse(point)?;
+            let (stage, delay) = match (point, stage.split_once(':')) {
+                (Point::Slow, Some((stage, ms))) => {
+                    (stage, Duration::from_millis(ms.parse().ok()?))
+                }
+                (Point::Slow, None) | (_, Some(_)) => return None,
+                (_, None) => (stage, Duration::ZERO),
+            };
             let fault = Fault {
-                point: Point::parse(point)?,
+                point,
                 stage: match stage {
                     "*" => None,
                     number => Some(number.parse().ok()?),
                 },
+                delay,
                 fired: AtomicBool::new(false),
             };
             Some(fault)
@@ -99,6 +115,26 @@ pub fn fires(point: Point, stage: u32) -> bool {
         eprintln!("tone worker: injected fault {point:?} fires in stage {stage}");
     }
     fired
+}
+
+/// How long a task of `stage` waits before it starts: a `slow` fault
+/// holds every task of its stage, not once.
+pub fn slowdown(stage: u32) -> Option<Duration> {
+    let fault = faults().iter().find(|fault| {
+        fault.point == Point::Slow && fault.stage.is_none_or(|wanted| wanted == stage)
+    })?;
+    if !fault.fired.swap(true, Ordering::SeqCst) {
+        tracing::warn!(
+            stage,
+            delay_ms = fault.delay.as_millis() as u64,
+            "injected slowness"
+        );
+        eprintln!(
+            "tone worker: injected fault Slow holds every task of stage {stage} for {:?}",
+            fault.delay
+        );
+    }
+    Some(fault.delay)
 }
 
 /// True (once per process) when a fault is set at `point` for any stage
@@ -133,15 +169,22 @@ mod tests {
 
     #[test]
     fn specs_parse_and_bad_items_are_skipped() {
-        let faults = parse("before_task@1, fetch@*,bogus@2,after_write@x,after_write@0,stall@3");
-        let points: Vec<(Point, Option<u32>)> = faults.iter().map(|f| (f.point, f.stage)).collect();
+        let faults = parse(
+            "before_task@1, fetch@*,bogus@2,after_write@x,after_write@0,stall@3,\
+             slow@2:1500,slow@2,stall@3:10,slow@1:x",
+        );
+        let points: Vec<(Point, Option<u32>, u128)> = faults
+            .iter()
+            .map(|f| (f.point, f.stage, f.delay.as_millis()))
+            .collect();
         assert_eq!(
             points,
             vec![
-                (Point::BeforeTask, Some(1)),
-                (Point::Fetch, None),
-                (Point::AfterWrite, Some(0)),
-                (Point::Stall, Some(3))
+                (Point::BeforeTask, Some(1), 0),
+                (Point::Fetch, None, 0),
+                (Point::AfterWrite, Some(0), 0),
+                (Point::Stall, Some(3), 0),
+                (Point::Slow, Some(2), 1500)
             ]
         );
     }

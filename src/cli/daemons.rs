@@ -199,6 +199,27 @@ pub struct FailureArgs {
     /// from memory (the state store keeps them).
     #[arg(long, default_value_t = tone_coordinator::DEFAULT_JOB_HISTORY, value_name = "N")]
     pub job_history: usize,
+    /// Backup attempts for stragglers: a task running longer than 1.5× its
+    /// stage's median (and at least 1 s) once 75% of the stage is done
+    /// gets a second attempt on another worker; the first to finish wins.
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub speculation: Switch,
+}
+
+/// A feature flag's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    fn as_str(self) -> &'static str {
+        match self {
+            Switch::On => "on",
+            Switch::Off => "off",
+        }
+    }
 }
 
 impl FailureArgs {
@@ -208,6 +229,8 @@ impl FailureArgs {
             max_task_attempts: self.max_task_attempts.max(1),
             no_worker_grace: std::time::Duration::from_millis(self.no_worker_grace_ms),
             job_history: self.job_history.max(1),
+            speculation: (self.speculation == Switch::On)
+                .then(tone_coordinator::Speculation::default),
             ..tone_coordinator::SchedulerConfig::default()
         }
     }
@@ -222,6 +245,8 @@ impl FailureArgs {
             self.no_worker_grace_ms.to_string(),
             "--job-history".into(),
             self.job_history.to_string(),
+            "--speculation".into(),
+            self.speculation.as_str().into(),
         ]
     }
 }

@@ -388,8 +388,12 @@ pub async fn status(args: JobArgs) -> Result<(), CliError> {
         job.stages_done, job.stages_total
     ))?;
     emit(format_args!(
-        "tasks:    {} running, {}/{} done, {} lost outputs recomputed",
-        job.tasks_running, job.tasks_done, job.tasks_total, job.outputs_recomputed
+        "tasks:    {} running, {}/{} done, {} lost outputs recomputed, {} backup attempts",
+        job.tasks_running,
+        job.tasks_done,
+        job.tasks_total,
+        job.outputs_recomputed,
+        job.backup_attempts
     ))?;
     emit(format_args!(
         "written:  {} rows, {}",

@@ -103,6 +103,9 @@ async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, En
     if crate::faults::fires(Point::Stall, key.stage_id) {
         tokio::time::sleep(crate::faults::STALL).await;
     }
+    if let Some(delay) = crate::faults::slowdown(key.stage_id) {
+        tokio::time::sleep(delay).await;
+    }
     let started = std::time::Instant::now();
     let context = task_context(&runner, assign.grants)?;
     let plan = decode_plan(&assign.plan, &context)?;

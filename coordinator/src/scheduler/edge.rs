@@ -153,6 +153,7 @@ pub fn job_status(job: &Job, result_schema: &[u8], now: Instant) -> pb::JobStatu
         result_schema: result_schema.to_vec(),
         elapsed_s: job.elapsed(now).as_secs_f64(),
         outputs_recomputed: job.outputs_recomputed(),
+        backup_attempts: job.backup_attempts(),
         tasks_resumed: tasks_resumed as u32,
         stages_resumed: stages_resumed as u32,
         failures: job.failures.iter().map(failure_to_proto).collect(),

@@ -200,6 +200,34 @@ pub struct SchedulerConfig {
     /// worker takes to find a frozen coordinator gone: 15 s of HTTP/2
     /// keep-alive).
     pub rejoin_wait: Duration,
+    /// Backup attempts for stragglers (`--speculation`); `None`: off.
+    pub speculation: Option<Speculation>,
+}
+
+/// When a running task is a straggler that gets a backup attempt on
+/// another worker. Spark's defaults are 1.5×, 75% and 100 ms; ours wait
+/// for at least a second, since a backup costs a slot and a plan decode
+/// and a short task is done before one would help.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speculation {
+    /// A task is slow past this multiple of the median time of its
+    /// stage's finished tasks…
+    pub multiplier: f64,
+    /// …once at least this share of the stage's tasks (rounded down, at
+    /// least one) is done…
+    pub quantile: f64,
+    /// …and after running at least this long.
+    pub min_runtime: Duration,
+}
+
+impl Default for Speculation {
+    fn default() -> Self {
+        Self {
+            multiplier: 1.5,
+            quantile: 0.75,
+            min_runtime: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -211,6 +239,7 @@ impl Default for SchedulerConfig {
             no_worker_grace: Duration::from_secs(30),
             job_history: DEFAULT_JOB_HISTORY,
             rejoin_wait: Duration::from_secs(30),
+            speculation: Some(Speculation::default()),
         }
     }
 }

@@ -8,7 +8,7 @@ use super::dags::random_job;
 use super::run::{Kind, Simulation, MAX_WORKERS};
 use super::world::{missing_input, Life, Message, SimWorker};
 use crate::scheduler::model::{
-    Command, ErrorKind, JobState, Outcome, Recipients, ResultLocation, TaskKey, WorkerId,
+    Attempt, Command, ErrorKind, JobState, Outcome, Recipients, ResultLocation, TaskKey, WorkerId,
 };
 use crate::scheduler::state::{Job, Joining, Session, Task};
 
@@ -291,8 +291,9 @@ impl Simulation {
         let job = self.state.job(&message.task.job);
         let rows_before = job.map_or(0, |job| job.rows);
         let running_here = job.filter(|job| job.is_active()).is_some_and(|job| {
-            matches!(job.task(&message.task).map(|task| &task.state),
-                Some(Task::Running { worker, attempt }) if *worker == message.from && *attempt == message.attempt)
+            job.task(&message.task)
+                .and_then(|task| task.state.attempt_on(&message.from))
+                .is_some_and(|attempt| attempt == message.attempt)
         });
         let current = self
             .state
@@ -363,7 +364,12 @@ impl Simulation {
     pub(super) fn act_submit(&mut self) -> Result<JobId, String> {
         let id = JobId(format!("sim-{}-{}", self.seed, self.next_job));
         self.next_job += 1;
-        let job = random_job(&mut self.rng, id.clone());
+        let mut job = random_job(&mut self.rng, id.clone());
+        if self.calm {
+            // The probe must succeed, which a time limit may rightly stop
+            // when the calm phase runs long (many jobs, few slots).
+            job.timeout = None;
+        }
         let last = job.stages.len().saturating_sub(1);
         let partitions = job.stages.last().map_or(0, |stage| stage.partitions);
         self.finals
@@ -498,9 +504,15 @@ impl Simulation {
 
     fn route(&mut self, command: Command) -> Result<(), String> {
         let targets: Vec<WorkerId> = match &command {
-            Command::Assign { worker, task, .. } => {
+            Command::Assign {
+                worker,
+                task,
+                attempt,
+                ..
+            } => {
                 self.check_exclusion(worker, &task.job)?;
                 self.check_not_rerun(task, worker)?;
+                self.note_backup(task, worker, *attempt);
                 vec![worker.clone()]
             }
             Command::CancelTask { worker, .. } => vec![worker.clone()],
@@ -546,6 +558,27 @@ impl Simulation {
             }
         }
         Ok(())
+    }
+
+    /// Notes an assignment that is a backup: the task runs elsewhere too.
+    fn note_backup(&mut self, task: &TaskKey, worker: &WorkerId, attempt: Attempt) {
+        let state = self
+            .state
+            .job(&task.job)
+            .and_then(|job| job.task(task))
+            .map(|run| run.state.clone());
+        if let Some(Task::Running {
+            backup: Some(backup),
+            ..
+        }) = state
+        {
+            if backup.worker == *worker && backup.attempt == attempt {
+                self.note(
+                    Kind::Backup,
+                    format!("{task} attempt {attempt} backs up a straggler on {worker}"),
+                );
+            }
+        }
     }
 
     /// A job keeps away from a worker that failed its tasks too often,

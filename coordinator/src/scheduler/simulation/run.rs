@@ -15,7 +15,7 @@ use super::store::ModelStore;
 use super::world::{Life, Message, SimWorker};
 use crate::scheduler::model::{JobState, TaskKey, WorkerId};
 use crate::scheduler::state::SchedulerState;
-use crate::scheduler::SchedulerConfig;
+use crate::scheduler::{SchedulerConfig, Speculation};
 
 /// What a step can do. Outcomes the scheduler causes (a lost input seen
 /// by a reader, a job past its time limit) are listed too, so a test can
@@ -51,10 +51,12 @@ pub enum Kind {
     /// A worker rejoined a restarted coordinator holding outputs the
     /// store recorded, which are used as they are.
     OutputsResumed,
+    /// A straggler got a backup attempt on another worker (speculation).
+    Backup,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Join,
         Kind::Restart,
         Kind::Rejoin,
@@ -80,6 +82,7 @@ impl Kind {
         Kind::ResultsRemade,
         Kind::CoordinatorRestart,
         Kind::OutputsResumed,
+        Kind::Backup,
     ];
 }
 
@@ -168,6 +171,7 @@ pub(super) fn config() -> SchedulerConfig {
         no_worker_grace: Duration::from_secs(30),
         job_history: 100,
         rejoin_wait: Duration::from_secs(30),
+        speculation: Some(Speculation::default()),
     }
 }
 
@@ -324,7 +328,8 @@ impl Simulation {
             | Kind::TimedOut
             | Kind::Excluded
             | Kind::ResultsRemade
-            | Kind::OutputsResumed => {}
+            | Kind::OutputsResumed
+            | Kind::Backup => {}
         }
         self.absorb()?;
         self.state.check().map_err(|violation| violation.0)

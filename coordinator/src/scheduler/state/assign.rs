@@ -23,6 +23,10 @@ impl SchedulerState {
                 if let Some(key) = self.pick(&worker) {
                     self.assign(key, &worker);
                     assigned = true;
+                } else if let Some(key) = self.pick_backup(&worker) {
+                    // Only slots no pending task wants go to backups.
+                    self.assign_backup(key, &worker);
+                    assigned = true;
                 }
             }
             if !assigned {
@@ -64,7 +68,7 @@ impl SchedulerState {
     /// False when the job has ended, keeps away from this worker (it
     /// failed the job's tasks repeatedly and another worker can take
     /// them), or has closures and no executor room there.
-    fn may_run_on(&self, id: &JobId, worker: &WorkerId) -> bool {
+    pub(super) fn may_run_on(&self, id: &JobId, worker: &WorkerId) -> bool {
         let Some(job) = self.jobs.get(id) else {
             return false;
         };
@@ -168,6 +172,8 @@ impl SchedulerState {
         task.state = Task::Running {
             worker: worker_id.clone(),
             attempt,
+            since: self.now,
+            backup: None,
         };
         task.next_attempt.0 += 1;
         worker.start(key.clone());

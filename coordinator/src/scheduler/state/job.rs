@@ -49,8 +49,81 @@ pub struct JobSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Task {
     Pending,
-    Running { worker: WorkerId, attempt: Attempt },
-    Done { worker: WorkerId },
+    /// Attempt `attempt` runs on `worker` since `since`; a straggler may
+    /// also have a backup attempt on another worker (speculation). Either
+    /// may finish it; the other is then cancelled.
+    Running {
+        worker: WorkerId,
+        attempt: Attempt,
+        since: Instant,
+        backup: Option<Backup>,
+    },
+    Done {
+        worker: WorkerId,
+    },
+}
+
+/// A second attempt of a running task, on another worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    pub worker: WorkerId,
+    pub attempt: Attempt,
+}
+
+impl Task {
+    /// The attempts running now, with their workers.
+    pub fn attempts(&self) -> Vec<(&WorkerId, Attempt)> {
+        match self {
+            Task::Running {
+                worker,
+                attempt,
+                backup,
+                ..
+            } => std::iter::once((worker, *attempt))
+                .chain(backup.iter().map(|backup| (&backup.worker, backup.attempt)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The attempt running on `on`, if one does.
+    pub fn attempt_on(&self, on: &WorkerId) -> Option<Attempt> {
+        self.attempts()
+            .into_iter()
+            .find(|(worker, _)| *worker == on)
+            .map(|(_, attempt)| attempt)
+    }
+
+    /// The attempt on `on` stopped: the other one, if any, goes on alone
+    /// (keeping the task's start time); otherwise the task is pending.
+    pub fn without_attempt_on(&mut self, on: &WorkerId) {
+        let Task::Running {
+            worker,
+            attempt,
+            since,
+            backup,
+        } = self.clone()
+        else {
+            return;
+        };
+        *self = match backup {
+            Some(backup) if backup.worker == *on => Task::Running {
+                worker,
+                attempt,
+                since,
+                backup: None,
+            },
+            Some(backup) if worker == *on => Task::Running {
+                worker: backup.worker,
+                attempt: backup.attempt,
+                since,
+                backup: None,
+            },
+            None if worker == *on => Task::Pending,
+            // `on` runs no attempt of it.
+            _ => return,
+        };
+    }
 }
 
 /// One task: where it is, and how its attempts went.
@@ -71,6 +144,11 @@ pub struct TaskRun {
     /// Its output was made before the coordinator restarted and is used
     /// as it is.
     pub resumed: bool,
+    /// How long its last successful run took, from its first attempt's
+    /// start: what speculation compares stragglers with.
+    pub ran_for: Option<Duration>,
+    /// Backup attempts it was given (speculation).
+    pub backups: u32,
 }
 
 impl TaskRun {
@@ -82,6 +160,8 @@ impl TaskRun {
             interrupted: 0,
             outputs_lost: 0,
             resumed: false,
+            ran_for: None,
+            backups: 0,
         }
     }
 
@@ -297,6 +377,12 @@ impl Job {
     pub fn outputs_recomputed(&self) -> u32 {
         let all = self.stages.iter().flat_map(|stage| &stage.tasks);
         all.map(|task| task.outputs_lost).sum()
+    }
+
+    /// Backup attempts its stragglers were given.
+    pub fn backup_attempts(&self) -> u32 {
+        let all = self.stages.iter().flat_map(|stage| &stage.tasks);
+        all.map(|task| task.backups).sum()
     }
 
     /// Tasks whose output from before a restart is used as it is, and

@@ -8,6 +8,7 @@
 //! - `worker`: a worker's slots, running attempts and executors.
 //! - `assign`: pending tasks to free slots.
 //! - `recovery`: task reports, retries, lost workers and lost map outputs.
+//! - `speculation`: backup attempts for stragglers.
 //! - `invariants`: what holds after every transition.
 //!
 //! Only live jobs are held. A job that ends leaves through
@@ -19,6 +20,7 @@ pub mod invariants;
 pub mod job;
 mod recovery;
 mod resume;
+mod speculation;
 #[cfg(test)]
 mod tests;
 pub mod worker;
@@ -284,16 +286,12 @@ impl SchedulerState {
             state.draining = true;
             state.finish(key);
         }
-        let running_here =
-            |task: &Task| matches!(task, Task::Running { worker: w, .. } if w == worker);
         if let Some(task) = self
             .jobs
             .get_mut(&key.job)
             .and_then(|job| job.task_mut(key))
         {
-            if running_here(&task.state) {
-                task.state = Task::Pending;
-            }
+            task.state.without_attempt_on(worker);
         }
         self.settle();
     }

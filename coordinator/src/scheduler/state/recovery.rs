@@ -11,9 +11,10 @@ use crate::scheduler::model::{
 };
 
 impl SchedulerState {
-    /// A worker reports how an attempt ended. Only the attempt now running
-    /// may report: a late report of an attempt that was cancelled or re-run
-    /// (a thawed worker, a lost session) must not count twice.
+    /// A worker reports how an attempt ended. Only an attempt now running
+    /// (the task's, or its backup) may report: a late report of an attempt
+    /// that was cancelled or re-run (a thawed worker, a lost session, the
+    /// backup that lost) must not count twice.
     pub fn report(
         &mut self,
         reporter: &WorkerId,
@@ -66,18 +67,24 @@ impl SchedulerState {
         let Some(job) = self.jobs.get(&key.job).filter(|job| job.is_active()) else {
             return false;
         };
-        matches!(job.task(key).map(|task| &task.state),
-            Some(Task::Running { worker: w, attempt: a }) if w == worker && *a == attempt)
+        job.task(key)
+            .and_then(|task| task.state.attempt_on(worker))
+            .is_some_and(|running| running == attempt)
     }
 
     fn task_succeeded(&mut self, reporter: &WorkerId, key: &TaskKey, figures: (u64, u64, u64)) {
         if let Some(worker) = self.workers.get_mut(reporter) {
             worker.tasks_done += 1;
         }
+        self.cancel_other_attempt(key, reporter);
+        let now = self.now;
         let Some(job) = self.jobs.get_mut(&key.job) else {
             return;
         };
         if let Some(task) = job.task_mut(key) {
+            if let Task::Running { since, .. } = task.state {
+                task.ran_for = Some(now.saturating_duration_since(since));
+            }
             task.state = Task::Done {
                 worker: reporter.clone(),
             };
@@ -99,7 +106,7 @@ impl SchedulerState {
         }
     }
 
-    fn finish_job(&mut self, id: &JobId) {
+    pub(super) fn finish_job(&mut self, id: &JobId) {
         let Some(job) = self.jobs.get(id) else {
             return;
         };
@@ -152,7 +159,8 @@ impl SchedulerState {
         let Some(task) = job.task_mut(&key) else {
             return;
         };
-        task.state = Task::Pending;
+        // A backup (or the attempt it backs up) may still finish it.
+        task.state.without_attempt_on(&failure.worker);
         let give_up = match failure.kind {
             // The input is wrong (a corrupt file, a bad value): every attempt
             // would fail the same way.
@@ -233,17 +241,25 @@ impl SchedulerState {
         else {
             return;
         };
-        let Task::Running { worker, attempt } = task.state.clone() else {
+        let attempts: Vec<(WorkerId, Attempt)> = task
+            .state
+            .attempts()
+            .into_iter()
+            .map(|(worker, attempt)| (worker.clone(), attempt))
+            .collect();
+        if attempts.is_empty() {
             return;
-        };
+        }
         task.state = Task::Pending;
-        if let Some(state) = self.workers.get_mut(&worker) {
-            state.finish(key);
-            self.commands.push(Command::CancelTask {
-                worker,
-                task: key.clone(),
-                attempt,
-            });
+        for (worker, attempt) in attempts {
+            if let Some(state) = self.workers.get_mut(&worker) {
+                state.finish(key);
+                self.commands.push(Command::CancelTask {
+                    worker,
+                    task: key.clone(),
+                    attempt,
+                });
+            }
         }
     }
 
@@ -274,13 +290,13 @@ impl SchedulerState {
             let Some(job) = self.jobs.get(&key.job) else {
                 continue;
             };
-            let Some(Task::Running { attempt, .. }) = job.task(key).map(|task| &task.state) else {
+            let Some(attempt) = job.task(key).and_then(|task| task.state.attempt_on(id)) else {
                 continue;
             };
             let failure = AttemptFailure {
                 stage: key.stage,
                 partition: key.partition,
-                attempt: *attempt,
+                attempt,
                 worker: id.clone(),
                 kind: ErrorKind::WorkerLost,
                 message: format!(

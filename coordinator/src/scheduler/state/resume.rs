@@ -56,7 +56,28 @@ impl SchedulerState {
         tracing::info!(job_id = %job.id, stages_done = stages, tasks_done = tasks, "job resumed");
         self.commands.push(Command::Changed(job.id.clone()));
         self.jobs.insert(job.id.clone(), job);
+        self.finish_resumed_jobs_done();
         self.settle();
+    }
+
+    /// Resumed jobs whose every stage, the final one too, was done before
+    /// the restart (the coordinator stopped between recording the final
+    /// stage and the job's end) succeed once nothing is awaited: no task
+    /// of theirs is left to report.
+    fn finish_resumed_jobs_done(&mut self) {
+        if self.awaiting() {
+            return;
+        }
+        let done: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|job| job.resumed && job.is_active())
+            .filter(|job| job.stage(job.final_stage()).done())
+            .map(|job| job.id.clone())
+            .collect();
+        for id in done {
+            self.finish_job(&id);
+        }
     }
 
     /// True while resumed jobs wait for the workers that hold their outputs.
@@ -104,6 +125,7 @@ impl SchedulerState {
     fn stop_awaiting_if_done(&mut self) {
         if self.awaited.is_empty() {
             self.awaiting_until = None;
+            self.finish_resumed_jobs_done();
         }
     }
 
