@@ -134,6 +134,9 @@ impl UiCluster {
                 "--ui-listen",
                 "127.0.0.1:0",
             ])
+            // The tests watch a job held by a stalled task; a backup
+            // attempt would finish it before the browser sees it run.
+            .args(["--speculation", "off"])
             .arg("--event-log")
             .arg(event_log.map_or_else(|| log.path().as_os_str().to_owned(), |url| url.into()))
             .envs(env.iter().copied())
