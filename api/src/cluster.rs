@@ -328,7 +328,8 @@ impl ClusterClient {
                 Err(error) if is_connection_loss(&error) => {
                     let since = *lost_since.get_or_insert_with(|| {
                         tracing::warn!(
-                            "lost the coordinator while following job {job_id} ({error});                              reconnecting for up to {} s",
+                            "lost the coordinator while following job {job_id} ({error}); \
+                             reconnecting for up to {} s",
                             COORDINATOR_RECONNECT.as_secs()
                         );
                         std::time::Instant::now()
