@@ -635,6 +635,48 @@ async fn cli_submit_jobs_status_workers_and_catalog() {
         serde_json::from_slice(&std::fs::read(json).expect("json written")).expect("valid JSON");
     assert_eq!(figures["engine"], "cluster");
     assert_eq!(figures["queries"]["q06"]["rows"], 1);
+    // A --master alone means the cluster, not the embedded engine.
+    tone_ok(
+        None,
+        &[
+            "bench",
+            "tpch",
+            "--master",
+            master,
+            "--data",
+            data,
+            "--only",
+            "q06",
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            json,
+        ],
+    );
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).expect("json written")).expect("valid JSON");
+    assert_eq!(figures["engine"], "cluster", "{figures}");
+
+    let latency = dir.path().join("latency.json");
+    let latency = latency.to_str().expect("utf-8");
+    let printed = tone_ok(
+        None,
+        &[
+            "bench", "latency", "--master", master, "--data", data, "--runs", "5", "--json",
+            latency,
+        ],
+    );
+    assert!(printed.contains("median"), "{printed}");
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(latency).expect("json written")).expect("valid JSON");
+    assert_eq!(figures["runs"], 5);
+    let (median, p99) = (
+        figures["median_ms"].as_f64().expect("a median"),
+        figures["p99_ms"].as_f64().expect("a p99"),
+    );
+    assert!(median > 0.0 && p99 >= median, "{figures}");
 
     let explain = "explain select count(*) from regions";
     let explained = tone_ok(

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use tone::cluster::{tables_in_dir, ClusterClient, TableRef};
 
-use super::median;
+use super::{median, write_json};
 use crate::cli::CliError;
 
 /// The query timed: one tiny table, one aggregate, one row back.
@@ -72,15 +72,10 @@ pub async fn run(args: LatencyArgs) -> Result<(), CliError> {
         "{TRIVIAL}: median {:.1} ms, p99 {:.1} ms over {} runs",
         figures.median_ms, figures.p99_ms, figures.runs
     );
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&figures)
-            .map_err(|error| CliError::Usage(format!("cannot encode JSON: {error}")))?;
-        std::fs::write(path, text).map_err(|source| CliError::Io {
-            context: format!("writing {}", path.display()),
-            source,
-        })?;
+    match &args.json {
+        Some(path) => write_json(path, &figures),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The answer is one row: a count came back, not an empty result.

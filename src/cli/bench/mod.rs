@@ -168,19 +168,21 @@ async fn tpch(mut args: TpchBenchArgs) -> Result<(), CliError> {
         all.push(figures);
     }
     print_report(&all);
-    if let Some(path) = &args.json {
-        let text = if all.len() == 1 {
-            serde_json::to_string_pretty(&all[0])
-        } else {
-            serde_json::to_string_pretty(&all)
-        }
-        .map_err(|error| CliError::Usage(format!("cannot encode JSON: {error}")))?;
-        std::fs::write(path, text).map_err(|source| CliError::Io {
-            context: format!("writing {}", path.display()),
-            source,
-        })?;
+    match (&args.json, all.as_slice()) {
+        (Some(path), [one]) => write_json(path, one),
+        (Some(path), all) => write_json(path, &all),
+        (None, _) => Ok(()),
     }
-    Ok(())
+}
+
+/// Writes `figures` as pretty JSON to `path` (`--json`).
+pub(super) fn write_json(path: &Path, figures: &impl Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(figures)
+        .map_err(|error| CliError::Usage(format!("cannot encode JSON: {error}")))?;
+    std::fs::write(path, text).map_err(|source| CliError::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })
 }
 
 enum Runner {

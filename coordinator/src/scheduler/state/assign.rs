@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 
 use tone_engine::{JobId, StageId};
 
-use super::job::Task;
+use std::time::Instant;
+
+use super::job::{Task, TaskRun};
 use super::SchedulerState;
-use crate::scheduler::model::{Command, ErrorKind, JobState, TaskKey, WorkerId};
+use crate::scheduler::model::{Attempt, Command, ErrorKind, JobState, TaskKey, WorkerId};
 
 impl SchedulerState {
     /// Hands pending tasks to free slots until none fits.
@@ -155,6 +157,28 @@ impl SchedulerState {
 
     /// Starts the next attempt of `key` on `worker`.
     fn assign(&mut self, key: TaskKey, worker_id: &WorkerId) {
+        self.start_attempt(key, worker_id, |task, worker, attempt, now| {
+            debug_assert_eq!(task.state, Task::Pending, "only a pending task is assigned");
+            task.state = Task::Running {
+                worker,
+                attempt,
+                since: now,
+                backup: None,
+            };
+            true
+        });
+    }
+
+    /// Hands the task's next attempt to `worker_id`, with the stage's
+    /// plan; `record` notes it in the task's state (a first attempt or a
+    /// backup) and says whether it could. Nothing happens when it could
+    /// not, or the job, the worker or the plan is gone.
+    pub(super) fn start_attempt(
+        &mut self,
+        key: TaskKey,
+        worker_id: &WorkerId,
+        record: impl FnOnce(&mut TaskRun, WorkerId, Attempt, Instant) -> bool,
+    ) {
         self.in_hand = Some(key.job.clone());
         let (Some(job), Some(worker)) =
             (self.jobs.get_mut(&key.job), self.workers.get_mut(worker_id))
@@ -167,14 +191,10 @@ impl SchedulerState {
         let Some(task) = job.task_mut(&key) else {
             return;
         };
-        debug_assert_eq!(task.state, Task::Pending, "only a pending task is assigned");
         let attempt = task.next_attempt;
-        task.state = Task::Running {
-            worker: worker_id.clone(),
-            attempt,
-            since: self.now,
-            backup: None,
-        };
+        if !record(task, worker_id.clone(), attempt, self.now) {
+            return;
+        }
         task.next_attempt.0 += 1;
         worker.start(key.clone());
         if job.closures {

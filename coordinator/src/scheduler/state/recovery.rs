@@ -232,26 +232,34 @@ impl SchedulerState {
         }
     }
 
-    /// Stops a running attempt and puts the task back in the queue.
+    /// Stops a running task's attempts and puts it back in the queue.
     fn cancel_running(&mut self, key: &TaskKey) {
-        let Some(task) = self
+        self.cancel_attempts(key, |_| true);
+        if let Some(task) = self
             .jobs
             .get_mut(&key.job)
             .and_then(|job| job.task_mut(key))
-        else {
+        {
+            if matches!(task.state, Task::Running { .. }) {
+                task.state = Task::Pending;
+            }
+        }
+    }
+
+    /// Sends `CancelTask` for the attempts of `key` on the workers `stop`
+    /// names and frees their slots; the task's state is the caller's.
+    pub(super) fn cancel_attempts(&mut self, key: &TaskKey, stop: impl Fn(&WorkerId) -> bool) {
+        let Some(task) = self.jobs.get(&key.job).and_then(|job| job.task(key)) else {
             return;
         };
-        let attempts: Vec<(WorkerId, Attempt)> = task
+        let stopped: Vec<(WorkerId, Attempt)> = task
             .state
             .attempts()
             .into_iter()
+            .filter(|(worker, _)| stop(worker))
             .map(|(worker, attempt)| (worker.clone(), attempt))
             .collect();
-        if attempts.is_empty() {
-            return;
-        }
-        task.state = Task::Pending;
-        for (worker, attempt) in attempts {
+        for (worker, attempt) in stopped {
             if let Some(state) = self.workers.get_mut(&worker) {
                 state.finish(key);
                 self.commands.push(Command::CancelTask {

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use super::job::{Backup, Job, Task};
+use super::job::{Backup, Job, Task, TaskRun};
 use super::SchedulerState;
-use crate::scheduler::model::{Command, TaskKey, WorkerId};
+use crate::scheduler::model::{TaskKey, WorkerId};
 use crate::scheduler::Speculation;
 
 impl SchedulerState {
@@ -36,70 +36,25 @@ impl SchedulerState {
 
     /// Starts a backup attempt of running task `key` on `worker_id`.
     pub(super) fn assign_backup(&mut self, key: TaskKey, worker_id: &WorkerId) {
-        self.in_hand = Some(key.job.clone());
-        let now = self.now;
-        let (Some(job), Some(worker)) =
-            (self.jobs.get_mut(&key.job), self.workers.get_mut(worker_id))
-        else {
-            return;
-        };
-        let Some(plan) = job.stage(key.stage).plan.clone() else {
-            return;
-        };
-        let closures = job.closures;
-        let Some(task) = job.task_mut(&key) else {
-            return;
-        };
-        let Task::Running { backup, since, .. } = &mut task.state else {
-            return;
-        };
-        debug_assert!(backup.is_none(), "a task has at most one backup");
-        let attempt = task.next_attempt;
-        tracing::info!(job_id = %key.job, stage = %key.stage, partition = key.partition,
-            %attempt, worker_id = %worker_id,
-            running_s = now.saturating_duration_since(*since).as_secs_f64(),
-            "straggler gets a backup attempt");
-        *backup = Some(Backup {
-            worker: worker_id.clone(),
-            attempt,
+        let job = key.job.clone();
+        let (stage, partition) = (key.stage, key.partition);
+        self.start_attempt(key, worker_id, |task, worker, attempt, now| {
+            let Task::Running { backup, since, .. } = &mut task.state else {
+                return false;
+            };
+            debug_assert!(backup.is_none(), "a task has at most one backup");
+            tracing::info!(job_id = %job, %stage, partition, %attempt, worker_id = %worker,
+                running_s = now.saturating_duration_since(*since).as_secs_f64(),
+                "straggler gets a backup attempt");
+            *backup = Some(Backup { worker, attempt });
+            task.backups += 1;
+            true
         });
-        task.next_attempt.0 += 1;
-        task.backups += 1;
-        worker.start(key.clone());
-        if closures {
-            worker.executors.insert(key.job.clone());
-        }
-        self.commands.push(Command::Assign {
-            worker: worker_id.clone(),
-            task: key.clone(),
-            attempt,
-            plan,
-        });
-        self.commands.push(Command::Changed(key.job));
     }
 
     /// The attempt of `key` that did not win is stopped.
     pub(super) fn cancel_other_attempt(&mut self, key: &TaskKey, winner: &WorkerId) {
-        let Some(task) = self.jobs.get(&key.job).and_then(|job| job.task(key)) else {
-            return;
-        };
-        let losers: Vec<(WorkerId, _)> = task
-            .state
-            .attempts()
-            .into_iter()
-            .filter(|(worker, _)| *worker != winner)
-            .map(|(worker, attempt)| (worker.clone(), attempt))
-            .collect();
-        for (worker, attempt) in losers {
-            if let Some(state) = self.workers.get_mut(&worker) {
-                state.finish(key);
-            }
-            self.commands.push(Command::CancelTask {
-                worker,
-                task: key.clone(),
-                attempt,
-            });
-        }
+        self.cancel_attempts(key, |worker| worker != winner);
     }
 }
 
@@ -109,6 +64,10 @@ fn stragglers(job: &Job, rule: &Speculation, now: std::time::Instant) -> Vec<(Du
     let mut found = Vec::new();
     for stage in job.stage_ids() {
         let tasks = &job.stage(stage).tasks;
+        // Most stages have nothing to back up: done, or not started.
+        if !tasks.iter().any(unbacked) {
+            continue;
+        }
         let mut times: Vec<Duration> = tasks
             .iter()
             .filter(|task| matches!(task.state, Task::Done { .. }))
@@ -123,18 +82,24 @@ fn stragglers(job: &Job, rule: &Speculation, now: std::time::Instant) -> Vec<(Du
         let median = times[times.len() / 2];
         let threshold = median.mul_f64(rule.multiplier).max(rule.min_runtime);
         for (partition, task) in tasks.iter().enumerate() {
-            if let Task::Running {
+            let Task::Running {
                 since,
                 backup: None,
                 ..
             } = &task.state
-            {
-                let ran = now.saturating_duration_since(*since);
-                if ran > threshold {
-                    found.push((ran, job.key(stage, partition)));
-                }
+            else {
+                continue;
+            };
+            let ran = now.saturating_duration_since(*since);
+            if ran > threshold {
+                found.push((ran, job.key(stage, partition)));
             }
         }
     }
     found
+}
+
+/// Running with no backup yet.
+fn unbacked(task: &TaskRun) -> bool {
+    matches!(task.state, Task::Running { backup: None, .. })
 }
