@@ -22,6 +22,7 @@ use datafusion::error::DataFusionError;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 
+use crate::adaptive::Adaptive;
 use crate::closure::ClosureRegistry;
 use crate::error::{EngineError, Result};
 use crate::ids::JobId;
@@ -52,6 +53,9 @@ pub struct EngineConfig {
     /// Where statements may read and write (`--allow-path`); anywhere when
     /// empty. DDL is checked before it runs, plans before they run.
     pub path_roots: PathRoots,
+    /// The adaptive decisions made by default (`--aqe`); statements may
+    /// change each (`SET tone.join_reorder = false`).
+    pub adaptive: Adaptive,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +66,7 @@ impl Default for EngineConfig {
             spill_dir: None,
             memory_limit_bytes: None,
             path_roots: PathRoots::default(),
+            adaptive: Adaptive::default(),
         }
     }
 }
@@ -109,7 +114,13 @@ impl Engine {
         let env = ShuffleEnv::local(Arc::clone(&store) as Arc<dyn ShuffleStore>);
         let closures = Arc::new(ClosureRegistry::default());
         Ok(Self {
-            context: new_session(config.partitions, env, runtime, Arc::clone(&closures)),
+            context: new_session(
+                config.partitions,
+                env,
+                runtime,
+                Arc::clone(&closures),
+                config.adaptive,
+            ),
             closures,
             store,
             next_job: AtomicU64::new(1),

@@ -10,12 +10,15 @@
 //! - [`codec`]: stage plans to bytes and back (datafusion-proto + tone nodes).
 //! - [`runtime`]: running a stage DAG in this process.
 //! - [`cpu`]: the rayon pool for CPU-heavy work and its async bridge.
+//! - [`join_order`]: reordering multi-way inner joins by estimated rows.
+//! - [`adaptive`]: the `tone.*` settings that turn adaptive decisions off.
 //! - [`session`]: the DataFusion session and table registration.
 //! - [`limits`]: memory and disk limits (the DataFusion memory pool, the
 //!   shuffle's share of it, sizes like `512M`).
 //! - [`paths`]: `--allow-path` roots and the check of a plan's locations.
 //! - [`error`]: [`EngineError`], classified by who must act.
 
+pub mod adaptive;
 pub mod closure;
 pub mod codec;
 pub mod cpu;
@@ -24,6 +27,7 @@ pub mod error;
 pub mod faults;
 pub mod ids;
 pub mod ipc_frames;
+pub mod join_order;
 pub mod limits;
 pub mod parameters;
 pub mod paths;

@@ -8,10 +8,13 @@ use datafusion::datasource::file_format::options::{
     CsvReadOptions, JsonReadOptions, ParquetReadOptions,
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::adaptive::Adaptive;
 use crate::closure::ClosureRegistry;
+use crate::join_order::JoinOrderPlanner;
 use crate::error::{EngineError, Result};
 use crate::shuffle::ShuffleEnv;
 
@@ -44,19 +47,25 @@ impl FileFormat {
 
 /// A DataFusion session whose operators can reach tone's shuffle store and
 /// share `runtime`'s memory pool and spill directory; stage plans decoded
-/// in it resolve closure ids through `closures`.
+/// in it resolve closure ids through `closures`. It plans through
+/// [`JoinOrderPlanner`], with `adaptive`'s decisions on by default.
 pub fn new_session(
     partitions: usize,
     shuffle: ShuffleEnv,
     runtime: Arc<RuntimeEnv>,
     closures: Arc<ClosureRegistry>,
+    adaptive: Adaptive,
 ) -> SessionContext {
     let config = SessionConfig::new()
         .with_target_partitions(partitions)
         .with_information_schema(true)
         .with_extension(Arc::new(shuffle))
         .with_extension(closures);
-    SessionContext::new_with_config_rt(config, runtime)
+    let builder = SessionStateBuilder::new()
+        .with_config(adaptive.apply(config))
+        .with_runtime_env(runtime)
+        .with_default_features();
+    SessionContext::new_with_state(JoinOrderPlanner::install(builder).build())
 }
 
 /// Registers each child of `dir` (a data file, or a folder of them) as a

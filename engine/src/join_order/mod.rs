@@ -1,0 +1,190 @@
+//! Join reordering: multi-way inner joins run their selective joins first.
+//!
+//! DataFusion joins in the order the SQL text gives, only swapping the
+//! build and probe sides of each join. A query that joins two big tables
+//! on a non-selective key before its selective dimension joins then makes
+//! a huge intermediate result, which tone would shuffle whole between
+//! stages. [`JoinOrderPlanner`] plans every query of the session: for each
+//! tree of inner joins it estimates each input's rows from DataFusion's
+//! statistics (Parquet row counts and min/max), a filtered table's rows
+//! from a sample ([`sample`]),
+//! chooses a greedy order ([`order`]) and takes it when its estimated
+//! intermediate rows are at most half the written order's. Otherwise, and
+//! whenever an input has no row count, the written order stays.
+//!
+//! `SET tone.join_reorder = false` (or `--aqe off`) turns it off.
+
+mod estimate;
+mod graph;
+mod order;
+mod sample;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::Result;
+use datafusion::execution::context::{QueryPlanner, SessionState};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{LogicalPlan, PlanType, StringifiedPlan};
+use datafusion::optimizer::optimize_projections::OptimizeProjections;
+use datafusion::optimizer::{OptimizerContext, OptimizerRule};
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use estimate::Estimate;
+use graph::JoinGraph;
+
+/// How much fewer intermediate rows a new order must promise before it
+/// replaces the written one: estimates are rough, and the written order is
+/// often the one a person chose with care.
+const GAIN_REQUIRED: f64 = 2.0;
+
+/// DataFusion's planner behind a join reordering of the logical plan.
+#[derive(Debug, Default)]
+pub struct JoinOrderPlanner;
+
+impl JoinOrderPlanner {
+    /// `builder` planning through this planner.
+    pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
+        builder.with_query_planner(Arc::new(Self))
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for JoinOrderPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let planner = DefaultPhysicalPlanner::default();
+        let enabled = session
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .filter(|state| crate::adaptive::options(state).join_reorder);
+        let Some(state) = enabled else {
+            return planner.create_physical_plan(logical_plan, session).await;
+        };
+        let plan = match logical_plan {
+            LogicalPlan::Explain(explain) => {
+                let inner = reorder(explain.plan.as_ref(), state).await?;
+                let mut explain = explain.clone();
+                if let Some(inner) = inner {
+                    show_in_explain(&mut explain.stringified_plans, &inner);
+                    explain.plan = Arc::new(inner);
+                }
+                LogicalPlan::Explain(explain)
+            }
+            plan => reorder(plan, state).await?.unwrap_or_else(|| plan.clone()),
+        };
+        planner.create_physical_plan(&plan, session).await
+    }
+}
+
+/// `plan` with every join tree in it reordered where that pays, its
+/// columns pruned again; `None` when nothing changed.
+pub async fn reorder(plan: &LogicalPlan, state: &SessionState) -> Result<Option<LogicalPlan>> {
+    let Some(plan) = reorder_within(plan, state).await? else {
+        return Ok(None);
+    };
+    // Intermediate column selections of the written tree are gone.
+    let pruned = OptimizeProjections::new().rewrite(plan, &OptimizerContext::new())?;
+    Ok(Some(pruned.data))
+}
+
+fn reorder_within<'a>(
+    plan: &'a LogicalPlan,
+    state: &'a SessionState,
+) -> BoxFuture<'a, Result<Option<LogicalPlan>>> {
+    async move {
+        if graph::is_join_tree(plan) {
+            if let Some(graph) = graph::flatten(plan) {
+                return reorder_graph(graph, state).await;
+            }
+        }
+        let mut changed = false;
+        let mut inputs = Vec::new();
+        for input in plan.inputs() {
+            match reorder_within(input, state).await? {
+                Some(new) => {
+                    changed = true;
+                    inputs.push(new);
+                }
+                None => inputs.push(input.clone()),
+            }
+        }
+        if !changed {
+            return Ok(None);
+        }
+        Ok(Some(plan.with_new_exprs(plan.expressions(), inputs)?))
+    }
+    .boxed()
+}
+
+/// The graph's tree in a better order, its leaves reordered within; `None`
+/// when neither changed.
+async fn reorder_graph(mut graph: JoinGraph, state: &SessionState) -> Result<Option<LogicalPlan>> {
+    let mut leaves_changed = false;
+    for leaf in &mut graph.leaves {
+        if let Some(new) = reorder_within(leaf, state).await? {
+            *leaf = new;
+            leaves_changed = true;
+        }
+    }
+    let mut estimates = Vec::with_capacity(graph.leaves.len());
+    for leaf in &graph.leaves {
+        match estimate_leaf(leaf, state).await? {
+            Some(estimate) => estimates.push(estimate),
+            None => return written(graph, leaves_changed),
+        }
+    }
+    let chosen = order::greedy(&graph, &estimates).and_then(|merges| {
+        let new = order::cost(&graph, &estimates, &merges)?;
+        let old = order::cost(&graph, &estimates, &graph.written)?;
+        tracing::debug!(old, new, "join order: estimated intermediate rows");
+        (new * GAIN_REQUIRED <= old).then_some(merges)
+    });
+    match chosen {
+        Some(merges) => order::build(&graph, &merges).map(Some),
+        None => written(graph, leaves_changed),
+    }
+}
+
+/// The written order, rebuilt only when a leaf changed.
+fn written(graph: JoinGraph, leaves_changed: bool) -> Result<Option<LogicalPlan>> {
+    if !leaves_changed {
+        return Ok(None);
+    }
+    order::build(&graph, &graph.written).map(Some)
+}
+
+async fn estimate_leaf(leaf: &LogicalPlan, state: &SessionState) -> Result<Option<Estimate>> {
+    // DataFusion's own planner: the leaf's join trees are ordered already.
+    let plan = DefaultPhysicalPlanner::default()
+        .create_physical_plan(leaf, state)
+        .await?;
+    let statistics = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
+    let measured = sample::filtered_rows(leaf, state).await?;
+    Ok(Estimate::of_leaf(leaf.schema(), &statistics, measured))
+}
+
+/// EXPLAIN shows the reordered plan as the final logical plan, and in
+/// VERBOSE as a pass of its own.
+fn show_in_explain(plans: &mut Vec<StringifiedPlan>, reordered: &LogicalPlan) {
+    let text = reordered.display_indent().to_string();
+    for plan in plans.iter_mut() {
+        if plan.plan_type == PlanType::FinalLogicalPlan {
+            *plan = StringifiedPlan::new(PlanType::FinalLogicalPlan, text.clone());
+        }
+    }
+    plans.push(StringifiedPlan::new(
+        PlanType::OptimizedLogicalPlan {
+            optimizer_name: "tone_join_order".into(),
+        },
+        text,
+    ));
+}
