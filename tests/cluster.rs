@@ -198,7 +198,8 @@ async fn tpch_matches_embedded(cluster: &LocalCluster) {
     let mut failures = Vec::new();
     let queries = tpch_queries()
         .into_iter()
-        .chain(crate::sql_beyond_tpch::queries());
+        .chain(crate::sql_beyond_tpch::queries())
+        .chain(crate::join_order::queries());
     for (name, sql) in queries {
         let expected = embedded.sql(&sql).await.expect("embedded runs");
         match run(&client, &sql, 2).await {

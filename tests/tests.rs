@@ -12,6 +12,7 @@ mod faults;
 mod flight_sql;
 mod fuzz_regressions;
 mod ha;
+mod join_order;
 mod memory;
 mod netns;
 mod observability;

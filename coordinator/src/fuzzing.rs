@@ -82,7 +82,9 @@ impl Harness {
             0,
             Some(Arc::clone(&board)),
         );
-        let planner = Arc::new(Planner::new(None, roots).expect("planner"));
+        let planner = Arc::new(
+            Planner::new(None, roots, tone_engine::adaptive::Adaptive::default()).expect("planner"),
+        );
         let setup = JobId("job-setup".into());
         for ddl in TABLES {
             let planned = planner.plan_without_running(&setup, ddl, 1).await;

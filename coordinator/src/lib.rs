@@ -86,6 +86,8 @@ pub struct CoordinatorConfig {
     /// The Flight SQL service (`--flight-sql-listen`), served while this
     /// coordinator leads.
     pub flight_sql: Option<FlightSqlConfig>,
+    /// The adaptive planning decisions made by default (`--aqe`).
+    pub adaptive: tone_engine::adaptive::Adaptive,
 }
 
 /// The web UI's bound listener, bound before serving so its port is known
@@ -136,6 +138,7 @@ impl Default for CoordinatorConfig {
             event_log: None,
             ui_retained_jobs: observe::board::DEFAULT_RETAINED_JOBS,
             flight_sql: None,
+            adaptive: tone_engine::adaptive::Adaptive::default(),
         }
     }
 }

@@ -47,9 +47,11 @@ impl Planner {
     pub fn new(
         state: Option<Arc<StateStore>>,
         roots: tone_engine::paths::PathRoots,
+        adaptive: tone_engine::adaptive::Adaptive,
     ) -> Result<Self, EngineError> {
         let engine = Engine::new(EngineConfig {
             path_roots: roots,
+            adaptive,
             ..EngineConfig::default()
         })?;
         engine.plan_for_tasks();

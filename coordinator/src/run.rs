@@ -192,8 +192,10 @@ async fn serve_leading(
     } = leading;
     let roots = config.security.path_roots.clone();
     let planner = Arc::new(
-        planner::Planner::new(state.clone(), roots).map_err(|error| CoordinatorError::Planner {
-            reason: error.to_string(),
+        planner::Planner::new(state.clone(), roots, config.adaptive).map_err(|error| {
+            CoordinatorError::Planner {
+                reason: error.to_string(),
+            }
         })?,
     );
     planner.restore(&restored.catalog).await;

@@ -14,8 +14,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::adaptive::Adaptive;
 use crate::closure::ClosureRegistry;
-use crate::join_order::JoinOrderPlanner;
 use crate::error::{EngineError, Result};
+use crate::join_order::JoinOrderPlanner;
 use crate::shuffle::ShuffleEnv;
 
 /// File formats tone reads, decided by file extension.

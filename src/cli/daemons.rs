@@ -48,6 +48,8 @@ pub struct CoordinatorArgs {
     pub security: CoordinatorSecurityArgs,
     #[command(flatten)]
     pub failures: FailureArgs,
+    #[command(flatten)]
+    pub planning: PlanningArgs,
 }
 
 /// The web UI, `/metrics` and the event log.
@@ -206,6 +208,25 @@ pub struct FailureArgs {
     pub speculation: Switch,
 }
 
+/// How the coordinator plans queries.
+#[derive(Debug, Clone, Args)]
+pub struct PlanningArgs {
+    /// Adaptive planning decisions (join reordering); a statement may
+    /// still turn each on or off (`SET tone.join_reorder = true`).
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub aqe: Switch,
+}
+
+impl PlanningArgs {
+    pub fn adaptive(&self) -> tone_engine::adaptive::Adaptive {
+        self.aqe.adaptive()
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        vec!["--aqe".into(), self.aqe.as_str().into()]
+    }
+}
+
 /// A feature flag's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Switch {
@@ -214,6 +235,14 @@ pub enum Switch {
 }
 
 impl Switch {
+    /// The adaptive decisions this switch leaves on.
+    pub fn adaptive(self) -> tone_engine::adaptive::Adaptive {
+        match self {
+            Switch::On => tone_engine::adaptive::Adaptive::ON,
+            Switch::Off => tone_engine::adaptive::Adaptive::OFF,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Switch::On => "on",
@@ -446,6 +475,8 @@ pub struct LocalClusterArgs {
     #[command(flatten)]
     pub failures: FailureArgs,
     #[command(flatten)]
+    pub planning: PlanningArgs,
+    #[command(flatten)]
     pub limits: WorkerLimitArgs,
 }
 
@@ -528,6 +559,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         event_log: args.ui.event_log,
         ui_retained_jobs: args.ui.ui_retained_jobs,
         flight_sql: None,
+        adaptive: args.planning.adaptive(),
     };
     let (address, listener) = tone_coordinator::bind(&config)
         .await
@@ -767,6 +799,7 @@ pub async fn local_cluster(args: LocalClusterArgs) -> Result<(), CliError> {
             &format!("127.0.0.1:{}", args.port),
         ])
         .args(args.failures.to_args())
+        .args(args.planning.to_args())
         .args(secure.iter().flat_map(SecureFiles::coordinator_args))
         .args(args.allow_binaries.then_some("--allow-binaries"))
         .args(flight_sql_args(&args, secure.as_ref()))

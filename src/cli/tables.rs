@@ -26,6 +26,10 @@ pub struct TableArgs {
     /// cluster, give it to the workers instead.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
+    /// Adaptive planning decisions (join reordering); a statement may
+    /// still turn each on or off (`SET tone.join_reorder = true`).
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub aqe: super::daemons::Switch,
 }
 
 impl TableArgs {
@@ -39,6 +43,7 @@ impl TableArgs {
             config.partitions = partitions;
         }
         config.memory_limit_bytes = self.memory_limit;
+        config.adaptive = self.aqe.adaptive();
         let engine = Engine::new(config)?;
         if let Some(dir) = &self.data {
             let is_url = dir.to_str().is_some_and(|text| text.contains("://"));

@@ -166,7 +166,12 @@ mod tests {
     fn a_composite_key_counts_between_its_most_distinct_column_and_the_product() {
         let lineitem = estimate(6_000.0, &[("l.partkey", 200.0), ("l.suppkey", 10.0)]);
         let partsupp = estimate(800.0, &[("ps.partkey", 200.0), ("ps.suppkey", 10.0)]);
-        let keys = [col("l.partkey"), col("l.suppkey"), col("ps.partkey"), col("ps.suppkey")];
+        let keys = [
+            col("l.partkey"),
+            col("l.suppkey"),
+            col("ps.partkey"),
+            col("ps.suppkey"),
+        ];
         let pairs = [(&keys[0], &keys[2]), (&keys[1], &keys[3])];
         // sqrt(200 × 2,000) = 632 combinations on lineitem's side.
         let rows = lineitem.join(&partsupp, &pairs).rows;

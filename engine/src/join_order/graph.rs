@@ -115,7 +115,8 @@ impl Flattening {
                 self.written.push((left, right));
                 self.equalities.extend(join.on.iter().cloned());
                 if let Some(filter) = &join.filter {
-                    self.conditions.extend(split_conjunction_owned(filter.clone()));
+                    self.conditions
+                        .extend(split_conjunction_owned(filter.clone()));
                 }
                 left | right
             }
@@ -165,16 +166,17 @@ fn reaches_join(plan: &LogicalPlan) -> bool {
 /// randomness, no subquery.
 fn movable(predicate: &Expr) -> bool {
     !predicate.is_volatile()
-        && !predicate.exists(|expr| {
-            Ok(matches!(
-                expr,
-                Expr::ScalarSubquery(_)
-                    | Expr::Exists(_)
-                    | Expr::InSubquery(_)
-                    | Expr::OuterReferenceColumn(..)
-            ))
-        })
-        .unwrap_or(true)
+        && !predicate
+            .exists(|expr| {
+                Ok(matches!(
+                    expr,
+                    Expr::ScalarSubquery(_)
+                        | Expr::Exists(_)
+                        | Expr::InSubquery(_)
+                        | Expr::OuterReferenceColumn(..)
+                ))
+            })
+            .unwrap_or(true)
 }
 
 fn only_columns(exprs: &[Expr]) -> bool {

@@ -21,7 +21,11 @@ pub(super) type Merges = Vec<(Leaves, Leaves)>;
 
 /// The rows that the joins of `merges` produce below the last, or `None`
 /// when a merge names a set not built before it.
-pub(super) fn cost(graph: &JoinGraph, leaves: &[Estimate], merges: &[(Leaves, Leaves)]) -> Option<f64> {
+pub(super) fn cost(
+    graph: &JoinGraph,
+    leaves: &[Estimate],
+    merges: &[(Leaves, Leaves)],
+) -> Option<f64> {
     let mut known: HashMap<Leaves, Estimate> = leaves
         .iter()
         .enumerate()
@@ -56,7 +60,10 @@ pub(super) fn greedy(graph: &JoinGraph, leaves: &[Estimate]) -> Option<Merges> {
                     continue;
                 }
                 let joined = join(graph, a_estimate, *a, b_estimate, *b);
-                if best.as_ref().is_none_or(|(_, _, so_far)| joined.rows < so_far.rows) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, _, so_far)| joined.rows < so_far.rows)
+                {
                     best = Some((i, j, joined));
                 }
             }
@@ -64,14 +71,24 @@ pub(super) fn greedy(graph: &JoinGraph, leaves: &[Estimate]) -> Option<Merges> {
         let (i, j, joined) = best?;
         let (b, b_estimate) = sets.swap_remove(j);
         let (a, a_estimate) = sets.swap_remove(i);
-        let smaller_first = if a_estimate.rows <= b_estimate.rows { (a, b) } else { (b, a) };
+        let smaller_first = if a_estimate.rows <= b_estimate.rows {
+            (a, b)
+        } else {
+            (b, a)
+        };
         merges.push(smaller_first);
         sets.push((a | b, joined));
     }
     Some(merges)
 }
 
-fn join(graph: &JoinGraph, a: &Estimate, a_leaves: Leaves, b: &Estimate, b_leaves: Leaves) -> Estimate {
+fn join(
+    graph: &JoinGraph,
+    a: &Estimate,
+    a_leaves: Leaves,
+    b: &Estimate,
+    b_leaves: Leaves,
+) -> Estimate {
     a.join(b, &keys(graph, a_leaves, b_leaves))
 }
 
@@ -103,7 +120,9 @@ pub(super) fn build(graph: &JoinGraph, merges: &[(Leaves, Leaves)]) -> Result<Lo
         built.insert(1 << index, filtered(leaf.clone(), own)?);
     }
     for (left, right) in merges {
-        let missing = || datafusion::error::DataFusionError::Internal("join order names an unbuilt set".into());
+        let missing = || {
+            datafusion::error::DataFusionError::Internal("join order names an unbuilt set".into())
+        };
         let left_plan = built.remove(left).ok_or_else(missing)?;
         let right_plan = built.remove(right).ok_or_else(missing)?;
         let both = left | right;
@@ -112,7 +131,10 @@ pub(super) fn build(graph: &JoinGraph, merges: &[(Leaves, Leaves)]) -> Result<Lo
             .map(|(l, r)| (l.clone(), r.clone()))
             .collect();
         let filter = conjunction(conditions_where(graph, |leaves| {
-            leaves.count_ones() > 1 && leaves & !both == 0 && leaves & !left != 0 && leaves & !right != 0
+            leaves.count_ones() > 1
+                && leaves & !both == 0
+                && leaves & !left != 0
+                && leaves & !right != 0
         }));
         let join = Join::try_new(
             Arc::new(left_plan),
@@ -130,11 +152,21 @@ pub(super) fn build(graph: &JoinGraph, merges: &[(Leaves, Leaves)]) -> Result<Lo
         .into_values()
         .next()
         .filter(|_| !merges.is_empty())
-        .ok_or_else(|| datafusion::error::DataFusionError::Internal("join order joined nothing".into()))?;
+        .ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("join order joined nothing".into())
+        })?;
     let constant = conditions_where(graph, |leaves| leaves == 0);
     let joined = filtered(joined, constant)?;
-    let columns = graph.schema.columns().into_iter().map(Expr::Column).collect();
-    Ok(LogicalPlan::Projection(Projection::try_new(columns, Arc::new(joined))?))
+    let columns = graph
+        .schema
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        columns,
+        Arc::new(joined),
+    )?))
 }
 
 fn conditions_where(graph: &JoinGraph, wanted: impl Fn(Leaves) -> bool) -> Vec<Expr> {
@@ -148,7 +180,10 @@ fn conditions_where(graph: &JoinGraph, wanted: impl Fn(Leaves) -> bool) -> Vec<E
 
 fn filtered(plan: LogicalPlan, conditions: Vec<Expr>) -> Result<LogicalPlan> {
     match conjunction(conditions) {
-        Some(predicate) => Ok(LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?)),
+        Some(predicate) => Ok(LogicalPlan::Filter(Filter::try_new(
+            predicate,
+            Arc::new(plan),
+        )?)),
         None => Ok(plan),
     }
 }

@@ -39,11 +39,13 @@ pub(super) async fn filtered_rows(leaf: &LogicalPlan, state: &SessionState) -> R
     let sample = leaf
         .clone()
         .transform_up(|node| match node {
-            LogicalPlan::TableScan(scan) => Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
-                filters: Vec::new(),
-                fetch: Some(SAMPLE_ROWS),
-                ..scan
-            }))),
+            LogicalPlan::TableScan(scan) => {
+                Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
+                    filters: Vec::new(),
+                    fetch: Some(SAMPLE_ROWS),
+                    ..scan
+                })))
+            }
             other => Ok(Transformed::no(other)),
         })?
         .data;
