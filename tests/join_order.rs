@@ -324,3 +324,27 @@ fn writer_rows_are_read_from_explain_lines() {
     let text = "Stage 0\n  ShuffleWriterExec: stage=0, partitioning=single  [rows=603, compute=0.000 ms]\n    FilterExec: x [rows=7]\n";
     assert_eq!(writer_rows(text), vec![603]);
 }
+
+/// `tone explain` names each join-order decision, with its estimates;
+/// `--aqe off` makes none.
+#[test]
+fn tone_explain_names_the_join_order_decisions() {
+    let data = tpch_data().to_str().expect("utf-8 path").to_string();
+    let text = tone_ok(None, &["explain", "--data", &data, BAD_ORDER]);
+    let line = text
+        .lines()
+        .find(|line| {
+            line.starts_with(
+                "Adaptive: join order of lineitem, partsupp, orders, customer: reordered",
+            )
+        })
+        .unwrap_or_else(|| panic!("no decision in:\n{text}"));
+    assert!(line.contains("estimated intermediate rows"), "{line}");
+    let analyzed = tone_ok(None, &["explain", "--analyze", "--data", &data, BAD_ORDER]);
+    assert!(analyzed.contains("Adaptive: join order of"), "{analyzed}");
+    let off = tone_ok(
+        None,
+        &["explain", "--aqe", "off", "--data", &data, BAD_ORDER],
+    );
+    assert!(!off.contains("Adaptive:"), "{off}");
+}

@@ -247,6 +247,24 @@ impl Engine {
         self.physical_of(plan, partitions).await
     }
 
+    /// The join orders the planner chooses for `sql`'s trees of inner
+    /// joins, when reordering is on (`tone explain` shows them).
+    pub async fn join_order_decisions(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<crate::join_order::JoinOrderDecision>> {
+        let partitions = self.context.state().config().target_partitions();
+        let plan = self.logical_plan(sql, partitions).await?;
+        let state = self.context.state();
+        if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_))
+            || !crate::adaptive::options(&state).join_reorder
+        {
+            return Ok(Vec::new());
+        }
+        let plan = state.optimize(&plan)?;
+        Ok(crate::join_order::decisions(&plan, &state).await?)
+    }
+
     /// Where statements may read and write.
     pub fn path_roots(&self) -> &PathRoots {
         &self.path_roots

@@ -45,6 +45,7 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
         let engine = args.tables.engine().await?;
         let plan = engine.physical_plan(&sql).await?;
         let dag = engine.stage_dag(plan)?;
+        print!("{}", render_decisions(&engine, &sql).await?);
         print!("{}", render_dag(&dag));
         return Ok(());
     }
@@ -60,6 +61,7 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
 /// `/api/jobs/{id}` does, from the plans each stage ran.
 async fn analyze_embedded(args: &ExplainArgs, sql: &str) -> Result<Value, CliError> {
     let engine = args.tables.engine().await?;
+    let decisions = render_decisions(&engine, sql).await?;
     let plan = engine.physical_plan(sql).await?;
     let started = Instant::now();
     let (dag, executed, stream) = engine.execute_analyzed(plan).await?;
@@ -82,7 +84,17 @@ async fn analyze_embedded(args: &ExplainArgs, sql: &str) -> Result<Value, CliErr
         "duration_ms": started.elapsed().as_millis() as u64,
         "rows": rows,
         "stages": stages,
+        "decisions": decisions.lines().collect::<Vec<_>>(),
     }))
+}
+
+/// The adaptive planning decisions for `sql`, one per line.
+async fn render_decisions(engine: &tone_engine::Engine, sql: &str) -> Result<String, CliError> {
+    let mut out = String::new();
+    for decision in engine.join_order_decisions(sql).await? {
+        let _ = writeln!(out, "Adaptive: {decision}");
+    }
+    Ok(out)
 }
 
 fn stage_json(
@@ -163,6 +175,9 @@ pub fn render_analyzed(job: &Value) -> String {
         job["rows"],
         job["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0
     );
+    for decision in job["decisions"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "{}", decision.as_str().unwrap_or(""));
+    }
     for stage in &stages {
         let inputs: Vec<String> = stage["inputs"]
             .as_array()

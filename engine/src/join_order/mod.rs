@@ -85,10 +85,53 @@ impl QueryPlanner for JoinOrderPlanner {
     }
 }
 
+/// What the planner decided for one tree of inner joins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinOrderDecision {
+    /// The tables (or aliases) the tree joins, as written.
+    pub inputs: Vec<String>,
+    /// Estimated rows of the joins below the last, as written.
+    pub written_rows: f64,
+    /// The same for the greedy order.
+    pub greedy_rows: f64,
+    /// Whether the greedy order replaced the written one.
+    pub reordered: bool,
+}
+
+impl std::fmt::Display for JoinOrderDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.reordered {
+            "reordered"
+        } else {
+            "kept as written"
+        };
+        write!(
+            f,
+            "join order of {}: {verdict} (estimated intermediate rows {:.0} as written, {:.0} reordered)",
+            self.inputs.join(", "),
+            self.written_rows,
+            self.greedy_rows
+        )
+    }
+}
+
+type Decisions = std::sync::Mutex<Vec<JoinOrderDecision>>;
+
+/// What the planner decides for each tree of inner joins in `plan`, an
+/// optimized logical plan.
+pub async fn decisions(plan: &LogicalPlan, state: &SessionState) -> Result<Vec<JoinOrderDecision>> {
+    let decided = Decisions::default();
+    reorder_within(plan, state, &decided).await?;
+    Ok(decided
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
 /// `plan` with every join tree in it reordered where that pays, its
 /// columns pruned again; `None` when nothing changed.
 pub async fn reorder(plan: &LogicalPlan, state: &SessionState) -> Result<Option<LogicalPlan>> {
-    let Some(plan) = reorder_within(plan, state).await? else {
+    let decided = Decisions::default();
+    let Some(plan) = reorder_within(plan, state, &decided).await? else {
         return Ok(None);
     };
     // Intermediate column selections of the written tree are gone.
@@ -99,17 +142,18 @@ pub async fn reorder(plan: &LogicalPlan, state: &SessionState) -> Result<Option<
 fn reorder_within<'a>(
     plan: &'a LogicalPlan,
     state: &'a SessionState,
+    decided: &'a Decisions,
 ) -> BoxFuture<'a, Result<Option<LogicalPlan>>> {
     async move {
         if graph::is_join_tree(plan) {
             if let Some(graph) = graph::flatten(plan) {
-                return reorder_graph(graph, state).await;
+                return reorder_graph(graph, state, decided).await;
             }
         }
         let mut changed = false;
         let mut inputs = Vec::new();
         for input in plan.inputs() {
-            match reorder_within(input, state).await? {
+            match reorder_within(input, state, decided).await? {
                 Some(new) => {
                     changed = true;
                     inputs.push(new);
@@ -127,10 +171,14 @@ fn reorder_within<'a>(
 
 /// The graph's tree in a better order, its leaves reordered within; `None`
 /// when neither changed.
-async fn reorder_graph(mut graph: JoinGraph, state: &SessionState) -> Result<Option<LogicalPlan>> {
+async fn reorder_graph(
+    mut graph: JoinGraph,
+    state: &SessionState,
+    decided: &Decisions,
+) -> Result<Option<LogicalPlan>> {
     let mut leaves_changed = false;
     for leaf in &mut graph.leaves {
-        if let Some(new) = reorder_within(leaf, state).await? {
+        if let Some(new) = reorder_within(leaf, state, decided).await? {
             *leaf = new;
             leaves_changed = true;
         }
@@ -143,10 +191,21 @@ async fn reorder_graph(mut graph: JoinGraph, state: &SessionState) -> Result<Opt
         }
     }
     let chosen = order::greedy(&graph, &estimates).and_then(|merges| {
-        let new = order::cost(&graph, &estimates, &merges)?;
-        let old = order::cost(&graph, &estimates, &graph.written)?;
-        tracing::debug!(old, new, "join order: estimated intermediate rows");
-        (new * GAIN_REQUIRED <= old).then_some(merges)
+        let greedy_rows = order::cost(&graph, &estimates, &merges)?;
+        let written_rows = order::cost(&graph, &estimates, &graph.written)?;
+        let decision = JoinOrderDecision {
+            inputs: graph.leaves.iter().map(leaf_name).collect(),
+            written_rows,
+            greedy_rows,
+            reordered: greedy_rows * GAIN_REQUIRED <= written_rows,
+        };
+        tracing::debug!(%decision, "join order");
+        let reordered = decision.reordered;
+        decided
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(decision);
+        reordered.then_some(merges)
     });
     match chosen {
         Some(merges) => order::build(&graph, &merges).map(Some),
@@ -160,6 +219,18 @@ fn written(graph: JoinGraph, leaves_changed: bool) -> Result<Option<LogicalPlan>
         return Ok(None);
     }
     order::build(&graph, &graph.written).map(Some)
+}
+
+/// A leaf as a person would name it: its alias or its first table.
+fn leaf_name(leaf: &LogicalPlan) -> String {
+    match leaf {
+        LogicalPlan::SubqueryAlias(alias) => alias.alias.to_string(),
+        LogicalPlan::TableScan(scan) => scan.table_name.to_string(),
+        other => other
+            .inputs()
+            .first()
+            .map_or_else(|| other.display().to_string(), |input| leaf_name(input)),
+    }
 }
 
 async fn estimate_leaf(leaf: &LogicalPlan, state: &SessionState) -> Result<Option<Estimate>> {

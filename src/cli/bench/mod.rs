@@ -38,6 +38,11 @@ pub enum BenchCommand {
 pub enum EngineKind {
     /// tone's stage engine, embedded.
     Tone,
+    /// tone embedded with its adaptive decisions off (`--aqe off`): the
+    /// plans DataFusion makes, for the adaptive gain in one run.
+    #[value(name = "tone-static")]
+    #[serde(rename = "tone-static")]
+    ToneStatic,
     /// Plain single-process DataFusion: the baseline.
     Datafusion,
     /// tone on the cluster named by `--master`.
@@ -237,8 +242,11 @@ impl Runner {
             config.partitions = partitions;
         }
         config.memory_limit_bytes = memory_limit_bytes;
+        if kind == EngineKind::ToneStatic {
+            config.adaptive = tone_engine::adaptive::Adaptive::OFF;
+        }
         match kind {
-            EngineKind::Tone | EngineKind::Cluster => {
+            EngineKind::Tone | EngineKind::ToneStatic | EngineKind::Cluster => {
                 let engine = Engine::new(config)?;
                 engine.register_data_dir(data).await?;
                 Ok(Self::Tone(engine))
