@@ -13,6 +13,9 @@ extensions_options! {
         /// Reorder multi-way inner joins so that the joins estimated to
         /// produce the fewest rows run first (see `join_order`).
         pub join_reorder: bool, default = true
+        /// Filter a join's probe stage by its build stage's keys before
+        /// the probe rows are shuffled (see `runtime_filter`; embedded).
+        pub runtime_filters: bool, default = true
     }
 }
 
@@ -25,20 +28,26 @@ impl ConfigExtension for ToneOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Adaptive {
     pub join_reorder: bool,
+    pub runtime_filters: bool,
 }
 
 impl Adaptive {
     /// Every decision on (the default).
-    pub const ON: Self = Self { join_reorder: true };
+    pub const ON: Self = Self {
+        join_reorder: true,
+        runtime_filters: true,
+    };
     /// Every decision off: plans as DataFusion makes them (`--aqe off`).
     pub const OFF: Self = Self {
         join_reorder: false,
+        runtime_filters: false,
     };
 
     /// `config` with these defaults registered as the `tone.` settings.
     pub fn apply(self, config: SessionConfig) -> SessionConfig {
         let mut options = ToneOptions::default();
         options.join_reorder = self.join_reorder;
+        options.runtime_filters = self.runtime_filters;
         config.with_option_extension(options)
     }
 }
@@ -51,8 +60,12 @@ impl Default for Adaptive {
 
 /// The `tone.` settings in force in `state`.
 pub fn options(state: &SessionState) -> ToneOptions {
-    state
-        .config()
+    options_of(state.config())
+}
+
+/// The `tone.` settings in force in `config` (a task's, for one).
+pub fn options_of(config: &SessionConfig) -> ToneOptions {
+    config
         .options()
         .extensions
         .get::<ToneOptions>()

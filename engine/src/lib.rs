@@ -11,6 +11,7 @@
 //! - [`runtime`]: running a stage DAG in this process.
 //! - [`cpu`]: the rayon pool for CPU-heavy work and its async bridge.
 //! - [`join_order`]: reordering multi-way inner joins by estimated rows.
+//! - [`runtime_filter`]: a join's build keys filtering its probe stage.
 //! - [`adaptive`]: the `tone.*` settings that turn adaptive decisions off.
 //! - [`session`]: the DataFusion session and table registration.
 //! - [`limits`]: memory and disk limits (the DataFusion memory pool, the
@@ -33,6 +34,7 @@ pub mod parameters;
 pub mod paths;
 pub mod plan_figures;
 pub mod runtime;
+pub mod runtime_filter;
 pub mod session;
 pub mod shuffle;
 pub mod sink;

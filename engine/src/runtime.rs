@@ -23,6 +23,7 @@ use crate::cpu::panic_message;
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
 use crate::limits::OperatorSpills;
+use crate::runtime_filter::{self, RuntimeFilter};
 use crate::shuffle::{ShuffleStore, ShuffleWriteSummary, ShuffleWriterExec};
 use crate::stage::{check_stage_plan, Stage, StageDag};
 
@@ -97,18 +98,32 @@ async fn run_map_stages(
     executed: Option<&Arc<ExecutedStages>>,
 ) -> Result<()> {
     let map_stages = &dag.stages[..dag.stages.len() - 1];
+    let filters = match crate::adaptive::options_of(context.session_config()).runtime_filters {
+        true => runtime_filter::plan(dag),
+        false => Vec::new(),
+    };
     let mut done: HashSet<StageId> = HashSet::new();
     let mut started: HashSet<StageId> = HashSet::new();
     let mut running = FuturesUnordered::new();
     loop {
         for stage in map_stages {
-            let ready = stage.inputs.iter().all(|input| done.contains(input));
+            // A probe stage also waits for its runtime filters' builds.
+            let own: Vec<(RuntimeFilter, Stage)> = filters
+                .iter()
+                .filter(|filter| filter.probe_stage == stage.id)
+                .filter_map(|filter| Some((filter.clone(), dag.stage(filter.build_stage)?.clone())))
+                .collect();
+            let ready = stage.inputs.iter().all(|input| done.contains(input))
+                && own
+                    .iter()
+                    .all(|(filter, _)| done.contains(&filter.build_stage));
             if ready && started.insert(stage.id) {
                 running.push(run_map_stage(
                     stage.clone(),
                     Arc::clone(context),
                     Arc::clone(spills),
                     executed.cloned(),
+                    (Arc::clone(store), own),
                 ));
             }
         }
@@ -146,9 +161,15 @@ async fn run_map_stage(
     context: Arc<TaskContext>,
     spills: Arc<OperatorSpills>,
     executed: Option<Arc<ExecutedStages>>,
+    (store, filters): (Arc<dyn ShuffleStore>, Vec<(RuntimeFilter, Stage)>),
 ) -> Result<StageId> {
     let started = std::time::Instant::now();
     let plan = round_trip(stage.id, &stage.plan, &context)?;
+    let job = stage
+        .writer()
+        .map(|writer| writer.job_id().clone())
+        .ok_or_else(|| EngineError::internal("map stage without a shuffle writer"))?;
+    let plan = runtime_filter::apply(plan, &store, &job, &filters).await?;
     let tasks = plan.output_partitioning().partition_count();
     let writer: Arc<dyn ExecutionPlan> = plan;
     let mut set = JoinSet::new();
