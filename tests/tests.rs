@@ -18,6 +18,7 @@ mod netns;
 mod observability;
 mod oracle_tpch;
 mod roundtrip;
+mod runtime_filters;
 mod s3;
 mod security;
 mod shuffle;

@@ -43,6 +43,7 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
     let sql = args.source.read()?;
     if !args.analyze {
         let engine = args.tables.engine().await?;
+        let sql = run_all_but_the_last(&engine, &sql).await?;
         let plan = engine.physical_plan(&sql).await?;
         let dag = engine.stage_dag(plan)?;
         print!("{}", render_decisions(&engine, &sql).await?);
@@ -61,6 +62,7 @@ pub async fn run(args: ExplainArgs) -> Result<(), CliError> {
 /// `/api/jobs/{id}` does, from the plans each stage ran.
 async fn analyze_embedded(args: &ExplainArgs, sql: &str) -> Result<Value, CliError> {
     let engine = args.tables.engine().await?;
+    let sql = &run_all_but_the_last(&engine, sql).await?;
     let decisions = render_decisions(&engine, sql).await?;
     let plan = engine.physical_plan(sql).await?;
     let started = Instant::now();
@@ -86,6 +88,23 @@ async fn analyze_embedded(args: &ExplainArgs, sql: &str) -> Result<Value, CliErr
         "stages": stages,
         "decisions": decisions.lines().collect::<Vec<_>>(),
     }))
+}
+
+/// Runs every statement of `sql` but the last (settings, DDL) and gives
+/// the last one's text: the statement to explain.
+async fn run_all_but_the_last(engine: &tone_engine::Engine, sql: &str) -> Result<String, CliError> {
+    let mut statements = engine.parse(sql)?;
+    let last = statements
+        .pop()
+        .ok_or_else(|| CliError::Usage("no statement to explain".into()))?;
+    for statement in statements {
+        if let tone_engine::StatementOutput::Rows(_) = engine.run_statement(statement).await? {
+            return Err(CliError::Usage(
+                "only the last statement may be a query; the others set up (SET, CREATE …)".into(),
+            ));
+        }
+    }
+    Ok(last.to_string())
 }
 
 /// The adaptive planning decisions for `sql`, one per line.
@@ -204,9 +223,14 @@ pub fn render_analyzed(job: &Value) -> String {
         let operators = stage["operators"].as_array().cloned().unwrap_or_default();
         for (line, operator) in plan.iter().zip(&operators) {
             let depth = line["depth"].as_u64().unwrap_or(0) as usize;
+            // A runtime filter says what it removed.
+            let removed = match operator["metrics"]["rows_removed"].as_u64() {
+                Some(rows) => format!(", removed={rows}"),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {}{}  [rows={}, compute={:.3} ms, spilled={} B]",
+                "  {}{}  [rows={}{removed}, compute={:.3} ms, spilled={} B]",
                 "  ".repeat(depth),
                 line["detail"].as_str().unwrap_or(""),
                 operator["output_rows"],
