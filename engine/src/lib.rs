@@ -12,7 +12,8 @@
 //! - [`cpu`]: the rayon pool for CPU-heavy work and its async bridge.
 //! - [`join_order`]: reordering multi-way inner joins by estimated rows.
 //! - [`runtime_filter`]: a join's build keys filtering its probe stage.
-//! - [`adaptive`]: the `tone.*` settings that turn adaptive decisions off.
+//! - [`adaptive`]: the session's planner and the `tone.*` settings that turn
+//!   adaptive decisions off.
 //! - [`session`]: the DataFusion session and table registration.
 //! - [`limits`]: memory and disk limits (the DataFusion memory pool, the
 //!   shuffle's share of it, sizes like `512M`).

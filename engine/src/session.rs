@@ -12,10 +12,9 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::adaptive::Adaptive;
+use crate::adaptive::{Adaptive, AdaptivePlanner};
 use crate::closure::ClosureRegistry;
 use crate::error::{EngineError, Result};
-use crate::join_order::JoinOrderPlanner;
 use crate::shuffle::ShuffleEnv;
 
 /// File formats tone reads, decided by file extension.
@@ -48,7 +47,7 @@ impl FileFormat {
 /// A DataFusion session whose operators can reach tone's shuffle store and
 /// share `runtime`'s memory pool and spill directory; stage plans decoded
 /// in it resolve closure ids through `closures`. It plans through
-/// [`JoinOrderPlanner`], with `adaptive`'s decisions on by default.
+/// [`AdaptivePlanner`], with `adaptive`'s decisions on by default.
 pub fn new_session(
     partitions: usize,
     shuffle: ShuffleEnv,
@@ -65,7 +64,7 @@ pub fn new_session(
         .with_config(adaptive.apply(config))
         .with_runtime_env(runtime)
         .with_default_features();
-    SessionContext::new_with_state(JoinOrderPlanner::install(builder).build())
+    SessionContext::new_with_state(AdaptivePlanner::install(builder).build())
 }
 
 /// Registers each child of `dir` (a data file, or a folder of them) as a

@@ -4,7 +4,8 @@
 //! build and probe sides of each join. A query that joins two big tables
 //! on a non-selective key before its selective dimension joins then makes
 //! a huge intermediate result, which tone would shuffle whole between
-//! stages. [`JoinOrderPlanner`] plans every query of the session: for each
+//! stages. The session's planner (`adaptive::AdaptivePlanner`) reorders
+//! every query it plans: for each
 //! tree of inner joins it estimates each input's rows from DataFusion's
 //! statistics (Parquet row counts and min/max), a filtered table's rows
 //! from a sample ([`sample`]),
@@ -19,18 +20,12 @@ mod graph;
 mod order;
 mod sample;
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use datafusion::catalog::Session;
 use datafusion::common::Result;
-use datafusion::execution::context::{QueryPlanner, SessionState};
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{LogicalPlan, PlanType, StringifiedPlan};
 use datafusion::optimizer::optimize_projections::OptimizeProjections;
 use datafusion::optimizer::{OptimizerContext, OptimizerRule};
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -42,48 +37,6 @@ use graph::JoinGraph;
 /// replaces the written one: estimates are rough, and the written order is
 /// often the one a person chose with care.
 const GAIN_REQUIRED: f64 = 2.0;
-
-/// DataFusion's planner behind a join reordering of the logical plan.
-#[derive(Debug, Default)]
-pub struct JoinOrderPlanner;
-
-impl JoinOrderPlanner {
-    /// `builder` planning through this planner.
-    pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
-        builder.with_query_planner(Arc::new(Self))
-    }
-}
-
-#[async_trait]
-impl QueryPlanner for JoinOrderPlanner {
-    async fn create_physical_plan(
-        &self,
-        logical_plan: &LogicalPlan,
-        session: &dyn Session,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let planner = DefaultPhysicalPlanner::default();
-        let enabled = session
-            .as_any()
-            .downcast_ref::<SessionState>()
-            .filter(|state| crate::adaptive::options(state).join_reorder);
-        let Some(state) = enabled else {
-            return planner.create_physical_plan(logical_plan, session).await;
-        };
-        let plan = match logical_plan {
-            LogicalPlan::Explain(explain) => {
-                let inner = reorder(explain.plan.as_ref(), state).await?;
-                let mut explain = explain.clone();
-                if let Some(inner) = inner {
-                    show_in_explain(&mut explain.stringified_plans, &inner);
-                    explain.plan = Arc::new(inner);
-                }
-                LogicalPlan::Explain(explain)
-            }
-            plan => reorder(plan, state).await?.unwrap_or_else(|| plan.clone()),
-        };
-        planner.create_physical_plan(&plan, session).await
-    }
-}
 
 /// What the planner decided for one tree of inner joins.
 #[derive(Debug, Clone, PartialEq)]
@@ -245,7 +198,7 @@ async fn estimate_leaf(leaf: &LogicalPlan, state: &SessionState) -> Result<Optio
 
 /// EXPLAIN shows the reordered plan as the final logical plan, and in
 /// VERBOSE as a pass of its own.
-fn show_in_explain(plans: &mut Vec<StringifiedPlan>, reordered: &LogicalPlan) {
+pub(crate) fn show_in_explain(plans: &mut Vec<StringifiedPlan>, reordered: &LogicalPlan) {
     let text = reordered.display_indent().to_string();
     for plan in plans.iter_mut() {
         if plan.plan_type == PlanType::FinalLogicalPlan {

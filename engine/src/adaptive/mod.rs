@@ -1,6 +1,11 @@
-//! The `tone.*` session settings that turn adaptive planning decisions on
-//! and off, one per feature (`SET tone.join_reorder = false`), and the
-//! switch for all of them at once (`--aqe off`).
+//! Adaptive planning: the session's planner ([`AdaptivePlanner`]), the
+//! `tone.*` session settings that turn each decision on and off (`SET
+//! tone.join_reorder = false`), and the switch for all of them at once
+//! (`--aqe off`).
+
+mod planner;
+
+pub use planner::AdaptivePlanner;
 
 use datafusion::common::config::ConfigExtension;
 use datafusion::common::extensions_options;
