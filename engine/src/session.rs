@@ -15,6 +15,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::adaptive::{Adaptive, AdaptivePlanner};
 use crate::closure::ClosureRegistry;
 use crate::error::{EngineError, Result};
+use crate::join_order::EstimateCache;
 use crate::shuffle::ShuffleEnv;
 
 /// File formats tone reads, decided by file extension.
@@ -59,7 +60,8 @@ pub fn new_session(
         .with_target_partitions(partitions)
         .with_information_schema(true)
         .with_extension(Arc::new(shuffle))
-        .with_extension(closures);
+        .with_extension(closures)
+        .with_extension(Arc::new(EstimateCache::default()));
     let builder = SessionStateBuilder::new()
         .with_config(adaptive.apply(config))
         .with_runtime_env(runtime)

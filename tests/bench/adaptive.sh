@@ -29,7 +29,7 @@ for aqe in on off; do
   times=()
   for _ in $(seq "$ITERATIONS"); do
     start=$(date +%s.%N)
-    "$T" sql --aqe "$aqe" --data "$DATA" "$BAD" > /dev/null
+    "$T" sql --aqe "$aqe" --data "$DATA" "$BAD" > /dev/null 2>&1
     times+=("$(echo "$(date +%s.%N) - $start" | bc)")
   done
   median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (ITERATIONS + 1) / 2 ))p")
@@ -40,7 +40,7 @@ echo "== decisions per TPC-H query (runtime filters: rows kept / removed)"
 for file in "$QUERIES"/q*.sql; do
   name=$(basename "$file" .sql)
   out=$("$T" explain --analyze --data "$DATA" -f "$file")
-  decisions=$(echo "$out" | sed -n 's/^Adaptive: join order of [^:]*: \([a-z ]*\).*/\1/p' | paste -sd, -)
+  decisions=$(echo "$out" | sed -n 's/^Adaptive: join order of [^:]*: \([a-z ]*[a-z]\) (.*/\1/p' | paste -sd, -)
   filters=$(echo "$out" | grep "RuntimeFilterExec" |
     sed -n 's/.*\[rows=\([0-9]*\), removed=\([0-9]*\).*/\1 kept, \2 removed/p' | paste -sd';' -)
   echo "$name: join order: ${decisions:-none}; runtime filters: ${filters:-none}"

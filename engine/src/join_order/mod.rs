@@ -15,6 +15,7 @@
 //!
 //! `SET tone.join_reorder = false` (or `--aqe off`) turns it off.
 
+mod cache;
 mod estimate;
 mod graph;
 mod order;
@@ -30,6 +31,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+pub use cache::EstimateCache;
 use estimate::Estimate;
 use graph::JoinGraph;
 
@@ -187,6 +189,19 @@ fn leaf_name(leaf: &LogicalPlan) -> String {
 }
 
 async fn estimate_leaf(leaf: &LogicalPlan, state: &SessionState) -> Result<Option<Estimate>> {
+    let cache = state.config().get_extension::<EstimateCache>();
+    let key = leaf.display_indent().to_string();
+    if let Some(known) = cache.as_ref().and_then(|cache| cache.get(&key)) {
+        return Ok(Some(known));
+    }
+    let estimate = estimate_anew(leaf, state).await?;
+    if let (Some(cache), Some(estimate)) = (cache, &estimate) {
+        cache.put(key, estimate.clone());
+    }
+    Ok(estimate)
+}
+
+async fn estimate_anew(leaf: &LogicalPlan, state: &SessionState) -> Result<Option<Estimate>> {
     // DataFusion's own planner: the leaf's join trees are ordered already.
     let plan = DefaultPhysicalPlanner::default()
         .create_physical_plan(leaf, state)
