@@ -5,10 +5,9 @@
 //! on a non-selective key before its selective dimension joins then makes
 //! a huge intermediate result, which tone would shuffle whole between
 //! stages. The session's planner (`adaptive::AdaptivePlanner`) reorders
-//! every query it plans: for each
-//! tree of inner joins it estimates each input's rows from DataFusion's
-//! statistics (Parquet row counts and min/max), a filtered table's rows
-//! from a sample ([`sample`]),
+//! every query it plans: for each tree of inner joins it estimates each
+//! input's rows from DataFusion's statistics (Parquet row counts and
+//! min/max) and a filtered table's rows from a sample ([`sample`]),
 //! chooses a greedy order ([`order`]) and takes it when its estimated
 //! intermediate rows are at most half the written order's. Otherwise, and
 //! whenever an input has no row count, the written order stays.
