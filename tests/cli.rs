@@ -236,6 +236,8 @@ fn bench_reports_both_engines_as_json() {
         "--engine",
         "tone",
         "--engine",
+        "tone-static",
+        "--engine",
         "datafusion",
         "--json",
         json.to_str().expect("utf-8"),
@@ -252,7 +254,10 @@ fn bench_reports_both_engines_as_json() {
     assert_eq!(tone_figures["engine"], "tone");
     assert!(tone_figures["total_median_s"].as_f64().expect("a number") > 0.0);
     assert_eq!(tone_figures["queries"]["q01"]["rows"], 4);
-    assert_eq!(figures[1]["engine"], "datafusion");
+    // tone with its adaptive decisions off, for their gain in one run.
+    assert_eq!(figures[1]["engine"], "tone-static");
+    assert_eq!(figures[1]["queries"]["q01"]["rows"], 4);
+    assert_eq!(figures[2]["engine"], "datafusion");
 
     let output = run_tone(&["bench", "tpch", "--data", data(), "--engine", "cluster"]);
     assert_input_error(&output, &["--master"]);
