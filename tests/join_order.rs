@@ -12,7 +12,7 @@ use tone_engine::adaptive::Adaptive;
 
 use crate::cluster::{tone_ok, LocalCluster};
 use crate::common::compare::same_answer;
-use crate::common::{oracle_answer, oracle_context, tpch_data, tpch_queries};
+use crate::common::{oracle_answer, oracle_context, tone_engine_with, tpch_data, tpch_queries};
 
 /// Joins lineitem to partsupp first: on `l_partkey` alone each line item
 /// meets all four of its part's suppliers, 4 × |lineitem| rows, before
@@ -82,16 +82,12 @@ pub fn queries() -> Vec<(String, String)> {
 }
 
 async fn engine(adaptive: Adaptive) -> Engine {
-    let engine = Engine::new(EngineConfig {
+    let config = EngineConfig {
         partitions: 2,
         adaptive,
         ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    engine
-        .register_data_dir(tpch_data())
-        .await
-        .expect("tables register");
+    };
+    let engine = tone_engine_with(config, tpch_data()).await;
     engine
 }
 

@@ -11,7 +11,7 @@ use tone::{Engine, EngineConfig};
 use tone_engine::adaptive::Adaptive;
 
 use crate::common::compare::same_answer;
-use crate::common::{oracle_answer, oracle_context, tpch_data, tpch_queries};
+use crate::common::{oracle_answer, oracle_context, tone_engine_with, tpch_data, tpch_queries};
 
 /// Only runtime filters on: the written join order, so the plans differ
 /// from DataFusion's by the filters alone.
@@ -28,16 +28,12 @@ const PARTITIONED_JOINS: &str =
     SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0";
 
 async fn engine(adaptive: Adaptive) -> Engine {
-    let engine = Engine::new(EngineConfig {
+    let config = EngineConfig {
         partitions: 2,
         adaptive,
         ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    engine
-        .register_data_dir(tpch_data())
-        .await
-        .expect("tables register");
+    };
+    let engine = tone_engine_with(config, tpch_data()).await;
     engine.sql(PARTITIONED_JOINS).await.expect("sets");
     engine
 }

@@ -175,6 +175,11 @@ pub async fn tone_engine_over(partitions: usize, dir: &Path) -> Engine {
         partitions,
         ..EngineConfig::default()
     };
+    tone_engine_with(config, dir).await
+}
+
+/// An embedded tone engine with `config`, over the tables in `dir`.
+pub async fn tone_engine_with(config: EngineConfig, dir: &Path) -> Engine {
     let engine = Engine::new(config).expect("engine starts");
     engine
         .register_data_dir(dir)

@@ -206,7 +206,7 @@ async fn estimate_anew(leaf: &LogicalPlan, state: &SessionState) -> Result<Optio
         .create_physical_plan(leaf, state)
         .await?;
     let statistics = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
-    let measured = sample::filtered_rows(leaf, state).await?;
+    let measured = sample::filtered_rows(leaf, &plan, state).await?;
     Ok(Estimate::of_leaf(leaf.schema(), &statistics, measured))
 }
 

@@ -9,29 +9,31 @@
 //! the filtered column misrepresent it; that is the price of reading a few
 //! thousand rows, not the table.
 
+use std::sync::Arc;
+
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Result;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{LogicalPlan, TableScan};
-use datafusion::physical_plan::collect;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
 /// Rows read to measure a filter: two of DataFusion's batches.
 const SAMPLE_ROWS: usize = 16 * 1024;
 
 /// The rows `leaf` gives, when it is a filtered scan of one table with a
-/// known row count; `None` for any other leaf.
-pub(super) async fn filtered_rows(leaf: &LogicalPlan, state: &SessionState) -> Result<Option<f64>> {
-    let Some(scan) = filtered_scan(leaf, false) else {
+/// known row count; `None` for any other leaf. `planned` is the leaf's
+/// physical plan, whose scan knows the table's rows.
+pub(super) async fn filtered_rows(
+    leaf: &LogicalPlan,
+    planned: &Arc<dyn ExecutionPlan>,
+    state: &SessionState,
+) -> Result<Option<f64>> {
+    if !is_filtered_scan(leaf, false) {
         return Ok(None);
-    };
-    let whole = LogicalPlan::TableScan(TableScan {
-        filters: Vec::new(),
-        fetch: None,
-        ..scan.clone()
-    });
-    let Some(total) = rows_of(&whole, state).await? else {
+    }
+    let Some(total) = scan_rows(planned)? else {
         return Ok(None);
     };
     // The scan's own filters go: they would prune to the row groups that
@@ -64,22 +66,25 @@ pub(super) async fn filtered_rows(leaf: &LogicalPlan, state: &SessionState) -> R
     Ok(Some(total as f64 * kept.max(1) as f64 / SAMPLE_ROWS as f64))
 }
 
-/// The scan under `plan` when `plan` filters one table's rows (through
-/// projections and aliases).
-fn filtered_scan(plan: &LogicalPlan, filtered: bool) -> Option<&TableScan> {
+/// Whether `plan` filters one table's rows (through projections and
+/// aliases).
+fn is_filtered_scan(plan: &LogicalPlan, filtered: bool) -> bool {
     match plan {
-        LogicalPlan::Projection(projection) => filtered_scan(&projection.input, filtered),
-        LogicalPlan::SubqueryAlias(alias) => filtered_scan(&alias.input, filtered),
-        LogicalPlan::Filter(filter) => filtered_scan(&filter.input, true),
-        LogicalPlan::TableScan(scan) if filtered && scan.fetch.is_none() => Some(scan),
-        _ => None,
+        LogicalPlan::Projection(projection) => is_filtered_scan(&projection.input, filtered),
+        LogicalPlan::SubqueryAlias(alias) => is_filtered_scan(&alias.input, filtered),
+        LogicalPlan::Filter(filter) => is_filtered_scan(&filter.input, true),
+        LogicalPlan::TableScan(scan) => filtered && scan.fetch.is_none(),
+        _ => false,
     }
 }
 
-async fn rows_of(plan: &LogicalPlan, state: &SessionState) -> Result<Option<usize>> {
-    let plan = DefaultPhysicalPlanner::default()
-        .create_physical_plan(plan, state)
-        .await?;
-    let statistics = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
+/// The rows of the scan at the bottom of `plan` (a one-table leaf's plan),
+/// before any filter above it.
+fn scan_rows(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<usize>> {
+    let mut scan = plan;
+    while let Some(child) = scan.children().first() {
+        scan = child;
+    }
+    let statistics = StatisticsContext::new().compute(scan.as_ref(), &StatisticsArgs::new())?;
     Ok(statistics.num_rows.get_value().copied())
 }
