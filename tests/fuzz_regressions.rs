@@ -215,6 +215,7 @@ fn overflowing_report() -> pb::WorkerMessage {
                 bytes: u64::MAX,
                 remote_fetch_bytes: u64::MAX,
                 spilled_bytes: u64::MAX,
+                partition_bytes: vec![u64::MAX; 3],
                 operators: vec![pb::OperatorMetrics {
                     depth: u32::MAX,
                     name: "x".repeat(10_000),

@@ -18,6 +18,8 @@ use crate::common::{oracle_answer, oracle_context, tone_engine_with, tpch_data, 
 const FILTERS_ONLY: Adaptive = Adaptive {
     join_reorder: false,
     runtime_filters: true,
+    coalesce_partitions: false,
+    skew_join: false,
 };
 
 /// At this scale DataFusion would broadcast every build side (a

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod adaptive_layout;
 mod cli;
 mod cluster;
 mod dataset;

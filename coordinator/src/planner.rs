@@ -104,6 +104,11 @@ impl Planner {
         self.engine.describe_statement(sql).await
     }
 
+    /// The `tone.` settings in force (`--aqe`, then any `SET tone.…`).
+    pub fn tone_options(&self) -> tone_engine::adaptive::ToneOptions {
+        tone_engine::adaptive::options(&self.engine.session().state())
+    }
+
     /// The catalog's session (tables, schemas), for metadata queries.
     pub fn session(&self) -> &datafusion::prelude::SessionContext {
         self.engine.session()

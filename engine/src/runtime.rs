@@ -4,7 +4,7 @@
 //! a worker would receive), its tasks run concurrently, and a stage starts
 //! once every stage it reads has finished.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,6 +18,7 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
+use crate::adaptive::layout::{self, InputSizes, StageLayout};
 use crate::codec::{decode_plan, encode_plan};
 use crate::cpu::panic_message;
 use crate::error::{EngineError, Result};
@@ -31,24 +32,76 @@ use crate::stage::{check_stage_plan, Stage, StageDag};
 /// (`tone explain --analyze`). The final stage's fill in as its stream is
 /// read.
 #[derive(Default)]
-pub struct ExecutedStages(
-    std::sync::Mutex<std::collections::BTreeMap<StageId, Arc<dyn ExecutionPlan>>>,
-);
+pub struct ExecutedStages {
+    plans: std::sync::Mutex<std::collections::BTreeMap<StageId, Arc<dyn ExecutionPlan>>>,
+    layouts: std::sync::Mutex<Vec<StageLayout>>,
+}
 
 impl ExecutedStages {
     fn insert(&self, stage: StageId, plan: Arc<dyn ExecutionPlan>) {
-        self.0
+        self.plans
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(stage, plan);
     }
 
     pub fn get(&self, stage: StageId) -> Option<Arc<dyn ExecutionPlan>> {
-        self.0
+        self.plans
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&stage)
             .cloned()
+    }
+
+    fn laid_out(&self, layout: StageLayout) {
+        self.layouts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(layout);
+    }
+
+    /// The stages laid out again from their inputs' sizes, by stage.
+    pub fn layouts(&self) -> Vec<StageLayout> {
+        let mut layouts = self
+            .layouts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        layouts.sort_by_key(|layout| layout.stage);
+        layouts
+    }
+}
+
+/// What the stages that finished wrote: each one's task count and the
+/// bytes of each reduce partition of each of its map tasks. A stage is
+/// laid out from its inputs' figures.
+#[derive(Default)]
+struct Written {
+    maps: HashMap<StageId, usize>,
+    sizes: HashMap<StageId, InputSizes>,
+}
+
+impl Written {
+    /// `stage`'s plan with its readers told how many tasks each input ran
+    /// as, and laid out again when its session's settings say so.
+    fn laid_out(
+        &self,
+        stage: &Stage,
+        context: &TaskContext,
+        executed: Option<&Arc<ExecutedStages>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = layout::with_map_counts(Arc::clone(&stage.plan), &self.maps)?;
+        let config = context.session_config();
+        let settings = crate::adaptive::options_of(config).layout(config.target_partitions());
+        let Some(decided) = layout::decide(stage.id, &plan, &self.sizes, &settings) else {
+            return Ok(plan);
+        };
+        tracing::debug!(%decided, "stage laid out");
+        let plan = layout::apply(plan, &decided)?;
+        if let Some(executed) = executed {
+            executed.laid_out(decided);
+        }
+        Ok(plan)
     }
 }
 
@@ -70,9 +123,10 @@ pub async fn run_dag(
         final_plan: None,
         spills: Arc::clone(&spills),
     };
-    run_map_stages(&dag, &store, &context, &spills, executed.as_ref()).await?;
+    let written = run_map_stages(&dag, &store, &context, &spills, executed.as_ref()).await?;
     let final_stage = dag.final_stage();
-    let plan = round_trip(final_stage.id, &final_stage.plan, &context)?;
+    let plan = written.laid_out(final_stage, &context, executed.as_ref())?;
+    let plan = round_trip(final_stage.id, &plan, &context)?;
     if let Some(executed) = &executed {
         executed.insert(final_stage.id, Arc::clone(&plan));
     }
@@ -96,30 +150,39 @@ async fn run_map_stages(
     context: &Arc<TaskContext>,
     spills: &Arc<OperatorSpills>,
     executed: Option<&Arc<ExecutedStages>>,
-) -> Result<()> {
+) -> Result<Written> {
     let map_stages = &dag.stages[..dag.stages.len() - 1];
     let filters = match crate::adaptive::options_of(context.session_config()).runtime_filters {
         true => runtime_filter::plan(dag),
         false => Vec::new(),
     };
     let mut done: HashSet<StageId> = HashSet::new();
-    let mut started: HashSet<StageId> = HashSet::new();
+    let mut written = Written::default();
+    let mut ran: HashMap<StageId, Stage> = HashMap::new();
     let mut running = FuturesUnordered::new();
     loop {
         for stage in map_stages {
             // A probe stage also waits for its runtime filters' builds.
-            let own: Vec<(RuntimeFilter, Stage)> = filters
+            let own: Vec<&RuntimeFilter> = filters
                 .iter()
                 .filter(|filter| filter.probe_stage == stage.id)
-                .filter_map(|filter| Some((filter.clone(), dag.stage(filter.build_stage)?.clone())))
                 .collect();
             let ready = stage.inputs.iter().all(|input| done.contains(input))
-                && own
-                    .iter()
-                    .all(|(filter, _)| done.contains(&filter.build_stage));
-            if ready && started.insert(stage.id) {
+                && own.iter().all(|filter| done.contains(&filter.build_stage));
+            if ready && !ran.contains_key(&stage.id) {
+                // A build stage's keys are read from the tasks it ran as.
+                let own = own
+                    .into_iter()
+                    .filter_map(|filter| Some((filter.clone(), ran.get(&filter.build_stage)?.clone())))
+                    .collect();
+                let plan = written.laid_out(stage, context, executed)?;
+                let stage = Stage {
+                    plan,
+                    ..stage.clone()
+                };
+                ran.insert(stage.id, stage.clone());
                 running.push(run_map_stage(
-                    stage.clone(),
+                    stage,
                     Arc::clone(context),
                     Arc::clone(spills),
                     executed.cloned(),
@@ -130,7 +193,10 @@ async fn run_map_stages(
         let Some(finished) = running.next().await else {
             break;
         };
-        done.insert(finished?);
+        let (stage, sizes) = finished?;
+        done.insert(stage);
+        written.maps.insert(stage, sizes.by_map.len());
+        written.sizes.insert(stage, sizes);
         release_consumed(dag, &done, store.as_ref());
     }
     if done.len() != map_stages.len() {
@@ -138,7 +204,7 @@ async fn run_map_stages(
             "stage DAG has a cycle or a missing input",
         ));
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Frees the outputs of stages whose consumers have all finished.
@@ -162,7 +228,7 @@ async fn run_map_stage(
     spills: Arc<OperatorSpills>,
     executed: Option<Arc<ExecutedStages>>,
     (store, filters): (Arc<dyn ShuffleStore>, Vec<(RuntimeFilter, Stage)>),
-) -> Result<StageId> {
+) -> Result<(StageId, InputSizes)> {
     let started = std::time::Instant::now();
     let plan = round_trip(stage.id, &stage.plan, &context)?;
     let job = stage
@@ -180,16 +246,21 @@ async fn run_map_stage(
             let writer = (writer.as_ref() as &dyn std::any::Any)
                 .downcast_ref::<ShuffleWriterExec>()
                 .ok_or_else(|| EngineError::internal("map stage without a shuffle writer"))?;
-            writer.write(partition, context).await
+            let summary = writer.write(partition, context).await?;
+            Ok::<_, EngineError>((partition, summary))
         });
     }
     let mut written = ShuffleWriteSummary::default();
+    let mut sizes = InputSizes {
+        by_map: vec![Vec::new(); tasks],
+    };
     // Dropping the set on the first error aborts the stage's other tasks.
     while let Some(joined) = set.join_next().await {
-        let summary = joined.map_err(|error| join_error(stage.id, error))??;
+        let (partition, summary) = joined.map_err(|error| join_error(stage.id, error))??;
         written.rows += summary.rows;
         written.bytes += summary.bytes;
         written.spilled_bytes += summary.spilled_bytes;
+        sizes.by_map[partition] = summary.partition_bytes;
     }
     spills.record(&writer);
     spills.record_shuffle_rows(written.rows);
@@ -205,7 +276,7 @@ async fn run_map_stage(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "stage done"
     );
-    Ok(stage.id)
+    Ok((stage.id, sizes))
 }
 
 fn join_error(stage: StageId, error: tokio::task::JoinError) -> EngineError {

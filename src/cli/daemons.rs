@@ -211,8 +211,10 @@ pub struct FailureArgs {
 /// How the coordinator plans queries.
 #[derive(Debug, Clone, Args)]
 pub struct PlanningArgs {
-    /// Adaptive planning decisions (join reordering); a statement may
-    /// still turn each on or off (`SET tone.join_reorder = true`).
+    /// Adaptive decisions: join reordering when planning, and laying out
+    /// each stage from its inputs' sizes (coalescing small partitions,
+    /// splitting skewed ones) before it runs; a statement may still turn
+    /// join reordering on or off (`SET tone.join_reorder = true`).
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub aqe: Switch,
 }

@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use serde_json::{json, Value};
 use tone_engine::plan_figures::{exchange_kind, operator_figures, outline};
 use tone_engine::{render_dag, StageDag};
+use datafusion::physical_plan::ExecutionPlanProperties;
 
 use super::sql::SqlSource;
 use super::tables::TableArgs;
@@ -86,7 +87,11 @@ async fn analyze_embedded(args: &ExplainArgs, sql: &str) -> Result<Value, CliErr
         "duration_ms": started.elapsed().as_millis() as u64,
         "rows": rows,
         "stages": stages,
-        "decisions": decisions.lines().collect::<Vec<_>>(),
+        "decisions": decisions
+            .lines()
+            .map(str::to_string)
+            .chain(executed.layouts().iter().map(|layout| format!("Adaptive: {layout}")))
+            .collect::<Vec<_>>(),
     }))
 }
 
@@ -146,7 +151,7 @@ fn stage_json(
         .map(|writer| json!({ "exchange": exchange_kind(writer.shuffle_partitioning()) }));
     json!({
         "id": stage.id.0,
-        "partitions": stage.partitions(),
+        "partitions": ran.output_partitioning().partition_count(),
         "inputs": stage.inputs.iter().map(|input| json!({ "stage": input.0 })).collect::<Vec<_>>(),
         "output": output,
         "plan": plan,

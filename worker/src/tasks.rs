@@ -131,6 +131,7 @@ async fn execute(assign: AssignTask, runner: Runner) -> Result<TaskSucceeded, En
         bytes: summary.bytes,
         remote_fetch_bytes: plan_metric_sum(&plan, "remote_fetch_bytes"),
         spilled_bytes: plan_spilled_bytes(&plan),
+        partition_bytes: summary.partition_bytes,
         operators: operator_figures(&plan)
             .into_iter()
             .map(|figures| OperatorMetrics {

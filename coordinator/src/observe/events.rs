@@ -43,6 +43,13 @@ pub enum JobEvent {
         attempt: u32,
         end: AttemptEnd,
     },
+    /// The stage was laid out again from its inputs' sizes before it
+    /// started: it runs as `tasks` tasks.
+    StageLaidOut {
+        stage: u32,
+        tasks: u32,
+        decision: String,
+    },
     /// Every task of the stage is done (again, after a recompute).
     StageDone { stage: u32 },
     /// The last event of every job.

@@ -34,6 +34,8 @@ pub struct JobDetail {
     pub summary: JobSummary,
     pub stages: Vec<StageJson>,
     pub failures: Vec<FailureJson>,
+    /// Adaptive decisions made while it ran, one line each.
+    pub decisions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

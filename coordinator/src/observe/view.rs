@@ -47,6 +47,8 @@ struct StageView {
     done: Option<(u64, usize)>,
     /// Operator figures summed over its succeeded attempts, in plan order.
     operators: Vec<BTreeMap<String, u64>>,
+    /// Set when it was laid out again before it started.
+    laid_out: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,7 @@ impl JobView {
                         outline: outline.clone(),
                         attempts: Vec::new(),
                         done: None,
+                        laid_out: None,
                     })
                     .collect();
             }
@@ -142,6 +145,15 @@ impl JobView {
                 attempt,
                 end,
             } => self.end_attempt(t, *stage, *partition, *attempt, end)?,
+            JobEvent::StageLaidOut {
+                stage,
+                tasks,
+                decision,
+            } => {
+                let view = self.stage_mut(*stage)?;
+                view.outline.partitions = *tasks;
+                view.laid_out = Some(decision.clone());
+            }
             JobEvent::StageDone { stage } => {
                 let view = self.stage_mut(*stage)?;
                 view.done = Some((t, view.attempts.len()));
@@ -287,6 +299,12 @@ impl JobView {
             summary: self.summary(now_ms),
             stages,
             failures,
+            decisions: self
+                .stages
+                .iter()
+                .filter_map(|stage| stage.laid_out.as_ref())
+                .map(|decision| format!("Adaptive: {decision}"))
+                .collect(),
         }
     }
 

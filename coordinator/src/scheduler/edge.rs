@@ -71,12 +71,20 @@ pub fn task_key_to_proto(key: &TaskKey, attempt: Attempt) -> pb::TaskKey {
     }
 }
 
+/// Reduce partitions a report may size; a longer list (from a bad or
+/// hostile worker) is dropped, and its stage's consumers run as planned.
+pub const MAX_REPORTED_PARTITIONS: usize = 1 << 16;
+
 pub fn outcome_from_proto(outcome: pb::task_status::Outcome) -> Outcome {
     match outcome {
         pb::task_status::Outcome::Succeeded(done) => Outcome::Succeeded {
             rows: done.rows,
             bytes: done.bytes,
             remote_fetch_bytes: done.remote_fetch_bytes,
+            partition_bytes: match done.partition_bytes.len() <= MAX_REPORTED_PARTITIONS {
+                true => done.partition_bytes,
+                false => Vec::new(),
+            },
         },
         pb::task_status::Outcome::Failed(failed) => Outcome::Failed {
             kind: error_kind_from_proto(failed.kind),

@@ -72,6 +72,8 @@ struct Admitted {
     executor: Option<pb::ExecutorSpec>,
     /// A plan its driver made (a Rust program), not SQL text.
     program: bool,
+    /// Its stages' layout settings; `None` (a resumed job): as planned.
+    layout: Option<tone_engine::adaptive::ToneOptions>,
 }
 
 /// A record for the state store.
@@ -153,6 +155,8 @@ impl Scheduler {
                     dag,
                     timeout,
                     executor,
+                    // Its layouts were not recorded: as planned.
+                    layout: None,
                 },
                 result_schema,
                 binary,
@@ -360,6 +364,7 @@ impl Scheduler {
             program,
             binary,
             reply,
+            layout,
         } = submission;
         let result_schema = edge::schema_bytes(&schema);
         let record = match &self.store {
@@ -380,6 +385,7 @@ impl Scheduler {
             timeout,
             executor,
             program,
+            layout: Some(layout),
         };
         let spec = self.admit(admitted, result_schema, binary);
         self.state.submit(spec, now);
@@ -427,6 +433,7 @@ impl Scheduler {
             timeout,
             executor,
             program,
+            layout,
         } = job;
         let keeps_lineage = !dag.writes_files();
         if let Some(observer) = &self.observer {
@@ -450,6 +457,7 @@ impl Scheduler {
             timeout,
             closures: executor.is_some(),
             keeps_lineage,
+            layout,
         }
     }
 
@@ -530,6 +538,16 @@ impl Scheduler {
                         }
                         self.record_stage(job, stage)
                     }
+                    Command::LaidOut {
+                        job,
+                        stage,
+                        tasks,
+                        decision,
+                    } => {
+                        if let Some(observer) = &self.observer {
+                            observer.laid_out(&job, stage, tasks, decision);
+                        }
+                    }
                     other => self.send(other, now),
                 }
             }
@@ -600,6 +618,12 @@ impl Scheduler {
         let Some(run) = self.state.job(&job) else {
             return;
         };
+        // A stage laid out again is made again after a restart: which
+        // slices its tasks read is not recorded, and a lost output of it
+        // could not be made again alone.
+        if run.stage(stage).layout.is_some() {
+            return;
+        }
         let outputs: Option<Vec<(WorkerId, String)>> = run
             .stage(stage)
             .tasks
@@ -677,7 +701,7 @@ impl Scheduler {
                 }
             }
             // Handled in `carry_out`.
-            Command::StageDone { .. } | Command::Changed(_) => {}
+            Command::StageDone { .. } | Command::Changed(_) | Command::LaidOut { .. } => {}
         }
     }
 

@@ -85,6 +85,9 @@ pub struct Submission {
     pub binary: Vec<BinaryPin>,
     /// Answered once the job is recorded.
     pub reply: oneshot::Sender<()>,
+    /// The `tone.` settings it was planned under: how its stages are laid
+    /// out once their inputs are done.
+    pub layout: tone_engine::adaptive::ToneOptions,
 }
 
 /// Everything that can change the scheduler's state.

@@ -105,6 +105,9 @@ pub enum Outcome {
         rows: u64,
         bytes: u64,
         remote_fetch_bytes: u64,
+        /// Bytes of each reduce partition of its output: what a consuming
+        /// stage is laid out by. Empty when unknown.
+        partition_bytes: Vec<u64>,
     },
     Failed {
         kind: ErrorKind,
@@ -177,6 +180,14 @@ pub enum Command {
     /// Every task of the stage is done (again): where its outputs are is
     /// recorded before the change is published.
     StageDone { job: JobId, stage: StageId },
+    /// A stage was laid out again from its inputs' sizes before it
+    /// started (`tone_engine::adaptive::layout`).
+    LaidOut {
+        job: JobId,
+        stage: StageId,
+        tasks: u32,
+        decision: String,
+    },
     /// The job's status changed.
     Changed(JobId),
 }

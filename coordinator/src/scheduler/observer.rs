@@ -101,6 +101,18 @@ impl Observer {
         );
     }
 
+    /// A stage was laid out again before it started: `tasks` tasks.
+    pub fn laid_out(&self, job: &JobId, stage: StageId, tasks: u32, decision: String) {
+        self.board.record(
+            &job.0,
+            JobEvent::StageLaidOut {
+                stage: stage.0,
+                tasks,
+                decision,
+            },
+        );
+    }
+
     pub fn stage_done(&self, job: &JobId, stage: StageId) {
         self.board
             .record(&job.0, JobEvent::StageDone { stage: stage.0 });

@@ -1,11 +1,12 @@
 //! Stage plans of a submitted job: encoded once per stage run, with each
 //! shuffle reader told where its map outputs are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
+use tone_engine::adaptive::layout::{self, InputSizes, LayoutSettings, StageLayout};
 use tone_engine::codec::encode_plan;
 use tone_engine::shuffle::ShuffleReaderExec;
 use tone_engine::{EngineError, StageDag, StageId};
@@ -34,14 +35,49 @@ impl StagePlans for DagPlans {
         &self,
         stage: StageId,
         locations: &BTreeMap<StageId, Vec<String>>,
+        layout: Option<&StageLayout>,
     ) -> Result<Bytes, String> {
+        let maps = locations
+            .iter()
+            .map(|(input, addresses)| (*input, addresses.len()))
+            .collect();
+        let mut plan = self.with_map_counts(stage, &maps)?;
+        if let Some(layout) = layout {
+            plan = layout::apply(plan, layout).map_err(|e| e.to_string())?;
+        }
+        let plan = with_locations(plan, locations).map_err(|e| e.to_string())?;
+        let bytes = encode_plan(plan).map_err(|e| e.to_string())?;
+        Ok(Bytes::from(bytes))
+    }
+
+    fn lay_out(
+        &self,
+        stage: StageId,
+        sizes: &HashMap<StageId, InputSizes>,
+        settings: &LayoutSettings,
+    ) -> Option<StageLayout> {
+        let maps = sizes
+            .iter()
+            .map(|(input, sizes)| (*input, sizes.by_map.len()))
+            .collect();
+        let plan = self.with_map_counts(stage, &maps).ok()?;
+        layout::decide(stage, &plan, sizes, settings)
+    }
+}
+
+impl DagPlans {
+    /// The stage's plan, its readers told how many tasks each input ran
+    /// as (an input laid out again ran as more or fewer than planned).
+    fn with_map_counts(
+        &self,
+        stage: StageId,
+        maps: &HashMap<StageId, usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, String> {
         let plan = self
             .0
             .stage(stage)
             .ok_or_else(|| format!("the job has no stage {stage}"))?;
-        let plan = with_locations(Arc::clone(&plan.plan), locations).map_err(|e| e.to_string())?;
-        let bytes = encode_plan(plan).map_err(|e| e.to_string())?;
-        Ok(Bytes::from(bytes))
+        layout::with_map_counts(Arc::clone(&plan.plan), maps).map_err(|e| e.to_string())
     }
 }
 

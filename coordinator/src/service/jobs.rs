@@ -152,6 +152,7 @@ impl JobsService {
                     program: !request.plan.is_empty(),
                     binary,
                     reply,
+                    layout: self.planner.tone_options(),
                 }));
                 self.events.send(event).await.map_err(scheduler_stopped)?;
                 if recorded.await.is_err() {

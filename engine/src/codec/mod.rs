@@ -36,7 +36,7 @@ use equivalence::{decode_equivalence, encode_equivalence, EquivalenceNode};
 use crate::closure::{placeholder_entry, registry_of, ClosureExec, ClosureId};
 use crate::error::{EngineError, Result};
 use crate::ids::{JobId, StageId};
-use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec, Slice};
 use crate::sink::{FileSinkExec, SinkFormat};
 use crate::text::{TextRange, TextSourceExec};
 
@@ -274,6 +274,30 @@ struct ReaderNode {
     /// Empty unless the reader merges sorted map outputs.
     #[prost(message, repeated, tag = "10")]
     merge_ordering: Vec<protobuf::PhysicalSortExprNode>,
+    /// Set when the stage was laid out again: what each task reads.
+    #[prost(message, repeated, tag = "11")]
+    tasks: Vec<TaskSlicesNode>,
+    #[prost(bool, tag = "12")]
+    laid_out: bool,
+    /// The reduce partitions its input was written in (when laid out).
+    #[prost(uint64, tag = "13")]
+    reduce_partitions: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TaskSlicesNode {
+    #[prost(message, repeated, tag = "1")]
+    slices: Vec<SliceNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SliceNode {
+    #[prost(uint32, tag = "1")]
+    reduce: u32,
+    #[prost(uint32, tag = "2")]
+    map_start: u32,
+    #[prost(uint32, tag = "3")]
+    map_end: u32,
 }
 
 impl PhysicalExtensionCodec for ToneCodec {
@@ -382,6 +406,23 @@ fn encode_reader(
             proto_converter,
         )?),
         merge_ordering,
+        tasks: reader
+            .tasks()
+            .unwrap_or_default()
+            .iter()
+            .map(|slices| TaskSlicesNode {
+                slices: slices
+                    .iter()
+                    .map(|slice| SliceNode {
+                        reduce: slice.reduce,
+                        map_start: slice.maps.start,
+                        map_end: slice.maps.end,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        laid_out: reader.tasks().is_some(),
+        reduce_partitions: reader.reduce_partitions() as u64,
     })
 }
 
@@ -457,6 +498,27 @@ fn decode_reader(
     );
     if let Some(ordering) = merge_ordering {
         reader = reader.with_merge_ordering(ordering);
+    }
+    if node.laid_out {
+        // The partitioning decoded above already counts the tasks; the
+        // slices are checked against the reduce partitions they name.
+        let tasks = node
+            .tasks
+            .into_iter()
+            .map(|task| {
+                task.slices
+                    .into_iter()
+                    .map(|slice| Slice {
+                        reduce: slice.reduce,
+                        maps: slice.map_start..slice.map_end,
+                    })
+                    .collect()
+            })
+            .collect();
+        let reduces = usize::try_from(node.reduce_partitions).map_err(|_| {
+            DataFusionError::Plan("reduce partition count overflows usize".into())
+        })?;
+        reader = reader.with_decoded_tasks(tasks, reduces)?;
     }
     Ok(Arc::new(reader.with_locations(node.locations)?))
 }

@@ -13,7 +13,9 @@ mod reader;
 mod store;
 mod writer;
 
-pub use reader::{read_local_partition, PartitionKey, ReadMode, RemoteShuffle, ShuffleReaderExec};
+pub use reader::{
+    read_local_partition, PartitionKey, ReadMode, RemoteShuffle, ShuffleReaderExec, Slice,
+};
 pub use store::{
     DiskUsage, LocalShuffleStore, MapOutput, MemoryBudget, Segment, ShuffleEnv, ShuffleStore,
     SPILL_DIR_PREFIX, SPILL_FILE_EXTENSION,

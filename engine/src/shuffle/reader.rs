@@ -18,7 +18,8 @@ use datafusion::physical_plan::metrics::{
 use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions,
     SendableRecordBatchStream,
 };
 use futures::stream::BoxStream;
@@ -42,6 +43,14 @@ pub enum ReadMode {
     PerMap,
 }
 
+/// A run of one reduce partition's map outputs: maps `maps` of reduce
+/// partition `reduce`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slice {
+    pub reduce: u32,
+    pub maps: std::ops::Range<u32>,
+}
+
 /// Reads the map outputs of `stage_id`; `map_partitions` tasks wrote them.
 #[derive(Debug)]
 pub struct ShuffleReaderExec {
@@ -49,6 +58,15 @@ pub struct ShuffleReaderExec {
     stage_id: StageId,
     map_partitions: usize,
     mode: ReadMode,
+    /// Set when the stage was laid out again from its inputs' sizes
+    /// (`adaptive::layout`): output partition `t` reads the slices
+    /// `tasks[t]` instead of reduce partition `t` of every map. Several
+    /// whole partitions keep hash partitioning's promise (a key's rows
+    /// are all in one output partition); a split partition breaks it, and
+    /// is only made where nothing above the reader needs it.
+    tasks: Option<Arc<[Vec<Slice>]>>,
+    /// The reduce partitions its input was written in.
+    reduces: usize,
     /// Set when every map output is sorted by it (the far side of a
     /// sort-preserving exchange): an output partition merges its map
     /// outputs instead of concatenating them, as `RepartitionExec` does.
@@ -75,6 +93,8 @@ impl ShuffleReaderExec {
             stage_id,
             map_partitions,
             mode,
+            tasks: None,
+            reduces: properties.partitioning.partition_count(),
             merge_ordering: None,
             properties: Arc::new(properties),
             locations: Vec::new(),
@@ -103,16 +123,117 @@ impl ShuffleReaderExec {
                 locations.len()
             )));
         }
-        Ok(Self {
+        let mut reader = self.copy();
+        reader.locations = locations;
+        Ok(reader)
+    }
+
+    /// The same reader of an input whose stage ran as `maps` tasks (it was
+    /// laid out again: fewer or more tasks than it was planned with). A
+    /// per-map reader then has `maps` partitions, in no known partitioning:
+    /// it only feeds a sort-preserving merge, which needs none.
+    pub fn with_map_count(&self, maps: usize) -> Self {
+        let mut reader = self.copy();
+        reader.map_partitions = maps;
+        if self.mode == ReadMode::PerMap {
+            reader.properties = Arc::new(
+                self.properties
+                    .as_ref()
+                    .clone()
+                    .with_partitioning(Partitioning::UnknownPartitioning(maps)),
+            );
+        }
+        reader
+    }
+
+    /// The same reader with output partition `t` reading `tasks[t]`.
+    /// The slices must name reduce partitions of a hash (or single)
+    /// partitioning and maps that exist.
+    pub fn with_tasks(&self, tasks: Vec<Vec<Slice>>) -> Result<Self> {
+        self.check_slices(&tasks, self.reduces)?;
+        let partitioning = match &self.properties.partitioning {
+            Partitioning::Hash(keys, _) => Partitioning::Hash(keys.clone(), tasks.len()),
+            _ if self.mode == ReadMode::ReducePartition => {
+                Partitioning::UnknownPartitioning(tasks.len())
+            }
+            other => {
+                return Err(EngineError::internal(format!(
+                    "a reader partitioned {other:?} cannot be laid out again"
+                )))
+            }
+        };
+        let mut reader = self.copy();
+        reader.properties = Arc::new(
+            self.properties
+                .as_ref()
+                .clone()
+                .with_partitioning(partitioning),
+        );
+        reader.tasks = Some(tasks.into());
+        Ok(reader)
+    }
+
+    /// A decoded reader (its properties already count the tasks) given
+    /// the slices it was encoded with; they come from the network, so
+    /// they are checked.
+    pub fn with_decoded_tasks(&self, tasks: Vec<Vec<Slice>>, reduces: usize) -> Result<Self> {
+        self.check_slices(&tasks, reduces)?;
+        if tasks.len() != self.properties.partitioning.partition_count() {
+            return Err(EngineError::Plan {
+                message: format!(
+                    "reader of stage {} has {} partitions but {} tasks",
+                    self.stage_id,
+                    self.properties.partitioning.partition_count(),
+                    tasks.len()
+                ),
+            });
+        }
+        let mut reader = self.copy();
+        reader.reduces = reduces;
+        reader.tasks = Some(tasks.into());
+        Ok(reader)
+    }
+
+    fn check_slices(&self, tasks: &[Vec<Slice>], reduces: usize) -> Result<()> {
+        let bad = tasks.iter().flatten().find(|slice| {
+            slice.reduce as usize >= reduces
+                || slice.maps.start >= slice.maps.end
+                || slice.maps.end as usize > self.map_partitions
+        });
+        match bad {
+            Some(slice) => Err(EngineError::Plan {
+                message: format!(
+                    "reader of stage {} ({reduces} partitions of {} maps) cannot read {slice:?}",
+                    self.stage_id, self.map_partitions
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The reduce partitions its input was written in.
+    pub fn reduce_partitions(&self) -> usize {
+        self.reduces
+    }
+
+    /// What each output partition reads, when laid out again.
+    pub fn tasks(&self) -> Option<&[Vec<Slice>]> {
+        self.tasks.as_deref()
+    }
+
+    fn copy(&self) -> Self {
+        Self {
             job_id: self.job_id.clone(),
             stage_id: self.stage_id,
             map_partitions: self.map_partitions,
             mode: self.mode,
+            tasks: self.tasks.clone(),
+            reduces: self.reduces,
             merge_ordering: self.merge_ordering.clone(),
             properties: Arc::clone(&self.properties),
-            locations,
+            locations: self.locations.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
-        })
+        }
     }
 
     pub fn locations(&self) -> &[String] {
@@ -137,6 +258,19 @@ impl ShuffleReaderExec {
 
     /// The (map task, reduce partition) pairs that make up `partition`.
     fn sources(&self, partition: usize) -> Vec<(usize, usize)> {
+        if let Some(tasks) = &self.tasks {
+            return tasks
+                .get(partition)
+                .into_iter()
+                .flatten()
+                .flat_map(|slice| {
+                    slice
+                        .maps
+                        .clone()
+                        .map(|map| (map as usize, slice.reduce as usize))
+                })
+                .collect();
+        }
         match self.mode {
             ReadMode::ReducePartition => (0..self.map_partitions)
                 .map(|map| (map, partition))
@@ -159,6 +293,9 @@ impl DisplayAs for ShuffleReaderExec {
         )?;
         if let Some(ordering) = &self.merge_ordering {
             write!(f, ", merge=[{ordering}]")?;
+        }
+        if let Some(tasks) = &self.tasks {
+            write!(f, ", tasks={}", tasks.len())?;
         }
         Ok(())
     }

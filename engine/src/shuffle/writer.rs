@@ -39,11 +39,13 @@ use crate::ids::{JobId, StageId};
 const SEGMENT_TARGET_BYTES: usize = 4 * 1024 * 1024;
 
 /// What one map task wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShuffleWriteSummary {
     pub rows: u64,
     pub bytes: u64,
     pub spilled_bytes: u64,
+    /// Bytes of each reduce partition it wrote.
+    pub partition_bytes: Vec<u64>,
 }
 
 /// Runs its input partition and stores the rows, split by `partitioning`,
@@ -245,6 +247,7 @@ async fn write_map_task(
         rows: output.rows(),
         bytes: output.bytes(),
         spilled_bytes,
+        partition_bytes: output.partition_bytes(),
     };
     store.put(&task.job_id, task.stage_id, task.partition, output)?;
     Ok(summary)

@@ -211,6 +211,7 @@ impl Simulation {
                 rows: 1,
                 bytes: 0,
                 remote_fetch_bytes: 0,
+                partition_bytes: Vec::new(),
             },
         };
         let Some(worker) = self.workers.get_mut(&id) else {
@@ -531,7 +532,7 @@ impl Simulation {
                 self.store.stage_done(&self.state, job, *stage);
                 Vec::new()
             }
-            Command::Changed(_) => Vec::new(),
+            Command::Changed(_) | Command::LaidOut { .. } => Vec::new(),
         };
         let ending = matches!(command, Command::EndSession { .. });
         for id in targets {

@@ -19,6 +19,7 @@ impl StagePlans for LocationPlans {
         &self,
         _stage: StageId,
         locations: &BTreeMap<StageId, Vec<String>>,
+        _layout: Option<&tone_engine::adaptive::layout::StageLayout>,
     ) -> Result<Bytes, String> {
         let listed: Vec<(u32, &Vec<String>)> = locations
             .iter()
@@ -62,6 +63,7 @@ impl SimJob {
             timeout: self.timeout,
             closures: self.closures,
             keeps_lineage: self.keeps_lineage,
+            layout: None,
         }
     }
 }

@@ -93,7 +93,7 @@ impl SimWorker {
                     }
                 }
             }
-            Command::StageDone { .. } | Command::Changed(_) => {}
+            Command::StageDone { .. } | Command::Changed(_) | Command::LaidOut { .. } => {}
         }
         Ok(())
     }

@@ -1,10 +1,11 @@
 //! Handing pending tasks to free slots.
 
-use std::collections::BTreeMap;
-
-use tone_engine::{JobId, StageId};
-
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
+
+use tone_engine::adaptive::layout::InputSizes;
+use tone_engine::{JobId, StageId};
 
 use super::job::{Task, TaskRun};
 use super::SchedulerState;
@@ -101,6 +102,23 @@ impl SchedulerState {
             if !job.runnable(stage) {
                 continue;
             }
+            let has_pending = |job: &super::job::Job| {
+                job.stage(stage)
+                    .tasks
+                    .iter()
+                    .any(|task| task.state == Task::Pending)
+            };
+            if !has_pending(job) {
+                continue;
+            }
+            // Preparing may lay the stage out again, changing its tasks.
+            if job.stage(stage).plan.is_none() {
+                if let Err(message) = self.prepare_stage(id, stage) {
+                    self.stop_job(id, JobState::Failed, ErrorKind::Internal, message);
+                    return None;
+                }
+            }
+            let job = self.jobs.get(id)?;
             let pending: Vec<usize> = job
                 .stage(stage)
                 .tasks
@@ -109,16 +127,7 @@ impl SchedulerState {
                 .filter(|(_, task)| task.state == Task::Pending)
                 .map(|(partition, _)| partition)
                 .collect();
-            let Some(first) = pending.first().copied() else {
-                continue;
-            };
-            if job.stage(stage).plan.is_none() {
-                if let Err(message) = self.prepare_stage(id, stage) {
-                    self.stop_job(id, JobState::Failed, ErrorKind::Internal, message);
-                    return None;
-                }
-            }
-            let job = self.jobs.get(id)?;
+            let first = *pending.first()?;
             let local = pending
                 .iter()
                 .copied()
@@ -129,7 +138,7 @@ impl SchedulerState {
     }
 
     /// Encodes a stage's plan with the addresses of the map outputs its
-    /// readers need.
+    /// readers need, laying it out first if it has never run.
     fn prepare_stage(&mut self, id: &JobId, stage: StageId) -> Result<(), String> {
         let job = self.jobs.get(id).ok_or("the job is gone")?;
         let mut locations: BTreeMap<StageId, Vec<String>> = BTreeMap::new();
@@ -148,11 +157,63 @@ impl SchedulerState {
             }
             locations.insert(*input, addresses);
         }
-        let plan = job.plans.encode(stage, &locations)?;
+        self.lay_out_once(id, stage);
+        let job = self.jobs.get(id).ok_or("the job is gone")?;
+        let layout = job.stage(stage).layout.clone();
+        let plan = job.plans.encode(stage, &locations, layout.as_deref())?;
         if let Some(job) = self.jobs.get_mut(id) {
             job.stage_mut(stage).plan = Some(plan);
         }
         Ok(())
+    }
+
+    /// Before a stage's first task runs, lays it out from the sizes its
+    /// inputs reported (`SchedulerConfig::layout`); decided once.
+    fn lay_out_once(&mut self, id: &JobId, stage: StageId) {
+        let parallelism = self.workers.values().map(|worker| worker.slots).sum::<usize>();
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let Some(settings) = job.layout.as_ref().map(|options| options.layout(parallelism.max(1)))
+        else {
+            return;
+        };
+        let run = job.stage(stage);
+        let untouched = run
+            .tasks
+            .iter()
+            .all(|task| task.state == Task::Pending && task.next_attempt.0 == 0);
+        if run.layout_decided || !untouched {
+            return;
+        }
+        let sizes: HashMap<StageId, InputSizes> = run
+            .inputs
+            .iter()
+            .map(|input| {
+                let by_map = job
+                    .stage(*input)
+                    .tasks
+                    .iter()
+                    .map(|task| task.output_bytes.clone())
+                    .collect();
+                (*input, InputSizes { by_map })
+            })
+            .collect();
+        let layout = job.plans.lay_out(stage, &sizes, &settings);
+        let run = job.stage_mut(stage);
+        run.layout_decided = true;
+        let Some(layout) = layout else {
+            return;
+        };
+        tracing::info!(job_id = %id, %layout, "stage laid out from its inputs' sizes");
+        run.tasks = vec![TaskRun::new(); layout.tasks()];
+        self.commands.push(Command::LaidOut {
+            job: id.clone(),
+            stage,
+            tasks: layout.tasks() as u32,
+            decision: layout.to_string(),
+        });
+        run.layout = Some(Arc::new(layout));
     }
 
     /// Starts the next attempt of `key` on `worker`.

@@ -1,9 +1,11 @@
 //! A live job's scheduling state: its stages, their tasks and attempts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tone_engine::adaptive::layout::{InputSizes, LayoutSettings, StageLayout};
 use tone_engine::{JobId, StageId};
 
 use crate::scheduler::model::{
@@ -14,12 +16,25 @@ use crate::scheduler::model::{
 /// the state can be driven without DataFusion (the simulator).
 pub trait StagePlans: Send {
     /// The stage's plan, each shuffle reader told the addresses of its
-    /// input's map outputs (one per map task, in order).
+    /// input's map outputs (one per map task, in order), and laid out as
+    /// `layout` says.
     fn encode(
         &self,
         stage: StageId,
         locations: &BTreeMap<StageId, Vec<String>>,
+        layout: Option<&StageLayout>,
     ) -> Result<Bytes, String>;
+
+    /// The stage laid out again from the sizes of its inputs' outputs
+    /// (by input stage), or `None` to run it as planned.
+    fn lay_out(
+        &self,
+        _stage: StageId,
+        _sizes: &HashMap<StageId, InputSizes>,
+        _settings: &LayoutSettings,
+    ) -> Option<StageLayout> {
+        None
+    }
 }
 
 /// A stage as the scheduler needs it: what it reads and how many tasks.
@@ -44,6 +59,10 @@ pub struct JobSpec {
     /// result partition lost with its worker is made again from lineage.
     /// Not for a job that writes files: that would write after the commit.
     pub keeps_lineage: bool,
+    /// The settings its stages are laid out with once their inputs are
+    /// done (the `tone.` settings it was planned under); `None`: as
+    /// planned.
+    pub layout: Option<tone_engine::adaptive::ToneOptions>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,10 +168,13 @@ pub struct TaskRun {
     pub ran_for: Option<Duration>,
     /// Backup attempts it was given (speculation).
     pub backups: u32,
+    /// Bytes of each reduce partition of its output, as its last
+    /// successful attempt reported them (empty: unknown).
+    pub output_bytes: Vec<u64>,
 }
 
 impl TaskRun {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             state: Task::Pending,
             next_attempt: Attempt(0),
@@ -162,6 +184,7 @@ impl TaskRun {
             resumed: false,
             ran_for: None,
             backups: 0,
+            output_bytes: Vec::new(),
         }
     }
 
@@ -186,6 +209,11 @@ pub struct StageRun {
     /// and shared by its tasks; dropped when an input's map output moves
     /// (lost and recomputed).
     pub plan: Option<Bytes>,
+    /// Decided once, before its first task runs: how its tasks read
+    /// their inputs when it was laid out again (`None`: as planned). A
+    /// task run again reads what its first run read.
+    pub layout: Option<Arc<StageLayout>>,
+    pub layout_decided: bool,
 }
 
 impl StageRun {
@@ -219,6 +247,7 @@ pub struct Job {
     pub finished: Option<Instant>,
     pub closures: bool,
     pub keeps_lineage: bool,
+    pub layout: Option<tone_engine::adaptive::ToneOptions>,
     /// Succeeded, and its results not yet read (released): it stays in
     /// the state and its lost result partitions are made again.
     pub holds_results: bool,
@@ -237,6 +266,8 @@ impl Job {
                 consumers: consumers_of(&spec.stages, StageId(index as u32)),
                 tasks: vec![TaskRun::new(); shape.partitions],
                 plan: None,
+                layout: None,
+                layout_decided: false,
             })
             .collect();
         Job {
@@ -259,6 +290,7 @@ impl Job {
             finished: None,
             closures: spec.closures,
             keeps_lineage: spec.keeps_lineage,
+            layout: spec.layout,
             holds_results: false,
             resumed: false,
         }

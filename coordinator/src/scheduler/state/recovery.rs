@@ -35,7 +35,13 @@ impl SchedulerState {
                     rows,
                     bytes,
                     remote_fetch_bytes,
-                } => self.task_succeeded(reporter, key, (rows, bytes, remote_fetch_bytes)),
+                    partition_bytes,
+                } => self.task_succeeded(
+                    reporter,
+                    key,
+                    (rows, bytes, remote_fetch_bytes),
+                    partition_bytes,
+                ),
                 Outcome::Failed {
                     kind,
                     message,
@@ -72,7 +78,13 @@ impl SchedulerState {
             .is_some_and(|running| running == attempt)
     }
 
-    fn task_succeeded(&mut self, reporter: &WorkerId, key: &TaskKey, figures: (u64, u64, u64)) {
+    fn task_succeeded(
+        &mut self,
+        reporter: &WorkerId,
+        key: &TaskKey,
+        figures: (u64, u64, u64),
+        partition_bytes: Vec<u64>,
+    ) {
         if let Some(worker) = self.workers.get_mut(reporter) {
             worker.tasks_done += 1;
         }
@@ -88,6 +100,7 @@ impl SchedulerState {
             task.state = Task::Done {
                 worker: reporter.clone(),
             };
+            task.output_bytes = partition_bytes;
         }
         // The worker's figures: added so that no report can overflow.
         let (rows, bytes, remote) = figures;

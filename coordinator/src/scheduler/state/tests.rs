@@ -9,6 +9,7 @@ use tone_engine::{JobId, StageId};
 use super::*;
 use crate::scheduler::model::{Attempt, Command, LostOutput, Outcome, TaskKey};
 
+mod layout;
 mod speculation;
 
 /// Plans that name their stage and the locations they were given, so a
@@ -20,6 +21,7 @@ impl StagePlans for NamedPlans {
         &self,
         stage: StageId,
         locations: &BTreeMap<StageId, Vec<String>>,
+        _layout: Option<&tone_engine::adaptive::layout::StageLayout>,
     ) -> Result<Bytes, String> {
         Ok(Bytes::from(format!("stage {stage} reads {locations:?}")))
     }
@@ -80,6 +82,7 @@ fn two_stages(name: &str, maps: usize) -> JobSpec {
         timeout: None,
         closures: false,
         keeps_lineage: false,
+        layout: None,
     }
 }
 
@@ -88,6 +91,7 @@ fn succeeded(rows: u64) -> Outcome {
         rows,
         bytes: 0,
         remote_fetch_bytes: 0,
+        partition_bytes: Vec::new(),
     }
 }
 
