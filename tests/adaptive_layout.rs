@@ -11,7 +11,9 @@ use tone_engine::adaptive::Adaptive;
 
 use crate::cluster::{tone_ok, LocalCluster};
 use crate::common::compare::same_answer;
-use crate::common::{oracle_answer, oracle_context_over, tone_engine_with, tpch_data, tpch_queries};
+use crate::common::{
+    oracle_answer, oracle_context_over, tone_engine_with, tpch_data, tpch_queries,
+};
 
 /// Many partitions, so that coalescing has small ones to pack.
 const PARTITIONS: usize = 8;
@@ -27,7 +29,11 @@ async fn engine(adaptive: Adaptive, dir: &Path) -> Engine {
 
 /// Runs `sql` (after the settings in `setup`) and gives its answer and
 /// the stages that were laid out again.
-async fn run(engine: &Engine, setup: &str, sql: &str) -> (Vec<arrow::array::RecordBatch>, Vec<StageLayout>) {
+async fn run(
+    engine: &Engine,
+    setup: &str,
+    sql: &str,
+) -> (Vec<arrow::array::RecordBatch>, Vec<StageLayout>) {
     if !setup.is_empty() {
         engine.sql(setup).await.expect("settings apply");
     }
@@ -55,12 +61,18 @@ async fn small_partitions_are_coalesced_with_datafusions_answers() {
                 layout.tasks() < layout.partitions,
                 "{name}: small stages only shrink: {layout}"
             );
-            assert!(layout.splits.is_empty(), "{name}: nothing is skewed: {layout}");
+            assert!(
+                layout.splits.is_empty(),
+                "{name}: nothing is skewed: {layout}"
+            );
         }
         coalesced += layouts.len();
         let (batches, layouts) = run(&planned, "", &sql).await;
         same_answer(&sql, &expected, &batches).unwrap_or_else(|e| panic!("{name} as planned: {e}"));
-        assert!(layouts.is_empty(), "{name}: laid out with --aqe off: {layouts:?}");
+        assert!(
+            layouts.is_empty(),
+            "{name}: laid out with --aqe off: {layouts:?}"
+        );
     }
     assert!(coalesced >= 5, "only {coalesced} stages were coalesced");
 
@@ -119,7 +131,9 @@ const SKEWED_JOINS: [&str; 5] = [
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_skewed_join_partition_is_split_with_datafusions_answers() {
-    let dir = tokio::task::spawn_blocking(skewed_tables).await.expect("writes");
+    let dir = tokio::task::spawn_blocking(skewed_tables)
+        .await
+        .expect("writes");
     let oracle = oracle_context_over(dir.path()).await;
     let adaptive = engine(Adaptive::ON, dir.path()).await;
     let planned = engine(Adaptive::OFF, dir.path()).await;
@@ -135,18 +149,27 @@ async fn a_skewed_join_partition_is_split_with_datafusions_answers() {
         } else if !splits.is_empty() {
             split += 1;
             for piece in splits {
-                assert!(piece.pieces > 1 && piece.bytes > 5 * piece.median, "{piece:?}");
+                assert!(
+                    piece.pieces > 1 && piece.bytes > 5 * piece.median,
+                    "{piece:?}"
+                );
             }
         }
         let (batches, layouts) = run(&planned, "", sql).await;
         same_answer(sql, &expected, &batches).unwrap_or_else(|e| panic!("planned: {e}\n{sql}"));
         assert!(layouts.is_empty());
     }
-    assert!(split >= 3, "only {split} joins split their skewed partition");
+    assert!(
+        split >= 3,
+        "only {split} joins split their skewed partition"
+    );
 
     // Skew splitting off by setting: the join runs unsplit.
     let (_, layouts) = run(&adaptive, "SET tone.skew_join = false", SKEWED_JOINS[0]).await;
-    assert!(layouts.iter().all(|layout| layout.splits.is_empty()), "{layouts:?}");
+    assert!(
+        layouts.iter().all(|layout| layout.splits.is_empty()),
+        "{layouts:?}"
+    );
 }
 
 /// On a cluster the coordinator lays stages out from the sizes its
@@ -160,20 +183,35 @@ async fn the_coordinator_lays_stages_out_unless_started_with_aqe_off() {
         let cluster = LocalCluster::start_with(2, 2, &[], args).await;
         let text = tone_ok(
             None,
-            &["explain", "--analyze", "--master", &cluster.master, "--data", &data, q01],
+            &[
+                "explain",
+                "--analyze",
+                "--master",
+                &cluster.master,
+                "--data",
+                &data,
+                q01,
+            ],
         );
         let lines: Vec<&str> = text
             .lines()
             .filter(|line| line.starts_with("Adaptive: stage"))
             .collect();
         assert_eq!(!lines.is_empty(), laid_out, "{args:?}:\n{text}");
-        assert!(lines.iter().all(|line| line.contains("partitions ran as 1 tasks")), "{text}");
+        assert!(
+            lines
+                .iter()
+                .all(|line| line.contains("partitions ran as 1 tasks")),
+            "{text}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_splits_a_skewed_partition_across_workers() {
-    let dir = tokio::task::spawn_blocking(skewed_tables).await.expect("writes");
+    let dir = tokio::task::spawn_blocking(skewed_tables)
+        .await
+        .expect("writes");
     let data = dir.path().to_str().expect("utf-8 path").to_string();
     let oracle = oracle_context_over(dir.path()).await;
     let cluster = LocalCluster::start_with(2, 2, &[], &[]).await;
@@ -183,12 +221,29 @@ async fn the_cluster_splits_a_skewed_partition_across_workers() {
     let sql = SKEWED_JOINS[0];
     let text = tone_ok(
         None,
-        &["explain", "--analyze", "--master", &cluster.master, "--data", &data, sql],
+        &[
+            "explain",
+            "--analyze",
+            "--master",
+            &cluster.master,
+            "--data",
+            &data,
+            sql,
+        ],
     );
     assert!(text.contains("skewed partition"), "no split:\n{text}");
     let answer = tone_ok(
         None,
-        &["sql", "--master", &cluster.master, "--data", &data, "--format", "csv", sql],
+        &[
+            "sql",
+            "--master",
+            &cluster.master,
+            "--data",
+            &data,
+            "--format",
+            "csv",
+            sql,
+        ],
     );
     let expected = oracle_answer(&oracle, sql).await;
     let expected = arrow::util::pretty::pretty_format_batches(&expected)
@@ -196,6 +251,9 @@ async fn the_cluster_splits_a_skewed_partition_across_workers() {
         .to_string();
     let values: Vec<&str> = answer.lines().nth(1).expect("a row").split(',').collect();
     for value in &values {
-        assert!(expected.contains(value), "{value} not in\n{expected}\n(got {answer})");
+        assert!(
+            expected.contains(value),
+            "{value} not in\n{expected}\n(got {answer})"
+        );
     }
 }

@@ -173,7 +173,9 @@ async fn run_map_stages(
                 // A build stage's keys are read from the tasks it ran as.
                 let own = own
                     .into_iter()
-                    .filter_map(|filter| Some((filter.clone(), ran.get(&filter.build_stage)?.clone())))
+                    .filter_map(|filter| {
+                        Some((filter.clone(), ran.get(&filter.build_stage)?.clone()))
+                    })
                     .collect();
                 let plan = written.laid_out(stage, context, executed)?;
                 let stage = Stage {

@@ -6,11 +6,11 @@ use std::fmt::Write;
 use std::time::Instant;
 
 use clap::Args;
+use datafusion::physical_plan::ExecutionPlanProperties;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 use tone_engine::plan_figures::{exchange_kind, operator_figures, outline};
 use tone_engine::{render_dag, StageDag};
-use datafusion::physical_plan::ExecutionPlanProperties;
 
 use super::sql::SqlSource;
 use super::tables::TableArgs;

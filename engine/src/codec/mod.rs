@@ -515,9 +515,8 @@ fn decode_reader(
                     .collect()
             })
             .collect();
-        let reduces = usize::try_from(node.reduce_partitions).map_err(|_| {
-            DataFusionError::Plan("reduce partition count overflows usize".into())
-        })?;
+        let reduces = usize::try_from(node.reduce_partitions)
+            .map_err(|_| DataFusionError::Plan("reduce partition count overflows usize".into()))?;
         reader = reader.with_decoded_tasks(tasks, reduces)?;
     }
     Ok(Arc::new(reader.with_locations(node.locations)?))

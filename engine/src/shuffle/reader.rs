@@ -19,8 +19,7 @@ use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    ReplaceChildrenOptions,
-    SendableRecordBatchStream,
+    ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};

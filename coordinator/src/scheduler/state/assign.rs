@@ -170,11 +170,18 @@ impl SchedulerState {
     /// Before a stage's first task runs, lays it out from the sizes its
     /// inputs reported (`SchedulerConfig::layout`); decided once.
     fn lay_out_once(&mut self, id: &JobId, stage: StageId) {
-        let parallelism = self.workers.values().map(|worker| worker.slots).sum::<usize>();
+        let parallelism = self
+            .workers
+            .values()
+            .map(|worker| worker.slots)
+            .sum::<usize>();
         let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
-        let Some(settings) = job.layout.as_ref().map(|options| options.layout(parallelism.max(1)))
+        let Some(settings) = job
+            .layout
+            .as_ref()
+            .map(|options| options.layout(parallelism.max(1)))
         else {
             return;
         };
@@ -183,7 +190,8 @@ impl SchedulerState {
             .tasks
             .iter()
             .all(|task| task.state == Task::Pending && task.next_attempt.0 == 0);
-        if run.layout_decided || !untouched {
+        // A stage that reads no other stage has nothing sized to go by.
+        if run.layout_decided || !untouched || run.inputs.is_empty() {
             return;
         }
         let sizes: HashMap<StageId, InputSizes> = run

@@ -220,7 +220,8 @@ impl Skew {
         let skewed = |side: usize| {
             let median = self.medians[side]?;
             let bytes = inputs[side].partition(reduce);
-            let threshold = (median as f64 * settings.skew_factor).max(settings.skew_min_bytes as f64);
+            let threshold =
+                (median as f64 * settings.skew_factor).max(settings.skew_min_bytes as f64);
             (bytes as f64 > threshold).then_some((side, bytes, median))
         };
         let (side, bytes, median) = [skewed(0), skewed(1)]
@@ -354,7 +355,10 @@ fn lay_out(
     if let Some(reader) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<ShuffleReaderExec>()
     {
         let tasks = layout.readers.get(*next).cloned().ok_or_else(|| {
-            EngineError::internal(format!("stage {} has more readers than its layout", layout.stage))
+            EngineError::internal(format!(
+                "stage {} has more readers than its layout",
+                layout.stage
+            ))
         })?;
         *next += 1;
         return Ok(Arc::new(reader.with_tasks(tasks)?));

@@ -76,7 +76,7 @@ pub fn splittable_join(plan: &Arc<dyn ExecutionPlan>) -> Option<SplittableJoin> 
     let join_type = if let Some(hash) = any.downcast_ref::<HashJoinExec>() {
         (hash.partition_mode() == &PartitionMode::Partitioned
             && hash.null_equality() == NullEquality::NullEqualsNothing)
-        .then_some(*hash.join_type())?
+            .then_some(*hash.join_type())?
     } else if let Some(merge) = any.downcast_ref::<SortMergeJoinExec>() {
         merge.join_type()
     } else {

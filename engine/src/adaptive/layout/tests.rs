@@ -5,7 +5,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+};
 
 use super::*;
 use crate::ids::JobId;
@@ -91,13 +93,20 @@ fn a_stage_whose_partitions_are_large_enough_runs_as_planned() {
     let mut off = settings(4);
     off.coalesce = false;
     let tiny = sizes(vec![vec![10; 4]]);
-    assert_eq!(decide(StageId(1), &plan, &tiny, &off), None, "coalescing off");
+    assert_eq!(
+        decide(StageId(1), &plan, &tiny, &off),
+        None,
+        "coalescing off"
+    );
 }
 
 #[test]
 fn missing_or_mismatched_sizes_leave_the_stage_as_planned() {
     let plan = reader_stage(2, 4);
-    assert_eq!(decide(StageId(1), &plan, &HashMap::new(), &settings(4)), None);
+    assert_eq!(
+        decide(StageId(1), &plan, &HashMap::new(), &settings(4)),
+        None
+    );
     let one_map = sizes(vec![vec![10; 4]]);
     assert_eq!(decide(StageId(1), &plan, &one_map, &settings(4)), None);
 }

@@ -101,10 +101,7 @@ fn a_stage_runs_as_its_layout_says_once_its_inputs_reported_their_sizes() {
     assert_eq!(laid_out(&commands), [(StageId(1), 2)]);
     assert_eq!(
         assigned(&commands),
-        [
-            (w("w1"), key("j", 1, 0), 0),
-            (w("w1"), key("j", 1, 1), 0)
-        ],
+        [(w("w1"), key("j", 1, 0), 0), (w("w1"), key("j", 1, 1), 0)],
         "two tasks, not the four planned"
     );
     let sizes = seen.lock().expect("lock")[0][&StageId(0)].clone();
@@ -131,12 +128,19 @@ fn a_stage_runs_as_its_layout_says_once_its_inputs_reported_their_sizes() {
     let commands = world.report("w1", &key("j", 0, 1), 1, wrote(vec![10, 20, 30, 40]));
     assert!(laid_out(&commands).is_empty(), "decided once");
     assert_eq!(seen.lock().expect("lock").len(), 1);
-    let job = world.state.job(&job_id("j")).expect("live");
-    assert_eq!(job.stage(StageId(1)).tasks.len(), 2);
-    world.report("w1", &key("j", 1, 0), 0, succeeded(1));
-    let running = world.attempts(&key("j", 1, 1));
-    let attempt = running.first().expect("task 1 runs again").1;
-    world.report("w1", &key("j", 1, 1), attempt, succeeded(1));
+    // Its readers were stopped with the lost input and run again, as the
+    // same two tasks with the same plan.
+    assert_eq!(
+        assigned(&commands),
+        [(w("w1"), key("j", 1, 0), 1), (w("w1"), key("j", 1, 1), 1)]
+    );
+    assert!(commands.iter().all(|command| match command {
+        Command::Assign { task, plan, .. } if task.stage == StageId(1) =>
+            plan.as_ref() == b"stage 1 laid out as 2",
+        _ => true,
+    }));
+    world.report("w1", &key("j", 1, 0), 1, succeeded(1));
+    world.report("w1", &key("j", 1, 1), 1, succeeded(1));
     let ended = world.state.take_ended();
     assert_eq!(ended[0].state, JobState::Succeeded);
 }
