@@ -504,7 +504,9 @@ fn freeze(pid: u32) {
 /// partition with `lose`, then reads the result: all of it, each row once,
 /// with only the lost outputs made again.
 async fn results_survive_losing_their_worker(lose: impl FnOnce(&mut Cluster, usize)) {
-    let mut cluster = Cluster::coordinator(&["--heartbeat-timeout-ms", "2000"]);
+    // Stages as planned (`--aqe off`): tiny stages would be coalesced into
+    // one task, and the result into one partition.
+    let mut cluster = Cluster::coordinator(&["--heartbeat-timeout-ms", "2000", "--aqe", "off"]);
     // Known ports, so the test knows which worker holds which result.
     let ports = [free_port(), free_port()];
     for port in ports {
@@ -866,7 +868,8 @@ async fn coordinator_killed_mid_query_resumes(number: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_keeps_failing_a_job_is_kept_away_from_it() {
-    let mut cluster = Cluster::coordinator(&[]);
+    // Stages as planned: coalescing would make stage 1 one task.
+    let mut cluster = Cluster::coordinator(&["--aqe", "off"]);
     // Every stage-1 task panics on worker 0 only.
     cluster.add_worker(&[("TONE_FAULT_PANIC_IN_STAGE", "1")]);
     cluster.add_worker(&[]);

@@ -431,6 +431,7 @@ mod tests {
                 worker_id: "w1".into(),
                 address: "h:1".into(),
             }],
+            layout: None,
         };
         {
             let (store, _) = StateStore::open(dir.path()).expect("opens");

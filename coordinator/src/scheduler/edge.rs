@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use tone_engine::adaptive::layout::{Split, StageLayout};
+use tone_engine::shuffle::Slice;
 use tone_engine::{JobId, StageId};
 use tone_proto::v1 as pb;
 
@@ -183,13 +185,90 @@ pub fn held_from_proto(held: &[pb::HeldOutputs]) -> BTreeSet<TaskKey> {
 }
 
 /// Where a finished stage's outputs are, as the state store keeps them.
-pub fn stage_outputs(outputs: &[(WorkerId, String)]) -> pb::StageOutputs {
+pub fn stage_outputs(
+    outputs: &[(WorkerId, String)],
+    layout: Option<&StageLayout>,
+) -> pb::StageOutputs {
     pb::StageOutputs {
         outputs: outputs
             .iter()
             .map(|(worker, address)| pb::OutputLocation {
                 worker_id: worker.0.clone(),
                 address: address.clone(),
+            })
+            .collect(),
+        layout: layout.map(layout_to_proto),
+    }
+}
+
+fn layout_to_proto(layout: &StageLayout) -> pb::StageLayoutRecord {
+    pb::StageLayoutRecord {
+        partitions: layout.partitions as u32,
+        readers: layout
+            .readers
+            .iter()
+            .map(|tasks| pb::ReaderTasks {
+                tasks: tasks
+                    .iter()
+                    .map(|slices| pb::TaskSlices {
+                        slices: slices
+                            .iter()
+                            .map(|slice| pb::SliceRecord {
+                                reduce: slice.reduce,
+                                map_start: slice.maps.start,
+                                map_end: slice.maps.end,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        splits: layout
+            .splits
+            .iter()
+            .map(|split| pb::SplitRecord {
+                partition: split.partition,
+                bytes: split.bytes,
+                median: split.median,
+                pieces: split.pieces as u32,
+            })
+            .collect(),
+    }
+}
+
+/// A recorded layout of `stage`. Its slices are checked against the
+/// stage's readers when its plan is encoded.
+pub fn layout_from_proto(stage: StageId, record: pb::StageLayoutRecord) -> StageLayout {
+    StageLayout {
+        stage,
+        partitions: record.partitions as usize,
+        readers: record
+            .readers
+            .into_iter()
+            .map(|reader| {
+                reader
+                    .tasks
+                    .into_iter()
+                    .map(|task| {
+                        task.slices
+                            .into_iter()
+                            .map(|slice| Slice {
+                                reduce: slice.reduce,
+                                maps: slice.map_start..slice.map_end,
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect(),
+        splits: record
+            .splits
+            .into_iter()
+            .map(|split| Split {
+                partition: split.partition,
+                bytes: split.bytes,
+                median: split.median,
+                pieces: split.pieces as usize,
             })
             .collect(),
     }

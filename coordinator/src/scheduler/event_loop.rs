@@ -146,6 +146,7 @@ impl Scheduler {
                 executor,
                 binary,
                 finished,
+                layouts,
             } = job;
             let spec = self.admit(
                 Admitted {
@@ -161,7 +162,14 @@ impl Scheduler {
                 result_schema,
                 binary,
             );
-            self.state.resume(Resumed { spec, finished }, now);
+            self.state.resume(
+                Resumed {
+                    spec,
+                    finished,
+                    layouts,
+                },
+                now,
+            );
         }
         self.carry_out(now);
         self
@@ -618,12 +626,6 @@ impl Scheduler {
         let Some(run) = self.state.job(&job) else {
             return;
         };
-        // A stage laid out again is made again after a restart: which
-        // slices its tasks read is not recorded, and a lost output of it
-        // could not be made again alone.
-        if run.stage(stage).layout.is_some() {
-            return;
-        }
         let outputs: Option<Vec<(WorkerId, String)>> = run
             .stage(stage)
             .tasks
@@ -637,8 +639,9 @@ impl Scheduler {
             })
             .collect();
         if let Some(outputs) = outputs {
-            self.unsaved
-                .push(Unsaved::Stage(job, stage, edge::stage_outputs(&outputs)));
+            let layout = run.stage(stage).layout.as_deref();
+            let record = edge::stage_outputs(&outputs, layout);
+            self.unsaved.push(Unsaved::Stage(job, stage, record));
         }
     }
 

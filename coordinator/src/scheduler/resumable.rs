@@ -11,6 +11,7 @@ use std::time::Duration;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
+use tone_engine::adaptive::layout::StageLayout;
 use tone_engine::codec::encode_plan;
 use tone_engine::stage::Stage;
 use tone_engine::{EngineError, JobId, StageDag, StageId};
@@ -33,6 +34,8 @@ pub struct Resumption {
     pub binary: Vec<BinaryPin>,
     /// Finished stages: each map output's worker and its address.
     pub finished: BTreeMap<StageId, Vec<(WorkerId, String)>>,
+    /// How the finished stages that were laid out again ran.
+    pub layouts: BTreeMap<StageId, StageLayout>,
 }
 
 /// The record of a job that starts.
@@ -94,15 +97,20 @@ pub fn resumption(
             binary.push(pin(sha256).map_err(|error| format!("its binary is gone: {error}"))?);
         }
     }
+    let mut layouts = BTreeMap::new();
     let finished = finished
         .into_iter()
         .map(|(stage, outputs)| {
+            let stage = StageId(stage);
+            if let Some(layout) = outputs.layout {
+                layouts.insert(stage, super::edge::layout_from_proto(stage, layout));
+            }
             let located = outputs
                 .outputs
                 .into_iter()
                 .map(|output| (WorkerId(output.worker_id), output.address))
                 .collect();
-            (StageId(stage), located)
+            (stage, located)
         })
         .collect();
     Ok(Resumption {
@@ -117,6 +125,7 @@ pub fn resumption(
         executor: record.executor,
         binary,
         finished,
+        layouts,
     })
 }
 

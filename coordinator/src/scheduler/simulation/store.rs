@@ -81,6 +81,7 @@ impl ModelStore {
             .map(|stored| Resumed {
                 spec: stored.job.spec(),
                 finished: stored.finished.clone(),
+                layouts: BTreeMap::new(),
             })
             .collect()
     }

@@ -9,19 +9,23 @@
 //! lineage, as for a lost worker. Everything else is used as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
+use tone_engine::adaptive::layout::StageLayout;
 use tone_engine::{JobId, StageId};
 
-use super::job::{Job, JobSpec, Task};
+use super::job::{Job, JobSpec, Task, TaskRun};
 use super::SchedulerState;
 use crate::scheduler::model::{Command, TaskKey, WorkerId};
 
 /// A job to resume: as it was submitted, with where the outputs of its
-/// finished stages are (by map partition: the worker and its address).
+/// finished stages are (by map partition: the worker and its address),
+/// and how those laid out again ran.
 pub struct Resumed {
     pub spec: JobSpec,
     pub finished: BTreeMap<StageId, Vec<(WorkerId, String)>>,
+    pub layouts: BTreeMap<StageId, StageLayout>,
 }
 
 impl SchedulerState {
@@ -30,11 +34,18 @@ impl SchedulerState {
         self.now = now;
         let mut job = Job::new(resumed.spec, now);
         job.resumed = true;
+        let mut layouts = resumed.layouts;
         for (stage, outputs) in resumed.finished {
             let Some(run) = job.stages.get_mut(stage.0 as usize) else {
                 tracing::warn!(job_id = %job.id, %stage, "a recorded stage the job does not have; ignored");
                 continue;
             };
+            // A finished stage runs a lost task again as it ran before.
+            if let Some(layout) = layouts.remove(&stage) {
+                run.tasks = vec![TaskRun::new(); layout.tasks()];
+                run.layout = Some(Arc::new(layout));
+            }
+            run.layout_decided = true;
             if run.tasks.len() != outputs.len() {
                 tracing::warn!(job_id = %job.id, %stage, "recorded outputs do not match the stage's tasks; it runs again");
                 continue;

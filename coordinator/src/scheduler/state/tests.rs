@@ -819,6 +819,7 @@ fn resumed_two_stages(name: &str, on: &[&str]) -> Resumed {
     Resumed {
         spec: two_stages(name, on.len()),
         finished: BTreeMap::from([(StageId(0), outputs)]),
+        layouts: BTreeMap::new(),
     }
 }
 

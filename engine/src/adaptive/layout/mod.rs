@@ -133,14 +133,15 @@ pub fn decide(
         .iter()
         .map(|reader| sizes.get(&reader.stage_id()))
         .collect::<Option<_>>()?;
-    let maps_match = readers
-        .iter()
-        .zip(&inputs)
-        .all(|(reader, input)| input.maps() as usize == reader.map_partitions());
-    if !maps_match {
+    let partitions = readers[0].reduce_partitions();
+    // Every map task of every input sized every partition.
+    let sized = readers.iter().zip(&inputs).all(|(reader, input)| {
+        input.maps() as usize == reader.map_partitions()
+            && input.by_map.iter().all(|sizes| sizes.len() == partitions)
+    });
+    if !sized {
         return None;
     }
-    let partitions = readers[0].reduce_partitions();
     let join = match (settings.skew_join, readers.len()) {
         (true, 2) => splittable_join(plan),
         _ => None,

@@ -109,6 +109,8 @@ fn missing_or_mismatched_sizes_leave_the_stage_as_planned() {
     );
     let one_map = sizes(vec![vec![10; 4]]);
     assert_eq!(decide(StageId(1), &plan, &one_map, &settings(4)), None);
+    let unsized_map = sizes(vec![vec![10; 4], Vec::new()]);
+    assert_eq!(decide(StageId(1), &plan, &unsized_map, &settings(4)), None);
 }
 
 #[test]

@@ -158,3 +158,46 @@ fn a_job_without_layout_settings_runs_as_planned() {
     assert_eq!(assigned(&commands).len(), 4);
     assert!(seen.lock().expect("lock").is_empty());
 }
+
+/// After a restart, a finished stage that was laid out again keeps its
+/// layout: the output its worker lost is made again from the same slices.
+#[test]
+fn a_resumed_stage_makes_a_lost_output_again_as_it_was_laid_out() {
+    let mut world = World::new();
+    let mut spec = pairing(PairingPlans::default(), false);
+    spec.stages.push(StageShape {
+        inputs: vec![StageId(1)],
+        partitions: 1,
+    });
+    let at = |worker: &str| (w(worker), format!("{worker}:1"));
+    let layout = PairingPlans::default()
+        .lay_out(
+            StageId(1),
+            &HashMap::from([(
+                StageId(0),
+                InputSizes {
+                    by_map: vec![vec![1; 4]; 2],
+                },
+            )]),
+            &tone_engine::adaptive::ToneOptions::default().layout(1),
+        )
+        .expect("laid out");
+    let resumed = Resumed {
+        spec,
+        finished: BTreeMap::from([
+            (StageId(0), vec![at("a"), at("a")]),
+            (StageId(1), vec![at("a"), at("a")]),
+        ]),
+        layouts: BTreeMap::from([(StageId(1), layout)]),
+    };
+    world.state.resume(resumed, world.now);
+    let job = world.state.job(&job_id("j")).expect("resumed");
+    assert_eq!(job.stage(StageId(1)).tasks.len(), 2, "as it ran");
+    let commands = world.rejoin("a", 2, &[key("j", 0, 0), key("j", 0, 1), key("j", 1, 0)]);
+    assert_eq!(assigned(&commands), [(w("a"), key("j", 1, 1), 0)]);
+    let plan = commands.iter().find_map(|command| match command {
+        Command::Assign { plan, .. } => Some(plan.clone()),
+        _ => None,
+    });
+    assert_eq!(plan.as_deref(), Some(&b"stage 1 laid out as 2"[..]));
+}
