@@ -20,6 +20,7 @@ const FILTERS_ONLY: Adaptive = Adaptive {
     runtime_filters: true,
     coalesce_partitions: false,
     skew_join: false,
+    spillable_join: false,
 };
 
 /// At this scale DataFusion would broadcast every build side (a

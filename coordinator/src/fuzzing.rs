@@ -275,6 +275,7 @@ async fn join_stand_in(events: &EventSender, assigned: Assigned) {
         address: "127.0.0.1:9".into(),
         slots: 4,
         max_executors: 2,
+        memory_limit_bytes: 0,
         held: Vec::new(),
         outbox,
         reply,

@@ -195,6 +195,7 @@ mod tests {
             max_executors: 4,
             session_key: vec![0; 32],
             held_outputs: Vec::new(),
+            memory_limit_bytes: 0,
         }
     }
 

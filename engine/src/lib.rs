@@ -44,6 +44,7 @@ mod sql_location;
 pub mod stage;
 pub mod store_tables;
 pub mod stores;
+pub mod task_limit;
 pub mod text;
 
 pub use engine::{Engine, EngineConfig, StatementOutput};

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
@@ -27,6 +28,7 @@ use crate::limits::OperatorSpills;
 use crate::runtime_filter::{self, RuntimeFilter};
 use crate::shuffle::{ShuffleStore, ShuffleWriteSummary, ShuffleWriterExec};
 use crate::stage::{check_stage_plan, Stage, StageDag};
+use crate::task_limit;
 
 /// The plans a run executed, by stage: their metrics are what ran
 /// (`tone explain --analyze`). The final stage's fill in as its stream is
@@ -92,7 +94,15 @@ impl Written {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = layout::with_map_counts(Arc::clone(&stage.plan), &self.maps)?;
         let config = context.session_config();
-        let settings = crate::adaptive::options_of(config).layout(config.target_partitions());
+        let memory = match context.runtime_env().memory_pool.memory_limit() {
+            MemoryLimit::Finite(bytes) => Some(layout::TaskMemory {
+                pool_bytes: bytes as u64,
+                tasks_at_once: task_limit::tasks_at_once(context),
+            }),
+            MemoryLimit::Infinite | MemoryLimit::Unknown => None,
+        };
+        let settings =
+            crate::adaptive::options_of(config).layout(config.target_partitions(), memory);
         let Some(decided) = layout::decide(stage.id, &plan, &self.sizes, &settings) else {
             return Ok(plan);
         };
@@ -130,13 +140,18 @@ pub async fn run_dag(
     if let Some(executed) = &executed {
         executed.insert(final_stage.id, Arc::clone(&plan));
     }
-    let plan: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > 1 {
-        Arc::new(CoalescePartitionsExec::new(plan))
-    } else {
-        plan
-    };
+    let partitions = plan.output_partitioning().partition_count();
     guard.final_plan = Some(Arc::clone(&plan));
-    let stream = plan.execute(0, context)?;
+    let stream = if partitions > task_limit::tasks_at_once(&context) {
+        // Laid out as more tasks than run at once.
+        task_limit::merge_partitions(plan, context)
+    } else if partitions > 1 {
+        let merged: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(plan));
+        guard.final_plan = Some(Arc::clone(&merged));
+        merged.execute(0, context)?
+    } else {
+        plan.execute(0, context)?
+    };
     Ok(Box::pin(GuardedStream {
         inner: stream,
         _guard: guard,
@@ -240,11 +255,17 @@ async fn run_map_stage(
     let plan = runtime_filter::apply(plan, &store, &job, &filters).await?;
     let tasks = plan.output_partitioning().partition_count();
     let writer: Arc<dyn ExecutionPlan> = plan;
+    let permits = task_limit::stage_permits(&context);
     let mut set = JoinSet::new();
     for partition in 0..tasks {
         let writer = Arc::clone(&writer);
         let context = Arc::clone(&context);
+        let permits = Arc::clone(&permits);
         set.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| EngineError::internal("a stage's task permits were closed"))?;
             let writer = (writer.as_ref() as &dyn std::any::Any)
                 .downcast_ref::<ShuffleWriterExec>()
                 .ok_or_else(|| EngineError::internal("map stage without a shuffle writer"))?;

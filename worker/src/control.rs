@@ -191,6 +191,7 @@ impl Session<'_> {
                 max_executors: config.max_executors as u32,
                 session_key: session_key.to_vec(),
                 held_outputs: held_outputs(store, Some(&work.executors)).await,
+                memory_limit_bytes: config.memory_limit_bytes.unwrap_or(0),
             })),
         };
         outbox

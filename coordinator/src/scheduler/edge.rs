@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use tone_engine::adaptive::layout::{Split, StageLayout};
+use tone_engine::adaptive::layout::{JoinSwitch, Split, StageLayout};
 use tone_engine::shuffle::Slice;
 use tone_engine::{JobId, StageId};
 use tone_proto::v1 as pb;
@@ -231,8 +231,13 @@ fn layout_to_proto(layout: &StageLayout) -> pb::StageLayoutRecord {
                 bytes: split.bytes,
                 median: split.median,
                 pieces: split.pieces as u32,
+                memory_budget_bytes: split.memory_budget.unwrap_or(0),
             })
             .collect(),
+        join_switch: layout.join_switch.map(|switch| pb::JoinSwitchRecord {
+            build_bytes: switch.build_bytes,
+            task_budget_bytes: switch.task_budget_bytes,
+        }),
     }
 }
 
@@ -269,8 +274,13 @@ pub fn layout_from_proto(stage: StageId, record: pb::StageLayoutRecord) -> Stage
                 bytes: split.bytes,
                 median: split.median,
                 pieces: split.pieces as usize,
+                memory_budget: (split.memory_budget_bytes > 0).then_some(split.memory_budget_bytes),
             })
             .collect(),
+        join_switch: record.join_switch.map(|switch| JoinSwitch {
+            build_bytes: switch.build_bytes,
+            task_budget_bytes: switch.task_budget_bytes,
+        }),
     }
 }
 

@@ -238,6 +238,7 @@ impl Scheduler {
                 address,
                 slots,
                 max_executors,
+                memory_limit_bytes,
                 held,
                 outbox,
                 reply,
@@ -252,6 +253,7 @@ impl Scheduler {
                     address,
                     slots,
                     max_executors,
+                    memory_limit_bytes,
                     held: edge::held_from_proto(&held),
                 };
                 let joined = self.state.join(joining, now);

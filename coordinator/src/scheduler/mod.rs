@@ -104,6 +104,8 @@ pub enum Event {
         slots: usize,
         /// Executors the worker runs at once; 0: no limit.
         max_executors: usize,
+        /// Its memory limit; 0: none.
+        memory_limit_bytes: u64,
         /// The map outputs it holds.
         held: Vec<pb::HeldOutputs>,
         outbox: Outbox,

@@ -81,6 +81,7 @@ impl WorkerControl for ControlService {
             address: register.flight_address,
             slots: register.slots as usize,
             max_executors: register.max_executors as usize,
+            memory_limit_bytes: register.memory_limit_bytes,
             held: register.held_outputs,
             outbox,
             reply,

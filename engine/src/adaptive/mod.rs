@@ -39,6 +39,10 @@ extensions_options! {
         pub skew_factor: f64, default = 5.0
         /// ... and past this many bytes.
         pub skew_min_bytes: u64, default = 64 * 1024 * 1024
+        /// Run a partitioned hash join whose build side will not fit a
+        /// task's share of the memory limit as a sort-merge join, which
+        /// spills (see `layout`).
+        pub spillable_join: bool, default = true
     }
 }
 
@@ -54,6 +58,7 @@ pub struct Adaptive {
     pub runtime_filters: bool,
     pub coalesce_partitions: bool,
     pub skew_join: bool,
+    pub spillable_join: bool,
 }
 
 impl Adaptive {
@@ -63,6 +68,7 @@ impl Adaptive {
         runtime_filters: true,
         coalesce_partitions: true,
         skew_join: true,
+        spillable_join: true,
     };
     /// Every decision off: plans as DataFusion makes them (`--aqe off`).
     pub const OFF: Self = Self {
@@ -70,6 +76,7 @@ impl Adaptive {
         runtime_filters: false,
         coalesce_partitions: false,
         skew_join: false,
+        spillable_join: false,
     };
 
     /// `config` with these defaults registered as the `tone.` settings.
@@ -84,6 +91,7 @@ impl Adaptive {
         options.runtime_filters = self.runtime_filters;
         options.coalesce_partitions = self.coalesce_partitions;
         options.skew_join = self.skew_join;
+        options.spillable_join = self.spillable_join;
         options
     }
 }
@@ -110,8 +118,13 @@ pub fn options_of(config: &SessionConfig) -> ToneOptions {
 }
 
 impl ToneOptions {
-    /// The layout settings these options give at `parallelism`.
-    pub fn layout(&self, parallelism: usize) -> layout::LayoutSettings {
+    /// The layout settings these options give at `parallelism`, for tasks
+    /// under `task_memory`.
+    pub fn layout(
+        &self,
+        parallelism: usize,
+        task_memory: Option<layout::TaskMemory>,
+    ) -> layout::LayoutSettings {
         layout::LayoutSettings {
             coalesce: self.coalesce_partitions,
             skew_join: self.skew_join,
@@ -120,6 +133,8 @@ impl ToneOptions {
             skew_factor: self.skew_factor,
             skew_min_bytes: self.skew_min_bytes,
             parallelism,
+            spillable_join: self.spillable_join,
+            task_memory,
         }
     }
 }

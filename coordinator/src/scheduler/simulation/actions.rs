@@ -82,6 +82,7 @@ impl Simulation {
             address: worker.address.clone(),
             slots: worker.slots,
             max_executors: worker.max_executors,
+            memory_limit_bytes: 0,
             // A worker always lists what it holds; only a restarted
             // coordinator that awaits it uses the list.
             held: worker.held.clone(),

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tone_engine::adaptive::layout::InputSizes;
+use tone_engine::adaptive::layout::{InputSizes, TaskMemory};
 use tone_engine::{JobId, StageId};
 
 use super::job::{Task, TaskRun};
@@ -175,13 +175,14 @@ impl SchedulerState {
             .values()
             .map(|worker| worker.slots)
             .sum::<usize>();
+        let task_memory = self.task_memory();
         let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
         let Some(settings) = job
             .layout
             .as_ref()
-            .map(|options| options.layout(parallelism.max(1)))
+            .map(|options| options.layout(parallelism.max(1), task_memory))
         else {
             return;
         };
@@ -222,6 +223,19 @@ impl SchedulerState {
             decision: layout.to_string(),
         });
         run.layout = Some(Arc::new(layout));
+    }
+
+    /// The tightest memory a task may get on a live worker with a limit:
+    /// its pool is shared by its slots.
+    fn task_memory(&self) -> Option<TaskMemory> {
+        self.workers
+            .values()
+            .filter(|worker| worker.figures.memory_limit_bytes > 0)
+            .map(|worker| TaskMemory {
+                pool_bytes: worker.figures.memory_limit_bytes,
+                tasks_at_once: worker.slots.max(1),
+            })
+            .min_by_key(|memory| memory.pool_bytes / memory.tasks_at_once as u64)
     }
 
     /// Starts the next attempt of `key` on `worker`.

@@ -58,6 +58,8 @@ pub struct Joining {
     pub slots: usize,
     /// Executors the worker runs at once; 0: no limit.
     pub max_executors: usize,
+    /// Its memory limit (0: none), until heartbeats say.
+    pub memory_limit_bytes: u64,
     /// The map outputs it holds (a worker that outlived a coordinator).
     pub held: BTreeSet<super::model::TaskKey>,
 }
@@ -176,8 +178,9 @@ impl SchedulerState {
                 to: Recipients::One(joining.id.clone()),
             });
         }
-        let worker = Worker::new(joining.session, joining.address, joining.slots, now)
+        let mut worker = Worker::new(joining.session, joining.address, joining.slots, now)
             .with_max_executors(joining.max_executors);
+        worker.figures.memory_limit_bytes = joining.memory_limit_bytes;
         self.workers.insert(joining.id.clone(), worker);
         self.reconcile(&joining.id, &joining.held);
         self.settle();

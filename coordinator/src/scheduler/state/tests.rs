@@ -135,6 +135,7 @@ impl World {
             address: format!("{name}:1"),
             slots,
             max_executors: 0,
+            memory_limit_bytes: 0,
             held: held.iter().cloned().collect(),
         };
         self.state.join(joining, self.now).expect("joins");
@@ -641,6 +642,7 @@ fn a_live_worker_id_is_bound_to_its_session_key() {
         address: "evil:1".into(),
         slots: 8,
         max_executors: 0,
+        memory_limit_bytes: 0,
         held: Default::default(),
     };
     assert_eq!(world.state.join(impostor, world.now), Err(IdTaken(w("w1"))));
@@ -678,6 +680,7 @@ fn a_closure_job_waits_for_executor_room() {
         address: "w1:1".into(),
         slots: 4,
         max_executors: 1,
+        memory_limit_bytes: 0,
         held: Default::default(),
     };
     world.state.join(joining, world.now).expect("joins");

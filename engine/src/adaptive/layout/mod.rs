@@ -15,12 +15,16 @@
 //!   `skew_min_bytes` is split by ranges of its map outputs into pieces of
 //!   about `advisory_partition_bytes`; each piece reads the other side's
 //!   partition whole.
+//! - **Spillable join**: a partitioned hash join whose largest task's build
+//!   side will not fit a task's share of the memory limit runs as a
+//!   sort-merge join, which spills (see `join`).
 //!
 //! Invariant: every (map, reduce partition) of every input is read by
 //! exactly one task, except the other side of a split partition, read by
 //! each of its pieces. A layout is decided once per stage and kept: a task
 //! run again (a retry, lost output) reads the same slices.
 
+mod join;
 mod shape;
 
 use std::collections::HashMap;
@@ -33,7 +37,9 @@ use crate::error::{EngineError, Result};
 use crate::ids::StageId;
 use crate::shuffle::{ShuffleReaderExec, Slice};
 
-pub use shape::{coalescible_readers, splittable_join};
+use join::JoinMemory;
+pub use join::{to_sort_merge, JoinSwitch, BUILD_MEMORY_FACTOR};
+pub use shape::{coalescible_readers, splittable_join, switchable_hash_join};
 
 /// The settings a layout is decided with (the `tone.` session settings
 /// and the parallelism the stage runs at).
@@ -47,6 +53,18 @@ pub struct LayoutSettings {
     pub skew_min_bytes: u64,
     /// Tasks that can run at once (slots, or cores embedded).
     pub parallelism: usize,
+    pub spillable_join: bool,
+    /// The memory limit tasks run under, when there is one.
+    pub task_memory: Option<TaskMemory>,
+}
+
+/// The memory pool a stage's tasks share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskMemory {
+    pub pool_bytes: u64,
+    /// How many tasks share one pool at once: a worker's slots, or the
+    /// session's target partitions embedded (`task_limit`).
+    pub tasks_at_once: usize,
 }
 
 /// Bytes each map task of one input wrote to each reduce partition:
@@ -70,13 +88,36 @@ impl InputSizes {
     }
 }
 
-/// A skewed partition that was split.
+/// A partition that was split: skewed, or its join's build side would
+/// not fit a task's memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     pub partition: u32,
+    /// Bytes of the side that was split.
     pub bytes: u64,
+    /// That side's median partition (0 for a split by memory).
     pub median: u64,
     pub pieces: usize,
+    /// A task's memory, when the split was for it.
+    pub memory_budget: Option<u64>,
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.memory_budget {
+            Some(budget) => write!(
+                f,
+                "join build side of partition {} ({} bytes, x{BUILD_MEMORY_FACTOR}) over a \
+                 task's {budget} bytes of memory split into {}",
+                self.partition, self.bytes, self.pieces
+            ),
+            None => write!(
+                f,
+                "skewed partition {} ({} bytes, median {}) split into {}",
+                self.partition, self.bytes, self.median, self.pieces
+            ),
+        }
+    }
 }
 
 /// A stage's tasks, laid out again.
@@ -88,6 +129,8 @@ pub struct StageLayout {
     /// For each reader of the stage (in pre-order), each task's slices.
     pub readers: Vec<Vec<Vec<Slice>>>,
     pub splits: Vec<Split>,
+    /// Set when the stage's hash join runs as a sort-merge join.
+    pub join_switch: Option<JoinSwitch>,
 }
 
 impl StageLayout {
@@ -106,10 +149,14 @@ impl fmt::Display for StageLayout {
             self.tasks()
         )?;
         for split in &self.splits {
+            write!(f, "; {split}")?;
+        }
+        if let Some(switch) = &self.join_switch {
             write!(
                 f,
-                "; skewed partition {} ({} bytes, median {}) split into {}",
-                split.partition, split.bytes, split.median, split.pieces
+                "; hash join build side of {} bytes (x{BUILD_MEMORY_FACTOR}) over a task's {} bytes \
+                 of memory: sort-merge join",
+                switch.build_bytes, switch.task_budget_bytes
             )?;
         }
         Ok(())
@@ -125,7 +172,8 @@ pub fn decide(
     sizes: &HashMap<StageId, InputSizes>,
     settings: &LayoutSettings,
 ) -> Option<StageLayout> {
-    if !settings.coalesce && !settings.skew_join {
+    let spillable_join = settings.spillable_join && settings.task_memory.is_some();
+    if !settings.coalesce && !settings.skew_join && !spillable_join {
         return None;
     }
     let readers = coalescible_readers(plan)?;
@@ -142,10 +190,11 @@ pub fn decide(
     if !sized {
         return None;
     }
-    let join = match (settings.skew_join, readers.len()) {
-        (true, 2) => splittable_join(plan),
+    let join = match readers.len() {
+        2 => splittable_join(plan),
         _ => None,
     };
+    let memory = JoinMemory::of(plan, join, settings);
     let mut builder = Builder::new(&inputs);
     let totals: Vec<u64> = (0..partitions)
         .map(|reduce| {
@@ -155,12 +204,22 @@ pub fn decide(
                 .fold(0, u64::saturating_add)
         })
         .collect();
-    let target = coalesce_target(totals.iter().fold(0, |a, b| a.saturating_add(*b)), settings);
-    let skew = join.map(|join| Skew::new(join.sides, &inputs, partitions));
+    let mut target = coalesce_target(totals.iter().fold(0, |a, b| a.saturating_add(*b)), settings);
+    // A coalesced task's build side must fit too.
+    if let Some(memory) = &memory {
+        target = target.min(memory.build_cap());
+    }
+    let skew = join
+        .filter(|_| settings.skew_join)
+        .map(|join| Skew::new(join.sides, &inputs, partitions));
     for reduce in 0..partitions {
         let split = skew
             .as_ref()
-            .and_then(|skew| skew.split(reduce, &inputs, settings));
+            .and_then(|skew| skew.split(reduce, &inputs, settings))
+            .or_else(|| {
+                let (pieces, record) = memory.as_ref()?.split(reduce, inputs[0])?;
+                Some((0, pieces, record))
+            });
         match split {
             Some((side, pieces, record)) => {
                 builder.add_split(reduce as u32, side, pieces);
@@ -175,12 +234,15 @@ pub fn decide(
         }
     }
     builder.close();
-    let unchanged = builder.splits.is_empty() && builder.tasks() == partitions;
+    let join_switch = memory.and_then(|memory| memory.switch(&builder.readers[0], inputs[0]));
+    let unchanged =
+        builder.splits.is_empty() && builder.tasks() == partitions && join_switch.is_none();
     (!unchanged).then(|| StageLayout {
         stage,
         partitions,
         readers: builder.readers,
         splits: builder.splits,
+        join_switch,
     })
 }
 
@@ -236,6 +298,7 @@ impl Skew {
                 bytes,
                 median,
                 pieces: pieces.len(),
+                memory_budget: None,
             };
             (side, pieces, record)
         })
@@ -345,7 +408,10 @@ pub fn apply(plan: Arc<dyn ExecutionPlan>, layout: &StageLayout) -> Result<Arc<d
             layout.readers.len()
         )));
     }
-    Ok(plan)
+    match layout.join_switch {
+        Some(_) => to_sort_merge(plan),
+        None => Ok(plan),
+    }
 }
 
 fn lay_out(

@@ -91,6 +91,21 @@ pub fn splittable_join(plan: &Arc<dyn ExecutionPlan>) -> Option<SplittableJoin> 
     })
 }
 
+/// The stage's one partitioned hash join, when it may run as a sort-merge
+/// join: it is the stage's join as [`splittable_join`] finds it, compares
+/// keys the way a merge join can (NULL equal to nothing, not the null-aware
+/// anti join of `NOT IN`) and has no row limit of its own.
+pub fn switchable_hash_join(plan: &Arc<dyn ExecutionPlan>) -> Option<&HashJoinExec> {
+    splittable_join(plan)?;
+    let join = below_row_operators(plan)?;
+    let hash = (join.as_ref() as &dyn std::any::Any).downcast_ref::<HashJoinExec>()?;
+    let plain = hash.partition_mode() == &PartitionMode::Partitioned
+        && hash.null_equality() == NullEquality::NullEqualsNothing
+        && !hash.null_aware
+        && hash.fetch().is_none();
+    plain.then_some(hash)
+}
+
 /// A side may be split when each of its rows meets the other side's rows
 /// in one piece only and nothing is emitted for the other side's rows on
 /// their own: inner joins, and the side an outer, semi, anti or mark join

@@ -47,6 +47,7 @@ impl StagePlans for PairingPlans {
             partitions: 4,
             readers: vec![vec![pair(0), pair(2)]],
             splits: Vec::new(),
+            join_switch: None,
         })
     }
 }
@@ -179,7 +180,7 @@ fn a_resumed_stage_makes_a_lost_output_again_as_it_was_laid_out() {
                     by_map: vec![vec![1; 4]; 2],
                 },
             )]),
-            &tone_engine::adaptive::ToneOptions::default().layout(1),
+            &tone_engine::adaptive::ToneOptions::default().layout(1, None),
         )
         .expect("laid out");
     let resumed = Resumed {

@@ -18,6 +18,10 @@ const MIB: u64 = 1024 * 1024;
 /// A stage that is one reader of stage 0's `partitions` hash partitions,
 /// written by `maps` map tasks.
 fn reader_stage(maps: usize, partitions: usize) -> Arc<dyn ExecutionPlan> {
+    reader_of(StageId(0), maps, partitions)
+}
+
+fn reader_of(stage: StageId, maps: usize, partitions: usize) -> Arc<dyn ExecutionPlan> {
     let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
     let properties = PlanProperties::new(
         EquivalenceProperties::new(Arc::clone(&schema)),
@@ -27,7 +31,7 @@ fn reader_stage(maps: usize, partitions: usize) -> Arc<dyn ExecutionPlan> {
     );
     Arc::new(ShuffleReaderExec::new(
         JobId("j".into()),
-        StageId(0),
+        stage,
         maps,
         ReadMode::ReducePartition,
         properties,
@@ -43,6 +47,8 @@ fn settings(parallelism: usize) -> LayoutSettings {
         skew_factor: 5.0,
         skew_min_bytes: 64 * MIB,
         parallelism,
+        spillable_join: true,
+        task_memory: None,
     }
 }
 
@@ -129,3 +135,5 @@ fn map_ranges_split_a_partition_into_pieces_of_about_the_target() {
     assert_eq!(map_ranges(&input, 0, 1), vec![0..1, 1..2, 2..3, 3..4]);
     assert_eq!(map_ranges(&input, 0, 1000), vec![0..4]);
 }
+
+mod join;

@@ -1,0 +1,254 @@
+//! A partitioned hash join whose build side will not fit its task's share
+//! of the memory limit.
+//!
+//! DataFusion's hash join holds its whole build side in memory and cannot
+//! spill: past the memory limit the task fails. Once the join's inputs are
+//! done, the exact bytes each task's build side reads are known. When one,
+//! times [`BUILD_MEMORY_FACTOR`], is over the memory a task may use, the
+//! build side is split into pieces that fit or, where it may not be split,
+//! both sides are sorted on the keys (a sort spills) and merged, which
+//! holds one key's rows at a time.
+//!
+//! Splitting comes first: DataFusion's sorts under a fair pool hold a
+//! sorted run's memory unspillable until it is merged, so on small limits
+//! a sort-merge join needs more memory than the hash join it replaces
+//! (measured: a join that needs 32 MiB as a hash join needed 48 MiB as a
+//! sort-merge join).
+
+use std::sync::Arc;
+
+use arrow::compute::SortOptions;
+use arrow::datatypes::Schema;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DataFusionError, JoinSide};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::joins::utils::JoinFilter;
+use datafusion::physical_plan::joins::{HashJoinExec, SortMergeJoinExec};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{replace_children_if_necessary, ExecutionPlan};
+
+use std::ops::Range;
+
+use super::shape::SplittableJoin;
+use super::{map_ranges, InputSizes, LayoutSettings, Split};
+use crate::error::{EngineError, Result};
+use crate::shuffle::Slice;
+
+/// Memory a hash join's build side takes, as a multiple of the shuffle
+/// bytes it reads: decoded Arrow arrays plus the hash table, and room for
+/// shuffle data compressed on the wire (LZ4 on a cluster).
+pub const BUILD_MEMORY_FACTOR: u64 = 3;
+
+/// Why a stage's hash join runs as a sort-merge join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinSwitch {
+    /// Shuffle bytes of the largest build side one task reads.
+    pub build_bytes: u64,
+    /// The memory one task may use.
+    pub task_budget_bytes: u64,
+}
+
+/// The memory a stage's partitioned hash join may hold, when a memory
+/// limit is set.
+///
+/// A build side that may be split (its rows meet the probe side's in one
+/// piece only: inner and left-hand joins) is split by ranges of its map
+/// outputs into pieces that fit, each reading the probe partition whole,
+/// so the join stays a hash join. One that may not (right-hand and full
+/// joins) runs as a sort-merge join when a task's build side will not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct JoinMemory {
+    pub task_budget_bytes: u64,
+    build_splittable: bool,
+}
+
+impl JoinMemory {
+    /// The budget of `plan`'s tasks, when it is a partitioned hash join
+    /// (`join` its shape).
+    pub fn of(
+        plan: &Arc<dyn ExecutionPlan>,
+        join: Option<SplittableJoin>,
+        settings: &LayoutSettings,
+    ) -> Option<Self> {
+        let memory = settings.task_memory.filter(|_| settings.spillable_join)?;
+        super::shape::switchable_hash_join(plan)?;
+        Some(Self {
+            task_budget_bytes: memory.pool_bytes / memory.tasks_at_once.max(1) as u64,
+            // Reader 0 is the join's left side, which a hash join builds.
+            build_splittable: join.is_some_and(|join| join.sides[0]),
+        })
+    }
+
+    /// The most build-side shuffle bytes a task may read.
+    pub fn build_cap(&self) -> u64 {
+        (self.task_budget_bytes / BUILD_MEMORY_FACTOR).max(1)
+    }
+
+    /// Pieces of partition `reduce`'s build side, when it will not fit a
+    /// task and may be split.
+    pub fn split(&self, reduce: usize, build: &InputSizes) -> Option<(Vec<Range<u32>>, Split)> {
+        let bytes = build.partition(reduce);
+        if !self.build_splittable || bytes <= self.build_cap() {
+            return None;
+        }
+        let pieces = map_ranges(build, reduce, self.build_cap());
+        (pieces.len() > 1).then(|| {
+            let record = Split {
+                partition: reduce as u32,
+                bytes,
+                median: 0,
+                pieces: pieces.len(),
+                memory_budget: Some(self.task_budget_bytes),
+            };
+            (pieces, record)
+        })
+    }
+
+    /// The switch to a sort-merge join, when a task's build side (over
+    /// `build_tasks`, reader 0's slices per task) will not fit and the
+    /// build side may not be split.
+    pub fn switch(&self, build_tasks: &[Vec<Slice>], build: &InputSizes) -> Option<JoinSwitch> {
+        if self.build_splittable {
+            return None;
+        }
+        let build_bytes = build_tasks
+            .iter()
+            .map(|slices| slices_bytes(slices, build))
+            .max()?;
+        (build_bytes > self.build_cap()).then_some(JoinSwitch {
+            build_bytes,
+            task_budget_bytes: self.task_budget_bytes,
+        })
+    }
+}
+
+fn slices_bytes(slices: &[Slice], input: &InputSizes) -> u64 {
+    slices
+        .iter()
+        .flat_map(|slice| {
+            let reduce = slice.reduce as usize;
+            slice.maps.clone().map(move |map| (map as usize, reduce))
+        })
+        .map(|(map, reduce)| {
+            input
+                .by_map
+                .get(map)
+                .and_then(|sizes| sizes.get(reduce))
+                .copied()
+                .unwrap_or(0)
+        })
+        .fold(0, u64::saturating_add)
+}
+
+/// `plan` with its partitioned hash join (under row-by-row operators)
+/// replaced by a sort-merge join of the same output.
+pub fn to_sort_merge(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(join) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<HashJoinExec>() {
+        return sort_merge_of(join);
+    }
+    let child = match plan.children().as_slice() {
+        [child] => Arc::clone(child),
+        _ => {
+            return Err(EngineError::internal(
+                "a stage switched to a sort-merge join has no hash join under row operators",
+            ))
+        }
+    };
+    let child = to_sort_merge(child)?;
+    Ok(replace_children_if_necessary(plan, vec![child])?)
+}
+
+fn sort_merge_of(join: &HashJoinExec) -> Result<Arc<dyn ExecutionPlan>> {
+    // Ascending, NULLs first: what DataFusion plans a sort-merge join with.
+    let options = SortOptions::default();
+    let sorted = |input: &Arc<dyn ExecutionPlan>, keys: Vec<Arc<dyn PhysicalExpr>>| {
+        let ordering = LexOrdering::new(
+            keys.into_iter()
+                .map(|expr| PhysicalSortExpr::new(expr, options)),
+        )
+        .ok_or_else(|| EngineError::internal("a hash join without keys"))?;
+        let sort = SortExec::new(ordering, Arc::clone(input)).with_preserve_partitioning(true);
+        Ok::<_, EngineError>(Arc::new(sort) as Arc<dyn ExecutionPlan>)
+    };
+    let left = sorted(
+        &join.left,
+        join.on.iter().map(|(left, _)| Arc::clone(left)).collect(),
+    )?;
+    let right = sorted(
+        &join.right,
+        join.on.iter().map(|(_, right)| Arc::clone(right)).collect(),
+    )?;
+    let merge: Arc<dyn ExecutionPlan> = Arc::new(SortMergeJoinExec::try_new(
+        left,
+        right,
+        join.on.clone(),
+        join.filter.as_ref().map(left_columns_first).transpose()?,
+        join.join_type,
+        vec![options; join.on.len()],
+        join.null_equality,
+    )?);
+    let Some(projection) = &join.projection else {
+        return Ok(merge);
+    };
+    // The hash join projected its output itself; the merge join cannot.
+    let schema = merge.schema();
+    let columns = projection
+        .iter()
+        .map(|&index| {
+            let field = schema.fields().get(index).ok_or_else(|| {
+                EngineError::internal(format!("a hash join projects missing column {index}"))
+            })?;
+            let name = field.name().clone();
+            Ok((
+                Arc::new(Column::new(&name, index)) as Arc<dyn PhysicalExpr>,
+                name,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(ProjectionExec::try_new(columns, merge)?))
+}
+
+/// `filter` with its left side's columns before its right side's.
+/// DataFusion's sort-merge join builds a filter's input that way whatever
+/// order the filter lists them in (a hash join follows the list), so a
+/// filter planned with a right-side column first would compare the wrong
+/// columns.
+fn left_columns_first(filter: &JoinFilter) -> Result<JoinFilter> {
+    let indices = filter.column_indices();
+    let order: Vec<usize> = (0..indices.len())
+        .filter(|&i| indices[i].side == JoinSide::Left)
+        .chain((0..indices.len()).filter(|&i| indices[i].side != JoinSide::Left))
+        .collect();
+    // new_position[old] = where column `old` of the filter's input goes.
+    let mut new_position = vec![0; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_position[old] = new;
+    }
+    let expression = Arc::clone(filter.expression())
+        .transform(|expr| {
+            let Some(column) = (expr.as_ref() as &dyn std::any::Any).downcast_ref::<Column>()
+            else {
+                return Ok(Transformed::no(expr));
+            };
+            let index = new_position.get(column.index()).copied().ok_or_else(|| {
+                DataFusionError::Internal(format!("a join filter reads column {}", column.index()))
+            })?;
+            Ok(Transformed::yes(
+                Arc::new(Column::new(column.name(), index)) as Arc<dyn PhysicalExpr>,
+            ))
+        })?
+        .data;
+    let schema = filter.schema();
+    let fields: Vec<_> = order
+        .iter()
+        .map(|&old| Arc::clone(&schema.fields()[old]))
+        .collect();
+    let columns = order.iter().map(|&old| indices[old].clone()).collect();
+    Ok(JoinFilter::new(
+        expression,
+        columns,
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+    ))
+}
