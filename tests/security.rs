@@ -297,6 +297,7 @@ fn register(worker_id: &str, slots: u32) -> pb::WorkerMessage {
             max_executors: 1,
             session_key,
             held_outputs: Vec::new(),
+            memory_limit_bytes: 0,
         })),
     }
 }

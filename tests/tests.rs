@@ -24,6 +24,7 @@ mod s3;
 mod security;
 mod shuffle;
 mod speculation;
+mod spillable_join;
 mod spmd;
 mod sql_beyond_tpch;
 mod sql_generated;

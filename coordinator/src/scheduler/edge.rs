@@ -236,7 +236,7 @@ fn layout_to_proto(layout: &StageLayout) -> pb::StageLayoutRecord {
             .collect(),
         join_switch: layout.join_switch.map(|switch| pb::JoinSwitchRecord {
             build_bytes: switch.build_bytes,
-            task_budget_bytes: switch.task_budget_bytes,
+            pool_bytes: switch.pool_bytes,
         }),
     }
 }
@@ -279,7 +279,7 @@ pub fn layout_from_proto(stage: StageId, record: pb::StageLayoutRecord) -> Stage
             .collect(),
         join_switch: record.join_switch.map(|switch| JoinSwitch {
             build_bytes: switch.build_bytes,
-            task_budget_bytes: switch.task_budget_bytes,
+            pool_bytes: switch.pool_bytes,
         }),
     }
 }

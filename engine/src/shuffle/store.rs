@@ -176,15 +176,6 @@ impl MapOutput {
             .sum()
     }
 
-    /// Bytes of each reduce partition: what adaptive layout sizes a
-    /// consuming stage by.
-    pub fn partition_bytes(&self) -> Vec<u64> {
-        self.partitions
-            .iter()
-            .map(|segments| segments.iter().map(Segment::byte_len).sum())
-            .collect()
-    }
-
     fn memory_bytes(&self) -> u64 {
         self.partitions
             .iter()

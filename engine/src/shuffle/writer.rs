@@ -44,7 +44,9 @@ pub struct ShuffleWriteSummary {
     pub rows: u64,
     pub bytes: u64,
     pub spilled_bytes: u64,
-    /// Bytes of each reduce partition it wrote.
+    /// Bytes of each reduce partition it wrote, as Arrow arrays in memory
+    /// (what a consumer holds once it decodes them; the same whatever the
+    /// shuffle's compression).
     pub partition_bytes: Vec<u64>,
 }
 
@@ -242,15 +244,31 @@ async fn write_map_task(
         })
         .await??;
     }
-    let (output, spilled_bytes) = run_cpu(move || writer.finish()).await??;
+    let (output, spilled_bytes, partition_bytes) = run_cpu(move || writer.finish()).await??;
     let summary = ShuffleWriteSummary {
         rows: output.rows(),
         bytes: output.bytes(),
         spilled_bytes,
-        partition_bytes: output.partition_bytes(),
+        partition_bytes,
     };
     store.put(&task.job_id, task.stage_id, task.partition, output)?;
     Ok(summary)
+}
+
+/// Bytes of `batch`'s buffers in use: its size once decoded, without the
+/// spare capacity and bookkeeping of how it was built, which would swamp
+/// a small piece.
+fn arrow_bytes(batch: &RecordBatch) -> u64 {
+    fn data_bytes(data: &arrow::array::ArrayData) -> u64 {
+        let buffers: usize = data.buffers().iter().map(|buffer| buffer.len()).sum();
+        let nulls = data.nulls().map_or(0, |nulls| nulls.buffer().len());
+        (buffers + nulls) as u64 + data.child_data().iter().map(data_bytes).sum::<u64>()
+    }
+    batch
+        .columns()
+        .iter()
+        .map(|column| data_bytes(&column.to_data()))
+        .sum()
 }
 
 /// Distinguishes spill files of attempts of the same task.
@@ -280,6 +298,8 @@ struct MapOutputWriter {
     spilled_bytes: u64,
     /// Bytes of the open segments, held in the session's memory pool.
     reservation: MemoryReservation,
+    /// Arrow bytes of the rows given to each partition.
+    decoded_bytes: Vec<u64>,
 }
 
 impl MapOutputWriter {
@@ -313,6 +333,7 @@ impl MapOutputWriter {
             spill: None,
             spilled_bytes: 0,
             reservation,
+            decoded_bytes: vec![0; count],
         })
     }
 
@@ -331,10 +352,15 @@ impl MapOutputWriter {
         let options = &self.options;
         self.open
             .par_iter_mut()
+            .zip(self.decoded_bytes.par_iter_mut())
             .zip(pieces)
-            .try_for_each(|(open, piece)| match piece {
+            .try_for_each(|((open, decoded), piece)| match piece {
                 Some(piece) if piece.num_rows() > 0 => {
-                    append(open, compact_views(piece)?, schema, options)
+                    // Sized once compacted: a taken view array still
+                    // points into the whole batch's strings.
+                    let piece = compact_views(piece)?;
+                    *decoded = decoded.saturating_add(arrow_bytes(&piece));
+                    append(open, piece, schema, options)
                 }
                 _ => Ok(()),
             })?;
@@ -370,7 +396,8 @@ impl MapOutputWriter {
             .sum()
     }
 
-    fn finish(mut self) -> Result<(MapOutput, u64)> {
+    /// The output, the bytes spilled, and each partition's Arrow bytes.
+    fn finish(mut self) -> Result<(MapOutput, u64, Vec<u64>)> {
         // An unsplit output (a job's result, a merge's input) that got no
         // rows still says its schema: a client reading it over Flight
         // (Flight SQL from the workers) needs one message that does.
@@ -389,6 +416,7 @@ impl MapOutputWriter {
                 partitions: std::mem::take(&mut self.sealed),
             },
             self.spilled_bytes,
+            std::mem::take(&mut self.decoded_bytes),
         ))
     }
 

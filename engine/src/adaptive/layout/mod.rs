@@ -154,9 +154,9 @@ impl fmt::Display for StageLayout {
         if let Some(switch) = &self.join_switch {
             write!(
                 f,
-                "; hash join build side of {} bytes (x{BUILD_MEMORY_FACTOR}) over a task's {} bytes \
-                 of memory: sort-merge join",
-                switch.build_bytes, switch.task_budget_bytes
+                "; hash join build side of {} bytes (x{BUILD_MEMORY_FACTOR}) over the {} bytes \
+                 of the memory pool: sort-merge join",
+                switch.build_bytes, switch.pool_bytes
             )?;
         }
         Ok(())

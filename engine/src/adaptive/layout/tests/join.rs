@@ -89,13 +89,23 @@ fn a_build_side_that_will_not_fit_is_split_into_pieces_that_do() {
 }
 
 #[test]
-fn a_build_side_that_may_not_be_split_runs_as_a_sort_merge_join() {
+fn a_build_side_that_may_not_be_split_runs_as_a_sort_merge_join_past_the_pool() {
     let plan = join_stage(JoinType::Full);
-    let layout = decide(StageId(2), &plan, &join_sizes(), &limited()).expect("laid out");
+    // 4 MiB (x3) fits the 12 MiB pool, if not a task's share: kept.
+    let layout = decide(StageId(2), &plan, &join_sizes(), &limited());
+    assert!(layout.is_none_or(|layout| layout.join_switch.is_none()));
+    let mut sizes = join_sizes();
+    sizes.insert(
+        StageId(0),
+        InputSizes {
+            by_map: vec![vec![2 * MIB, 1000, 1000, 1000]; 4],
+        },
+    );
+    let layout = decide(StageId(2), &plan, &sizes, &limited()).expect("laid out");
     assert!(layout.splits.is_empty(), "{layout}");
     let switch = layout.join_switch.expect("switched");
-    assert_eq!(switch.build_bytes, 4 * MIB);
-    assert_eq!(switch.task_budget_bytes, 3 * MIB);
+    assert_eq!(switch.build_bytes, 8 * MIB);
+    assert_eq!(switch.pool_bytes, 12 * MIB);
     let switched = apply(plan, &layout).expect("applies");
     let any = switched.as_ref() as &dyn std::any::Any;
     assert!(any.is::<SortMergeJoinExec>(), "{switched:?}");
