@@ -213,8 +213,9 @@ pub struct FailureArgs {
 pub struct PlanningArgs {
     /// Adaptive decisions: join reordering when planning, and laying out
     /// each stage from its inputs' sizes (coalescing small partitions,
-    /// splitting skewed ones) before it runs; a statement may still turn
-    /// join reordering on or off (`SET tone.join_reorder = true`).
+    /// splitting skewed ones and join build sides too big for a task's
+    /// memory) before it runs; a statement may still turn each on or off
+    /// (`SET tone.join_reorder = true`).
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub aqe: Switch,
 }
