@@ -85,33 +85,36 @@ struct Written {
 
 impl Written {
     /// `stage`'s plan with its readers told how many tasks each input ran
-    /// as, and laid out again when its session's settings say so.
+    /// as, and laid out again when its session's settings say so; and how
+    /// many of its tasks may run at once.
     fn laid_out(
         &self,
         stage: &Stage,
         context: &TaskContext,
         executed: Option<&Arc<ExecutedStages>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    ) -> Result<(Arc<dyn ExecutionPlan>, usize)> {
+        let at_once = task_limit::tasks_at_once(context);
         let plan = layout::with_map_counts(Arc::clone(&stage.plan), &self.maps)?;
         let config = context.session_config();
         let memory = match context.runtime_env().memory_pool.memory_limit() {
             MemoryLimit::Finite(bytes) => Some(layout::TaskMemory {
                 pool_bytes: bytes as u64,
-                tasks_at_once: task_limit::tasks_at_once(context),
+                tasks_at_once: at_once,
             }),
             MemoryLimit::Infinite | MemoryLimit::Unknown => None,
         };
         let settings =
             crate::adaptive::options_of(config).layout(config.target_partitions(), memory);
         let Some(decided) = layout::decide(stage.id, &plan, &self.sizes, &settings) else {
-            return Ok(plan);
+            return Ok((plan, at_once));
         };
         tracing::debug!(%decided, "stage laid out");
         let plan = layout::apply(plan, &decided)?;
+        let at_once = decided.tasks_at_once.unwrap_or(at_once);
         if let Some(executed) = executed {
             executed.laid_out(decided);
         }
-        Ok(plan)
+        Ok((plan, at_once))
     }
 }
 
@@ -135,16 +138,16 @@ pub async fn run_dag(
     };
     let written = run_map_stages(&dag, &store, &context, &spills, executed.as_ref()).await?;
     let final_stage = dag.final_stage();
-    let plan = written.laid_out(final_stage, &context, executed.as_ref())?;
+    let (plan, at_once) = written.laid_out(final_stage, &context, executed.as_ref())?;
     let plan = round_trip(final_stage.id, &plan, &context)?;
     if let Some(executed) = &executed {
         executed.insert(final_stage.id, Arc::clone(&plan));
     }
     let partitions = plan.output_partitioning().partition_count();
     guard.final_plan = Some(Arc::clone(&plan));
-    let stream = if partitions > task_limit::tasks_at_once(&context) {
+    let stream = if partitions > at_once {
         // Laid out as more tasks than run at once.
-        task_limit::merge_partitions(plan, context)
+        task_limit::merge_partitions(plan, context, at_once)
     } else if partitions > 1 {
         let merged: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(plan));
         guard.final_plan = Some(Arc::clone(&merged));
@@ -192,14 +195,14 @@ async fn run_map_stages(
                         Some((filter.clone(), ran.get(&filter.build_stage)?.clone()))
                     })
                     .collect();
-                let plan = written.laid_out(stage, context, executed)?;
+                let (plan, at_once) = written.laid_out(stage, context, executed)?;
                 let stage = Stage {
                     plan,
                     ..stage.clone()
                 };
                 ran.insert(stage.id, stage.clone());
                 running.push(run_map_stage(
-                    stage,
+                    (stage, at_once),
                     Arc::clone(context),
                     Arc::clone(spills),
                     executed.cloned(),
@@ -239,8 +242,9 @@ fn release_consumed(dag: &StageDag, done: &HashSet<StageId>, store: &dyn Shuffle
     }
 }
 
+/// Runs `stage`, at most `at_once` of its tasks at a time.
 async fn run_map_stage(
-    stage: Stage,
+    (stage, at_once): (Stage, usize),
     context: Arc<TaskContext>,
     spills: Arc<OperatorSpills>,
     executed: Option<Arc<ExecutedStages>>,
@@ -255,7 +259,7 @@ async fn run_map_stage(
     let plan = runtime_filter::apply(plan, &store, &job, &filters).await?;
     let tasks = plan.output_partitioning().partition_count();
     let writer: Arc<dyn ExecutionPlan> = plan;
-    let permits = task_limit::stage_permits(&context);
+    let permits = Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
     let mut set = JoinSet::new();
     for partition in 0..tasks {
         let writer = Arc::clone(&writer);

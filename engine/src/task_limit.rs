@@ -4,7 +4,8 @@
 //! memory pool. Embedded, the same bound is the session's target
 //! partitions: a stage laid out as more tasks than that (split skewed or
 //! too-big partitions) runs the extra ones as earlier ones finish, so a
-//! split for memory lowers the memory held at once.
+//! split for memory lowers the memory held at once. A layout may lower it
+//! further for one stage (`StageLayout::tasks_at_once`).
 
 use std::sync::Arc;
 
@@ -22,20 +23,16 @@ pub fn tasks_at_once(context: &TaskContext) -> usize {
     context.session_config().target_partitions().max(1)
 }
 
-/// A permit per running task of one stage.
-pub fn stage_permits(context: &TaskContext) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(tasks_at_once(context)))
-}
-
 /// All partitions of `plan`, merged in whatever order they come, with at
-/// most [`tasks_at_once`] of them running at a time.
+/// most `at_once` of them running at a time.
 pub fn merge_partitions(
     plan: Arc<dyn ExecutionPlan>,
     context: Arc<TaskContext>,
+    at_once: usize,
 ) -> SendableRecordBatchStream {
     let partitions = plan.output_partitioning().partition_count();
     let mut builder = RecordBatchReceiverStreamBuilder::new(plan.schema(), MERGE_BUFFER_BATCHES);
-    let permits = stage_permits(&context);
+    let permits = Arc::new(Semaphore::new(at_once.max(1)));
     for partition in 0..partitions {
         let plan = Arc::clone(&plan);
         let context = Arc::clone(&context);

@@ -281,6 +281,8 @@ pub fn layout_from_proto(stage: StageId, record: pb::StageLayoutRecord) -> Stage
             build_bytes: switch.build_bytes,
             pool_bytes: switch.pool_bytes,
         }),
+        // A worker runs its slots' worth of tasks whatever the layout.
+        tasks_at_once: None,
     }
 }
 

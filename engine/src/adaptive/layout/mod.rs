@@ -131,6 +131,9 @@ pub struct StageLayout {
     pub splits: Vec<Split>,
     /// Set when the stage's hash join runs as a sort-merge join.
     pub join_switch: Option<JoinSwitch>,
+    /// Set when fewer of the stage's tasks may run at once than usual, so
+    /// that their join build sides fit the pool together (embedded).
+    pub tasks_at_once: Option<usize>,
 }
 
 impl StageLayout {
@@ -150,6 +153,9 @@ impl fmt::Display for StageLayout {
         )?;
         for split in &self.splits {
             write!(f, "; {split}")?;
+        }
+        if let Some(tasks) = self.tasks_at_once {
+            write!(f, "; {tasks} at a time for memory")?;
         }
         if let Some(switch) = &self.join_switch {
             write!(
@@ -235,14 +241,20 @@ pub fn decide(
     }
     builder.close();
     let join_switch = memory.and_then(|memory| memory.switch(&builder.readers[0], inputs[0]));
-    let unchanged =
-        builder.splits.is_empty() && builder.tasks() == partitions && join_switch.is_none();
+    let tasks_at_once = memory
+        .filter(|_| join_switch.is_none())
+        .and_then(|memory| memory.tasks_at_once(&builder.readers[0], inputs[0]));
+    let unchanged = builder.splits.is_empty()
+        && builder.tasks() == partitions
+        && join_switch.is_none()
+        && tasks_at_once.is_none();
     (!unchanged).then(|| StageLayout {
         stage,
         partitions,
         readers: builder.readers,
         splits: builder.splits,
         join_switch,
+        tasks_at_once,
     })
 }
 

@@ -48,6 +48,7 @@ impl StagePlans for PairingPlans {
             readers: vec![vec![pair(0), pair(2)]],
             splits: Vec::new(),
             join_switch: None,
+            tasks_at_once: None,
         })
     }
 }

@@ -38,7 +38,7 @@ fn join_stage(join_type: JoinType) -> Arc<dyn ExecutionPlan> {
     )
 }
 
-/// 12 MiB shared by 4 tasks: 3 MiB a task, so 1 MiB of build side.
+/// 12 MiB shared by 4 tasks: 3 MiB a task, so 0.75 MiB of build side.
 fn limited() -> LayoutSettings {
     let mut settings = settings(4);
     settings.task_memory = Some(TaskMemory {
@@ -69,6 +69,8 @@ fn a_build_side_that_will_not_fit_is_split_into_pieces_that_do() {
     assert_eq!(split[0].partition, 0);
     assert_eq!(split[0].memory_budget, Some(3 * MIB));
     assert_eq!(split[0].pieces, 4);
+    // A piece of 1 MiB (x4) is still over a task's 3 MiB: 3 at a time.
+    assert_eq!(layout.tasks_at_once, Some(3));
     assert!(layout.to_string().contains("over a task's"), "{layout}");
     // Each piece reads one map's build rows and the probe partition whole.
     for task in 0..4 {
@@ -91,10 +93,16 @@ fn a_build_side_that_will_not_fit_is_split_into_pieces_that_do() {
 #[test]
 fn a_build_side_that_may_not_be_split_runs_as_a_sort_merge_join_past_the_pool() {
     let plan = join_stage(JoinType::Full);
-    // 4 MiB (x3) fits the 12 MiB pool, if not a task's share: kept.
-    let layout = decide(StageId(2), &plan, &join_sizes(), &limited());
-    assert!(layout.is_none_or(|layout| layout.join_switch.is_none()));
+    // 2 MiB (x4) fits the 12 MiB pool, if not a task's share: kept.
     let mut sizes = join_sizes();
+    sizes.insert(
+        StageId(0),
+        InputSizes {
+            by_map: vec![vec![MIB / 2, 1000, 1000, 1000]; 4],
+        },
+    );
+    let layout = decide(StageId(2), &plan, &sizes, &limited());
+    assert!(layout.is_none_or(|layout| layout.join_switch.is_none()));
     sizes.insert(
         StageId(0),
         InputSizes {
