@@ -106,11 +106,20 @@ impl Written {
         let settings =
             crate::adaptive::options_of(config).layout(config.target_partitions(), memory);
         let Some(decided) = layout::decide(stage.id, &plan, &self.sizes, &settings) else {
-            return Ok((plan, at_once));
+            // As planned, every task runs at once: the partitions of one
+            // plan instance may wait for each other (a hash join's
+            // dynamic filter waits for every partition's build side).
+            let tasks = plan.output_partitioning().partition_count();
+            return Ok((plan, tasks));
         };
         tracing::debug!(%decided, "stage laid out");
         let plan = layout::apply(plan, &decided)?;
-        let at_once = decided.tasks_at_once.unwrap_or(at_once);
+        // A laid-out stage's tasks read readers' slices and never wait
+        // for each other (its leaves are all readers, which take no
+        // dynamic filter), so the limit cannot stall it.
+        let at_once = decided
+            .tasks_at_once
+            .unwrap_or(at_once.max(decided.partitions));
         if let Some(executed) = executed {
             executed.laid_out(decided);
         }

@@ -1,10 +1,12 @@
 //! How many tasks of one stage the embedded runtime runs at once.
 //!
 //! A cluster worker runs at most its slots' worth of tasks, which share its
-//! memory pool. Embedded, the same bound is the session's target
-//! partitions: a stage laid out as more tasks than that (split skewed or
-//! too-big partitions) runs the extra ones as earlier ones finish, so a
-//! split for memory lowers the memory held at once. A layout may lower it
+//! memory pool. Embedded, a stage laid out as more tasks than planned
+//! (split skewed or too-big partitions) runs at most its planned
+//! partitions (or the session's target partitions, if more) at once, the
+//! extra ones as earlier ones finish, so a split for memory lowers the
+//! memory held at once. A stage run as planned runs every task at once:
+//! the partitions of one DataFusion plan may wait for each other. A layout may lower it
 //! further for one stage (`StageLayout::tasks_at_once`).
 
 use std::sync::Arc;

@@ -67,3 +67,9 @@ group by rollup(c_custkey);
 select n_name, rank() over (partition by n_regionkey order by n_name) r
 from nation
 where (select max(l_orderkey) from lineitem) = 600000;
+
+-- name: union_of_broadcast_semi_joins_whose_partitions_wait_for_each_other
+-- Embedded once ran a stage's tasks a few at a time: a union's two
+-- broadcast joins each wait, for their dynamic filter, for all their
+-- partitions, and with half of each running the stage never finished.
+with c as (select case when t1.p_size is distinct from case when case when t1.p_retailprice between least(1917.33, 1336.73) and greatest(1917.33, 1336.73) then t1.p_partkey end is not null then t1.p_size end then nullif(t1.p_container, 'Brand#34') else coalesce(t1.p_type, 'carefully') end as c0, t1.p_mfgr as c1, t1.p_size as c2 from part t1 where (not not exists (select 1 from partsupp s2 where s2.ps_partkey = t1.p_partkey))) select c0, c1, c2 from c union all select c0, c1, c2 from c where (not c.c1 > 'deposit') order by 1, 2, 3;
