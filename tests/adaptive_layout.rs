@@ -9,7 +9,7 @@ use tone::{Engine, EngineConfig};
 use tone_engine::adaptive::layout::StageLayout;
 use tone_engine::adaptive::Adaptive;
 
-use crate::cluster::{tone_ok, LocalCluster};
+use crate::cluster::{explain_analyzed, tone_ok, LocalCluster};
 use crate::common::compare::same_answer;
 use crate::common::{
     oracle_answer, oracle_context_over, tone_engine_with, tpch_data, tpch_queries,
@@ -181,18 +181,7 @@ async fn the_coordinator_lays_stages_out_unless_started_with_aqe_off() {
     let q01 = &tpch_queries()[0].1;
     for (args, laid_out) in [(&[][..], true), (&["--aqe", "off"][..], false)] {
         let cluster = LocalCluster::start_with(2, 2, &[], args).await;
-        let text = tone_ok(
-            None,
-            &[
-                "explain",
-                "--analyze",
-                "--master",
-                &cluster.master,
-                "--data",
-                &data,
-                q01,
-            ],
-        );
+        let text = explain_analyzed(&cluster.master, &data, &[], q01);
         let lines: Vec<&str> = text
             .lines()
             .filter(|line| line.starts_with("Adaptive: stage"))
@@ -219,18 +208,7 @@ async fn the_cluster_splits_a_skewed_partition_across_workers() {
         tone_ok(None, &["sql", "--master", &cluster.master, setting.trim()]);
     }
     let sql = SKEWED_JOINS[0];
-    let text = tone_ok(
-        None,
-        &[
-            "explain",
-            "--analyze",
-            "--master",
-            &cluster.master,
-            "--data",
-            &data,
-            sql,
-        ],
-    );
+    let text = explain_analyzed(&cluster.master, &data, &[], sql);
     assert!(text.contains("skewed partition"), "no split:\n{text}");
     let answer = tone_ok(
         None,

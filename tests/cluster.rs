@@ -448,6 +448,15 @@ async fn malformed_and_oversized_messages_are_refused_and_the_coordinator_stays_
     assert_eq!(rows[0].num_rows(), 1);
 }
 
+/// `tone explain --analyze` of `sql` over the tables in `data`, run by
+/// the cluster at `master` (with `extra` arguments), asserting success.
+pub fn explain_analyzed(master: &str, data: &str, extra: &[&str], sql: &str) -> String {
+    let mut args = vec!["explain", "--analyze", "--master", master, "--data", data];
+    args.extend_from_slice(extra);
+    args.push(sql);
+    tone_ok(None, &args)
+}
+
 /// Runs `tone` with `args` (and `TONE_MASTER` when given), asserts success
 /// and returns stdout.
 pub fn tone_ok(master_env: Option<&str>, args: &[&str]) -> String {

@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use tone::{Engine, EngineConfig};
 use tone_engine::adaptive::Adaptive;
 
-use crate::cluster::{tone_ok, LocalCluster};
+use crate::cluster::{explain_analyzed, tone_ok, LocalCluster};
 use crate::common::compare::same_answer;
 use crate::common::{oracle_answer, oracle_context, tone_engine_with, tpch_data, tpch_queries};
 
@@ -278,18 +278,7 @@ async fn the_coordinator_reorders_unless_started_with_aqe_off() {
     let lineitem = count(&lineitem, "SELECT count(*) FROM lineitem").await;
     for (args, reordered) in [(&[][..], true), (&["--aqe", "off"][..], false)] {
         let cluster = LocalCluster::start_with(2, 1, &[], args).await;
-        let text = tone_ok(
-            None,
-            &[
-                "explain",
-                "--analyze",
-                "--master",
-                &cluster.master,
-                "--data",
-                &data,
-                BAD_ORDER,
-            ],
-        );
+        let text = explain_analyzed(&cluster.master, &data, &[], BAD_ORDER);
         let written = writer_rows(&text);
         let most = written.iter().copied().max().unwrap_or(0);
         assert!(!written.is_empty(), "no shuffle writers in:\n{text}");

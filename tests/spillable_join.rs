@@ -7,21 +7,25 @@ use futures::TryStreamExt;
 use tone::{Engine, EngineConfig, EngineError};
 use tone_engine::adaptive::Adaptive;
 
-use crate::cluster::{tone_ok, tpch_tables, LocalCluster};
+use crate::cluster::{explain_analyzed, tpch_tables, LocalCluster};
 use crate::common::compare::same_answer;
 use crate::common::{oracle_answer, oracle_context, tone_engine_with, tpch_data};
 
 const MIB: u64 = 1024 * 1024;
 
 /// Joins of orders (with its comments, the build side) and lineitem,
-/// partitioned on the order key: about 24 MB of build side at SF0.1.
-const JOINS: [&str; 3] = [
+/// partitioned on the order key: about 24 MB of build side at SF0.1. In
+/// the last the join is the final stage, so its pieces are merged into
+/// the result a few at a time.
+const JOINS: [&str; 4] = [
     "select count(*), sum(length(o_comment) + length(l_comment)) \
      from orders join lineitem on l_orderkey = o_orderkey",
     "select o_orderpriority, count(*), sum(length(l_comment) + length(o_comment)) \
      from orders join lineitem on l_orderkey = o_orderkey group by o_orderpriority",
     "select l_returnflag, count(*), max(o_comment) from lineitem join orders \
      on l_orderkey = o_orderkey and o_totalprice > l_extendedprice * 3 group by l_returnflag",
+    "select o_orderkey, l_linenumber from orders join lineitem on l_orderkey = o_orderkey \
+     where length(o_comment) + length(l_comment) > 118",
 ];
 
 async fn limited(adaptive: Adaptive) -> Engine {
@@ -90,20 +94,7 @@ async fn workers_under_a_memory_limit_run_a_join_split_for_memory() {
     same_answer(sql, &oracle_answer(&oracle, sql).await, &batches)
         .unwrap_or_else(|e| panic!("{e}"));
     let data = tpch_data().to_str().expect("utf-8 path");
-    let text = tone_ok(
-        None,
-        &[
-            "explain",
-            "--analyze",
-            "--master",
-            &cluster.master,
-            "--data",
-            data,
-            "--partitions",
-            "4",
-            sql,
-        ],
-    );
+    let text = explain_analyzed(&cluster.master, &data, &["--partitions", "4"], sql);
     assert!(
         text.contains("over a task's 6291456 bytes of memory split into"),
         "no split by the workers' 12 MiB over 2 slots:\n{text}"

@@ -123,11 +123,7 @@ impl JoinMemory {
     /// not fit a share: as many as fit the pool, at least one. Honoured
     /// embedded (`task_limit`); a worker runs its slots' worth.
     pub fn tasks_at_once(&self, build_tasks: &[Vec<Slice>], build: &InputSizes) -> Option<usize> {
-        let largest = build_tasks
-            .iter()
-            .map(|slices| slices_bytes(slices, build))
-            .max()?
-            .saturating_mul(BUILD_MEMORY_FACTOR);
+        let largest = largest_task(build_tasks, build)?.saturating_mul(BUILD_MEMORY_FACTOR);
         if largest <= self.task_budget_bytes {
             return None;
         }
@@ -142,10 +138,7 @@ impl JoinMemory {
         if self.build_splittable {
             return None;
         }
-        let build_bytes = build_tasks
-            .iter()
-            .map(|slices| slices_bytes(slices, build))
-            .max()?;
+        let build_bytes = largest_task(build_tasks, build)?;
         (build_bytes.saturating_mul(BUILD_MEMORY_FACTOR) > self.pool_bytes).then_some(JoinSwitch {
             build_bytes,
             pool_bytes: self.pool_bytes,
@@ -153,22 +146,18 @@ impl JoinMemory {
     }
 }
 
-fn slices_bytes(slices: &[Slice], input: &InputSizes) -> u64 {
-    slices
+/// The build bytes of the task (`build_tasks`: reader 0's slices per
+/// task) that reads the most.
+fn largest_task(build_tasks: &[Vec<Slice>], build: &InputSizes) -> Option<u64> {
+    build_tasks
         .iter()
-        .flat_map(|slice| {
-            let reduce = slice.reduce as usize;
-            slice.maps.clone().map(move |map| (map as usize, reduce))
+        .map(|slices| {
+            slices
+                .iter()
+                .map(|slice| build.slice(slice))
+                .fold(0, u64::saturating_add)
         })
-        .map(|(map, reduce)| {
-            input
-                .by_map
-                .get(map)
-                .and_then(|sizes| sizes.get(reduce))
-                .copied()
-                .unwrap_or(0)
-        })
-        .fold(0, u64::saturating_add)
+        .max()
 }
 
 /// `plan` with its partitioned hash join (under row-by-row operators)

@@ -79,6 +79,16 @@ impl InputSizes {
         self.by_map.len() as u32
     }
 
+    /// Bytes of the maps and partition `slice` names.
+    fn slice(&self, slice: &Slice) -> u64 {
+        let reduce = slice.reduce as usize;
+        slice
+            .maps
+            .clone()
+            .filter_map(|map| self.by_map.get(map as usize)?.get(reduce).copied())
+            .fold(0, u64::saturating_add)
+    }
+
     fn partition(&self, reduce: usize) -> u64 {
         // Sizes come from workers' reports: summed without overflow.
         self.by_map
