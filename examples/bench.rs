@@ -163,6 +163,9 @@ enum Which {
         /// TONE_MASTER, else embedded)
         #[arg(long, value_name = "URL")]
         master: Option<String>,
+        /// Embedded: the engine's memory limit, e.g. 512M
+        #[arg(long, value_name = "SIZE")]
+        memory_limit: Option<String>,
     },
     /// Many small jobs through one coordinator: its memory and the time
     /// per job after every 1,000 jobs
@@ -202,7 +205,11 @@ async fn main() -> std::process::ExitCode {
             Ok(ctx) => bench_wordcount(&ctx, &work_dir(size.dir), size.bytes).await,
             Err(error) => Err(error),
         },
-        Which::Terasort { size, master } => {
+        Which::Terasort {
+            size,
+            master,
+            memory_limit,
+        } => {
             let mut rest: Vec<String> = vec![
                 "--bytes".into(),
                 size.bytes.to_string(),
@@ -211,6 +218,9 @@ async fn main() -> std::process::ExitCode {
             ];
             if let Some(url) = master {
                 rest.extend(["--master".to_string(), url]);
+            }
+            if let Some(limit) = memory_limit {
+                rest.extend(["--memory-limit".to_string(), limit]);
             }
             terasort::run(&rest).await.map(|line| println!("{line}"))
         }

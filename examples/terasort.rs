@@ -3,7 +3,7 @@
 //! and validates the output: sorted, and the same records as the input
 //! (count and an order-independent checksum).
 //!
-//! `cargo run --release --example terasort -- [--bytes N] [--dir DIR] [--master URL]`
+//! `cargo run --release --example terasort -- [--bytes N] [--dir DIR] [--master URL | --memory-limit SIZE]`
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,9 @@ struct Args {
     /// TONE_MASTER, else embedded)
     #[arg(long, value_name = "URL")]
     master: Option<String>,
+    /// Embedded: the engine's memory limit, e.g. 512M (sorts spill past it)
+    #[arg(long, value_name = "SIZE", value_parser = tone_engine::limits::parse_size)]
+    memory_limit: Option<u64>,
 }
 
 /// Bytes per record (without the line end) and per key.
@@ -130,9 +133,13 @@ async fn run_parsed(args: Args) -> Result<String, tone::Error> {
     let dir = args
         .dir
         .unwrap_or_else(|| std::env::temp_dir().join("tone-terasort"));
-    let ctx = match args.master {
-        Some(url) => Context::connect(&url).await?,
-        None => Context::from_env().await?,
+    let ctx = match (args.master, args.memory_limit) {
+        (Some(url), _) => Context::connect(&url).await?,
+        (None, Some(limit)) => Context::local_with(tone_engine::EngineConfig {
+            memory_limit_bytes: Some(limit),
+            ..tone_engine::EngineConfig::default()
+        })?,
+        (None, None) => Context::from_env().await?,
     };
     let records = bytes / (RECORD_BYTES as u64 + 1);
     let input = dir.join("input");

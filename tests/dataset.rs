@@ -248,6 +248,36 @@ async fn terasort_sorts_and_keeps_every_record() {
     assert_eq!(found, expected);
 }
 
+/// The sort of `sort_by` runs in the engine's memory pool: under a limit
+/// far below its data it spills to disk and stays exact. (Before, each
+/// range was decoded into Rust values outside the pool: the same job
+/// exhausted the limit in the final merge.)
+#[tokio::test(flavor = "multi_thread")]
+async fn terasort_spills_under_a_memory_limit_and_keeps_every_record() {
+    let temp = tempfile::tempdir().expect("temp");
+    let input = temp.path().join("input");
+    let output = temp.path().join("output");
+    // 30 MB of records (40 MB routed, with their ranges and key bytes); 2
+    // sorts share a 64 MiB limit's 48 MiB pool.
+    let expected = terasort::generate(&input, 300_000, 4).expect("generate");
+    let ctx = Context::local_with(EngineConfig {
+        partitions: 2,
+        memory_limit_bytes: Some(64 * 1024 * 1024),
+        ..EngineConfig::default()
+    })
+    .expect("embedded context");
+    let written = terasort::sort(&ctx, &input, &output).await.expect("sort");
+    assert_eq!(written, 300_000);
+    let (found, sorted) = terasort::validate(&output).expect("validate");
+    assert!(sorted, "output is not sorted");
+    assert_eq!(found, expected);
+    let engine = ctx.engine().expect("embedded");
+    assert!(
+        engine.operator_spills().spilled_bytes() > 0,
+        "the sort did not spill"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn typed_join_matches_std() {
     let (customers, orders) = typed_join::generate(200);

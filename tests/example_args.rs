@@ -27,7 +27,12 @@ const EXAMPLES: [(&str, Option<&str>, &[&str], bool); 12] = [
         false,
     ),
     ("inverted_index", None, &["--input", "--master"], false),
-    ("terasort", None, &["--bytes", "--dir", "--master"], false),
+    (
+        "terasort",
+        None,
+        &["--bytes", "--dir", "--master", "--memory-limit"],
+        false,
+    ),
     ("pagerank", None, &["--pages"], true),
     ("kmeans", None, &["--points", "--k"], true),
     ("typed_join", None, &["--customers"], true),
@@ -43,7 +48,7 @@ const EXAMPLES: [(&str, Option<&str>, &[&str], bool); 12] = [
     (
         "bench",
         Some("terasort"),
-        &["--bytes", "--dir", "--master"],
+        &["--bytes", "--dir", "--master", "--memory-limit"],
         false,
     ),
     (

@@ -1,7 +1,7 @@
 //! A worker's `--memory-limit` and `--disk-limit` reach the executor
 //! processes of jobs with Rust closures: their shuffle files count in the
-//! worker's disk use and against its limit, and their sorts spill under
-//! its memory limit.
+//! worker's disk use and against its limit, and their sorts (SQL, and a
+//! typed `sort_by`) spill under its memory limit.
 
 use std::process::Command;
 
@@ -91,6 +91,38 @@ async fn an_executors_sort_spills_under_the_workers_memory_limit() {
     assert_eq!(remote, expected);
     // The sorts ran in executors, under the workers' 32 MiB: they spilled,
     // and the workers' heartbeats say so.
+    wait_until(|| async {
+        let spilled: u64 = disk_and_spills(&cluster)
+            .await
+            .iter()
+            .map(|(_, spilled)| spilled)
+            .sum();
+        spilled > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_typed_sort_spills_in_executors_under_the_workers_memory_limit() {
+    // 2 workers at 40 MiB, 1 slot each: 24 MB of records cannot be sorted
+    // in memory (each sort keeps 10 MB for merging its spills).
+    let cluster = LocalCluster::start_with(2, 1, &[], &["--memory-limit", "40M"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(example("terasort"))
+        .args(["--bytes", "24M", "--dir"])
+        .arg(dir.path().join("terasort"))
+        .args(["--master", &cluster.master])
+        .env_remove("TONE_MASTER")
+        .output()
+        .expect("terasort runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success()
+            && stdout.trim_end().ends_with("VALID")
+            && !stdout.contains("INVALID"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     wait_until(|| async {
         let spilled: u64 = disk_and_spills(&cluster)
             .await

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tone_engine::closure::{PartitionFn, PartitionState};
 use tone_engine::EngineError;
 
 use super::rows::{Data, Key, Layout};
+use super::sort_key;
 
 type EResult<T> = Result<T, EngineError>;
 
@@ -206,13 +207,16 @@ fn count_batch(rows: u64) -> EResult<Option<RecordBatch>> {
 }
 
 /// Range routing for a total sort: tags every row with the index of the
-/// key range it falls in. The split points arrive as the node's argument
-/// (JSON), since they are data computed from a sample at run time.
+/// key range it falls in, and with its key's ordered bytes when
+/// `key_bytes` (the sort then runs on those). The split points arrive as
+/// the node's argument (JSON), since they are data computed from a sample
+/// at run time.
 pub(crate) struct RouteFn<T, K> {
     pub pipe: Pipe<T>,
     pub key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     pub layout: Layout,
     pub schema: SchemaRef,
+    pub key_bytes: bool,
 }
 
 impl<T: Data, K: Data + Ord> PartitionFn for RouteFn<T, K> {
@@ -227,6 +231,7 @@ impl<T: Data, K: Data + Ord> PartitionFn for RouteFn<T, K> {
             layout: self.layout.clone(),
             schema: Arc::clone(&self.schema),
             splits,
+            key_bytes: self.key_bytes,
         }))
     }
 }
@@ -237,6 +242,7 @@ struct RouteState<T, K> {
     layout: Layout,
     schema: SchemaRef,
     splits: Vec<K>,
+    key_bytes: bool,
 }
 
 impl<T: Data, K: Data + Ord> PartitionState for RouteState<T, K> {
@@ -245,14 +251,16 @@ impl<T: Data, K: Data + Ord> PartitionState for RouteState<T, K> {
         if rows.is_empty() {
             return Ok(None);
         }
-        let parts: Vec<u32> = rows
+        let keys: Vec<K> = rows.iter().map(|row| (self.key)(row)).collect();
+        let parts: Vec<u32> = keys
             .iter()
-            .map(|row| {
-                let key = (self.key)(row);
-                self.splits.partition_point(|split| *split <= key) as u32
-            })
+            .map(|key| self.splits.partition_point(|split| split <= key) as u32)
             .collect();
-        with_part(&self.layout, &self.schema, &rows, parts).map(Some)
+        let key_bytes = match self.key_bytes {
+            true => Some(sort_key::column(keys.iter())?),
+            false => None,
+        };
+        with_part(&self.layout, &self.schema, &rows, parts, key_bytes).map(Some)
     }
 
     fn finish(self: Box<Self>) -> EResult<Option<RecordBatch>> {
@@ -260,16 +268,18 @@ impl<T: Data, K: Data + Ord> PartitionState for RouteState<T, K> {
     }
 }
 
-/// `rows` as items plus the `__part` column.
+/// `rows` as items plus the `__part` column (and the key bytes, if any).
 fn with_part<T: Data>(
     layout: &Layout,
     schema: &SchemaRef,
     rows: &[T],
     parts: Vec<u32>,
+    key_bytes: Option<ArrayRef>,
 ) -> EResult<RecordBatch> {
     let items = layout.encode_items(rows)?;
     let mut columns = items.columns().to_vec();
     columns.push(Arc::new(UInt32Array::from(parts)));
+    columns.extend(key_bytes);
     RecordBatch::try_new(Arc::clone(schema), columns).map_err(|error| EngineError::Internal {
         message: format!("routed batch: {error}"),
     })
@@ -332,7 +342,7 @@ impl<T: Data, K: Data + Ord> PartitionState for SortState<T, K> {
         rows.sort_by(|left, right| left.0.cmp(&right.0));
         let rows: Vec<T> = rows.into_iter().map(|(_, row)| row).collect();
         let parts = vec![part; rows.len()];
-        with_part(&self.layout, &self.schema, &rows, parts).map(Some)
+        with_part(&self.layout, &self.schema, &rows, parts, None).map(Some)
     }
 }
 

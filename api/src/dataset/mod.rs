@@ -19,6 +19,7 @@ mod functions;
 mod keyed;
 mod rows;
 mod sort;
+mod sort_key;
 
 use std::fmt::Display;
 use std::panic::Location;

@@ -5,9 +5,17 @@
 //! 2. Each row is tagged with its key range (`__part`, by binary search in
 //!    the split points, which travel as the closure's argument), and a range
 //!    shuffle on `__part` sends range `i` to reduce partition `i`.
-//! 3. Each reduce task sorts its range by the user's key (stable) and
-//!    declares its output ordered by `__part`; a sort-preserving merge then
-//!    reads the ranges in order, so the result is sorted end to end.
+//! 3. Each reduce task sorts what it reads, and a sort-preserving merge
+//!    reads the tasks' outputs in order, so the result is sorted end to end.
+//!
+//! Step 3 has two forms. Where the key's ordered bytes (`sort_key`) agree
+//! with its `Ord` on the sample, rows carry those bytes as `__key` and
+//! DataFusion's `SortExec` sorts each task's Arrow batches by them: the
+//! rows stay columnar, and the sort spills under a memory limit. A task may
+//! read several ranges (coalesced) or part of one (split); the merge on
+//! `__key` orders either. Otherwise each reduce task decodes its range and
+//! sorts it by `Ord` in memory (stable), declaring its output ordered by
+//! `__part`.
 
 use std::panic::Location;
 use std::sync::Arc;
@@ -18,6 +26,7 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr, RangePartitioning};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::FutureExt;
@@ -26,6 +35,7 @@ use tone_engine::EngineError;
 
 use super::functions::{RouteFn, SampleFn, SortFn};
 use super::rows::{decode_items, Data, Layout, ITEM_COLUMN};
+use super::sort_key::{self, KEY_BYTES_COLUMN};
 use super::{call_name, items_emit, Dataset, PlanThunk};
 use crate::error::Result;
 
@@ -48,7 +58,13 @@ impl<T: Data> Dataset<T> {
         };
         let mut fields = items.fields.as_ref().clone();
         fields.push(Arc::new(Field::new(PART_COLUMN, DataType::UInt32, false)));
-        let routed_schema: SchemaRef = Arc::new(Schema::new(fields));
+        let routed_schema: SchemaRef = Arc::new(Schema::new(fields.clone()));
+        fields.push(Arc::new(Field::new(
+            KEY_BYTES_COLUMN,
+            DataType::Binary,
+            false,
+        )));
+        let keyed_schema: SchemaRef = Arc::new(Schema::new(fields));
         let key: Arc<dyn Fn(&T) -> K + Send + Sync> = Arc::new(key);
 
         let sample = self.register(
@@ -60,14 +76,26 @@ impl<T: Data> Dataset<T> {
                 emit: items_emit::<K>(keys),
             }),
         );
-        let route = self.register(
+        let route_keyed = self.register(
             &format!("{name}:route"),
+            Arc::clone(&keyed_schema),
+            Arc::new(RouteFn {
+                pipe: Arc::clone(&self.pipe),
+                key: Arc::clone(&key),
+                layout: items.clone(),
+                schema: keyed_schema,
+                key_bytes: true,
+            }),
+        );
+        let route = self.register(
+            &format!("{name}:route-by-ord"),
             Arc::clone(&routed_schema),
             Arc::new(RouteFn {
                 pipe: Arc::clone(&self.pipe),
                 key: Arc::clone(&key),
                 layout: items.clone(),
                 schema: Arc::clone(&routed_schema),
+                key_bytes: false,
             }),
         );
         let sort = self.register(
@@ -85,6 +113,7 @@ impl<T: Data> Dataset<T> {
         let plan: PlanThunk = Arc::new(move || {
             let (ctx, input) = (ctx.clone(), Arc::clone(&input));
             let (sample, route, sort) = (sample.clone(), route.clone(), sort.clone());
+            let route_keyed = route_keyed.clone();
             async move {
                 let input = input().await?;
                 let sample_plan: Arc<dyn ExecutionPlan> = Arc::new(ClosureExec::try_new(
@@ -95,11 +124,15 @@ impl<T: Data> Dataset<T> {
                     None,
                 )?);
                 let batches = ctx.run_plan(sample_plan).await?;
-                let splits = split_points::<K>(&batches, partitions)?;
+                let sample = sorted_sample::<K>(&batches)?;
+                let splits = split_points(&sample, partitions)?;
                 let argument =
                     serde_json::to_vec(&splits).map_err(|error| EngineError::Internal {
                         message: format!("cannot encode sort split points: {error}"),
                     })?;
+                let ranges = splits.len() + 1;
+                let by_bytes = sort_key::bytes_keep_order(&sample);
+                let route = if by_bytes { route_keyed } else { route };
                 let routed: Arc<dyn ExecutionPlan> = Arc::new(ClosureExec::try_new(
                     input,
                     route.0,
@@ -107,7 +140,10 @@ impl<T: Data> Dataset<T> {
                     Arc::new(argument),
                     None,
                 )?);
-                ranges_in_order(routed, splits.len() + 1, sort)
+                match by_bytes {
+                    true => ranges_sorted_by_bytes(routed, ranges),
+                    false => ranges_sorted_by_ord(routed, ranges, sort),
+                }
             }
             .boxed()
         });
@@ -121,17 +157,19 @@ impl<T: Data> Dataset<T> {
     }
 }
 
-/// `partitions - 1` split points at even quantiles of the sampled keys,
-/// without repeats (fewer ranges when the keys are few).
-fn split_points<K: Data + Ord>(
-    batches: &[arrow::array::RecordBatch],
-    partitions: usize,
-) -> Result<Vec<K>> {
+/// The sampled keys, sorted by `Ord`.
+fn sorted_sample<K: Data + Ord>(batches: &[arrow::array::RecordBatch]) -> Result<Vec<K>> {
     let mut sample: Vec<K> = Vec::new();
     for batch in batches {
         sample.extend(decode_items::<K>(batch)?);
     }
     sample.sort();
+    Ok(sample)
+}
+
+/// `partitions - 1` split points at even quantiles of the sorted sample,
+/// without repeats (fewer ranges when the keys are few).
+fn split_points<K: Data + Ord>(sample: &[K], partitions: usize) -> Result<Vec<K>> {
     let mut splits: Vec<K> = Vec::new();
     for index in 1..partitions.max(1) {
         let position = index * sample.len() / partitions;
@@ -153,9 +191,22 @@ fn internal(error: serde_json::Error) -> crate::Error {
     })
 }
 
-/// Range shuffle on `__part` into `ranges` partitions, the per-range sort,
-/// the in-order merge, and the `item` column alone.
-fn ranges_in_order(
+/// Range shuffle on `__part`, DataFusion's sort of each task's rows by
+/// their key bytes, the merge on the key bytes, and the `item` column alone.
+fn ranges_sorted_by_bytes(
+    routed: Arc<dyn ExecutionPlan>,
+    ranges: usize,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let ordering = ordering_on(&routed, KEY_BYTES_COLUMN)?;
+    let shuffled = range_shuffle(routed, ranges)?;
+    let sorted = SortExec::new(ordering.clone(), shuffled).with_preserve_partitioning(true);
+    let merged = SortPreservingMergeExec::new(ordering, Arc::new(sorted));
+    items_of(Arc::new(merged))
+}
+
+/// Range shuffle on `__part` into `ranges` partitions, the per-range sort
+/// by `Ord`, the in-order merge, and the `item` column alone.
+fn ranges_sorted_by_ord(
     routed: Arc<dyn ExecutionPlan>,
     ranges: usize,
     sort: (
@@ -163,25 +214,8 @@ fn ranges_in_order(
         tone_engine::closure::ClosureEntry,
     ),
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let part_index = routed
-        .schema()
-        .index_of(PART_COLUMN)
-        .map_err(datafusion::error::DataFusionError::from)?;
-    let part = Arc::new(Column::new(PART_COLUMN, part_index));
-    let ordering = LexOrdering::new(vec![PhysicalSortExpr::new_default(Arc::clone(&part) as _)])
-        .ok_or_else(|| EngineError::Internal {
-            message: "empty sort ordering".into(),
-        })?;
-    let split_points = (1..ranges)
-        .map(|index| SplitPoint::new(vec![ScalarValue::UInt32(Some(index as u32))]))
-        .collect();
-    let partitioning = if ranges > 1 {
-        Partitioning::Range(RangePartitioning::new(ordering.clone(), split_points))
-    } else {
-        Partitioning::RoundRobinBatch(1)
-    };
-    let shuffled: Arc<dyn ExecutionPlan> =
-        Arc::new(RepartitionExec::try_new(routed, partitioning)?);
+    let ordering = ordering_on(&routed, PART_COLUMN)?;
+    let shuffled = range_shuffle(routed, ranges)?;
     let sorted: Arc<dyn ExecutionPlan> = Arc::new(ClosureExec::try_new(
         shuffled,
         sort.0,
@@ -189,14 +223,49 @@ fn ranges_in_order(
         Arc::default(),
         Some(PART_COLUMN.to_string()),
     )?);
-    let merged: Arc<dyn ExecutionPlan> = Arc::new(SortPreservingMergeExec::new(ordering, sorted));
+    items_of(Arc::new(SortPreservingMergeExec::new(ordering, sorted)))
+}
+
+/// Ascending order on one column of `plan`'s output.
+fn ordering_on(plan: &Arc<dyn ExecutionPlan>, column: &str) -> Result<LexOrdering> {
+    let index = plan
+        .schema()
+        .index_of(column)
+        .map_err(datafusion::error::DataFusionError::from)?;
+    let column = Arc::new(Column::new(column, index));
+    Ok(
+        LexOrdering::new(vec![PhysicalSortExpr::new_default(column as _)]).ok_or_else(|| {
+            EngineError::Internal {
+                message: "empty sort ordering".into(),
+            }
+        })?,
+    )
+}
+
+/// Sends key range `i` (`__part = i`) to reduce partition `i`.
+fn range_shuffle(routed: Arc<dyn ExecutionPlan>, ranges: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    let partitioning = if ranges > 1 {
+        let split_points = (1..ranges)
+            .map(|index| SplitPoint::new(vec![ScalarValue::UInt32(Some(index as u32))]))
+            .collect();
+        Partitioning::Range(RangePartitioning::new(
+            ordering_on(&routed, PART_COLUMN)?,
+            split_points,
+        ))
+    } else {
+        Partitioning::RoundRobinBatch(1)
+    };
+    Ok(Arc::new(RepartitionExec::try_new(routed, partitioning)?))
+}
+
+/// The `item` column of `plan`'s output.
+fn items_of(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let item = Arc::new(Column::new(ITEM_COLUMN, 0));
-    let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(
+    Ok(Arc::new(ProjectionExec::try_new(
         vec![(
             item as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
             ITEM_COLUMN.to_string(),
         )],
-        merged,
-    )?);
-    Ok(projected)
+        plan,
+    )?))
 }
