@@ -311,34 +311,11 @@ async fn typed_join_matches_std() {
     assert_eq!(found_lonely.len(), 50);
 }
 
-/// PageRank in plain std, the same rules as the example.
-pub(crate) fn pagerank_std(edges: &[(u64, u64)]) -> BTreeMap<u64, f64> {
-    let mut links: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for (from, to) in edges {
-        links.entry(*from).or_default().push(*to);
-    }
-    let mut ranks: BTreeMap<u64, f64> = links.keys().map(|page| (*page, 1.0)).collect();
-    for _ in 0..pagerank::ITERATIONS {
-        let mut sums: BTreeMap<u64, f64> = BTreeMap::new();
-        for (page, targets) in &links {
-            if let Some(rank) = ranks.get(page) {
-                for target in targets {
-                    *sums.entry(*target).or_insert(0.0) += rank / targets.len() as f64;
-                }
-            }
-        }
-        ranks = sums
-            .into_iter()
-            .map(|(page, sum)| (page, (1.0 - pagerank::DAMPING) + pagerank::DAMPING * sum))
-            .collect();
-    }
-    ranks
-}
-
+/// PageRank against plain std (the example's own `pagerank_plain`).
 #[tokio::test(flavor = "multi_thread")]
 async fn pagerank_matches_std() {
     let edges = pagerank::graph(300);
-    let ranks = pagerank_std(&edges);
+    let ranks = pagerank::pagerank_plain(&edges);
     let found = pagerank::pagerank(&context(2), edges)
         .await
         .expect("pagerank");

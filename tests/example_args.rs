@@ -33,7 +33,7 @@ const EXAMPLES: [(&str, Option<&str>, &[&str], bool); 12] = [
         &["--bytes", "--dir", "--master", "--memory-limit"],
         false,
     ),
-    ("pagerank", None, &["--pages"], true),
+    ("pagerank", None, &["--pages", "--check"], true),
     ("kmeans", None, &["--points", "--k"], true),
     ("typed_join", None, &["--customers"], true),
     ("tpch_dataframe", None, &["--data"], true),

@@ -259,7 +259,7 @@ async fn iterative_jobs_built_from_earlier_results_run_on_a_cluster() {
     assert_eq!(stdout(&remote), expected);
 
     // PageRank: 10 iterations, each parallelizing the ranks collected last.
-    let ranks = crate::dataset::pagerank_std(&crate::dataset::pagerank::graph(500));
+    let ranks = crate::dataset::pagerank::pagerank_plain(&crate::dataset::pagerank::graph(500));
     let mut top: Vec<f64> = ranks.values().copied().collect();
     top.sort_by(|left, right| right.total_cmp(left));
     let remote = run(

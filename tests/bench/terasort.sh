@@ -72,7 +72,7 @@ for n in 1 2; do
   PIDS+=($!)
   WORKERS+=($!)
 done
-until "$T" workers --master "$MASTER" 2>/dev/null | grep -c . | grep -q 2; do sleep 0.2; done
+until [ "$("$T" workers --master "$MASTER" 2>/dev/null | grep -c .)" -ge 2 ]; do sleep 0.2; done
 
 # Peak RSS of each worker's tree, sampled every half second.
 (
