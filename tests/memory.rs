@@ -18,6 +18,9 @@ const AGGREGATE_SQL: &str = "select l_orderkey, l_partkey, sum(l_quantity) as q,
      min(l_comment) as m from lineitem group by l_orderkey, l_partkey";
 
 const MIB: u64 = 1024 * 1024;
+/// Small enough that the sort spills many runs, as large as its merge
+/// needs (`sort_spill_reservation_bytes`, 10 MB, and the shuffle's share).
+const MULTI_PASS_LIMIT: u64 = 20 * MIB;
 
 async fn limited_engine(memory_limit_bytes: u64) -> Engine {
     let engine = Engine::new(EngineConfig {
@@ -60,12 +63,50 @@ async fn embedded_sort_and_aggregate_spill_under_a_memory_limit_and_stay_exact()
     assert!(budget.spilled_bytes() > 0, "the shuffle never spilled");
     assert_eq!(budget.used_bytes(), 0, "shuffle memory outlived its jobs");
     eprintln!(
-        "embedded, 64 MiB: sort spilled {after_sort} B ({} spills in all), aggregate {} B, \
+        "embedded, 64 MiB: sort spilled {after_sort} B ({} spills, {} rows in all), aggregate {} B, \
          shuffle spilled {} B, shuffle memory peak total {} B",
         engine.operator_spills().spill_count(),
+        engine.operator_spills().spilled_rows(),
         after_aggregate - after_sort,
         budget.spilled_bytes(),
         budget.reserved_bytes_total()
+    );
+}
+
+/// A sort with more spilled runs than its merge memory reads at once
+/// merges them in several passes (DataFusion's multi-level merge): the
+/// intermediate passes spill rows again, and the answer is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sort_with_many_runs_merges_them_in_several_passes() {
+    let engine = Engine::new(EngineConfig {
+        partitions: 1,
+        memory_limit_bytes: Some(MULTI_PASS_LIMIT),
+        ..EngineConfig::default()
+    })
+    .expect("engine starts");
+    engine
+        .register_data_dir(tpch_data())
+        .await
+        .expect("tables register");
+    let oracle = oracle_context().await;
+    let sorted = engine
+        .sql(SORT_SQL)
+        .await
+        .expect("the sort merges and runs");
+    same_rows_in_order(&oracle_answer(&oracle, SORT_SQL).await, &sorted).expect("same order");
+    let rows: usize = sorted.iter().map(|batch| batch.num_rows()).sum();
+    let spills = engine.operator_spills();
+    eprintln!(
+        "{} rows sorted; {} spills, {} rows spilled, {} bytes",
+        rows,
+        spills.spill_count(),
+        spills.spilled_rows(),
+        spills.spilled_bytes()
+    );
+    assert!(
+        spills.spilled_rows() > rows as u64,
+        "no row was spilled twice: {} spilled of {rows}",
+        spills.spilled_rows()
     );
 }
 

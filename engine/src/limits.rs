@@ -123,6 +123,7 @@ fn plan_tree_sum(
 pub struct OperatorSpills {
     spilled_bytes: AtomicU64,
     spill_count: AtomicU64,
+    spilled_rows: AtomicU64,
     shuffle_rows_written: AtomicU64,
 }
 
@@ -133,8 +134,10 @@ impl OperatorSpills {
         // have their own accessors.
         let bytes = plan_spilled_bytes(plan);
         let count = plan_tree_sum(plan, &|metrics| metrics.spill_count());
+        let rows = plan_tree_sum(plan, &|metrics| metrics.spilled_rows());
         self.spilled_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.spill_count.fetch_add(count, Ordering::Relaxed);
+        self.spilled_rows.fetch_add(rows, Ordering::Relaxed);
     }
 
     pub fn spilled_bytes(&self) -> u64 {
@@ -143,6 +146,13 @@ impl OperatorSpills {
 
     pub fn spill_count(&self) -> u64 {
         self.spill_count.load(Ordering::Relaxed)
+    }
+
+    /// Rows written to spill files; a row spilled again by an intermediate
+    /// merge pass (a sort with more runs than its memory merges at once)
+    /// counts each time.
+    pub fn spilled_rows(&self) -> u64 {
+        self.spilled_rows.load(Ordering::Relaxed)
     }
 
     /// Adds the rows one map stage wrote to the shuffle.
