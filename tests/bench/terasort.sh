@@ -20,24 +20,8 @@ CLUSTER_BYTES=${3:-10G}
 WORKER_LIMIT=${4:-4G}
 BENCH=$(realpath "${5:-target/release/examples/bench}")
 T=$(realpath "${6:-target/release/tone}")
-DIR=$(mktemp -d /tmp/tone-terasort-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  kill "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-# Resident KiB of a process and all its descendants.
-tree_rss() {
-  local pid=$1 total=0 child
-  total=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-  for child in $(pgrep -P "$pid" 2>/dev/null); do
-    total=$((total + $(tree_rss "$child")))
-  done
-  echo "$total"
-}
+# shellcheck source=lib/cluster.sh
+source "$(dirname "$0")/lib/cluster.sh"
 
 # Embedded: "report line; peak RSS" for the given extra flags.
 embedded() {
@@ -57,37 +41,9 @@ echo "--memory-limit $LIMIT:"
 embedded --memory-limit "$LIMIT"
 
 echo "== 2 workers (2 slots, --memory-limit $WORKER_LIMIT each), $CLUSTER_BYTES"
-"$T" coordinator --listen 127.0.0.1:0 >"$DIR/coordinator.out" 2>"$DIR/coordinator.err" </dev/null &
-PIDS+=($!)
-for _ in $(seq 100); do
-  grep -q "listening on" "$DIR/coordinator.out" 2>/dev/null && break
-  sleep 0.1
-done
-MASTER=http://$(head -1 "$DIR/coordinator.out" | sed 's/.*listening on //')
-WORKERS=()
-for n in 1 2; do
-  mkdir -p "$DIR/worker$n"
-  "$T" worker --coordinator "$MASTER" --slots 2 --memory-limit "$WORKER_LIMIT" \
-    --work-dir "$DIR/worker$n" >"$DIR/worker$n.log" 2>&1 </dev/null &
-  PIDS+=($!)
-  WORKERS+=($!)
-done
-until [ "$("$T" workers --master "$MASTER" 2>/dev/null | grep -c .)" -ge 2 ]; do sleep 0.2; done
-
-# Peak RSS of each worker's tree, sampled every half second.
-(
-  peaks=(0 0)
-  while true; do
-    for i in 0 1; do
-      rss=$(tree_rss "${WORKERS[$i]}")
-      [ "$rss" -gt "${peaks[$i]}" ] && peaks[$i]=$rss
-    done
-    echo "${peaks[*]}" >"$DIR/peaks"
-    sleep 0.5
-  done
-) &
-SAMPLER=$!
-PIDS+=($SAMPLER)
+start_cluster "$WORKER_LIMIT" 2
+# Peak RSS of each worker with its executors, sampled every half second.
+sample_peaks 0.5
 LINE=$("$BENCH" terasort --bytes "$CLUSTER_BYTES" --dir "$DIR/cluster" --master "$MASTER" 2>&1 | grep terasort)
 kill "$SAMPLER"
 echo "$LINE"

@@ -15,40 +15,9 @@ T=$(realpath "${3:-target/release/tone}")
 PYTHON=${4:-python3}
 ORACLE=$(realpath "${5:-../shared/scripts/oracle.py}")
 QUERIES=$(realpath "${QUERIES:-$(dirname "$0")/../../src/tpch_queries}")
-DIR=$(mktemp -d /tmp/tone-tpch-limited.XXXXXX)
-PIDS=()
-cleanup() {
-  kill "${PIDS[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-tree_rss() {
-  local pid=$1 total child
-  total=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-  for child in $(pgrep -P "$pid" 2>/dev/null); do
-    total=$((total + $(tree_rss "$child")))
-  done
-  echo "$total"
-}
-
-"$T" coordinator --listen 127.0.0.1:0 >"$DIR/coordinator.out" 2>"$DIR/coordinator.err" </dev/null &
-PIDS+=($!)
-for _ in $(seq 100); do
-  grep -q "listening on" "$DIR/coordinator.out" 2>/dev/null && break
-  sleep 0.1
-done
-MASTER=http://$(head -1 "$DIR/coordinator.out" | sed 's/.*listening on //')
-WORKERS=()
-for n in 1 2; do
-  mkdir -p "$DIR/worker$n"
-  "$T" worker --coordinator "$MASTER" --slots 2 --memory-limit "$LIMIT" \
-    --work-dir "$DIR/worker$n" >"$DIR/worker$n.log" 2>&1 </dev/null &
-  PIDS+=($!)
-  WORKERS+=($!)
-done
-until [ "$("$T" workers --master "$MASTER" 2>/dev/null | grep -c .)" -ge 2 ]; do sleep 0.2; done
+# shellcheck source=lib/cluster.sh
+source "$(dirname "$0")/lib/cluster.sh"
+start_cluster "$LIMIT" 2
 spilled() {
   "$T" workers --master "$MASTER" | sed -E 's/.*operator_spilled_bytes=([0-9]+).*/\1/' |
     awk '{ s += $1 } END { print s + 0 }'
@@ -59,18 +28,8 @@ echo "== TPC-H $DATA on 2 workers at --memory-limit $LIMIT (2 slots each)"
 for file in "$QUERIES"/q*.sql; do
   name=$(basename "$file" .sql)
   before=$(spilled)
-  (
-    peaks=(0 0)
-    while true; do
-      for i in 0 1; do
-        rss=$(tree_rss "${WORKERS[$i]}")
-        [ "$rss" -gt "${peaks[$i]}" ] && peaks[$i]=$rss
-      done
-      echo "${peaks[*]}" >"$DIR/peaks"
-      sleep 0.25
-    done
-  ) &
-  sampler=$!
+  sample_peaks 0.25
+  sampler=$SAMPLER
   start=$(date +%s%N)
   status=ok
   "$T" sql --master "$MASTER" --data "$DATA" --format csv -f "$file" \

@@ -285,8 +285,9 @@ fn with_part<T: Data>(
     })
 }
 
-/// The reduce side of a total sort: one key range per task, sorted by the
-/// user's key (stable), emitted with its range index.
+/// The reduce side of a total sort whose key bytes do not keep the key's
+/// order (see `sort_key`): one key range per task, decoded and sorted in
+/// memory by the user's key (stable), emitted with its range index.
 pub(crate) struct SortFn<T, K> {
     pub key: Arc<dyn Fn(&T) -> K + Send + Sync>,
     pub layout: Layout,
