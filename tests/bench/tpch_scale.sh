@@ -17,7 +17,9 @@ WARMUP=${5:-1}
 T=$(realpath "${6:-target/release/tone}")
 # shellcheck source=lib/cluster.sh
 source "$(dirname "$0")/lib/cluster.sh"
-start_cluster "$LIMIT"
+# Slots per worker as `tone local-cluster --workers 2` gives them: the
+# cores shared between the two workers.
+start_cluster "$LIMIT" "$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))"
 
 bench() {
   "$T" bench tpch --iterations "$ITERATIONS" --warmup "$WARMUP" "$@"
