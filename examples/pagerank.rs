@@ -109,26 +109,12 @@ pub fn largest_difference(found: &[(u64, f64)], plain: &BTreeMap<u64, f64>) -> O
     })
 }
 
-#[allow(dead_code)]
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let ctx = match args.context.context().await {
-        Ok(ctx) => ctx,
-        Err(error) => {
-            eprintln!("pagerank: error: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+/// Runs the example; the exit code says whether `--check` matched.
+async fn run(args: Args) -> Result<std::process::ExitCode, tone::Error> {
+    let ctx = args.context.context().await?;
     let edges = graph(args.pages);
     let started = std::time::Instant::now();
-    let mut ranks = match pagerank(&ctx, edges.clone()).await {
-        Ok(ranks) => ranks,
-        Err(error) => {
-            eprintln!("pagerank: error: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let mut ranks = pagerank(&ctx, edges.clone()).await?;
     let seconds = started.elapsed().as_secs_f64();
     let checked = (args.check && !ctx.is_executor())
         .then(|| largest_difference(&ranks, &pagerank_plain(&edges)));
@@ -136,22 +122,29 @@ async fn main() -> std::process::ExitCode {
     for (page, rank) in ranks.iter().take(10) {
         println!("{page}\t{rank:.6}");
     }
-    match checked {
-        None => std::process::ExitCode::SUCCESS,
-        Some(difference) => {
-            let matches = difference.is_some_and(|difference| difference < 1e-9);
-            println!(
-                "pagerank: {} pages, {} edges, {ITERATIONS} iterations in {seconds:.2} s; \
-                 largest difference from plain Rust: {difference:?}; {}",
-                ranks.len(),
-                edges.len(),
-                if matches { "MATCH" } else { "MISMATCH" }
-            );
-            if matches {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            }
-        }
-    }
+    let Some(difference) = checked else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let matches = difference.is_some_and(|difference| difference < 1e-9);
+    println!(
+        "pagerank: {} pages, {} edges, {ITERATIONS} iterations in {seconds:.2} s; \
+         largest difference from plain Rust: {difference:?}; {}",
+        ranks.len(),
+        edges.len(),
+        if matches { "MATCH" } else { "MISMATCH" }
+    );
+    Ok(if matches {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+#[allow(dead_code)]
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    run(Args::parse()).await.unwrap_or_else(|error| {
+        eprintln!("pagerank: error: {error}");
+        std::process::ExitCode::FAILURE
+    })
 }

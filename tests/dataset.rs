@@ -329,6 +329,35 @@ async fn pagerank_matches_std() {
     }
 }
 
+/// The examples' own checks, as a user runs them: `pagerank --check`
+/// compares every rank with plain Rust, and `terasort --memory-limit`
+/// runs under that limit (one too small to sort in names itself).
+#[test]
+fn the_pagerank_check_and_the_terasort_limit_work_from_the_command_line() {
+    let checked = std::process::Command::new(crate::spmd::example("pagerank"))
+        .args(["--pages", "300", "--check"])
+        .env_remove("TONE_MASTER")
+        .output()
+        .expect("pagerank runs");
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success() && stdout.contains("; MATCH"),
+        "{stdout}"
+    );
+    let temp = tempfile::tempdir().expect("temp");
+    let limited = std::process::Command::new(crate::spmd::example("terasort"))
+        .args(["--bytes", "8M", "--memory-limit", "8M", "--dir"])
+        .arg(temp.path())
+        .env_remove("TONE_MASTER")
+        .output()
+        .expect("terasort runs");
+    let stderr = String::from_utf8_lossy(&limited.stderr);
+    assert!(
+        !limited.status.success() && stderr.contains("memory limit of 8.0 MiB"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn narrow_transforms_and_actions() {
     let ctx = context(3);

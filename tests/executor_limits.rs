@@ -25,18 +25,36 @@ async fn disk_bytes(cluster: &LocalCluster) -> Vec<u64> {
     listed.iter().map(|(disk, _)| *disk).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_executors_shuffle_past_the_disk_limit_fails_its_job_naming_the_limit() {
-    let cluster = LocalCluster::start_with(1, 2, &[], &["--disk-limit", "1M"]).await;
+/// Runs the terasort example with `bytes` of records on `cluster`.
+fn terasort_on(cluster: &LocalCluster, bytes: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("temp dir");
-    // 4 MB of records through a range shuffle, all in the executor.
-    let output = Command::new(example("terasort"))
-        .args(["--bytes", "4M", "--dir"])
+    Command::new(example("terasort"))
+        .args(["--bytes", bytes, "--dir"])
         .arg(dir.path().join("terasort"))
         .args(["--master", &cluster.master])
         .env_remove("TONE_MASTER")
         .output()
-        .expect("terasort runs");
+        .expect("terasort runs")
+}
+
+/// Waits until the workers' heartbeats report operator spills.
+async fn wait_for_spills(cluster: &LocalCluster) {
+    wait_until(|| async {
+        let spilled: u64 = disk_and_spills(cluster)
+            .await
+            .iter()
+            .map(|(_, spilled)| spilled)
+            .sum();
+        spilled > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executors_shuffle_past_the_disk_limit_fails_its_job_naming_the_limit() {
+    let cluster = LocalCluster::start_with(1, 2, &[], &["--disk-limit", "1M"]).await;
+    // 4 MB of records through a range shuffle, all in the executor.
+    let output = terasort_on(&cluster, "4M");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success(),
@@ -91,15 +109,7 @@ async fn an_executors_sort_spills_under_the_workers_memory_limit() {
     assert_eq!(remote, expected);
     // The sorts ran in executors, under the workers' 32 MiB: they spilled,
     // and the workers' heartbeats say so.
-    wait_until(|| async {
-        let spilled: u64 = disk_and_spills(&cluster)
-            .await
-            .iter()
-            .map(|(_, spilled)| spilled)
-            .sum();
-        spilled > 0
-    })
-    .await;
+    wait_for_spills(&cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,14 +117,7 @@ async fn a_typed_sort_spills_in_executors_under_the_workers_memory_limit() {
     // 2 workers at 40 MiB, 1 slot each: 24 MB of records cannot be sorted
     // in memory (each sort keeps 10 MB for merging its spills).
     let cluster = LocalCluster::start_with(2, 1, &[], &["--memory-limit", "40M"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(example("terasort"))
-        .args(["--bytes", "24M", "--dir"])
-        .arg(dir.path().join("terasort"))
-        .args(["--master", &cluster.master])
-        .env_remove("TONE_MASTER")
-        .output()
-        .expect("terasort runs");
+    let output = terasort_on(&cluster, "24M");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success()
@@ -123,13 +126,5 @@ async fn a_typed_sort_spills_in_executors_under_the_workers_memory_limit() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    wait_until(|| async {
-        let spilled: u64 = disk_and_spills(&cluster)
-            .await
-            .iter()
-            .map(|(_, spilled)| spilled)
-            .sum();
-        spilled > 0
-    })
-    .await;
+    wait_for_spills(&cluster).await;
 }

@@ -8,7 +8,7 @@ use tone_engine::shuffle::ShuffleStore;
 
 use crate::cluster::{tpch_tables, wait_until, LocalCluster};
 use crate::common::compare::{same_rows, same_rows_in_order};
-use crate::common::{oracle_answer, oracle_context, run_tone, tpch_data};
+use crate::common::{oracle_answer, oracle_context, run_tone, tone_engine_with, tpch_data};
 
 /// A full sort of 600k lineitem rows (about 30 MB sorted in memory).
 const SORT_SQL: &str = "select l_orderkey, l_linenumber, l_comment from lineitem \
@@ -22,23 +22,18 @@ const MIB: u64 = 1024 * 1024;
 /// needs (`sort_spill_reservation_bytes`, 10 MB, and the shuffle's share).
 const MULTI_PASS_LIMIT: u64 = 20 * MIB;
 
-async fn limited_engine(memory_limit_bytes: u64) -> Engine {
-    let engine = Engine::new(EngineConfig {
-        partitions: 2,
+async fn limited_engine(partitions: usize, memory_limit_bytes: u64) -> Engine {
+    let config = EngineConfig {
+        partitions,
         memory_limit_bytes: Some(memory_limit_bytes),
         ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    engine
-        .register_data_dir(tpch_data())
-        .await
-        .expect("tables register");
-    engine
+    };
+    tone_engine_with(config, tpch_data()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_sort_and_aggregate_spill_under_a_memory_limit_and_stay_exact() {
-    let engine = limited_engine(64 * MIB).await;
+    let engine = limited_engine(2, 64 * MIB).await;
     let oracle = oracle_context().await;
 
     let sorted = engine
@@ -78,16 +73,7 @@ async fn embedded_sort_and_aggregate_spill_under_a_memory_limit_and_stay_exact()
 /// intermediate passes spill rows again, and the answer is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sort_with_many_runs_merges_them_in_several_passes() {
-    let engine = Engine::new(EngineConfig {
-        partitions: 1,
-        memory_limit_bytes: Some(MULTI_PASS_LIMIT),
-        ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    engine
-        .register_data_dir(tpch_data())
-        .await
-        .expect("tables register");
+    let engine = limited_engine(1, MULTI_PASS_LIMIT).await;
     let oracle = oracle_context().await;
     let sorted = engine
         .sql(SORT_SQL)
@@ -113,7 +99,7 @@ async fn a_sort_with_many_runs_merges_them_in_several_passes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn work_that_cannot_fit_fails_with_a_resources_error_naming_the_limit() {
     // Each sort partition keeps 10 MB for merging; 8 MiB cannot hold that.
-    let engine = limited_engine(8 * MIB).await;
+    let engine = limited_engine(2, 8 * MIB).await;
     let error = engine.sql(SORT_SQL).await.expect_err("does not fit");
     let message = error.to_string();
     assert!(

@@ -5,23 +5,18 @@ use tone::{Engine, EngineConfig};
 use tone_engine::shuffle::ShuffleStore;
 
 use crate::common::compare::same_rows;
-use crate::common::{oracle_answer, oracle_context, tpch_data};
+use crate::common::{oracle_answer, oracle_context, tone_engine_with, tpch_data};
 
 const GROUPED_SQL: &str = "select l_orderkey, sum(l_quantity) as quantity, count(*) as lines \
      from lineitem group by l_orderkey order by quantity desc, l_orderkey limit 50";
 
 async fn engine_with_budget(partitions: usize, shuffle_memory_bytes_max: u64) -> Engine {
-    let engine = Engine::new(EngineConfig {
+    let config = EngineConfig {
         partitions,
         shuffle_memory_bytes_max,
         ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    engine
-        .register_data_dir(tpch_data())
-        .await
-        .expect("tables register");
-    engine
+    };
+    tone_engine_with(config, tpch_data()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -256,10 +256,10 @@ impl<T: Data, K: Data + Ord> PartitionState for RouteState<T, K> {
             .iter()
             .map(|key| self.splits.partition_point(|split| split <= key) as u32)
             .collect();
-        let key_bytes = match self.key_bytes {
-            true => Some(sort_key::column(keys.iter())?),
-            false => None,
-        };
+        let key_bytes = self
+            .key_bytes
+            .then(|| sort_key::column(keys.iter()))
+            .transpose()?;
         with_part(&self.layout, &self.schema, &rows, parts, key_bytes).map(Some)
     }
 

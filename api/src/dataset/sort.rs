@@ -140,9 +140,10 @@ impl<T: Data> Dataset<T> {
                     Arc::new(argument),
                     None,
                 )?);
-                match by_bytes {
-                    true => ranges_sorted_by_bytes(routed, ranges),
-                    false => ranges_sorted_by_ord(routed, ranges, sort),
+                if by_bytes {
+                    ranges_sorted_by_bytes(routed, ranges)
+                } else {
+                    ranges_sorted_by_ord(routed, ranges, sort)
                 }
             }
             .boxed()
